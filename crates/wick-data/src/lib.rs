@@ -1,0 +1,43 @@
+//! wick-data: from image files (or a dataset URL) to augmented, normalised batches of candle
+//! tensors, behaving like fastai's chapter-7 `DataBlock` point by point.
+//!
+//! The path of one image: [`acquire`] puts the dataset on disk; [`items`] lists and labels the
+//! files and splits them; [`decode`] turns bytes into RGB (DCT-scaled when that loses
+//! nothing); [`augment`] draws fastai's `Resize` + `aug_transforms` parameters per image;
+//! [`geometry`] composes all of them into one resampling pass; [`pipeline`] runs those steps
+//! for one file; [`loader`] batches many in parallel onto a device; [`normalize`] is the batch
+//! transform; [`show`] draws batches.
+//!
+//! Shapes: images `(B, 3, H, W)` f32 with `H = W = S` (the output size), labels `(B,)` u32,
+//! `K` classes in a [`Vocab`].
+//!
+//! This crate knows nothing about networks or training (it never imports candle-nn) and never
+//! prints; randomness comes only from the seeds it is given.
+
+pub mod acquire;
+pub mod augment;
+pub mod decode;
+mod error;
+mod fsutil;
+pub mod geometry;
+pub mod items;
+pub mod loader;
+pub mod normalize;
+pub mod pipeline;
+pub mod show;
+
+pub use acquire::{
+    ARCHIVES, Archive, Expected, IMAGENETTE, IMAGENETTE_160, IMAGENETTE_320, IMAGEWOOF,
+    IMAGEWOOF_160, IMAGEWOOF_320, Progress, Source, archive_named, download, extract_tgz, md5_file,
+    untar_data,
+};
+pub use augment::{AugDraw, AugTransforms, lighting, lighting_texels};
+pub use decode::{DecodeConfig, Decoded, decode_rgb, image_size, read_rgb};
+pub use error::{DataError, Result};
+pub use fsutil::write_atomic;
+pub use geometry::ResizeMethod;
+pub use items::{Items, SplitRule, Splits, Vocab, image_folder, list_image_files, parent_label};
+pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, SkippedFile};
+pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
+pub use pipeline::{ItemPipeline, Mode};
+pub use show::{ImageGrid, show_batch};

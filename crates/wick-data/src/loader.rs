@@ -1,0 +1,419 @@
+//! The `DataLoader`: a seeded shuffle per epoch, batches of decoded and augmented images built
+//! in parallel on a rayon pool, a bounded prefetch so batch N+1 is built while the model works
+//! on batch N, and the bad-file policy. Batches are candle tensors on the requested device:
+//! images `(B, 3, S, S)` f32 in [0, 1] and labels `(B,)` u32.
+//!
+//! Determinism: the epoch's order comes from `(seed, epoch)` and each image's augmentation
+//! from `(seed, epoch, position in the epoch)`, so the same seed gives the same batches
+//! whatever the number of threads.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use candle::{Device, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::error::{DataError, Result};
+use crate::items::Items;
+use crate::normalize::Normalize;
+use crate::pipeline::{ItemPipeline, Mode};
+
+/// One batch on a device.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Images `(B, 3, S, S)` f32: values in [0, 1], or normalised if the loader has a
+    /// [`Normalize`].
+    pub xs: Tensor,
+    /// Labels `(B,)` u32.
+    pub ys: Tensor,
+    /// The index in the loader's items of each image, in batch order.
+    pub item_indices: Vec<usize>,
+}
+
+/// What the loader does with a file that cannot be read or decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BadFilePolicy {
+    /// The batch that contains it is an error naming the file (the fit stops).
+    #[default]
+    Fail,
+    /// The file is left out of its batch and recorded in [`DataLoader::skipped`], which the
+    /// caller reports; the batch is one image shorter.
+    Skip,
+}
+
+/// A file the loader left out under [`BadFilePolicy::Skip`], and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedFile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// How a [`DataLoader`] batches its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Reshuffle every epoch (fastai: train `true`, valid `false`).
+    pub shuffle: bool,
+    /// Drop the last partial batch (fastai: train `true`, valid `false`).
+    pub drop_last: bool,
+    /// Which transforms run (train: augmentation; valid: none).
+    pub mode: Mode,
+    /// Seeds the shuffle and every augmentation draw.
+    pub seed: u64,
+    /// Threads decoding and augmenting images.
+    pub n_threads: usize,
+    /// Batches built ahead of the one being consumed (at least 1).
+    pub prefetch: usize,
+    pub bad_files: BadFilePolicy,
+}
+
+impl LoaderConfig {
+    /// fastai's training loader: shuffled, last partial batch dropped, augmented.
+    pub fn train(batch_size: usize, seed: u64) -> Self {
+        LoaderConfig {
+            batch_size,
+            shuffle: true,
+            drop_last: true,
+            mode: Mode::Train,
+            seed,
+            n_threads: default_threads(),
+            prefetch: 2,
+            bad_files: BadFilePolicy::Fail,
+        }
+    }
+
+    /// fastai's validation loader: in order, every item kept, no augmentation.
+    pub fn valid(batch_size: usize, seed: u64) -> Self {
+        LoaderConfig {
+            shuffle: false,
+            drop_last: false,
+            mode: Mode::Valid,
+            ..LoaderConfig::train(batch_size, seed)
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
+
+/// Batches of one split's items.
+pub struct DataLoader {
+    items: Arc<Items>,
+    pipeline: ItemPipeline,
+    config: LoaderConfig,
+    device: Device,
+    pool: Arc<rayon::ThreadPool>,
+    skipped: Arc<Mutex<Vec<SkippedFile>>>,
+    normalize: Option<Normalize>,
+}
+
+impl std::fmt::Debug for DataLoader {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DataLoader")
+            .field("n_items", &self.items.len())
+            .field("pipeline", &self.pipeline)
+            .field("config", &self.config)
+            .field("normalize", &self.normalize.is_some())
+            .finish()
+    }
+}
+
+impl DataLoader {
+    /// A loader over `items`, producing batches on `device`.
+    pub fn new(
+        items: Items,
+        pipeline: ItemPipeline,
+        config: LoaderConfig,
+        device: Device,
+    ) -> Result<Self> {
+        pipeline.validate()?;
+        if config.batch_size == 0 {
+            return Err(DataError::InvalidConfig {
+                name: "batch_size",
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        if items.paths.len() != items.labels.len() {
+            return Err(DataError::InvalidConfig {
+                name: "items",
+                reason: format!("{} paths but {} labels", items.paths.len(), items.labels.len()),
+            });
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.n_threads.max(1))
+            .thread_name(|index| format!("wick-data-{index}"))
+            .build()
+            .map_err(|error| DataError::InvalidConfig {
+                name: "n_threads",
+                reason: error.to_string(),
+            })?;
+        Ok(DataLoader {
+            items: Arc::new(items),
+            pipeline,
+            config,
+            device,
+            pool: Arc::new(pool),
+            skipped: Arc::default(),
+            normalize: None,
+        })
+    }
+
+    /// The same loader with `normalize` applied to every batch on the device (fastai's
+    /// `Normalize` batch transform, the last one).
+    pub fn with_normalize(mut self, normalize: Option<Normalize>) -> Self {
+        self.normalize = normalize;
+        self
+    }
+
+    /// The normalisation applied to batches, if any.
+    pub fn normalize(&self) -> Option<&Normalize> {
+        self.normalize.as_ref()
+    }
+
+    /// The items, in their fixed order.
+    pub fn items(&self) -> &Items {
+        &self.items
+    }
+
+    pub fn pipeline(&self) -> &ItemPipeline {
+        &self.pipeline
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The same items (and normalisation) with another pipeline — e.g. another output size for
+    /// progressive resizing — and configuration. The thread pool is shared when the thread
+    /// count is unchanged.
+    pub fn with(&self, pipeline: ItemPipeline, config: LoaderConfig) -> Result<Self> {
+        if config.n_threads != self.config.n_threads {
+            let loader =
+                DataLoader::new((*self.items).clone(), pipeline, config, self.device.clone())?;
+            return Ok(loader.with_normalize(self.normalize.clone()));
+        }
+        pipeline.validate()?;
+        Ok(DataLoader {
+            items: Arc::clone(&self.items),
+            pipeline,
+            config,
+            device: self.device.clone(),
+            pool: Arc::clone(&self.pool),
+            skipped: Arc::default(),
+            normalize: self.normalize.clone(),
+        })
+    }
+
+    /// Batches per epoch.
+    pub fn len(&self) -> usize {
+        let (n, bs) = (self.items.len(), self.config.batch_size);
+        if self.config.drop_last { n / bs } else { n.div_ceil(bs) }
+    }
+
+    /// Whether an epoch has no batches.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Files left out so far under [`BadFilePolicy::Skip`].
+    pub fn skipped(&self) -> Vec<SkippedFile> {
+        self.skipped.lock().map(|skipped| skipped.clone()).unwrap_or_default()
+    }
+
+    /// The order in which epoch `epoch` visits the items.
+    pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        if self.config.shuffle {
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(self.config.seed, epoch, u64::MAX)));
+        }
+        order
+    }
+
+    /// The batches of epoch `epoch`, built ahead on a background thread.
+    pub fn epoch(&self, epoch: u64) -> EpochBatches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `first_batch` on: exactly the tail of
+    /// [`DataLoader::epoch`], without building the skipped batches (resuming mid-epoch).
+    pub fn epoch_from(&self, epoch: u64, first_batch: usize) -> EpochBatches {
+        let order = self.epoch_order(epoch);
+        let n_batches = self.len();
+        let batch_size = self.config.batch_size;
+        let (sender, receiver) = sync_channel(self.config.prefetch.max(1));
+        let job = BatchJob {
+            items: Arc::clone(&self.items),
+            pipeline: self.pipeline,
+            config: self.config,
+            pool: Arc::clone(&self.pool),
+            skipped: Arc::clone(&self.skipped),
+            epoch,
+        };
+        let producer =
+            std::thread::Builder::new().name("wick-data-prefetch".to_string()).spawn(move || {
+                for batch_idx in first_batch..n_batches {
+                    let start = batch_idx * batch_size;
+                    let end = (start + batch_size).min(order.len());
+                    let positions: Vec<(usize, usize)> =
+                        (start..end).map(|position| (position, order[position])).collect();
+                    if sender.send(job.build(&positions)).is_err() {
+                        return; // The consumer stopped early.
+                    }
+                }
+            });
+        match producer {
+            Ok(handle) => EpochBatches {
+                receiver: Some(receiver),
+                producer: Some(handle),
+                device: self.device.clone(),
+                normalize: self.normalize.clone(),
+            },
+            Err(error) => {
+                let (sender, receiver) = sync_channel(1);
+                // Invariant: a fresh channel with capacity 1 accepts one message.
+                let _ = sender.send(Err(DataError::io("<prefetch thread>", error)));
+                EpochBatches {
+                    receiver: Some(receiver),
+                    producer: None,
+                    device: self.device.clone(),
+                    normalize: None,
+                }
+            }
+        }
+    }
+}
+
+/// A batch on the host, before it moves to the device.
+struct HostBatch {
+    images: Vec<f32>,
+    labels: Vec<u32>,
+    item_indices: Vec<usize>,
+    size: usize,
+}
+
+struct BatchJob {
+    items: Arc<Items>,
+    pipeline: ItemPipeline,
+    config: LoaderConfig,
+    pool: Arc<rayon::ThreadPool>,
+    skipped: Arc<Mutex<Vec<SkippedFile>>>,
+    epoch: u64,
+}
+
+impl BatchJob {
+    /// Builds the batch of `(position in epoch, item index)` pairs.
+    fn build(&self, positions: &[(usize, usize)]) -> Result<HostBatch> {
+        let item_len = self.pipeline.item_len();
+        let mut images = vec![0f32; positions.len() * item_len];
+        let outcomes: Vec<Result<()>> = self.pool.install(|| {
+            images
+                .par_chunks_mut(item_len)
+                .zip(positions.par_iter())
+                .map(|(out, &(position, item_idx))| self.load_one(position, item_idx, out))
+                .collect()
+        });
+        let mut kept_images = Vec::with_capacity(images.len());
+        let mut labels = Vec::with_capacity(positions.len());
+        let mut item_indices = Vec::with_capacity(positions.len());
+        for ((outcome, &(_, item_idx)), image) in
+            outcomes.into_iter().zip(positions).zip(images.chunks(item_len))
+        {
+            match (outcome, self.config.bad_files) {
+                (Ok(()), _) => {
+                    kept_images.extend_from_slice(image);
+                    labels.push(self.items.labels[item_idx]);
+                    item_indices.push(item_idx);
+                }
+                (Err(error), BadFilePolicy::Fail) => return Err(error),
+                (Err(error), BadFilePolicy::Skip) => {
+                    let skipped = SkippedFile {
+                        path: self.items.paths[item_idx].clone(),
+                        reason: error.to_string(),
+                    };
+                    if let Ok(mut list) = self.skipped.lock() {
+                        list.push(skipped);
+                    }
+                }
+            }
+        }
+        Ok(HostBatch {
+            images: kept_images,
+            labels,
+            item_indices,
+            size: self.pipeline.output_size as usize,
+        })
+    }
+
+    fn load_one(&self, position: usize, item_idx: usize, out: &mut [f32]) -> Result<()> {
+        let path = &self.items.paths[item_idx];
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.config.seed, self.epoch, position as u64));
+        // A panic inside a decoder (a bug in a codec on a hostile file) must not take the
+        // worker thread down: it becomes an error that names the file.
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.pipeline.load(path, self.config.mode, &mut rng, out)
+        }))
+        .unwrap_or_else(|_| Err(DataError::decode(path, "the decoder panicked")))
+    }
+}
+
+/// The batches of one epoch, in order. Dropping it stops the background thread.
+pub struct EpochBatches {
+    receiver: Option<Receiver<Result<HostBatch>>>,
+    producer: Option<JoinHandle<()>>,
+    device: Device,
+    normalize: Option<Normalize>,
+}
+
+impl Iterator for EpochBatches {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let host = self.receiver.as_ref()?.recv().ok()?;
+        Some(host.and_then(|host| self.to_device(host)))
+    }
+}
+
+impl EpochBatches {
+    fn to_device(&self, host: HostBatch) -> Result<Batch> {
+        let n = host.labels.len();
+        let mut xs = Tensor::from_vec(host.images, (n, 3, host.size, host.size), &Device::Cpu)?
+            .to_device(&self.device)?;
+        if let Some(normalize) = &self.normalize {
+            xs = normalize.forward(&xs)?;
+        }
+        let ys = Tensor::from_vec(host.labels, n, &Device::Cpu)?.to_device(&self.device)?;
+        Ok(Batch { xs, ys, item_indices: host.item_indices })
+    }
+}
+
+impl Drop for EpochBatches {
+    fn drop(&mut self) {
+        // Closing the channel makes the producer's next send fail, so it exits promptly.
+        self.receiver.take();
+        if let Some(handle) = self.producer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// SplitMix64-style mixing of (seed, epoch, position) into one well-spread 64-bit seed.
+fn mix(seed: u64, epoch: u64, position: u64) -> u64 {
+    let mut z = seed
+        ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ position.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,115 @@
+//! `cargo xtask`: the project's orchestrator (the cargo-xtask convention). It builds the release
+//! `wick` binary and runs it, runs benchmarks side by side with the Python reference stack, and
+//! checks code hygiene. It never trains a model in its own process and depends on no workspace
+//! crate, so `cargo xtask ...` behaves exactly like running the binaries by hand.
+
+// xtask is one of the two crates allowed to talk to the terminal (the other is wick-cli).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod bench;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "wick's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check code hygiene (the same checks `cargo test -p xtask` runs).
+    Tidy,
+    /// Benchmark a suite side by side with the Python reference stack and record the table
+    /// in docs/performance.md.
+    Bench {
+        /// Which suite: `data`.
+        suite: BenchSuite,
+        /// Imagenette folder (with train/) for the data suite.
+        #[arg(long, default_value = "../shared/data/imagenette2-224")]
+        data: PathBuf,
+        /// Python with torch, torchvision, fastai and Pillow (default: $WICK_PYTHON, then
+        /// .venv-anchor/bin/python, then python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Skip the Python reference.
+        #[arg(long)]
+        no_python: bool,
+        /// The reference script.
+        #[arg(long, default_value = "../shared/bench/anchor_bench.py")]
+        anchor: PathBuf,
+        /// Images per source (data suite).
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+        /// Print only; leave docs/performance.md alone.
+        #[arg(long)]
+        no_write: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchSuite {
+    Data,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Tidy => {
+            let violations = tidy::check_workspace(&project_root());
+            for violation in &violations {
+                eprintln!("{}: {}", violation.path.display(), violation.message);
+            }
+            anyhow::ensure!(violations.is_empty(), "{} tidy violation(s)", violations.len());
+            println!("tidy: ok");
+            Ok(())
+        }
+        Task::Bench { suite, data, python, no_python, anchor, count, no_write } => {
+            let root = project_root();
+            let python =
+                if no_python { None } else { python.or_else(|| bench::find_python(&root)) };
+            let command_line =
+                format!("cargo xtask {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+            let options = bench::BenchOptions {
+                python,
+                anchor: root.join(anchor),
+                data: root.join(data),
+                count,
+                write_docs: !no_write,
+                command_line,
+            };
+            let (name, table) = match suite {
+                BenchSuite::Data => ("data", bench::data(&root, &options)?),
+            };
+            let body = format!("{}{table}", bench::provenance(&options, options.python.is_some()));
+            println!("{body}");
+            if options.write_docs {
+                bench::write_section(&root, name, &body)?;
+                println!("wrote the {name} table into docs/performance.md");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+pub(crate) fn project_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Invariant: xtask/ sits directly under the workspace root.
+    manifest_dir.parent().expect("xtask lives one level below the workspace root").to_path_buf()
+}
