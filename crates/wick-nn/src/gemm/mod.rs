@@ -1,0 +1,408 @@
+//! Single-threaded f32 matrix multiply (`C = A·B` or `C += A·B`) over strided views,
+//! with three interchangeable backends: a packed AVX2/FMA kernel written here
+//! ([`GemmBackend::Native`]), the `gemm` crate that candle itself uses
+//! ([`GemmBackend::GemmCrate`]) and Debian's OpenBLAS behind the `openblas` cargo feature
+//! ([`GemmBackend::OpenBlas`]).
+//!
+//! The convolutions call this once per batch item (or tile) from inside a rayon loop over
+//! the batch, so every backend runs single-threaded here. The backend is a process-wide
+//! setting so that benchmarks can compare them on the same convolution code. The default
+//! is the native kernel on x86-64 with AVX2+FMA (else the `gemm` crate): measured on the
+//! xresnet50 conv shapes with `cargo bench -p wick-nn --bench nn -- --compare-gemm`, it
+//! beats the `gemm` crate on forward+backward (e.g. 3×3 64→64 at 56×56, batch 32: 94 vs 74
+//! GFLOP/s) mostly because the convolution can hand it pre-packed weights and an im2col
+//! matrix generated straight into its packing buffers.
+//!
+//! Matrix legend: `A` is `m × k`, `B` is `k × n`, `C` is `m × n`.
+
+mod native;
+#[cfg(feature = "openblas")]
+mod openblas;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+pub(crate) use native::PackedLhs;
+
+/// Which matrix-multiply implementation the CPU convolutions use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmBackend {
+    /// Packed 6×16 AVX2/FMA micro-kernel written in this crate (x86-64 with AVX2 and FMA only).
+    Native,
+    /// The pure-Rust `gemm` crate (what candle's matmul uses), single-threaded.
+    GemmCrate,
+    /// OpenBLAS `cblas_sgemm` (only with the `openblas` cargo feature).
+    OpenBlas,
+}
+
+impl GemmBackend {
+    /// Whether this backend can run in this build on this CPU.
+    pub fn is_available(self) -> bool {
+        match self {
+            GemmBackend::Native => native::is_supported(),
+            GemmBackend::GemmCrate => true,
+            GemmBackend::OpenBlas => cfg!(feature = "openblas"),
+        }
+    }
+
+    /// The default: the native kernel where the CPU has AVX2+FMA, else the `gemm` crate.
+    pub fn default_for_this_cpu() -> Self {
+        if native::is_supported() { GemmBackend::Native } else { GemmBackend::GemmCrate }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            GemmBackend::Native => 1,
+            GemmBackend::GemmCrate => 2,
+            GemmBackend::OpenBlas => 3,
+        }
+    }
+}
+
+/// 0 means "not chosen yet": the first call to [`gemm_backend`] picks the default.
+static SELECTED_BACKEND: AtomicU8 = AtomicU8::new(0);
+
+/// The backend the CPU convolutions currently use.
+pub fn gemm_backend() -> GemmBackend {
+    match SELECTED_BACKEND.load(Ordering::Relaxed) {
+        1 => GemmBackend::Native,
+        2 => GemmBackend::GemmCrate,
+        3 => GemmBackend::OpenBlas,
+        _ => GemmBackend::default_for_this_cpu(),
+    }
+}
+
+/// Chooses the backend of every later CPU convolution in this process (benchmarks use it
+/// to compare backends). Fails if the backend is not available in this build or on this CPU.
+pub fn set_gemm_backend(backend: GemmBackend) -> candle::Result<()> {
+    if !backend.is_available() {
+        candle::bail!(
+            "set_gemm_backend: {backend:?} is not available (native needs x86-64 AVX2+FMA, \
+             OpenBlas needs the `openblas` cargo feature)"
+        );
+    }
+    SELECTED_BACKEND.store(backend.code(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// `c = a · b` for dense row-major `a (m × k)`, `b (k × n)`, `c (m × n)`, single-threaded,
+/// with the given backend (the building block of the convolutions, public for benchmarks).
+pub fn matmul_row_major(
+    backend: GemmBackend,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    (m, k, n): (usize, usize, usize),
+) -> candle::Result<()> {
+    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+        candle::bail!(
+            "matmul_row_major: buffers of {}, {} and {} elements do not fit m={m}, k={k}, n={n}",
+            a.len(),
+            b.len(),
+            c.len()
+        );
+    }
+    let lhs = MatRef::row_major(a, m, k)?;
+    let rhs = MatRef::row_major(b, k, n)?;
+    let dst = MatMut::row_major(c, m, n)?;
+    gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)
+}
+
+/// A read-only strided matrix view: element `(i, j)` is `data[offset + i*row_stride + j*col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Checks once that every element of the view lies inside `data`, which is the invariant
+    /// the unsafe kernels rely on.
+    pub(crate) fn new(
+        data: &'a [f32],
+        offset: usize,
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> candle::Result<Self> {
+        check_view_bounds(data.len(), offset, rows, cols, row_stride, col_stride)?;
+        Ok(Self { data, offset, rows, cols, row_stride, col_stride })
+    }
+
+    /// A dense row-major `rows × cols` matrix at the start of `data`.
+    pub(crate) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> candle::Result<Self> {
+        Self::new(data, 0, (rows, cols), (cols, 1))
+    }
+
+    /// The same elements seen as the transposed matrix.
+    pub(crate) fn transpose(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    fn ptr(&self) -> *const f32 {
+        // The offset is in bounds (or the view is empty), checked in `new`.
+        self.data.as_ptr().wrapping_add(self.offset)
+    }
+}
+
+/// A mutable strided matrix view with unit column stride (rows are contiguous), which all
+/// the convolution outputs are.
+#[derive(Debug)]
+pub(crate) struct MatMut<'a> {
+    data: &'a mut [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    pub(crate) fn new(
+        data: &'a mut [f32],
+        offset: usize,
+        (rows, cols): (usize, usize),
+        row_stride: usize,
+    ) -> candle::Result<Self> {
+        check_view_bounds(data.len(), offset, rows, cols, row_stride, 1)?;
+        Ok(Self { data, offset, rows, cols, row_stride })
+    }
+
+    pub(crate) fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> candle::Result<Self> {
+        Self::new(data, 0, (rows, cols), cols)
+    }
+
+    fn ptr(&mut self) -> *mut f32 {
+        // The offset is in bounds (or the view is empty), checked in `new`.
+        self.data.as_mut_ptr().wrapping_add(self.offset)
+    }
+}
+
+fn check_view_bounds(
+    len: usize,
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+) -> candle::Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let last = offset + (rows - 1) * row_stride + (cols - 1) * col_stride;
+    if last >= len {
+        candle::bail!(
+            "gemm: a {rows}x{cols} view at offset {offset} with strides ({row_stride}, {col_stride}) \
+             reaches element {last} of a buffer of {len}"
+        );
+    }
+    Ok(())
+}
+
+/// The left operand of a product: either a plain view, or one packed ahead of time for the
+/// native kernel (a weight reused by every batch item is packed once per call).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lhs<'a> {
+    Plain(MatRef<'a>),
+    Packed(&'a PackedLhs),
+}
+
+/// A left operand prepared for repeated products: packed when the backend is native.
+#[derive(Debug)]
+pub(crate) enum PreparedLhs<'a> {
+    Plain(MatRef<'a>),
+    Packed(PackedLhs),
+}
+
+impl<'a> PreparedLhs<'a> {
+    pub(crate) fn new(backend: GemmBackend, matrix: MatRef<'a>) -> Self {
+        match backend {
+            GemmBackend::Native => PreparedLhs::Packed(PackedLhs::pack(matrix)),
+            GemmBackend::GemmCrate | GemmBackend::OpenBlas => PreparedLhs::Plain(matrix),
+        }
+    }
+
+    pub(crate) fn as_lhs(&self) -> Lhs<'_> {
+        match self {
+            PreparedLhs::Plain(matrix) => Lhs::Plain(*matrix),
+            PreparedLhs::Packed(packed) => Lhs::Packed(packed),
+        }
+    }
+}
+
+impl Lhs<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Lhs::Plain(m) => m.rows,
+            Lhs::Packed(p) => p.rows(),
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            Lhs::Plain(m) => m.cols,
+            Lhs::Packed(p) => p.cols(),
+        }
+    }
+}
+
+/// A matrix `S` that is never stored whole: its rows are generated on demand (an im2col
+/// matrix read straight from the image). The native kernel packs from it directly; the
+/// other backends get it materialised.
+pub(crate) trait RowSource: Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// Writes `S[row, col0..col0 + out.len()]` into `out`.
+    fn read_row(&self, row: usize, col0: usize, out: &mut [f32]);
+}
+
+/// The right operand of a product.
+#[derive(Clone, Copy)]
+pub(crate) enum Rhs<'a> {
+    Matrix(MatRef<'a>),
+    /// `B = S`.
+    Generated(&'a dyn RowSource),
+}
+
+impl Rhs<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Rhs::Matrix(m) => m.rows,
+            Rhs::Generated(s) => s.rows(),
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            Rhs::Matrix(m) => m.cols,
+            Rhs::Generated(s) => s.cols(),
+        }
+    }
+}
+
+/// `S` as a dense row-major buffer.
+fn materialize(source: &dyn RowSource) -> Vec<f32> {
+    let mut out = Vec::new();
+    materialize_into(source, &mut out);
+    out
+}
+
+/// `S` as a dense row-major matrix in `out` (resized to fit).
+pub(crate) fn materialize_into(source: &dyn RowSource, out: &mut Vec<f32>) {
+    let (rows, cols) = (source.rows(), source.cols());
+    out.resize(rows * cols, 0.0);
+    if cols > 0 {
+        for (row, chunk) in out.chunks_exact_mut(cols).enumerate() {
+            source.read_row(row, 0, chunk);
+        }
+    }
+}
+
+/// Whether the product overwrites `C` or is added to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accumulate {
+    Overwrite,
+    Add,
+}
+
+/// `C = A·B` or `C += A·B`, single-threaded, with the given backend.
+pub(crate) fn gemm(
+    backend: GemmBackend,
+    lhs: Lhs<'_>,
+    rhs: Rhs<'_>,
+    mut dst: MatMut<'_>,
+    accumulate: Accumulate,
+) -> candle::Result<()> {
+    let (m, k, n) = (lhs.rows(), lhs.cols(), rhs.cols());
+    if rhs.rows() != k || dst.rows != m || dst.cols != n {
+        candle::bail!(
+            "gemm: shapes do not chain: A {m}x{k}, B {}x{n}, C {}x{}",
+            rhs.rows(),
+            dst.rows,
+            dst.cols
+        );
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if accumulate == Accumulate::Overwrite {
+            for i in 0..m {
+                let start = dst.offset + i * dst.row_stride;
+                dst.data[start..start + n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    if backend == GemmBackend::Native {
+        return native::gemm(lhs, rhs, dst, accumulate);
+    }
+    let Lhs::Plain(lhs) = lhs else {
+        candle::bail!("gemm: a packed left operand needs the Native backend, not {backend:?}")
+    };
+    let materialized;
+    let rhs = match rhs {
+        Rhs::Matrix(matrix) => matrix,
+        Rhs::Generated(source) => {
+            materialized = materialize(source);
+            MatRef::row_major(&materialized, source.rows(), source.cols())?
+        }
+    };
+    if backend == GemmBackend::OpenBlas {
+        return openblas_gemm(lhs, rhs, dst, accumulate);
+    }
+    // SAFETY: all three views were bounds-checked at construction (every element they
+    // address lies inside their slices), `dst` is borrowed mutably so it cannot alias `lhs`
+    // or `rhs`, and the shapes were checked to chain above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr(),
+            1,
+            dst.row_stride as isize,
+            accumulate == Accumulate::Add,
+            lhs.ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "openblas")]
+fn openblas_gemm(
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    dst: MatMut<'_>,
+    accumulate: Accumulate,
+) -> candle::Result<()> {
+    openblas::gemm(lhs, rhs, dst, accumulate)
+}
+
+#[cfg(not(feature = "openblas"))]
+fn openblas_gemm(
+    _lhs: MatRef<'_>,
+    _rhs: MatRef<'_>,
+    _dst: MatMut<'_>,
+    _accumulate: Accumulate,
+) -> candle::Result<()> {
+    candle::bail!("gemm: the OpenBlas backend needs the `openblas` cargo feature")
+}

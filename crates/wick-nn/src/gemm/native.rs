@@ -1,0 +1,514 @@
+//! The native f32 gemm: BLIS-style blocking (KC × NC panels of `B` packed per call, MC × KC
+//! blocks of `A` packed per call or ahead of time) around a 6×16 AVX2/FMA micro-kernel that
+//! keeps twelve 8-wide accumulators in registers.
+//!
+//! Blocking for Zen 3 (32 KiB L1d, 512 KiB L2 per core): a 16-column `B` micro-panel of
+//! KC = 256 rows is 16 KiB (lives in L1), an MC × KC = 144 × 256 `A` block is 144 KiB
+//! (lives in L2).
+
+use super::{Accumulate, Lhs, MatMut, MatRef, Rhs};
+use std::cell::RefCell;
+
+const MR: usize = 6;
+const NR: usize = 16;
+const KC: usize = 256;
+const MC: usize = 144;
+const NC: usize = 4080;
+
+/// Whether the running CPU can execute the micro-kernel.
+pub(super) fn is_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A whole left operand packed once into the layout the micro-kernel reads: for each KC
+/// block of columns, `ceil(rows / MR)` panels of `kc × MR` values (rows padded with zeros).
+#[derive(Debug)]
+pub(crate) struct PackedLhs {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl PackedLhs {
+    pub(crate) fn pack(matrix: MatRef<'_>) -> Self {
+        let rows_padded = matrix.rows.div_ceil(MR) * MR;
+        let mut data = vec![0.0f32; rows_padded * matrix.cols];
+        for pc in (0..matrix.cols).step_by(KC) {
+            let kc = KC.min(matrix.cols - pc);
+            let block = &mut data[pc * rows_padded..pc * rows_padded + rows_padded * kc];
+            pack_lhs_block(matrix, 0, matrix.rows, pc, kc, block);
+        }
+        Self { data, rows: matrix.rows, cols: matrix.cols }
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The packed panels of rows `ic..` for the KC block starting at column `pc`.
+    fn block(&self, pc: usize, kc: usize, ic: usize) -> &[f32] {
+        let rows_padded = self.rows.div_ceil(MR) * MR;
+        let start = pc * rows_padded + ic * kc;
+        &self.data[start..pc * rows_padded + rows_padded * kc]
+    }
+}
+
+/// Packs rows `row0..row0+rows`, columns `col0..col0+kc` of `a` into MR-row panels.
+fn pack_lhs_block(
+    a: MatRef<'_>,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    let panels = rows.div_ceil(MR);
+    for panel in 0..panels {
+        let out_panel = &mut out[panel * kc * MR..(panel + 1) * kc * MR];
+        let first_row = row0 + panel * MR;
+        let panel_rows = MR.min(row0 + rows - first_row);
+        if panel_rows < MR {
+            out_panel.fill(0.0);
+        }
+        if a.row_stride == 1 && panel_rows == MR {
+            // Column-major source (a transposed row-major matrix): MR contiguous values per column.
+            for kk in 0..kc {
+                let start = a.offset + first_row + (col0 + kk) * a.col_stride;
+                out_panel[kk * MR..kk * MR + MR].copy_from_slice(&a.data[start..start + MR]);
+            }
+        } else {
+            for ii in 0..panel_rows {
+                let row_start = a.offset + (first_row + ii) * a.row_stride + col0 * a.col_stride;
+                if a.col_stride == 1 {
+                    let row = &a.data[row_start..row_start + kc];
+                    for (kk, &value) in row.iter().enumerate() {
+                        out_panel[kk * MR + ii] = value;
+                    }
+                } else {
+                    for kk in 0..kc {
+                        out_panel[kk * MR + ii] = a.data[row_start + kk * a.col_stride];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs rows `row0..row0+kc`, columns `col0..col0+cols` of `b` into NR-column panels;
+/// `row_buffer` holds one generated row.
+fn pack_rhs_block(
+    b: Rhs<'_>,
+    row0: usize,
+    kc: usize,
+    col0: usize,
+    cols: usize,
+    row_buffer: &mut [f32],
+    out: &mut [f32],
+) {
+    let panels = cols.div_ceil(NR);
+    let full_panels = cols / NR;
+    if cols > full_panels * NR {
+        out[full_panels * kc * NR..panels * kc * NR].fill(0.0);
+    }
+    match b {
+        Rhs::Matrix(matrix) => pack_rhs_matrix(matrix, row0, kc, col0, cols, out),
+        Rhs::Generated(source) => {
+            // Generate each row once (into L1) and deal its 16-float pieces to the panels.
+            let row = &mut row_buffer[..cols];
+            for kk in 0..kc {
+                source.read_row(row0 + kk, col0, row);
+                deal_row_to_panels(row, kk, kc, out);
+            }
+        }
+    }
+}
+
+/// Copies row `kk` of a B block into its place in each NR-column panel (fixed-size copies
+/// for whole panels, so they compile to two vector moves rather than a memcpy call).
+#[inline]
+fn deal_row_to_panels(row: &[f32], kk: usize, kc: usize, out: &mut [f32]) {
+    let (out_rows, _) = out.as_chunks_mut::<NR>();
+    let (pieces, tail) = row.as_chunks::<NR>();
+    for (panel, piece) in pieces.iter().enumerate() {
+        out_rows[panel * kc + kk] = *piece;
+    }
+    if !tail.is_empty() {
+        out_rows[pieces.len() * kc + kk][..tail.len()].copy_from_slice(tail);
+    }
+}
+
+/// Reads 8 rows of 8 floats (`src + i·src_stride`) and writes them transposed
+/// (`dst + j·dst_stride` holds column j).
+///
+/// # Safety
+/// `src` must be readable and `dst` writable at the 8×8 addressed floats; AVX required.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_8x8(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the 64 addressed source and destination floats.
+    unsafe {
+        let r0 = _mm256_loadu_ps(src);
+        let r1 = _mm256_loadu_ps(src.add(src_stride));
+        let r2 = _mm256_loadu_ps(src.add(2 * src_stride));
+        let r3 = _mm256_loadu_ps(src.add(3 * src_stride));
+        let r4 = _mm256_loadu_ps(src.add(4 * src_stride));
+        let r5 = _mm256_loadu_ps(src.add(5 * src_stride));
+        let r6 = _mm256_loadu_ps(src.add(6 * src_stride));
+        let r7 = _mm256_loadu_ps(src.add(7 * src_stride));
+        let t0 = _mm256_unpacklo_ps(r0, r1);
+        let t1 = _mm256_unpackhi_ps(r0, r1);
+        let t2 = _mm256_unpacklo_ps(r2, r3);
+        let t3 = _mm256_unpackhi_ps(r2, r3);
+        let t4 = _mm256_unpacklo_ps(r4, r5);
+        let t5 = _mm256_unpackhi_ps(r4, r5);
+        let t6 = _mm256_unpacklo_ps(r6, r7);
+        let t7 = _mm256_unpackhi_ps(r6, r7);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        _mm256_storeu_ps(dst, _mm256_permute2f128_ps::<0x20>(u0, u4));
+        _mm256_storeu_ps(dst.add(dst_stride), _mm256_permute2f128_ps::<0x20>(u1, u5));
+        _mm256_storeu_ps(dst.add(2 * dst_stride), _mm256_permute2f128_ps::<0x20>(u2, u6));
+        _mm256_storeu_ps(dst.add(3 * dst_stride), _mm256_permute2f128_ps::<0x20>(u3, u7));
+        _mm256_storeu_ps(dst.add(4 * dst_stride), _mm256_permute2f128_ps::<0x31>(u0, u4));
+        _mm256_storeu_ps(dst.add(5 * dst_stride), _mm256_permute2f128_ps::<0x31>(u1, u5));
+        _mm256_storeu_ps(dst.add(6 * dst_stride), _mm256_permute2f128_ps::<0x31>(u2, u6));
+        _mm256_storeu_ps(dst.add(7 * dst_stride), _mm256_permute2f128_ps::<0x31>(u3, u7));
+    }
+}
+
+/// [`pack_rhs_block`] for a stored matrix.
+fn pack_rhs_matrix(
+    b: MatRef<'_>,
+    row0: usize,
+    kc: usize,
+    col0: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    let panels = cols.div_ceil(NR);
+    if b.col_stride == 1 {
+        // Row-major source: read each source row once, front to back, and deal its
+        // 16-float pieces out to the panels.
+        for kk in 0..kc {
+            let start = b.offset + (row0 + kk) * b.row_stride + col0;
+            deal_row_to_panels(&b.data[start..start + cols], kk, kc, out);
+        }
+    } else if b.row_stride == 1 {
+        // Column-major source: each column is contiguous along k.
+        for panel in 0..panels {
+            let out_panel = &mut out[panel * kc * NR..(panel + 1) * kc * NR];
+            let first_col = col0 + panel * NR;
+            let panel_cols = NR.min(col0 + cols - first_col);
+            let mut done_cols = 0;
+            let mut done_rows = 0;
+            #[cfg(target_arch = "x86_64")]
+            if kc >= 8 {
+                // 8×8 blocks through an AVX transpose; the rest below, element by element.
+                done_rows = kc / 8 * 8;
+                done_cols = panel_cols / 8 * 8;
+                for j8 in (0..done_cols).step_by(8) {
+                    let start = b.offset + row0 + (first_col + j8) * b.col_stride;
+                    let last = start + 7 * b.col_stride + done_rows;
+                    assert!(last <= b.data.len(), "column-major pack reads inside the view");
+                    for k8 in (0..done_rows).step_by(8) {
+                        // SAFETY: the 8 columns read here span `start..last`, asserted to lie
+                        // in `b.data`; the 8 writes of 8 floats hit rows k8..k8+8 (< kc),
+                        // lanes j8..j8+8 (< NR) of this panel. The CPU has AVX (checked by
+                        // the caller of `gemm`).
+                        unsafe {
+                            transpose_8x8(
+                                b.data.as_ptr().add(start + k8),
+                                b.col_stride,
+                                out_panel.as_mut_ptr().add(k8 * NR + j8),
+                                NR,
+                            );
+                        }
+                    }
+                }
+            }
+            for jj in 0..panel_cols {
+                let start = b.offset + row0 + (first_col + jj) * b.col_stride;
+                let column = &b.data[start..start + kc];
+                let first_row = if jj < done_cols { done_rows } else { 0 };
+                for (kk, &value) in column.iter().enumerate().skip(first_row) {
+                    out_panel[kk * NR + jj] = value;
+                }
+            }
+        }
+    } else {
+        for panel in 0..panels {
+            let out_panel = &mut out[panel * kc * NR..(panel + 1) * kc * NR];
+            let first_col = col0 + panel * NR;
+            let panel_cols = NR.min(col0 + cols - first_col);
+            for kk in 0..kc {
+                let row_start = b.offset + (row0 + kk) * b.row_stride + first_col * b.col_stride;
+                for jj in 0..panel_cols {
+                    out_panel[kk * NR + jj] = b.data[row_start + jj * b.col_stride];
+                }
+            }
+        }
+    }
+}
+
+/// A `Vec<f32>` handed out as 64-byte-aligned slices, so each 16-float packed row is one
+/// cache line.
+#[derive(Default)]
+struct AlignedBuffer {
+    storage: Vec<f32>,
+}
+
+impl AlignedBuffer {
+    fn slice_mut(&mut self, len: usize) -> &mut [f32] {
+        let needed = len + 16;
+        if self.storage.len() < needed {
+            self.storage = vec![0.0; needed];
+        }
+        let shift = self.storage.as_ptr().align_offset(64).min(16);
+        &mut self.storage[shift..shift + len]
+    }
+}
+
+/// Per-thread buffers: packed `A` block, packed `B` block, one generated row.
+#[derive(Default)]
+struct PackBuffers {
+    lhs: AlignedBuffer,
+    rhs: AlignedBuffer,
+    row: Vec<f32>,
+}
+
+thread_local! {
+    /// Per-thread packing buffers (the gemm is single-threaded and never re-entered on a
+    /// thread).
+    static PACK_BUFFERS: RefCell<PackBuffers> = RefCell::default();
+}
+
+pub(super) fn gemm(
+    lhs: Lhs<'_>,
+    rhs: Rhs<'_>,
+    mut dst: MatMut<'_>,
+    accumulate: Accumulate,
+) -> candle::Result<()> {
+    if !is_supported() {
+        candle::bail!("gemm: the Native backend needs an x86-64 CPU with AVX2 and FMA");
+    }
+    let (m, k, n) = (dst.rows, rhs.rows(), dst.cols);
+    let dst_row_stride = dst.row_stride;
+    let dst_ptr = dst.ptr();
+    PACK_BUFFERS.with(|buffers| {
+        let mut buffers = buffers.borrow_mut();
+        let PackBuffers { lhs: lhs_buffer, rhs: rhs_buffer, row: row_buffer } = &mut *buffers;
+        let row_len = NC.min(n);
+        if row_buffer.len() < row_len {
+            row_buffer.resize(row_len, 0.0);
+        }
+        let rhs_pack = rhs_buffer.slice_mut(KC * NC.min(n.div_ceil(NR) * NR));
+        let lhs_pack = lhs_buffer.slice_mut(match lhs {
+            Lhs::Plain(_) => MC * KC,
+            Lhs::Packed(_) => 0,
+        });
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                pack_rhs_block(rhs, pc, kc, jc, nc, row_buffer, rhs_pack);
+                let add = accumulate == Accumulate::Add || pc > 0;
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
+                    let lhs_block: &[f32] = match lhs {
+                        Lhs::Plain(a) => {
+                            pack_lhs_block(a, ic, mc, pc, kc, lhs_pack);
+                            lhs_pack
+                        }
+                        Lhs::Packed(packed) => packed.block(pc, kc, ic),
+                    };
+                    // SAFETY: `dst` addresses rows `0..m` and columns `0..n` (bounds-checked
+                    // in `MatMut::new`); this block covers rows `ic..ic+mc` and columns
+                    // `jc..jc+nc`, inside it. The packed blocks hold ceil(mc/MR)·MR·kc and
+                    // ceil(nc/NR)·NR·kc values, which is what the macro-kernel reads.
+                    unsafe {
+                        macro_kernel(
+                            mc,
+                            nc,
+                            kc,
+                            lhs_block,
+                            rhs_pack,
+                            dst_ptr.add(ic * dst_row_stride + jc),
+                            dst_row_stride,
+                            add,
+                        );
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Multiplies a packed `mc × kc` block of A by a packed `kc × nc` block of B into `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i * dst_row_stride + j` for `i < mc`, `j < nc`;
+/// `lhs` must hold `ceil(mc/MR)·MR·kc` packed values and `rhs` `ceil(nc/NR)·NR·kc`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn macro_kernel(
+    mc: usize,
+    nc: usize,
+    kc: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: *mut f32,
+    dst_row_stride: usize,
+    add: bool,
+) {
+    debug_assert!(lhs.len() >= mc.div_ceil(MR) * MR * kc);
+    debug_assert!(rhs.len() >= nc.div_ceil(NR) * NR * kc);
+    for jr in (0..nc).step_by(NR) {
+        let nr = NR.min(nc - jr);
+        let rhs_panel = rhs[jr * kc..].as_ptr();
+        for ir in (0..mc).step_by(MR) {
+            let mr = MR.min(mc - ir);
+            let lhs_panel = lhs[ir * kc..].as_ptr();
+            // SAFETY: the caller guarantees the extents of `dst`, `lhs` and `rhs`; the
+            // micro-kernel reads kc·MR values of the A panel and kc·NR of the B panel, and
+            // writes an mr × nr tile at row `ir`, column `jr` of `dst`.
+            unsafe {
+                let tile = dst.add(ir * dst_row_stride + jr);
+                if mr == MR && nr == NR {
+                    kernel_6x16(kc, lhs_panel, rhs_panel, tile, dst_row_stride, add);
+                } else {
+                    let mut scratch = [0.0f32; MR * NR];
+                    kernel_6x16(kc, lhs_panel, rhs_panel, scratch.as_mut_ptr(), NR, false);
+                    for i in 0..mr {
+                        for j in 0..nr {
+                            let out = tile.add(i * dst_row_stride + j);
+                            *out = if add { *out } else { 0.0 } + scratch[i * NR + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 6×16 micro-kernel: `C[0..6, 0..16] (+)= A_panel · B_panel`.
+///
+/// # Safety
+/// `a` must be readable for `kc * MR` floats, `b` for `kc * NR`, and `c` writable (and
+/// readable when `add`) at `i * rs_c + j` for `i < 6`, `j < 16`. The CPU must support
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs_c: usize,
+    add: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every pointer offset below stays within the extents the caller guarantees
+    // (prefetches of addresses just past a row are hints and never fault).
+    unsafe {
+        // Start fetching the C tile now: it is usually outside L2 (a large output or
+        // gradient), and the loop below hides the latency.
+        for i in 0..MR {
+            let row = c.wrapping_add(i * rs_c) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(63));
+        }
+        let mut c00 = _mm256_setzero_ps();
+        let mut c01 = _mm256_setzero_ps();
+        let mut c10 = _mm256_setzero_ps();
+        let mut c11 = _mm256_setzero_ps();
+        let mut c20 = _mm256_setzero_ps();
+        let mut c21 = _mm256_setzero_ps();
+        let mut c30 = _mm256_setzero_ps();
+        let mut c31 = _mm256_setzero_ps();
+        let mut c40 = _mm256_setzero_ps();
+        let mut c41 = _mm256_setzero_ps();
+        let mut c50 = _mm256_setzero_ps();
+        let mut c51 = _mm256_setzero_ps();
+        let mut a = a;
+        let mut b = b;
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            let a0 = _mm256_broadcast_ss(&*a);
+            c00 = _mm256_fmadd_ps(a0, b0, c00);
+            c01 = _mm256_fmadd_ps(a0, b1, c01);
+            let a1 = _mm256_broadcast_ss(&*a.add(1));
+            c10 = _mm256_fmadd_ps(a1, b0, c10);
+            c11 = _mm256_fmadd_ps(a1, b1, c11);
+            let a2 = _mm256_broadcast_ss(&*a.add(2));
+            c20 = _mm256_fmadd_ps(a2, b0, c20);
+            c21 = _mm256_fmadd_ps(a2, b1, c21);
+            let a3 = _mm256_broadcast_ss(&*a.add(3));
+            c30 = _mm256_fmadd_ps(a3, b0, c30);
+            c31 = _mm256_fmadd_ps(a3, b1, c31);
+            let a4 = _mm256_broadcast_ss(&*a.add(4));
+            c40 = _mm256_fmadd_ps(a4, b0, c40);
+            c41 = _mm256_fmadd_ps(a4, b1, c41);
+            let a5 = _mm256_broadcast_ss(&*a.add(5));
+            c50 = _mm256_fmadd_ps(a5, b0, c50);
+            c51 = _mm256_fmadd_ps(a5, b1, c51);
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
+        for (i, (left, right)) in rows.into_iter().enumerate() {
+            let row = c.add(i * rs_c);
+            if add {
+                _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), left));
+                _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), right));
+            } else {
+                _mm256_storeu_ps(row, left);
+                _mm256_storeu_ps(row.add(8), right);
+            }
+        }
+    }
+}
+
+/// Portable stand-in so the crate builds off x86-64; never called there because
+/// [`is_supported`] is false and [`gemm`] bails first.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_6x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs_c: usize,
+    add: bool,
+) {
+    // SAFETY: same contract as the x86-64 kernel.
+    unsafe {
+        for i in 0..MR {
+            for j in 0..NR {
+                let mut sum = 0.0f32;
+                for kk in 0..kc {
+                    sum += *a.add(kk * MR + i) * *b.add(kk * NR + j);
+                }
+                let out = c.add(i * rs_c + j);
+                *out = if add { *out } else { 0.0 } + sum;
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Layers over the fast ops, in candle-nn's idiom: a struct of tensors plus its config, a
+//! lowercase constructor that takes a `VarBuilder`, and `Module` (hence `ModuleT`).
+//!
+//! [`conv2d`] / [`conv2d_no_bias`] create the same variables as candle-nn's constructors of
+//! the same names (`weight (O, C/groups, K, K)` with Kaiming-normal init, `bias (O)` uniform
+//! in ±1/sqrt(C)), and [`batch_norm2d`] the same as candle-nn's `batch_norm` (`weight`,
+//! `bias`, `running_mean`, `running_var`), so PyTorch state_dict entries load unchanged.
+
+use crate::ops::{
+    self, AvgPool2dConfig, BatchNormActivation, BatchNormTrainConfig, Conv2dConfig, MaxPool2dConfig,
+};
+use candle::{Module, ModuleT, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+/// 2-D convolution layer: `(B, C, H, W) -> (B, O, OH, OW)`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Self { weight, bias, config }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        let ys = ops::conv2d(xs, &self.weight, self.config)?;
+        match &self.bias {
+            None => Ok(ys),
+            Some(bias) => {
+                let channels = bias.dims1()?;
+                ys.broadcast_add(&bias.reshape((1, channels, 1, 1))?)
+            }
+        }
+    }
+}
+
+fn conv2d_weight(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: &Conv2dConfig,
+    vb: &VarBuilder,
+) -> candle::Result<Tensor> {
+    if config.groups == 0
+        || !in_channels.is_multiple_of(config.groups)
+        || !out_channels.is_multiple_of(config.groups)
+    {
+        candle::bail!(
+            "conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible \
+             by groups ({})",
+            config.groups
+        );
+    }
+    vb.get_with_hints(
+        (out_channels, in_channels / config.groups, kernel_size, kernel_size),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )
+}
+
+/// A convolution with bias, variables `weight` and `bias` under `vb`.
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> candle::Result<Conv2d> {
+    let weight = conv2d_weight(in_channels, out_channels, kernel_size, &config, &vb)?;
+    let bound = 1. / (in_channels as f64).sqrt();
+    let bias = vb.get_with_hints(
+        out_channels,
+        "bias",
+        candle_nn::Init::Uniform { lo: -bound, up: bound },
+    )?;
+    Ok(Conv2d::new(weight, Some(bias), config))
+}
+
+/// A convolution without bias, variable `weight` under `vb`.
+pub fn conv2d_no_bias(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> candle::Result<Conv2d> {
+    let weight = conv2d_weight(in_channels, out_channels, kernel_size, &config, &vb)?;
+    Ok(Conv2d::new(weight, None, config))
+}
+
+/// Max pooling layer (no parameters): `(B, C, H, W) -> (B, C, OH, OW)`.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool2d {
+    config: MaxPool2dConfig,
+}
+
+impl MaxPool2d {
+    pub fn new(config: MaxPool2dConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &MaxPool2dConfig {
+        &self.config
+    }
+}
+
+impl Module for MaxPool2d {
+    fn forward(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        ops::max_pool2d(xs, self.config)
+    }
+}
+
+/// Average pooling layer (no parameters): `(B, C, H, W) -> (B, C, OH, OW)`.
+#[derive(Debug, Clone, Copy)]
+pub struct AvgPool2d {
+    config: AvgPool2dConfig,
+}
+
+impl AvgPool2d {
+    pub fn new(config: AvgPool2dConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &AvgPool2dConfig {
+        &self.config
+    }
+}
+
+impl Module for AvgPool2d {
+    fn forward(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        ops::avg_pool2d(xs, self.config)
+    }
+}
+
+/// Batch normalisation over (B, H, W) of a `(B, C, H, W)` tensor, optionally fused with the
+/// ReLU that follows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNorm2dConfig {
+    /// Added to the variance before the square root.
+    pub eps: f64,
+    /// Running statistics move by this fraction of the batch statistics each training step:
+    /// `running = running·(1 - momentum) + batch·momentum` (PyTorch's convention).
+    pub momentum: f64,
+    /// Applied after the affine transform, inside the fused op.
+    pub activation: BatchNormActivation,
+}
+
+impl Default for BatchNorm2dConfig {
+    fn default() -> Self {
+        Self { eps: 1e-5, momentum: 0.1, activation: BatchNormActivation::Identity }
+    }
+}
+
+/// Batch-norm layer with running statistics, `(B, C, H, W) -> (B, C, H, W)`.
+///
+/// Training (`forward_t(x, true)`) normalises with the batch statistics through the fused
+/// op [`ops::batch_norm_train`] and updates `running_mean` and `running_var` in place
+/// exactly as candle-nn's `BatchNorm::forward_t(x, true)` does (momentum, unbiased running
+/// variance); evaluation uses the running statistics.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    running_mean: Var,
+    running_var: Var,
+    weight: Tensor,
+    bias: Tensor,
+    config: BatchNorm2dConfig,
+}
+
+impl BatchNorm2d {
+    pub fn new(
+        running_mean: Var,
+        running_var: Var,
+        weight: Tensor,
+        bias: Tensor,
+        config: BatchNorm2dConfig,
+    ) -> candle::Result<Self> {
+        let channels = weight.dims1()?;
+        for (name, t) in [
+            ("bias", &bias),
+            ("running_mean", running_mean.as_tensor()),
+            ("running_var", running_var.as_tensor()),
+        ] {
+            if t.dims() != [channels] {
+                candle::bail!(
+                    "batch_norm2d: {name} has shape {:?}, the weight has {channels} channels",
+                    t.dims()
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&config.momentum) || config.eps < 0.0 {
+            candle::bail!(
+                "batch_norm2d: momentum must be in [0, 1] and eps non-negative, got {config:?}"
+            );
+        }
+        Ok(Self { running_mean, running_var, weight, bias, config })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    pub fn config(&self) -> &BatchNorm2dConfig {
+        &self.config
+    }
+
+    fn forward_train(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        let train_config =
+            BatchNormTrainConfig { eps: self.config.eps, activation: self.config.activation };
+        let (ys, statistics) = ops::batch_norm_train(xs, &self.weight, &self.bias, train_config)?;
+        let momentum = self.config.momentum;
+        let count = statistics.count as f64;
+        let mean = (self.running_mean.as_detached_tensor() * (1.0 - momentum))?
+            .add(&(statistics.mean.to_dtype(self.running_mean.dtype())? * momentum)?)?;
+        self.running_mean.set(&mean)?;
+        let variance_weight = momentum * count / (count - 1.0);
+        let variance = (self.running_var.as_detached_tensor() * (1.0 - momentum))?
+            .add(&(statistics.variance.to_dtype(self.running_var.dtype())? * variance_weight)?)?;
+        self.running_var.set(&variance)?;
+        Ok(ys)
+    }
+
+    fn forward_eval(&self, xs: &Tensor) -> candle::Result<Tensor> {
+        let channels = self.weight.dims1()?;
+        let shape = (1, channels, 1, 1);
+        let scale = self
+            .weight
+            .broadcast_div(&(self.running_var.as_detached_tensor() + self.config.eps)?.sqrt()?)?;
+        let shift = self.bias.sub(&(self.running_mean.as_detached_tensor() * &scale)?)?;
+        let ys = xs
+            .broadcast_mul(&scale.reshape(shape)?.to_dtype(xs.dtype())?)?
+            .broadcast_add(&shift.reshape(shape)?.to_dtype(xs.dtype())?)?;
+        match self.config.activation {
+            BatchNormActivation::Identity => Ok(ys),
+            BatchNormActivation::Relu => ys.relu(),
+        }
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
+        if train { self.forward_train(xs) } else { self.forward_eval(xs) }
+    }
+}
+
+/// A batch-norm layer with variables `weight` (init 1), `bias` (0), `running_mean` (0) and
+/// `running_var` (1) under `vb`, as candle-nn's `batch_norm` creates them.
+pub fn batch_norm2d(
+    num_features: usize,
+    config: BatchNorm2dConfig,
+    vb: VarBuilder,
+) -> candle::Result<BatchNorm2d> {
+    let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.))?;
+    let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.))?;
+    let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.))?;
+    let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.))?;
+    BatchNorm2d::new(
+        Var::from_tensor(&running_mean)?,
+        Var::from_tensor(&running_var)?,
+        weight,
+        bias,
+        config,
+    )
+}

@@ -1,0 +1,147 @@
+//! ReLU with PyTorch's gradient, alone and fused with the residual addition that precedes it
+//! in every ResNet block: `relu(a + b)`.
+//!
+//! candle's `relu` passes the gradient where `x >= 0`; PyTorch (and so fastai) where `x > 0`.
+//! The two differ exactly at 0, which xresnet hits on purpose: the last BatchNorm of each
+//! residual branch starts with γ = 0, so at the first steps every identity block adds zeros and
+//! candle's rule would send gradient through units PyTorch blocks. Fusing the addition also
+//! saves a pass over a large activation and its gradient.
+
+use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::storage::f32_row_major;
+
+/// `max(x, 0)` with gradient `1` where `x > 0` and `0` elsewhere (PyTorch's rule).
+pub fn relu(xs: &Tensor) -> candle::Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.apply_op1(Relu);
+    }
+    // Elsewhere: the same function and gradient from stock ops (the mask is a constant).
+    xs.mul(&xs.gt(0.0)?.to_dtype(xs.dtype())?)
+}
+
+/// `relu(a + b)` for two tensors of one shape, with PyTorch's gradient for both.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> candle::Result<Tensor> {
+    if a.shape() != b.shape() {
+        candle::bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        return a.apply_op2(b, AddRelu);
+    }
+    relu(&(a + b)?)
+}
+
+/// Chunk length for parallel element-wise loops (large enough to amortise rayon).
+const CHUNK: usize = 1 << 14;
+
+fn relu_forward(sum: impl Fn(usize) -> f32 + Sync, len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk_idx, chunk)| {
+        let start = chunk_idx * CHUNK;
+        for (offset, value) in chunk.iter_mut().enumerate() {
+            *value = sum(start + offset).max(0.0);
+        }
+    });
+    out
+}
+
+/// The ReLU forward as a candle op.
+#[derive(Debug, Clone, Copy)]
+pub struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "wick-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let xs = f32_row_major(storage, layout, "relu")?;
+        Ok((CpuStorage::F32(relu_forward(|i| xs[i], xs.len())), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle::Result<Option<Tensor>> {
+        // The output is positive exactly where the input is.
+        Ok(Some(output.apply_op2_no_bwd(grad_output, &ReluBackward)?))
+    }
+}
+
+/// `relu(a + b)` as a candle op.
+#[derive(Debug, Clone, Copy)]
+pub struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "wick-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let a_values = f32_row_major(a, a_layout, "add_relu")?;
+        let b_values = f32_row_major(b, b_layout, "add_relu")?;
+        let output = relu_forward(|i| a_values[i] + b_values[i], a_values.len());
+        Ok((CpuStorage::F32(output), a_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = output.apply_op2_no_bwd(grad_output, &ReluBackward)?;
+        Ok((Some(grad.clone()), Some(grad)))
+    }
+}
+
+/// `grad · (output > 0)`: the backward of both ops, from the forward output.
+#[derive(Debug, Clone, Copy)]
+pub struct ReluBackward;
+
+impl CustomOp2 for ReluBackward {
+    fn name(&self) -> &'static str {
+        "wick-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        output: &CpuStorage,
+        output_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        if output_layout.shape() != grad_layout.shape() {
+            candle::bail!(
+                "relu backward: output {:?} and gradient {:?} differ",
+                output_layout.dims(),
+                grad_layout.dims()
+            );
+        }
+        let output_values = f32_row_major(output, output_layout, "relu backward")?;
+        let grad_values = f32_row_major(grad, grad_layout, "relu backward")?;
+        let mut result = vec![0f32; grad_values.len()];
+        result.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk_idx, chunk)| {
+            let start = chunk_idx * CHUNK;
+            for (offset, value) in chunk.iter_mut().enumerate() {
+                let i = start + offset;
+                *value = if output_values[i] > 0.0 { grad_values[i] } else { 0.0 };
+            }
+        });
+        Ok((CpuStorage::F32(result), grad_layout.shape().clone()))
+    }
+}

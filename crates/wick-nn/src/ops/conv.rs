@@ -1,0 +1,274 @@
+//! Differentiable 2-D convolution: [`conv2d`] and the three candle custom ops behind it
+//! (forward, gradient of the input, gradient of the weight).
+//!
+//! Shapes: input `(B, C, H, W)`, weight `(O, C/groups, KH, KW)`, output `(B, O, OH, OW)` with
+//! `OH = (H + 2·padding - dilation·(KH-1) - 1) / stride + 1` (likewise OW), as candle and
+//! PyTorch compute it.
+//!
+//! On CPU with f32 every pass is a gemm (see `conv_cpu.rs`). Elsewhere, and for other
+//! dtypes, [`conv2d`] calls candle's own `Tensor::conv2d`. The op structs keep only the
+//! configuration, so a CUDA implementation can later add `cuda_fwd` to each of them
+//! (cuDNN forward, backward-data, backward-filter) without changing any caller.
+
+use super::conv_cpu::{self, ConvGeometry};
+use super::storage::f32_row_major;
+use crate::gemm::gemm_backend;
+use candle::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+
+/// Padding, stride, dilation and groups of a square 2-D convolution (the fields of
+/// `candle_nn::Conv2dConfig` without the cuDNN algorithm choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Zero padding added on every side of the input.
+    pub padding: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    /// Input and output channels are split into this many independent groups.
+    pub groups: usize,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Self { padding: 0, stride: 1, dilation: 1, groups: 1 }
+    }
+}
+
+impl From<candle_nn::Conv2dConfig> for Conv2dConfig {
+    fn from(config: candle_nn::Conv2dConfig) -> Self {
+        Self {
+            padding: config.padding,
+            stride: config.stride,
+            dilation: config.dilation,
+            groups: config.groups,
+        }
+    }
+}
+
+/// 2-D convolution of `xs (B, C, H, W)` with `weight (O, C/groups, KH, KW)`, differentiable
+/// in both arguments. No bias (add it with `broadcast_add`, as [`crate::Conv2d`] does).
+pub fn conv2d(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> candle::Result<Tensor> {
+    conv_geometry(xs.dims(), weight.dims(), config)?;
+    if !xs.device().same_device(weight.device()) {
+        candle::bail!(
+            "conv2d: input is on {:?} but weight is on {:?}",
+            xs.device().location(),
+            weight.device().location()
+        );
+    }
+    let fast_path =
+        xs.device().is_cpu() && xs.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if fast_path {
+        xs.apply_op2(weight, Conv2dOp { config })
+    } else {
+        xs.conv2d(weight, config.padding, config.stride, config.dilation, config.groups)
+    }
+}
+
+/// Validates the shapes of a convolution and derives its output size.
+pub(crate) fn conv_geometry(
+    input_dims: &[usize],
+    weight_dims: &[usize],
+    config: Conv2dConfig,
+) -> candle::Result<ConvGeometry> {
+    let &[batch, in_channels, in_height, in_width] = input_dims else {
+        candle::bail!("conv2d: input must be (B, C, H, W), got shape {input_dims:?}");
+    };
+    let &[out_channels, group_in_channels, kernel_height, kernel_width] = weight_dims else {
+        candle::bail!("conv2d: weight must be (O, C/groups, KH, KW), got shape {weight_dims:?}");
+    };
+    let Conv2dConfig { padding, stride, dilation, groups } = config;
+    if stride == 0 || dilation == 0 || groups == 0 {
+        candle::bail!(
+            "conv2d: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be positive"
+        );
+    }
+    if group_in_channels * groups != in_channels || !out_channels.is_multiple_of(groups) {
+        candle::bail!(
+            "conv2d: input {input_dims:?} and weight {weight_dims:?} do not fit groups = {groups} \
+             (need C = weight.dim(1)·groups and O divisible by groups)"
+        );
+    }
+    if kernel_height == 0 || kernel_width == 0 {
+        candle::bail!("conv2d: empty kernel in weight {weight_dims:?}");
+    }
+    let span_h = dilation * (kernel_height - 1) + 1;
+    let span_w = dilation * (kernel_width - 1) + 1;
+    if in_height + 2 * padding < span_h || in_width + 2 * padding < span_w {
+        candle::bail!(
+            "conv2d: the dilated kernel ({span_h}x{span_w}) is larger than the padded input \
+             {input_dims:?} with padding {padding}"
+        );
+    }
+    Ok(ConvGeometry {
+        batch,
+        in_channels,
+        in_height,
+        in_width,
+        out_channels,
+        kernel_height,
+        kernel_width,
+        out_height: (in_height + 2 * padding - span_h) / stride + 1,
+        out_width: (in_width + 2 * padding - span_w) / stride + 1,
+        padding,
+        stride,
+        dilation,
+        groups,
+    })
+}
+
+/// The forward convolution as a candle op on `(xs, weight)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dOp {
+    pub config: Conv2dConfig,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "wick-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input_storage: &CpuStorage,
+        input_layout: &Layout,
+        weight_storage: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let geometry = conv_geometry(input_layout.dims(), weight_layout.dims(), self.config)?;
+        let input = f32_row_major(input_storage, input_layout, "conv2d")?;
+        let weight = f32_row_major(weight_storage, weight_layout, "conv2d")?;
+        let output = conv_cpu::conv2d_forward(&geometry, &input, &weight, gemm_backend())?;
+        let shape = Shape::from((
+            geometry.batch,
+            geometry.out_channels,
+            geometry.out_height,
+            geometry.out_width,
+        ));
+        Ok((CpuStorage::F32(output), shape))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, input_height, input_width) = xs.dims4()?;
+        let (_, _, kernel_height, kernel_width) = weight.dims4()?;
+        // An argument that tracks no op (e.g. the input images of the first layer) never
+        // needs its gradient: skip that pass.
+        let grad_input = if xs.track_op() {
+            let op = Conv2dBackwardInputOp { config: self.config, input_height, input_width };
+            Some(grad_output.apply_op2_no_bwd(weight, &op)?)
+        } else {
+            None
+        };
+        let grad_weight = if weight.track_op() {
+            let op = Conv2dBackwardWeightOp { config: self.config, kernel_height, kernel_width };
+            Some(xs.apply_op2_no_bwd(grad_output, &op)?)
+        } else {
+            None
+        };
+        Ok((grad_input, grad_weight))
+    }
+}
+
+/// Gradient of the convolution input: an op on `(grad_output (B, O, OH, OW), weight)`
+/// returning `(B, C, H, W)`. H and W are stored because several input sizes give the same
+/// output size when stride > 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dBackwardInputOp {
+    pub config: Conv2dConfig,
+    pub input_height: usize,
+    pub input_width: usize,
+}
+
+impl CustomOp2 for Conv2dBackwardInputOp {
+    fn name(&self) -> &'static str {
+        "wick-conv2d-backward-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad_storage: &CpuStorage,
+        grad_layout: &Layout,
+        weight_storage: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let &[batch, out_channels, grad_height, grad_width] = grad_layout.dims() else {
+            candle::bail!(
+                "conv2d backward (input): grad must be (B, O, OH, OW), got {:?}",
+                grad_layout.dims()
+            );
+        };
+        let weight_dims = weight_layout.dims();
+        let in_channels = weight_dims.get(1).copied().unwrap_or(0) * self.config.groups;
+        let input_dims = [batch, in_channels, self.input_height, self.input_width];
+        let geometry = conv_geometry(&input_dims, weight_dims, self.config)?;
+        if geometry.out_channels != out_channels
+            || geometry.out_height != grad_height
+            || geometry.out_width != grad_width
+        {
+            candle::bail!(
+                "conv2d backward (input): grad {:?} does not match the output of input {input_dims:?} \
+                 and weight {weight_dims:?}",
+                grad_layout.dims()
+            );
+        }
+        let grad = f32_row_major(grad_storage, grad_layout, "conv2d backward (input)")?;
+        let weight = f32_row_major(weight_storage, weight_layout, "conv2d backward (input)")?;
+        let grad_input =
+            conv_cpu::conv2d_backward_input(&geometry, &grad, &weight, gemm_backend())?;
+        Ok((CpuStorage::F32(grad_input), Shape::from(input_dims.to_vec())))
+    }
+}
+
+/// Gradient of the convolution weight: an op on `(xs (B, C, H, W), grad_output (B, O, OH, OW))`
+/// returning `(O, C/groups, KH, KW)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dBackwardWeightOp {
+    pub config: Conv2dConfig,
+    pub kernel_height: usize,
+    pub kernel_width: usize,
+}
+
+impl CustomOp2 for Conv2dBackwardWeightOp {
+    fn name(&self) -> &'static str {
+        "wick-conv2d-backward-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input_storage: &CpuStorage,
+        input_layout: &Layout,
+        grad_storage: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let input_dims = input_layout.dims();
+        let &[_, out_channels, grad_height, grad_width] = grad_layout.dims() else {
+            candle::bail!(
+                "conv2d backward (weight): grad must be (B, O, OH, OW), got {:?}",
+                grad_layout.dims()
+            );
+        };
+        let group_in_channels = input_dims.get(1).copied().unwrap_or(0) / self.config.groups.max(1);
+        let weight_dims = [out_channels, group_in_channels, self.kernel_height, self.kernel_width];
+        let geometry = conv_geometry(input_dims, &weight_dims, self.config)?;
+        if geometry.batch != grad_layout.dims()[0]
+            || geometry.out_height != grad_height
+            || geometry.out_width != grad_width
+        {
+            candle::bail!(
+                "conv2d backward (weight): grad {:?} does not match the output of input {input_dims:?} \
+                 and weight {weight_dims:?}",
+                grad_layout.dims()
+            );
+        }
+        let input = f32_row_major(input_storage, input_layout, "conv2d backward (weight)")?;
+        let grad = f32_row_major(grad_storage, grad_layout, "conv2d backward (weight)")?;
+        let grad_weight =
+            conv_cpu::conv2d_backward_weight(&geometry, &input, &grad, gemm_backend())?;
+        Ok((CpuStorage::F32(grad_weight), Shape::from(weight_dims.to_vec())))
+    }
+}

@@ -1,0 +1,666 @@
+//! CPU kernels of the 2-D convolution and its two gradients, all as gemm over im2col /
+//! col2im tiles, parallel over the batch with rayon and single-threaded gemm inside.
+//!
+//! Shapes (NCHW, row-major): input `x (B, C, H, W)`, weight `w (O, C/G, KH, KW)`, output
+//! `y (B, O, OH, OW)`; G groups, `P = OH·OW` output pixels, `KG = (C/G)·KH·KW` patch length.
+//! Per batch item and group `g`:
+//! - forward:      `y_g (O/G × P)  = w_g (O/G × KG) · col_g (KG × P)`
+//! - grad input:   stride 1: the forward convolution of `dy` with the flipped, transposed
+//!   kernel; otherwise `dcol_g (KG × P) = w_gᵀ (KG × O/G) · dy_g (O/G × P)`, then col2im
+//! - grad weight:  `dw_g (O/G × KG) += dy_g (O/G × P) · col_gᵀ (P × KG)`, summed over items
+//!
+//! A 1×1 stride-1 unpadded convolution uses the input itself as `col` (no im2col). The
+//! forward's `col` is never stored whole: the native gemm packs it straight from the image
+//! row by row ([`Im2colRows`]); other backends get it materialised per tile. Large images
+//! are cut into column tiles so that buffers stay near L2; small images (late stages) are
+//! grouped several items to a tile so that the gemm has enough columns. The weights, the
+//! left operand of every item's product, are packed once per call.
+
+use crate::gemm::{
+    Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
+    materialize_into,
+};
+use rayon::prelude::*;
+
+/// Target size of one im2col / col2im tile buffer.
+const TILE_BYTES: usize = 512 * 1024;
+/// Items are grouped into one tile until it has at least this many columns.
+const MIN_GROUPED_COLUMNS: usize = 256;
+
+/// Everything about one convolution's shapes, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeometry {
+    pub(crate) batch: usize,
+    pub(crate) in_channels: usize,
+    pub(crate) in_height: usize,
+    pub(crate) in_width: usize,
+    pub(crate) out_channels: usize,
+    pub(crate) kernel_height: usize,
+    pub(crate) kernel_width: usize,
+    pub(crate) out_height: usize,
+    pub(crate) out_width: usize,
+    pub(crate) padding: usize,
+    pub(crate) stride: usize,
+    pub(crate) dilation: usize,
+    pub(crate) groups: usize,
+}
+
+impl ConvGeometry {
+    pub(crate) fn group_in_channels(&self) -> usize {
+        self.in_channels / self.groups
+    }
+
+    pub(crate) fn group_out_channels(&self) -> usize {
+        self.out_channels / self.groups
+    }
+
+    fn kernel_area(&self) -> usize {
+        self.kernel_height * self.kernel_width
+    }
+
+    /// KG: rows of the im2col matrix of one group.
+    pub(crate) fn patch_len(&self) -> usize {
+        self.group_in_channels() * self.kernel_area()
+    }
+
+    pub(crate) fn out_pixels(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    fn in_pixels(&self) -> usize {
+        self.in_height * self.in_width
+    }
+
+    pub(crate) fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_pixels()
+    }
+
+    pub(crate) fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_pixels()
+    }
+
+    pub(crate) fn weight_len(&self) -> usize {
+        self.out_channels * self.patch_len()
+    }
+
+    /// 1×1, stride 1, no padding: the input of an item is already its im2col matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel_height == 1 && self.kernel_width == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// How the batch is split into parallel work units and each unit into gemm tiles.
+#[derive(Debug, Clone, Copy)]
+struct TilePlan {
+    /// Batch items per rayon work unit (and per tile when > 1).
+    items_per_unit: usize,
+    /// Columns per tile when a unit holds one item.
+    columns_per_tile: usize,
+}
+
+impl TilePlan {
+    fn new(geometry: &ConvGeometry) -> Self {
+        let pixels = geometry.out_pixels().max(1);
+        let threads = rayon::current_num_threads().max(1);
+        let by_cache = TILE_BYTES / (4 * geometry.patch_len().max(1));
+        let target_columns = by_cache.clamp(64, 2048) / 16 * 16;
+        let items_per_unit =
+            (MIN_GROUPED_COLUMNS / pixels).clamp(1, geometry.batch.div_ceil(threads).max(1));
+        let columns_per_tile = if items_per_unit == 1 && pixels > target_columns {
+            let tiles = pixels.div_ceil(target_columns);
+            pixels.div_ceil(tiles).div_ceil(16) * 16
+        } else {
+            pixels
+        };
+        Self { items_per_unit, columns_per_tile }
+    }
+}
+
+/// A run of consecutive im2col columns that lie in one output row of one item.
+#[derive(Debug, Clone, Copy)]
+struct ColumnRun {
+    /// Item index relative to the first item of the tile's unit.
+    item: usize,
+    out_y: usize,
+    out_x_start: usize,
+    len: usize,
+    /// Column of the tile buffer where the run starts.
+    column: usize,
+}
+
+/// Splits columns `first..first+count` of a unit (column = item·P + pixel) into runs.
+fn column_runs(geometry: &ConvGeometry, first: usize, count: usize) -> Vec<ColumnRun> {
+    let pixels = geometry.out_pixels();
+    let width = geometry.out_width;
+    let mut runs = Vec::with_capacity(count / width.max(1) + 2);
+    let mut column = 0;
+    while column < count {
+        let global = first + column;
+        let (item, pixel) = (global / pixels, global % pixels);
+        let (out_y, out_x_start) = (pixel / width, pixel % width);
+        let len = (width - out_x_start).min(count - column);
+        runs.push(ColumnRun { item, out_y, out_x_start, len, column });
+        column += len;
+    }
+    runs
+}
+
+/// The output columns `[lo, hi)` of a row whose input column `ox·stride + offset - padding`
+/// falls inside `0..in_width`.
+fn valid_out_x(geometry: &ConvGeometry, kernel_offset: usize) -> (usize, usize) {
+    let stride = geometry.stride;
+    let lo = geometry.padding.saturating_sub(kernel_offset).div_ceil(stride);
+    let reach = geometry.in_width + geometry.padding;
+    let hi = if reach > kernel_offset { (reach - kernel_offset - 1) / stride + 1 } else { 0 };
+    (lo, hi.min(geometry.out_width))
+}
+
+/// Input row of output row `out_y` for kernel row offset `ky·dilation`, if inside the image.
+fn input_row(geometry: &ConvGeometry, out_y: usize, kernel_offset: usize) -> Option<usize> {
+    (out_y * geometry.stride + kernel_offset)
+        .checked_sub(geometry.padding)
+        .filter(|&row| row < geometry.in_height)
+}
+
+/// The im2col matrix (KG rows × tile columns) of one group of a unit's items, generated
+/// row by row from the image (`input` starts at the unit's first item).
+struct Im2colRows<'a> {
+    geometry: &'a ConvGeometry,
+    input: &'a [f32],
+    group: usize,
+    runs: &'a [ColumnRun],
+    columns: usize,
+}
+
+impl RowSource for Im2colRows<'_> {
+    fn rows(&self) -> usize {
+        self.geometry.patch_len()
+    }
+
+    fn cols(&self) -> usize {
+        self.columns
+    }
+
+    fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
+        let g = self.geometry;
+        let (in_h, in_w) = (g.in_height, g.in_width);
+        let area = g.kernel_area();
+        let (channel, ky, kx) = (row / area, (row % area) / g.kernel_width, row % g.kernel_width);
+        let plane_offset = (self.group * g.group_in_channels() + channel) * in_h * in_w;
+        let item_len = g.in_channels * in_h * in_w;
+        let (ky_offset, kx_offset) = (ky * g.dilation, kx * g.dilation);
+        let (valid_lo, valid_hi) = valid_out_x(g, kx_offset);
+        let col_end = col0 + out.len();
+        let first_run = self.runs.partition_point(|run| run.column + run.len <= col0);
+        for run in &self.runs[first_run..] {
+            if run.column >= col_end {
+                break;
+            }
+            // The part of the run inside [col0, col_end).
+            let start = run.column.max(col0);
+            let end = (run.column + run.len).min(col_end);
+            let out_x_start = run.out_x_start + (start - run.column);
+            let out_x_end = out_x_start + (end - start);
+            let dst = &mut out[start - col0..end - col0];
+            let Some(in_y) = input_row(g, run.out_y, ky_offset) else {
+                dst.fill(0.0);
+                continue;
+            };
+            let src_row_start = run.item * item_len + plane_offset + in_y * in_w;
+            let src_row = &self.input[src_row_start..src_row_start + in_w];
+            let lo = valid_lo.clamp(out_x_start, out_x_end);
+            let hi = valid_hi.clamp(lo, out_x_end);
+            dst[..lo - out_x_start].fill(0.0);
+            dst[hi - out_x_start..].fill(0.0);
+            if hi > lo {
+                // Input column of output column ox: ox·stride + kx_offset - padding.
+                let first_in_x = lo * g.stride + kx_offset - g.padding;
+                let dst = &mut dst[lo - out_x_start..hi - out_x_start];
+                if g.stride == 1 {
+                    dst.copy_from_slice(&src_row[first_in_x..first_in_x + (hi - lo)]);
+                } else {
+                    for (i, value) in dst.iter_mut().enumerate() {
+                        *value = src_row[first_in_x + i * g.stride];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the col2im of `columns` (KG rows × `tile_columns`) of group `group` into
+/// `grad_input` (which starts at the unit's first item).
+fn col2im_add(
+    geometry: &ConvGeometry,
+    columns: &[f32],
+    group: usize,
+    runs: &[ColumnRun],
+    tile_columns: usize,
+    grad_input: &mut [f32],
+) {
+    let (in_h, in_w) = (geometry.in_height, geometry.in_width);
+    let item_len = geometry.in_channels * in_h * in_w;
+    let stride = geometry.stride;
+    let mut row_index = 0;
+    for channel in 0..geometry.group_in_channels() {
+        let plane_offset = (group * geometry.group_in_channels() + channel) * in_h * in_w;
+        for ky in 0..geometry.kernel_height {
+            let ky_offset = ky * geometry.dilation;
+            for kx in 0..geometry.kernel_width {
+                let kx_offset = kx * geometry.dilation;
+                let (valid_lo, valid_hi) = valid_out_x(geometry, kx_offset);
+                let src_row = &columns[row_index * tile_columns..(row_index + 1) * tile_columns];
+                for run in runs {
+                    let Some(in_y) = input_row(geometry, run.out_y, ky_offset) else {
+                        continue;
+                    };
+                    let run_end = run.out_x_start + run.len;
+                    let lo = valid_lo.clamp(run.out_x_start, run_end);
+                    let hi = valid_hi.clamp(lo, run_end);
+                    if hi == lo {
+                        continue;
+                    }
+                    let src = &src_row
+                        [run.column + lo - run.out_x_start..run.column + hi - run.out_x_start];
+                    let dst_row_start = run.item * item_len + plane_offset + in_y * in_w;
+                    let dst_row = &mut grad_input[dst_row_start..dst_row_start + in_w];
+                    let first_in_x = lo * stride + kx_offset - geometry.padding;
+                    if stride == 1 {
+                        let dst = &mut dst_row[first_in_x..first_in_x + src.len()];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d += s;
+                        }
+                    } else {
+                        for (i, s) in src.iter().enumerate() {
+                            dst_row[first_in_x + i * stride] += s;
+                        }
+                    }
+                }
+                row_index += 1;
+            }
+        }
+    }
+}
+
+/// Copies rows `channel0..channel0+channels` of each item of a unit's NC(P) tensor into a
+/// `channels × (items·P)` matrix.
+fn gather_item_columns(
+    data: &[f32],
+    channels_per_item: usize,
+    pixels: usize,
+    channel0: usize,
+    channels: usize,
+    items: usize,
+    out: &mut [f32],
+) {
+    let width = items * pixels;
+    for item in 0..items {
+        for channel in 0..channels {
+            let src = (item * channels_per_item + channel0 + channel) * pixels;
+            let dst = channel * width + item * pixels;
+            out[dst..dst + pixels].copy_from_slice(&data[src..src + pixels]);
+        }
+    }
+}
+
+/// The inverse of [`gather_item_columns`].
+fn scatter_item_columns(
+    matrix: &[f32],
+    channels_per_item: usize,
+    pixels: usize,
+    channel0: usize,
+    channels: usize,
+    items: usize,
+    data: &mut [f32],
+) {
+    let width = items * pixels;
+    for item in 0..items {
+        for channel in 0..channels {
+            let dst = (item * channels_per_item + channel0 + channel) * pixels;
+            let src = channel * width + item * pixels;
+            data[dst..dst + pixels].copy_from_slice(&matrix[src..src + pixels]);
+        }
+    }
+}
+
+/// Column tiles `(first, count)` of a single-item unit.
+fn item_tiles(plan: &TilePlan, pixels: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = plan.columns_per_tile.max(1);
+    (0..pixels).step_by(step).map(move |first| (first, step.min(pixels - first)))
+}
+
+/// `y = conv2d(x, w)`; `input` and `weight` are row-major.
+pub(crate) fn conv2d_forward(
+    geometry: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let g = *geometry;
+    let (og, kg, pixels) = (g.group_out_channels(), g.patch_len(), g.out_pixels());
+    let item_in = g.in_channels * g.in_pixels();
+    let item_out = g.out_channels * pixels;
+    let weights = (0..g.groups)
+        .map(|group| {
+            let view = MatRef::new(weight, group * og * kg, (og, kg), (kg, 1))?;
+            Ok(PreparedLhs::new(backend, view))
+        })
+        .collect::<candle::Result<Vec<_>>>()?;
+    let plan = TilePlan::new(&g);
+    let mut output = vec![0.0f32; g.output_len()];
+    if output.is_empty() {
+        return Ok(output);
+    }
+    output.par_chunks_mut(plan.items_per_unit * item_out).enumerate().try_for_each(
+        |(unit, out_unit)| -> candle::Result<()> {
+            let items = out_unit.len() / item_out;
+            let first_item = unit * plan.items_per_unit;
+            let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
+            if items == 1 {
+                for (first, count) in item_tiles(&plan, pixels) {
+                    let runs = column_runs(&g, first, count);
+                    for (group, lhs) in weights.iter().enumerate() {
+                        let dst = MatMut::new(
+                            out_unit,
+                            group * og * pixels + first,
+                            (og, count),
+                            pixels,
+                        )?;
+                        if g.is_pointwise() {
+                            let offset = group * g.group_in_channels() * pixels + first;
+                            let rhs = MatRef::new(in_unit, offset, (kg, count), (pixels, 1))?;
+                            gemm(
+                                backend,
+                                lhs.as_lhs(),
+                                Rhs::Matrix(rhs),
+                                dst,
+                                Accumulate::Overwrite,
+                            )?;
+                        } else {
+                            let columns = Im2colRows {
+                                geometry: &g,
+                                input: in_unit,
+                                group,
+                                runs: &runs,
+                                columns: count,
+                            };
+                            gemm(
+                                backend,
+                                lhs.as_lhs(),
+                                Rhs::Generated(&columns),
+                                dst,
+                                Accumulate::Overwrite,
+                            )?;
+                        }
+                    }
+                }
+            } else {
+                let count = items * pixels;
+                let runs = column_runs(&g, 0, count);
+                let mut product = vec![0.0f32; og * count];
+                for (group, lhs) in weights.iter().enumerate() {
+                    let columns = Im2colRows {
+                        geometry: &g,
+                        input: in_unit,
+                        group,
+                        runs: &runs,
+                        columns: count,
+                    };
+                    let dst = MatMut::row_major(&mut product, og, count)?;
+                    gemm(
+                        backend,
+                        lhs.as_lhs(),
+                        Rhs::Generated(&columns),
+                        dst,
+                        Accumulate::Overwrite,
+                    )?;
+                    scatter_item_columns(
+                        &product,
+                        g.out_channels,
+                        pixels,
+                        group * og,
+                        og,
+                        items,
+                        out_unit,
+                    );
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(output)
+}
+
+/// `dx` from `dy (B, O, OH, OW)` and `w`; both row-major.
+///
+/// A stride-1 convolution whose padding is at most the dilated kernel reach takes the
+/// input gradient as a forward convolution of `dy` with the flipped, transposed kernel
+/// (padding `dilation·(K-1) - padding`), which needs no col2im scatter. Other strided
+/// convolutions go through `dcol = wᵀ·dy` and col2im.
+pub(crate) fn conv2d_backward_input(
+    geometry: &ConvGeometry,
+    grad_output: &[f32],
+    weight: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let g = *geometry;
+    if let Some(flipped) = flipped_geometry(&g) {
+        let flipped_weight = flip_weight(&g, weight);
+        return conv2d_forward(&flipped, grad_output, &flipped_weight, backend);
+    }
+    let (og, cg, kg, pixels) =
+        (g.group_out_channels(), g.group_in_channels(), g.patch_len(), g.out_pixels());
+    let item_in = g.in_channels * g.in_pixels();
+    let item_out = g.out_channels * pixels;
+    let weights_transposed = (0..g.groups)
+        .map(|group| {
+            let view = MatRef::new(weight, group * og * kg, (og, kg), (kg, 1))?.transpose();
+            Ok(PreparedLhs::new(backend, view))
+        })
+        .collect::<candle::Result<Vec<_>>>()?;
+    let plan = TilePlan::new(&g);
+    let mut grad_input = vec![0.0f32; g.input_len()];
+    if grad_input.is_empty() || pixels == 0 {
+        return Ok(grad_input);
+    }
+    grad_input.par_chunks_mut(plan.items_per_unit * item_in).enumerate().try_for_each(
+        |(unit, dx_unit)| -> candle::Result<()> {
+            let items = dx_unit.len() / item_in;
+            let first_item = unit * plan.items_per_unit;
+            let dy_unit = &grad_output[first_item * item_out..(first_item + items) * item_out];
+            if items == 1 && g.is_pointwise() {
+                for (group, lhs) in weights_transposed.iter().enumerate() {
+                    let rhs = MatRef::new(dy_unit, group * og * pixels, (og, pixels), (pixels, 1))?;
+                    let dst = MatMut::new(dx_unit, group * cg * pixels, (cg, pixels), pixels)?;
+                    gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                }
+                return Ok(());
+            }
+            // The buffer comes from calloc: writing the zeros here (rather than reading the
+            // lazily zeroed pages in col2im first) takes one page fault per page, not two.
+            dx_unit.fill(0.0);
+            if items == 1 {
+                let mut columns = Vec::new();
+                for (first, count) in item_tiles(&plan, pixels) {
+                    let runs = column_runs(&g, first, count);
+                    columns.resize(kg * count, 0.0);
+                    for (group, lhs) in weights_transposed.iter().enumerate() {
+                        let rhs = MatRef::new(
+                            dy_unit,
+                            group * og * pixels + first,
+                            (og, count),
+                            (pixels, 1),
+                        )?;
+                        let dst = MatMut::row_major(&mut columns, kg, count)?;
+                        gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                        col2im_add(&g, &columns, group, &runs, count, dx_unit);
+                    }
+                }
+            } else {
+                let count = items * pixels;
+                let runs = column_runs(&g, 0, count);
+                let mut gathered = vec![0.0f32; og * count];
+                let mut columns = vec![0.0f32; kg * count];
+                for (group, lhs) in weights_transposed.iter().enumerate() {
+                    gather_item_columns(
+                        dy_unit,
+                        g.out_channels,
+                        pixels,
+                        group * og,
+                        og,
+                        items,
+                        &mut gathered,
+                    );
+                    let rhs = MatRef::row_major(&gathered, og, count)?;
+                    let dst = MatMut::row_major(&mut columns, kg, count)?;
+                    gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                    col2im_add(&g, &columns, group, &runs, count, dx_unit);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(grad_input)
+}
+
+/// The convolution whose forward pass is the input gradient of `g`, when there is one
+/// without col2im (see [`conv2d_backward_input`]).
+fn flipped_geometry(g: &ConvGeometry) -> Option<ConvGeometry> {
+    let reach = g.dilation * (g.kernel_height - 1);
+    let square = g.kernel_height == g.kernel_width;
+    if g.is_pointwise() || g.stride != 1 || !square || g.padding > reach {
+        return None;
+    }
+    Some(ConvGeometry {
+        batch: g.batch,
+        in_channels: g.out_channels,
+        in_height: g.out_height,
+        in_width: g.out_width,
+        out_channels: g.in_channels,
+        kernel_height: g.kernel_height,
+        kernel_width: g.kernel_width,
+        out_height: g.in_height,
+        out_width: g.in_width,
+        padding: reach - g.padding,
+        stride: 1,
+        dilation: g.dilation,
+        groups: g.groups,
+    })
+}
+
+/// `w (O, C/G, KH, KW)` rearranged to `(C, O/G, KH, KW)` with both kernel axes reversed:
+/// `flipped[g·C/G + c][o][ky][kx] = w[g·O/G + o][c][KH-1-ky][KW-1-kx]`.
+fn flip_weight(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
+    let (cg, og) = (g.group_in_channels(), g.group_out_channels());
+    let (kh, kw) = (g.kernel_height, g.kernel_width);
+    let mut flipped = vec![0.0f32; weight.len()];
+    for group in 0..g.groups {
+        for o in 0..og {
+            for c in 0..cg {
+                let src = ((group * og + o) * cg + c) * kh * kw;
+                let dst = ((group * cg + c) * og + o) * kh * kw;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        flipped[dst + (kh - 1 - ky) * kw + (kw - 1 - kx)] =
+                            weight[src + ky * kw + kx];
+                    }
+                }
+            }
+        }
+    }
+    flipped
+}
+
+/// `dw` from `x` and `dy`; both row-major. Each rayon split accumulates its own `dw`, then
+/// the partial sums are added.
+pub(crate) fn conv2d_backward_weight(
+    geometry: &ConvGeometry,
+    input: &[f32],
+    grad_output: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let g = *geometry;
+    let (og, kg, pixels) = (g.group_out_channels(), g.patch_len(), g.out_pixels());
+    let item_in = g.in_channels * g.in_pixels();
+    let item_out = g.out_channels * pixels;
+    let plan = TilePlan::new(&g);
+    let weight_len = g.weight_len();
+    if g.batch == 0 || pixels == 0 {
+        return Ok(vec![0.0; weight_len]);
+    }
+    let units = g.batch.div_ceil(plan.items_per_unit);
+    let accumulate_unit = |mut grad_weight: Vec<f32>, unit: usize| -> candle::Result<Vec<f32>> {
+        let first_item = unit * plan.items_per_unit;
+        let items = plan.items_per_unit.min(g.batch - first_item);
+        let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
+        let dy_unit = &grad_output[first_item * item_out..(first_item + items) * item_out];
+        if items == 1 {
+            if g.is_pointwise() {
+                for group in 0..g.groups {
+                    let lhs = MatRef::new(dy_unit, group * og * pixels, (og, pixels), (pixels, 1))?;
+                    let rhs = MatRef::new(in_unit, group * kg * pixels, (kg, pixels), (pixels, 1))?
+                        .transpose();
+                    let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;
+                    gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+                }
+                return Ok(grad_weight);
+            }
+            let mut columns = Vec::new();
+            for (first, count) in item_tiles(&plan, pixels) {
+                let runs = column_runs(&g, first, count);
+                for group in 0..g.groups {
+                    let source = Im2colRows {
+                        geometry: &g,
+                        input: in_unit,
+                        group,
+                        runs: &runs,
+                        columns: count,
+                    };
+                    materialize_into(&source, &mut columns);
+                    let lhs = MatRef::new(
+                        dy_unit,
+                        group * og * pixels + first,
+                        (og, count),
+                        (pixels, 1),
+                    )?;
+                    let rhs = MatRef::row_major(&columns, kg, count)?.transpose();
+                    let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;
+                    gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+                }
+            }
+        } else {
+            let count = items * pixels;
+            let runs = column_runs(&g, 0, count);
+            let mut gathered = vec![0.0f32; og * count];
+            let mut columns = Vec::new();
+            for group in 0..g.groups {
+                gather_item_columns(
+                    dy_unit,
+                    g.out_channels,
+                    pixels,
+                    group * og,
+                    og,
+                    items,
+                    &mut gathered,
+                );
+                let source =
+                    Im2colRows { geometry: &g, input: in_unit, group, runs: &runs, columns: count };
+                materialize_into(&source, &mut columns);
+                let lhs = MatRef::row_major(&gathered, og, count)?;
+                let rhs = MatRef::row_major(&columns, kg, count)?.transpose();
+                let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;
+                gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+            }
+        }
+        Ok(grad_weight)
+    };
+    (0..units).into_par_iter().try_fold(|| vec![0.0f32; weight_len], accumulate_unit).try_reduce(
+        || vec![0.0f32; weight_len],
+        |mut total, partial| {
+            for (t, p) in total.iter_mut().zip(&partial) {
+                *t += p;
+            }
+            Ok(total)
+        },
+    )
+}

@@ -1,0 +1,551 @@
+//! Differentiable 2-D max and average pooling with PyTorch's semantics (padding, ceil_mode,
+//! `count_include_pad=True`), which candle's `max_pool2d` / `avg_pool2d` lack: candle has no
+//! padding, and no backward unless kernel == stride.
+//!
+//! Shapes: input `(B, C, H, W)`, output `(B, C, OH, OW)` with PyTorch's size rule
+//! `OH = floor_or_ceil((H + 2·padding - kernel) / stride) + 1`, where in ceil mode the last
+//! window must start inside the input or the left padding (else OH is one less).
+//!
+//! - Max pooling treats padding as -inf; the backward scatters each output gradient to the
+//!   first maximum of its window in row-major scan order, as PyTorch's CPU kernel does. A
+//!   window holding a NaN outputs NaN and routes its gradient to its first NaN (PyTorch's
+//!   kernel picks the last one; both are arbitrary once a NaN appears).
+//! - Average pooling divides by the window clipped to the padded input (padding counts,
+//!   the part of a ceil-mode window beyond the padding does not).
+//!
+//! CPU kernels are parallel over the B·C planes. f16/bf16/f64 inputs on CPU are pooled in
+//! f32 and cast back; on other devices the ops fall back to candle's pooling where candle's
+//! semantics coincide (no padding, kernel == stride, no partial window) and fail otherwise.
+
+use super::storage::f32_row_major;
+use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Square max pooling window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2dConfig {
+    pub kernel: usize,
+    pub stride: usize,
+    /// Implicit -inf padding on every side; at most `kernel / 2` (PyTorch's limit).
+    pub padding: usize,
+    /// Round the output size up instead of down (PyTorch's `ceil_mode`).
+    pub ceil_mode: bool,
+}
+
+/// Square average pooling window (PyTorch `AvgPool2d` with `count_include_pad=True`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvgPool2dConfig {
+    pub kernel: usize,
+    pub stride: usize,
+    /// Implicit zero padding on every side, counted in the divisor; at most `kernel / 2`.
+    pub padding: usize,
+    /// Round the output size up instead of down (PyTorch's `ceil_mode`).
+    pub ceil_mode: bool,
+}
+
+/// The window of one pooling op, shared by max and average pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    ceil_mode: bool,
+}
+
+impl From<MaxPool2dConfig> for Window {
+    fn from(c: MaxPool2dConfig) -> Self {
+        Self { kernel: c.kernel, stride: c.stride, padding: c.padding, ceil_mode: c.ceil_mode }
+    }
+}
+
+impl From<AvgPool2dConfig> for Window {
+    fn from(c: AvgPool2dConfig) -> Self {
+        Self { kernel: c.kernel, stride: c.stride, padding: c.padding, ceil_mode: c.ceil_mode }
+    }
+}
+
+impl Window {
+    /// PyTorch's `pooling_output_shape` (dilation 1).
+    fn output_size(&self, input: usize, op: &str) -> candle::Result<usize> {
+        let Window { kernel, stride, padding, ceil_mode } = *self;
+        if kernel == 0 || stride == 0 {
+            candle::bail!("{op}: kernel ({kernel}) and stride ({stride}) must be positive");
+        }
+        if padding > kernel / 2 {
+            candle::bail!("{op}: padding ({padding}) must be at most half the kernel ({kernel})");
+        }
+        // PyTorch's formula with its round-toward-negative division: a window may start in
+        // the input and run past it (ceil_mode), but every output needs at least one input.
+        let numerator = (input + 2 * padding) as i64 - kernel as i64
+            + if ceil_mode { stride as i64 - 1 } else { 0 };
+        let mut output = numerator.div_euclid(stride as i64) + 1;
+        if ceil_mode && output >= 1 && (output - 1) * stride as i64 >= (input + padding) as i64 {
+            output -= 1;
+        }
+        if output < 1 {
+            candle::bail!(
+                "{op}: input size {input} with padding {padding} gives no output for kernel {kernel}, \
+                 stride {stride} (ceil_mode {ceil_mode})"
+            );
+        }
+        let output = output as usize;
+        Ok(output)
+    }
+
+    /// The clipped input range `[start, end)` of output index `out` along a dimension of
+    /// size `input`, and the unclipped-but-padding-bounded length used by average pooling.
+    fn range(&self, out: usize, input: usize) -> (usize, usize, usize) {
+        let start = out * self.stride;
+        let padded_end = (start + self.kernel).min(input + 2 * self.padding);
+        let count_with_padding = padded_end - start;
+        let clipped_start = start.saturating_sub(self.padding);
+        let clipped_end = padded_end.saturating_sub(self.padding).min(input);
+        (clipped_start, clipped_end.max(clipped_start), count_with_padding)
+    }
+}
+
+/// `(B, C, H, W)`, validated, with the output size.
+#[derive(Debug, Clone, Copy)]
+struct PoolGeometry {
+    planes: usize,
+    in_height: usize,
+    in_width: usize,
+    out_height: usize,
+    out_width: usize,
+    batch: usize,
+    channels: usize,
+}
+
+impl PoolGeometry {
+    fn new(dims: &[usize], window: &Window, op: &str) -> candle::Result<Self> {
+        let &[batch, channels, in_height, in_width] = dims else {
+            candle::bail!("{op}: input must be (B, C, H, W), got shape {dims:?}");
+        };
+        Ok(Self {
+            planes: batch * channels,
+            in_height,
+            in_width,
+            out_height: window.output_size(in_height, op)?,
+            out_width: window.output_size(in_width, op)?,
+            batch,
+            channels,
+        })
+    }
+
+    fn in_plane(&self) -> usize {
+        self.in_height * self.in_width
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    fn output_shape(&self) -> Shape {
+        Shape::from((self.batch, self.channels, self.out_height, self.out_width))
+    }
+
+    fn input_shape(&self) -> Shape {
+        Shape::from((self.batch, self.channels, self.in_height, self.in_width))
+    }
+}
+
+/// Max pooling of `xs (B, C, H, W)`; differentiable.
+pub fn max_pool2d(xs: &Tensor, config: MaxPool2dConfig) -> candle::Result<Tensor> {
+    let window = Window::from(config);
+    let geometry = PoolGeometry::new(xs.dims(), &window, "max_pool2d")?;
+    if !xs.device().is_cpu() {
+        let (h, w) = (geometry.in_height, geometry.in_width);
+        if candle_pool_matches(&window, h, w) {
+            return xs.max_pool2d_with_stride(window.kernel, window.stride);
+        }
+        candle::bail!(
+            "max_pool2d: {config:?} is only implemented on CPU (device {:?}); candle's own pooling \
+             covers only padding 0, kernel == stride and no partial window",
+            xs.device().location()
+        );
+    }
+    match xs.dtype() {
+        DType::F32 => xs.apply_op1(MaxPool2dOp { config }),
+        dtype => xs.to_dtype(DType::F32)?.apply_op1(MaxPool2dOp { config })?.to_dtype(dtype),
+    }
+}
+
+/// Average pooling of `xs (B, C, H, W)` (count_include_pad=True); differentiable.
+pub fn avg_pool2d(xs: &Tensor, config: AvgPool2dConfig) -> candle::Result<Tensor> {
+    let window = Window::from(config);
+    let geometry = PoolGeometry::new(xs.dims(), &window, "avg_pool2d")?;
+    if !xs.device().is_cpu() {
+        let (h, w) = (geometry.in_height, geometry.in_width);
+        if candle_pool_matches(&window, h, w) {
+            return xs.avg_pool2d_with_stride(window.kernel, window.stride);
+        }
+        candle::bail!(
+            "avg_pool2d: {config:?} is only implemented on CPU (device {:?}); candle's own pooling \
+             covers only padding 0, kernel == stride and no partial window",
+            xs.device().location()
+        );
+    }
+    match xs.dtype() {
+        DType::F32 => xs.apply_op1(AvgPool2dOp { config }),
+        dtype => xs.to_dtype(DType::F32)?.apply_op1(AvgPool2dOp { config })?.to_dtype(dtype),
+    }
+}
+
+/// Whether candle's unpadded floor-mode pooling (with its kernel == stride backward) gives
+/// the same result as this window.
+fn candle_pool_matches(window: &Window, height: usize, width: usize) -> bool {
+    window.padding == 0
+        && window.kernel == window.stride
+        && height.is_multiple_of(window.kernel)
+        && width.is_multiple_of(window.kernel)
+}
+
+/// Max pooling forward as a candle op.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool2dOp {
+    pub config: MaxPool2dConfig,
+}
+
+/// `max` that propagates NaN from either side (PyTorch's max pooling returns NaN for a
+/// window that holds one).
+#[inline(always)]
+fn nan_max(best: f32, value: f32) -> f32 {
+    // Non-short-circuit `|` keeps this branch-free so the row loops vectorise.
+    if (value > best) | value.is_nan() { value } else { best }
+}
+
+/// Whether `value` beats `best` in PyTorch's scan (strictly greater; NaN beats numbers).
+#[inline(always)]
+fn beats(value: f32, best: f32) -> bool {
+    (value > best) | (value.is_nan() & !best.is_nan())
+}
+
+/// Per-thread scratch rows of one plane: column maxima / sums and the row they came from.
+#[derive(Default)]
+struct RowScratch {
+    values: Vec<f32>,
+    rows: Vec<u32>,
+}
+
+impl RowScratch {
+    fn sized(width: usize) -> Self {
+        Self { values: vec![0.0; width], rows: vec![0; width] }
+    }
+}
+
+impl CustomOp1 for MaxPool2dOp {
+    fn name(&self) -> &'static str {
+        "wick-max-pool2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let window = Window::from(self.config);
+        let geometry = PoolGeometry::new(layout.dims(), &window, "max_pool2d")?;
+        let input = f32_row_major(storage, layout, "max_pool2d")?;
+        let mut output = vec![0.0f32; geometry.planes * geometry.out_plane()];
+        if !output.is_empty() {
+            output
+                .par_chunks_mut(geometry.out_plane())
+                .zip(input.par_chunks(geometry.in_plane()))
+                .for_each_init(
+                    || RowScratch::sized(geometry.in_width),
+                    |scratch, (out_plane, in_plane)| {
+                        max_pool_plane(in_plane, &geometry, &window, scratch, out_plane)
+                    },
+                );
+        }
+        Ok((CpuStorage::F32(output), geometry.output_shape()))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        _output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle::Result<Option<Tensor>> {
+        let grad_input =
+            xs.apply_op2_no_bwd(grad_output, &MaxPool2dBackwardOp { config: self.config })?;
+        Ok(Some(grad_input))
+    }
+}
+
+/// Separable max pooling of one plane: per output row, the column-wise max over the
+/// window's rows, then the max over each window's columns.
+fn max_pool_plane(
+    plane: &[f32],
+    geometry: &PoolGeometry,
+    window: &Window,
+    scratch: &mut RowScratch,
+    out: &mut [f32],
+) {
+    let width = geometry.in_width;
+    let column_max = &mut scratch.values[..width];
+    for (out_y, out_row) in out.chunks_exact_mut(geometry.out_width).enumerate() {
+        let (y0, y1, _) = window.range(out_y, geometry.in_height);
+        column_max.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
+        for y in y0 + 1..y1 {
+            for (best, &value) in column_max.iter_mut().zip(&plane[y * width..(y + 1) * width]) {
+                *best = nan_max(*best, value);
+            }
+        }
+        for (out_x, out_value) in out_row.iter_mut().enumerate() {
+            let (x0, x1, _) = window.range(out_x, width);
+            *out_value = column_max[x0 + 1..x1].iter().fold(column_max[x0], |m, &v| nan_max(m, v));
+        }
+    }
+}
+
+/// Max pooling backward of one plane: finds each window's first maximum in row-major scan
+/// order (per column the first row holding the column max, then across columns the
+/// greatest value, ties to the smaller row, then the smaller column) and adds the output
+/// gradient there.
+fn max_pool_backward_plane(
+    plane: &[f32],
+    grad: &[f32],
+    geometry: &PoolGeometry,
+    window: &Window,
+    scratch: &mut RowScratch,
+    grad_input: &mut [f32],
+) {
+    let width = geometry.in_width;
+    // The buffer comes from calloc: writing the zeros here (rather than reading the lazily
+    // zeroed pages first) takes one page fault per page instead of two.
+    grad_input.fill(0.0);
+    let RowScratch { values, rows } = scratch;
+    let (column_max, column_row) = (&mut values[..width], &mut rows[..width]);
+    for (out_y, grad_row) in grad.chunks_exact(geometry.out_width).enumerate() {
+        let (y0, y1, _) = window.range(out_y, geometry.in_height);
+        column_max.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
+        column_row.fill(y0 as u32);
+        for y in y0 + 1..y1 {
+            let row = &plane[y * width..(y + 1) * width];
+            // Branch-free so that it vectorises: take the new row where it beats the column max.
+            for ((best, best_row), &value) in
+                column_max.iter_mut().zip(column_row.iter_mut()).zip(row)
+            {
+                let take = beats(value, *best);
+                *best = if take { value } else { *best };
+                *best_row = if take { y as u32 } else { *best_row };
+            }
+        }
+        for (out_x, &g) in grad_row.iter().enumerate() {
+            let (x0, x1, _) = window.range(out_x, width);
+            let (mut best_x, mut best, mut best_row) = (x0, column_max[x0], column_row[x0]);
+            for x in x0 + 1..x1 {
+                let (value, row) = (column_max[x], column_row[x]);
+                let take = beats(value, best) | (!beats(best, value) & (row < best_row));
+                best_x = if take { x } else { best_x };
+                best = if take { value } else { best };
+                best_row = if take { row } else { best_row };
+            }
+            grad_input[best_row as usize * width + best_x] += g;
+        }
+    }
+}
+
+/// Gradient of max pooling: an op on `(xs (B, C, H, W), grad_output (B, C, OH, OW))`.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool2dBackwardOp {
+    pub config: MaxPool2dConfig,
+}
+
+impl CustomOp2 for MaxPool2dBackwardOp {
+    fn name(&self) -> &'static str {
+        "wick-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input_storage: &CpuStorage,
+        input_layout: &Layout,
+        grad_storage: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let window = Window::from(self.config);
+        let geometry = PoolGeometry::new(input_layout.dims(), &window, "max_pool2d backward")?;
+        if grad_layout.shape() != &geometry.output_shape() {
+            candle::bail!(
+                "max_pool2d backward: grad {:?} does not match the pooled shape {:?}",
+                grad_layout.dims(),
+                geometry.output_shape().dims()
+            );
+        }
+        let input = f32_row_major(input_storage, input_layout, "max_pool2d backward")?;
+        let grad = f32_row_major(grad_storage, grad_layout, "max_pool2d backward")?;
+        let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
+        if geometry.out_plane() > 0 && !grad_input.is_empty() {
+            grad_input
+                .par_chunks_mut(geometry.in_plane())
+                .zip(input.par_chunks(geometry.in_plane()))
+                .zip(grad.par_chunks(geometry.out_plane()))
+                .for_each_init(
+                    || RowScratch::sized(geometry.in_width),
+                    |scratch, ((dx_plane, in_plane), dy_plane)| {
+                        max_pool_backward_plane(
+                            in_plane, dy_plane, &geometry, &window, scratch, dx_plane,
+                        );
+                    },
+                );
+        }
+        Ok((CpuStorage::F32(grad_input), geometry.input_shape()))
+    }
+}
+
+/// Average pooling forward as a candle op.
+#[derive(Debug, Clone, Copy)]
+pub struct AvgPool2dOp {
+    pub config: AvgPool2dConfig,
+}
+
+impl CustomOp1 for AvgPool2dOp {
+    fn name(&self) -> &'static str {
+        "wick-avg-pool2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let window = Window::from(self.config);
+        let geometry = PoolGeometry::new(layout.dims(), &window, "avg_pool2d")?;
+        let input = f32_row_major(storage, layout, "avg_pool2d")?;
+        let mut output = vec![0.0f32; geometry.planes * geometry.out_plane()];
+        if !output.is_empty() {
+            output
+                .par_chunks_mut(geometry.out_plane())
+                .zip(input.par_chunks(geometry.in_plane()))
+                .for_each_init(
+                    || RowScratch::sized(geometry.in_width),
+                    |scratch, (out_plane, in_plane)| {
+                        avg_pool_plane(in_plane, &geometry, &window, scratch, out_plane)
+                    },
+                );
+        }
+        Ok((CpuStorage::F32(output), geometry.output_shape()))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        _output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle::Result<Option<Tensor>> {
+        let (_, _, input_height, input_width) = xs.dims4()?;
+        let op = AvgPool2dBackwardOp { config: self.config, input_height, input_width };
+        Ok(Some(grad_output.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// Gradient of average pooling: an op on `grad_output (B, C, OH, OW)` returning
+/// `(B, C, H, W)`; H and W are stored because several input sizes pool to the same size.
+#[derive(Debug, Clone, Copy)]
+pub struct AvgPool2dBackwardOp {
+    pub config: AvgPool2dConfig,
+    pub input_height: usize,
+    pub input_width: usize,
+}
+
+impl CustomOp1 for AvgPool2dBackwardOp {
+    fn name(&self) -> &'static str {
+        "wick-avg-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let window = Window::from(self.config);
+        let &[batch, channels, grad_height, grad_width] = layout.dims() else {
+            candle::bail!(
+                "avg_pool2d backward: grad must be (B, C, OH, OW), got {:?}",
+                layout.dims()
+            );
+        };
+        let input_dims = [batch, channels, self.input_height, self.input_width];
+        let geometry = PoolGeometry::new(&input_dims, &window, "avg_pool2d backward")?;
+        if (geometry.out_height, geometry.out_width) != (grad_height, grad_width) {
+            candle::bail!(
+                "avg_pool2d backward: grad {:?} does not match the pooled size of input {input_dims:?}",
+                layout.dims()
+            );
+        }
+        let grad = f32_row_major(storage, layout, "avg_pool2d backward")?;
+        let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
+        if geometry.out_plane() > 0 && !grad_input.is_empty() {
+            grad_input
+                .par_chunks_mut(geometry.in_plane())
+                .zip(grad.par_chunks(geometry.out_plane()))
+                .for_each_init(
+                    || RowScratch::sized(geometry.in_width),
+                    |scratch, (dx_plane, dy_plane)| {
+                        avg_pool_backward_plane(dy_plane, &geometry, &window, scratch, dx_plane);
+                    },
+                );
+        }
+        Ok((CpuStorage::F32(grad_input), geometry.input_shape()))
+    }
+}
+
+/// Separable average pooling of one plane: column sums over the window's rows, then window
+/// sums over columns, divided by the padded window size.
+fn avg_pool_plane(
+    plane: &[f32],
+    geometry: &PoolGeometry,
+    window: &Window,
+    scratch: &mut RowScratch,
+    out: &mut [f32],
+) {
+    let width = geometry.in_width;
+    let column_sum = &mut scratch.values[..width];
+    for (out_y, out_row) in out.chunks_exact_mut(geometry.out_width).enumerate() {
+        let (y0, y1, count_y) = window.range(out_y, geometry.in_height);
+        column_sum.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
+        for y in y0 + 1..y1 {
+            for (sum, &value) in column_sum.iter_mut().zip(&plane[y * width..(y + 1) * width]) {
+                *sum += value;
+            }
+        }
+        for (out_x, out_value) in out_row.iter_mut().enumerate() {
+            let (x0, x1, count_x) = window.range(out_x, width);
+            *out_value = column_sum[x0..x1].iter().sum::<f32>() / (count_y * count_x) as f32;
+        }
+    }
+}
+
+/// Average pooling backward of one plane: per output row, spread each gradient over its
+/// window's columns (divided by the padded window size), then add that row to every input
+/// row of the window.
+fn avg_pool_backward_plane(
+    grad: &[f32],
+    geometry: &PoolGeometry,
+    window: &Window,
+    scratch: &mut RowScratch,
+    grad_input: &mut [f32],
+) {
+    let width = geometry.in_width;
+    // Written before any read: one page fault per calloc page instead of two.
+    grad_input.fill(0.0);
+    let row_grad = &mut scratch.values[..width];
+    for (out_y, grad_row) in grad.chunks_exact(geometry.out_width).enumerate() {
+        let (y0, y1, count_y) = window.range(out_y, geometry.in_height);
+        row_grad.fill(0.0);
+        for (out_x, &g) in grad_row.iter().enumerate() {
+            let (x0, x1, count_x) = window.range(out_x, width);
+            let share = g / (count_y * count_x) as f32;
+            for value in &mut row_grad[x0..x1] {
+                *value += share;
+            }
+        }
+        for y in y0..y1 {
+            for (dx, &g) in grad_input[y * width..(y + 1) * width].iter_mut().zip(row_grad.iter()) {
+                *dx += g;
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The fused `BatchNorm2d` (and `ops::batch_norm_train`) against candle-nn's `BatchNorm`:
+//! outputs, running-statistics updates, gradients through the batch statistics, eval mode.
+
+mod common;
+
+use candle::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use common::{assert_close, seeded_tensor};
+use wick_nn::{BatchNorm2dConfig, BatchNormActivation, batch_norm2d};
+
+fn layers(
+    channels: usize,
+    activation: BatchNormActivation,
+) -> candle::Result<(wick_nn::BatchNorm2d, candle_nn::BatchNorm, VarMap, VarMap)> {
+    let (ours_map, theirs_map) = (VarMap::new(), VarMap::new());
+    let config = BatchNorm2dConfig { activation, ..Default::default() };
+    let ours = batch_norm2d(
+        channels,
+        config,
+        VarBuilder::from_varmap(&ours_map, DType::F32, &Device::Cpu),
+    )?;
+    let theirs = candle_nn::batch_norm(
+        channels,
+        candle_nn::BatchNormConfig::default(),
+        VarBuilder::from_varmap(&theirs_map, DType::F32, &Device::Cpu),
+    )?;
+    // Non-trivial affine parameters, the same in both.
+    for map in [&ours_map, &theirs_map] {
+        var(map, "weight").set(&(seeded_tensor(&[channels], 1) + 1.5)?)?;
+        var(map, "bias").set(&seeded_tensor(&[channels], 2))?;
+    }
+    Ok((ours, theirs, ours_map, theirs_map))
+}
+
+fn reference(
+    bn: &candle_nn::BatchNorm,
+    xs: &Tensor,
+    activation: BatchNormActivation,
+    train: bool,
+) -> candle::Result<Tensor> {
+    let ys = bn.forward_t(xs, train)?;
+    match activation {
+        BatchNormActivation::Identity => Ok(ys),
+        BatchNormActivation::Relu => ys.relu(),
+    }
+}
+
+fn var(map: &VarMap, name: &str) -> Var {
+    map.data().lock().expect("varmap lock").get(name).expect("variable exists").clone()
+}
+
+#[test]
+fn train_forward_backward_and_running_stats_match_candle_nn() -> candle::Result<()> {
+    for activation in [BatchNormActivation::Identity, BatchNormActivation::Relu] {
+        let channels = 5;
+        let (ours, theirs, ours_map, theirs_map) = layers(channels, activation)?;
+        for step in 0..3u64 {
+            // Shifted, scaled inputs so the statistics are far from (0, 1).
+            let x = ((seeded_tensor(&[4, channels, 6, 7], 10 + step) * 3.0)? + 2.0)?;
+            let xv = Var::from_tensor(&x)?;
+            let ys = ours.forward_t(xv.as_tensor(), true)?;
+            let expected = reference(&theirs, xv.as_tensor(), activation, true)?;
+            assert_close(&ys, &expected, 1e-5, &format!("{activation:?} output, step {step}"));
+            for name in ["running_mean", "running_var"] {
+                let (a, b) = (var(&ours_map, name), var(&theirs_map, name));
+                assert_close(a.as_tensor(), b.as_tensor(), 1e-6, &format!("{name}, step {step}"));
+            }
+            let g = seeded_tensor(ys.dims(), 20 + step);
+            let ours_grads = (ys * &g)?.sum_all()?.backward()?;
+            let their_grads = (expected * &g)?.sum_all()?.backward()?;
+            let grad = |store: &candle::backprop::GradStore, t: &Tensor| {
+                store.get(t).expect("gradient exists").clone()
+            };
+            assert_close(
+                &grad(&ours_grads, xv.as_tensor()),
+                &grad(&their_grads, xv.as_tensor()),
+                1e-4,
+                &format!("{activation:?} grad input"),
+            );
+            for name in ["weight", "bias"] {
+                let (a, b) = (var(&ours_map, name), var(&theirs_map, name));
+                assert_close(
+                    &grad(&ours_grads, a.as_tensor()),
+                    &grad(&their_grads, b.as_tensor()),
+                    1e-5,
+                    &format!("{activation:?} grad {name}"),
+                );
+            }
+        }
+        // Eval mode uses the (now updated) running statistics.
+        let x = seeded_tensor(&[2, channels, 3, 3], 30);
+        let ys = ours.forward_t(&x, false)?;
+        assert_close(&ys, &reference(&theirs, &x, activation, false)?, 1e-5, "eval");
+    }
+    Ok(())
+}
+
+#[test]
+fn non_contiguous_and_f64_inputs_match_the_f32_path() -> candle::Result<()> {
+    let config = wick_nn::ops::BatchNormTrainConfig {
+        activation: BatchNormActivation::Relu,
+        ..Default::default()
+    };
+    let (w, b) = (seeded_tensor(&[3], 1), seeded_tensor(&[3], 2));
+    let x = seeded_tensor(&[2, 5, 3, 4], 3).transpose(1, 2)?;
+    assert!(!x.is_contiguous());
+    let (ys, _) = wick_nn::ops::batch_norm_train(&x, &w, &b, config)?;
+    let (expected, _) = wick_nn::ops::batch_norm_train(&x.contiguous()?, &w, &b, config)?;
+    assert_close(&ys, &expected, 0.0, "transposed input");
+    let to64 = |t: &Tensor| t.to_dtype(DType::F64);
+    let (ys64, stats) = wick_nn::ops::batch_norm_train(&to64(&x)?, &to64(&w)?, &to64(&b)?, config)?;
+    assert_eq!(ys64.dtype(), DType::F64);
+    assert_eq!(stats.count, 2 * 5 * 4);
+    assert_close(&ys64.to_dtype(DType::F32)?, &expected, 1e-5, "f64 composed path");
+    Ok(())
+}
+
+#[test]
+fn variables_are_named_like_candle_nn() -> candle::Result<()> {
+    let map = VarMap::new();
+    batch_norm2d(
+        4,
+        BatchNorm2dConfig::default(),
+        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu).pp("bn1"),
+    )?;
+    let mut names: Vec<String> = map.data().lock().expect("varmap lock").keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.weight"]);
+    Ok(())
+}
