@@ -1,0 +1,300 @@
+//! xresnet against fastai: parameter counts (spec §1.8), output shapes, initialisation
+//! statistics (spec §1.6), state-dict names, and a golden forward/backward computed by fastai
+//! 2.8 itself (`fixtures/make_fixtures.py`).
+
+use std::collections::HashMap;
+
+use candle::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use wick_models::{
+    Activation, Depth, XResNet, XResNetConfig, count_params, load_weights, save_weights,
+    seeded_var_builder, state_dict, summary, xresnet,
+};
+
+fn build(config: &XResNetConfig, seed: u64) -> (XResNet, VarMap) {
+    let varmap = VarMap::new();
+    let model =
+        xresnet(config, 0, seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu)).unwrap();
+    (model, varmap)
+}
+
+/// Parameter counting only needs the shapes: candle's own (unseeded, fast) initialisation.
+fn count(config: &XResNetConfig) -> usize {
+    let varmap = VarMap::new();
+    xresnet(config, 0, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    count_params(&varmap, "")
+}
+
+#[test]
+fn parameter_counts_equal_fastai_for_every_depth() {
+    // Spec §1.8 (sum of numel over fastai's model.parameters()).
+    let expected = [
+        (Depth::D18, 11_708_744, 11_200_874),
+        (Depth::D34, 21_816_904, 21_309_034),
+        (Depth::D50, 25_576_264, 23_547_754),
+        (Depth::D101, 44_568_392, 42_539_882),
+        (Depth::D152, 60_212_040, 58_183_530),
+    ];
+    for (depth, with_1000, with_10) in expected {
+        assert_eq!(count(&XResNetConfig::depth(depth, 1000)), with_1000, "{depth:?} n_out 1000");
+        assert_eq!(count(&XResNetConfig::depth(depth, 10)), with_10, "{depth:?} n_out 10");
+    }
+}
+
+#[test]
+fn xresnet50_per_stage_parameters_and_output_shapes() {
+    let (model, varmap) = build(&XResNetConfig::depth(Depth::D50, 10), 0);
+    // Spec §1.8: stem 28,768 (three ConvLayers); stages 215,808 / 1,219,584 / 7,098,368 /
+    // 14,964,736; head 20,490.
+    let stem: usize = ["0", "1", "2"].iter().map(|i| count_params(&varmap, i)).sum();
+    assert_eq!(stem, 28_768);
+    let stages: Vec<usize> =
+        ["4", "5", "6", "7"].iter().map(|i| count_params(&varmap, i)).collect();
+    assert_eq!(stages, [215_808, 1_219_584, 7_098_368, 14_964_736]);
+    assert_eq!(count_params(&varmap, "11"), 20_490);
+    // Spec §1.5: 224 -> 112 -> 56 -> 56 -> 28 -> 14 -> 7; 128 -> 64 -> 32 -> 32 -> 16 -> 8 -> 4;
+    // 160 -> ... -> 5; odd 161: conv s2 81, pool 41, then 41, 21, 11, 6 (ceil_mode shortcut).
+    for (size, sides) in [
+        (64, [32, 16, 16, 8, 4, 2]),
+        (128, [64, 32, 32, 16, 8, 4]),
+        (160, [80, 40, 40, 20, 10, 5]),
+        (224, [112, 56, 56, 28, 14, 7]),
+        (161, [81, 41, 41, 21, 11, 6]),
+    ] {
+        let rows = summary(&model, &varmap, size, &Device::Cpu).unwrap();
+        let shape_of =
+            |index: &str| rows.iter().find(|r| r.index == index).unwrap().output_shape.clone();
+        assert_eq!(shape_of("2"), [1, 64, sides[0], sides[0]], "stem at {size}");
+        assert_eq!(shape_of("3"), [1, 64, sides[1], sides[1]], "maxpool at {size}");
+        for (stage, (channels, side)) in
+            [(256, sides[2]), (512, sides[3]), (1024, sides[4]), (2048, sides[5])]
+                .into_iter()
+                .enumerate()
+        {
+            assert_eq!(
+                shape_of(&(4 + stage).to_string()),
+                [1, channels, side, side],
+                "stage {} at {size}",
+                stage + 1
+            );
+        }
+        assert_eq!(shape_of("11"), [1, 10], "logits at {size}");
+    }
+}
+
+fn values(varmap: &VarMap, name: &str) -> Vec<f32> {
+    varmap.data().lock().unwrap()[name].flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn initialisation_is_fastais_init_cnn() {
+    let config = XResNetConfig::depth(Depth::D50, 10);
+    let (model, varmap) = build(&config, 3);
+    let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    for name in &names {
+        let v = values(&varmap, name);
+        let shape = varmap.data().lock().unwrap()[name].dims().to_vec();
+        if shape.len() == 4 || (shape.len() == 2 && name.ends_with("weight")) {
+            // Kaiming normal, fan_in, gain sqrt(2): std = sqrt(2 / fan_in).
+            let fan_in: usize = shape[1..].iter().product();
+            let expected = (2.0 / fan_in as f64).sqrt();
+            let n = v.len() as f64;
+            let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+            let std = (v.iter().map(|x| (f64::from(*x) - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let tolerance = 4.0 / (2.0 * n).sqrt(); // ~4 standard errors of a sample std
+            assert!(
+                (std / expected - 1.0).abs() < tolerance.max(0.02),
+                "{name}: std {std} vs {expected}"
+            );
+        } else if name.ends_with("running_var") {
+            assert!(v.iter().all(|x| *x == 1.0), "{name}");
+        } else if name.ends_with("bias") || name.ends_with("running_mean") {
+            assert!(
+                v.iter().all(|x| *x == 0.0),
+                "{name} must start at 0 (init_cnn zeroes every bias, BN betas included)"
+            );
+        }
+    }
+    // BN gammas: 0 exactly for the last BN of every residual branch (convpath.2 in a
+    // bottleneck), 1 everywhere else (stem, other convpath layers, shortcut convs).
+    let gammas: Vec<&String> =
+        names.iter().filter(|n| n.ends_with(".1.weight") && !n.starts_with("11")).collect();
+    assert_eq!(gammas.len(), 55, "xresnet50 has 55 BatchNorms");
+    for name in gammas {
+        let zero = name.contains("convpath.2.1.weight");
+        assert!(values(&varmap, name).iter().all(|x| *x == if zero { 0.0 } else { 1.0 }), "{name}");
+    }
+    assert_eq!(model.batch_norm_names().len(), 55);
+    // The head: std sqrt(2/2048) = 0.03125, bias 0.
+    assert!(values(&varmap, "11.bias").iter().all(|x| *x == 0.0));
+    // Same seed, same weights; another seed, other weights.
+    let (_, again) = build(&config, 3);
+    let (_, other) = build(&config, 4);
+    assert_eq!(
+        values(&varmap, "6.3.convpath.1.0.weight"),
+        values(&again, "6.3.convpath.1.0.weight")
+    );
+    assert_ne!(
+        values(&varmap, "6.3.convpath.1.0.weight"),
+        values(&other, "6.3.convpath.1.0.weight")
+    );
+}
+
+#[test]
+fn state_dict_names_and_shapes_equal_fastais() {
+    let text = include_str!("fixtures/state_dict_names.txt");
+    for (label, config) in [
+        ("xresnet50", XResNetConfig::depth(Depth::D50, 1000)),
+        ("xresnet18_sa_mish", sa_mish_config()),
+    ] {
+        let expected: HashMap<String, String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(&format!("{label} ")))
+            .map(|rest| {
+                let mut parts = rest.split(' ');
+                (parts.next().unwrap().to_string(), parts.next().unwrap().to_string())
+            })
+            .collect();
+        let (model, varmap) = build(&config, 0);
+        let ours: HashMap<String, String> = state_dict(&model, &varmap)
+            .unwrap()
+            .into_iter()
+            .map(|(name, tensor)| {
+                let dims =
+                    tensor.dims().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+                (name, if dims.is_empty() { "scalar".to_string() } else { dims })
+            })
+            .collect();
+        assert_eq!(ours, expected, "{label}");
+    }
+}
+
+fn narrow_config() -> XResNetConfig {
+    XResNetConfig { widen: 0.125, ..XResNetConfig::depth(Depth::D18, 10) }
+}
+
+fn sa_mish_config() -> XResNetConfig {
+    XResNetConfig {
+        activation: Activation::Mish,
+        self_attention: true,
+        symmetric_attention: true,
+        ..narrow_config()
+    }
+}
+
+/// A model built over a VarMap pre-filled with fastai's weights (`param.*` in the fixture).
+fn from_fixture(config: &XResNetConfig, fixture: &HashMap<String, Tensor>) -> (XResNet, VarMap) {
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for (name, tensor) in fixture {
+            if let Some(param) = name.strip_prefix("param.")
+                && !param.ends_with("num_batches_tracked")
+            {
+                data.insert(param.to_string(), Var::from_tensor(&tensor.copy().unwrap()).unwrap());
+            }
+        }
+    }
+    let before = varmap.data().lock().unwrap().len();
+    let model =
+        xresnet(config, 0, seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu)).unwrap();
+    assert_eq!(
+        varmap.data().lock().unwrap().len(),
+        before,
+        "every variable comes from the fixture"
+    );
+    (model, varmap)
+}
+
+/// Asserts `max |actual - expected| <= 1e-4 * max |expected|` (relative to the tensor's scale).
+fn assert_tensor_close(actual: &Tensor, expected: &Tensor, what: &str) {
+    let diff =
+        (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+    assert!(diff <= 1e-4 * scale, "{what}: max diff {diff} vs scale {scale}");
+}
+
+#[test]
+fn forward_backward_and_running_stats_match_fastai() {
+    // fastai: xresnet18(n_out=10, widen=0.125), torch.manual_seed(0); see make_fixtures.py.
+    let fixture =
+        candle::safetensors::load("tests/fixtures/xresnet18_w0125.safetensors", &Device::Cpu)
+            .unwrap();
+    let (model, varmap) = from_fixture(&narrow_config(), &fixture);
+    let xs = &fixture["input"];
+    assert_tensor_close(
+        &model.forward_t(xs, false).unwrap(),
+        &fixture["logits_eval"],
+        "eval logits",
+    );
+    let logits = model.forward_t(xs, true).unwrap();
+    assert_tensor_close(&logits, &fixture["logits_train"], "train logits");
+    let labels = fixture["labels"].to_dtype(DType::U32).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+    assert_tensor_close(&loss.reshape(1).unwrap(), &fixture["loss_train"], "cross-entropy");
+    let data = varmap.data().lock().unwrap();
+    for (name, expected) in
+        fixture.iter().filter_map(|(k, v)| k.strip_prefix("after.").map(|n| (n, v)))
+    {
+        assert_tensor_close(
+            data[name].as_tensor(),
+            expected,
+            &format!("running stat {name} after one train forward"),
+        );
+    }
+    let grads = loss.backward().unwrap();
+    for (name, expected) in
+        fixture.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n, v)))
+    {
+        let grad =
+            grads.get(data[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_tensor_close(grad, expected, &format!("gradient of {name}"));
+    }
+    assert_eq!(model.num_batches_tracked(), 1);
+}
+
+#[test]
+fn mish_and_symmetric_self_attention_match_fastai() {
+    // fastai: xresnet18(n_out=10, widen=0.125, sa=True, sym=True, act_cls=nn.Mish), γ = 0.3.
+    let fixture =
+        candle::safetensors::load("tests/fixtures/xresnet18_sa_mish.safetensors", &Device::Cpu)
+            .unwrap();
+    let (model, _) = from_fixture(&sa_mish_config(), &fixture);
+    assert_tensor_close(
+        &model.forward_t(&fixture["input"], false).unwrap(),
+        &fixture["logits_eval"],
+        "eval logits",
+    );
+}
+
+#[test]
+fn save_then_load_gives_identical_outputs() {
+    let config = narrow_config();
+    let (model, varmap) = build(&config, 11);
+    let xs = Tensor::from_vec(
+        (0..2 * 3 * 32 * 32).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect::<Vec<_>>(),
+        (2, 3, 32, 32),
+        &Device::Cpu,
+    )
+    .unwrap();
+    model.forward_t(&xs, true).unwrap(); // moves the running statistics away from 0/1
+    let expected = model.forward_t(&xs, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    save_weights(&model, &varmap, &path).unwrap();
+    let (fresh, fresh_map) = build(&config, 12);
+    assert_ne!(
+        fresh.forward_t(&xs, false).unwrap().to_vec2::<f32>().unwrap(),
+        expected.to_vec2::<f32>().unwrap()
+    );
+    load_weights(&fresh, &fresh_map, &path).unwrap();
+    assert_eq!(
+        fresh.forward_t(&xs, false).unwrap().to_vec2::<f32>().unwrap(),
+        expected.to_vec2::<f32>().unwrap()
+    );
+    assert_eq!(fresh.num_batches_tracked(), 1);
+    // A file for another architecture is refused with the tensor's name.
+    let (other, other_map) = build(&XResNetConfig::depth(Depth::D18, 10), 0);
+    let error = load_weights(&other, &other_map, &path).unwrap_err().to_string();
+    assert!(error.contains("model.safetensors") && error.contains("shape"), "{error}");
+}
