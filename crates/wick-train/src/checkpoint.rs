@@ -1,0 +1,408 @@
+//! Checkpoints: everything needed to continue a recipe exactly where it stopped, in one
+//! safetensors file written atomically.
+//!
+//! Contents (tensor names):
+//! - `model.<name>`: every variable of the model's `VarMap`, parameters and BatchNorm running
+//!   statistics alike;
+//! - `optimizer.<key>`: the optimizer's `state_dict()` (hyper-parameters, moving averages, step
+//!   counts);
+//! - `position`: i64 `[fit_index, epoch, batch, data_epoch, n_epoch, n_train_batches]`, the next
+//!   training batch to run and the shape of the fit it belongs to;
+//! - `seed`: the run's seed (an i64 holding the u64's bits); `format_version`: 1;
+//! - `recorder.*`: the smoothed-loss accumulator (f32 average and count, bit for bit), the
+//!   seconds already spent in the current epoch, and the history (per-batch and per-epoch
+//!   records as f64 tables; f32 values widen exactly).
+//!
+//! What is not in it: state a model keeps outside its `VarMap` (for example a BatchNorm step
+//! counter such as PyTorch's `num_batches_tracked`, kept by some models for export only and not
+//! used by the arithmetic), and the callbacks' own state: wick's callbacks have none that a
+//! resume needs (schedules are functions of the position; MixUp/CutMix draw from a stream derived
+//! from the position).
+//!
+//! Atomicity: the file is written to a temporary sibling, flushed to disk, then renamed over the
+//! target, so a crash mid-write leaves the previous checkpoint intact.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle::{DType, Device, Tensor};
+
+use crate::callback::{EventContext, FitPosition};
+use crate::error::TrainError;
+use crate::learner::{Learner, PendingResume};
+use crate::recorder::{BatchRecord, EpochRecord, FitRecord, ValidRecord};
+
+const FORMAT_VERSION: i64 = 1;
+const BATCH_COLUMNS: usize = 6;
+const EPOCH_COLUMNS: usize = 8;
+
+/// A checkpoint read back from disk, ready for [`Learner::resume`].
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    path: PathBuf,
+    position: FitPosition,
+    n_epoch: usize,
+    n_train_batches: usize,
+    seed: u64,
+    model: HashMap<String, Tensor>,
+    optimizer: HashMap<String, Tensor>,
+    fits: Vec<FitRecord>,
+    smooth: (f32, u32),
+    epoch_elapsed: f64,
+    n_metrics: usize,
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint (tensors land on the CPU; resuming moves them to the model's device).
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
+        let tensors =
+            candle::safetensors::load(path, &Device::Cpu).map_err(|e| fail(e.to_string()))?;
+        let reader = Reader { tensors: &tensors, path };
+        let version = reader.i64_scalar("format_version")?;
+        if version != FORMAT_VERSION {
+            return Err(fail(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let position = reader.i64_vector("position", 6)?;
+        let to_usize = |value: i64, what: &str| {
+            usize::try_from(value).map_err(|_| fail(format!("{what} is {value}")))
+        };
+        let mut model = HashMap::new();
+        let mut optimizer = HashMap::new();
+        for (key, tensor) in &tensors {
+            if let Some(name) = key.strip_prefix("model.") {
+                model.insert(name.to_string(), tensor.clone());
+            } else if let Some(name) = key.strip_prefix("optimizer.") {
+                optimizer.insert(name.to_string(), tensor.clone());
+            }
+        }
+        let smooth_count = reader.i64_scalar("recorder.smooth_count")?;
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            position: FitPosition {
+                fit_index: to_usize(position[0], "fit index")?,
+                epoch: to_usize(position[1], "epoch")?,
+                batch: to_usize(position[2], "batch")?,
+                data_epoch: position[3] as u64,
+            },
+            n_epoch: to_usize(position[4], "n_epoch")?,
+            n_train_batches: to_usize(position[5], "n_train_batches")?,
+            seed: reader.i64_scalar("seed")? as u64,
+            model,
+            optimizer,
+            fits: reader.history()?,
+            smooth: (
+                reader.f64_scalar("recorder.smooth_average")? as f32,
+                u32::try_from(smooth_count)
+                    .map_err(|_| fail(format!("smooth count {smooth_count}")))?,
+            ),
+            epoch_elapsed: reader.f64_scalar("recorder.epoch_elapsed")?,
+            n_metrics: to_usize(reader.i64_scalar("recorder.n_metrics")?, "n_metrics")?,
+        })
+    }
+
+    /// Where training continues.
+    pub fn position(&self) -> FitPosition {
+        self.position
+    }
+
+    /// The run's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The history up to the checkpoint.
+    pub fn history(&self) -> &[FitRecord] {
+        &self.fits
+    }
+
+    /// The model's variables as saved.
+    pub fn model_tensors(&self) -> &HashMap<String, Tensor> {
+        &self.model
+    }
+
+    /// The optimizer's state dict as saved.
+    pub fn optimizer_state(&self) -> &HashMap<String, Tensor> {
+        &self.optimizer
+    }
+}
+
+impl Learner {
+    /// Restores a checkpoint: the model's variables, the optimizer state and the history now;
+    /// the position on the next recipe call, which skips the fits already done and continues the
+    /// interrupted one at its next training batch. The recipe must be the one the checkpoint was
+    /// taken in (same seed, same fit lengths, same batches per epoch).
+    pub fn resume(&mut self, checkpoint: &Checkpoint) -> Result<(), TrainError> {
+        let fail =
+            |reason: String| TrainError::Checkpoint { path: checkpoint.path.clone(), reason };
+        if checkpoint.seed != self.config().seed {
+            return Err(TrainError::ResumeMismatch {
+                what: "seed",
+                checkpoint: checkpoint.seed.to_string(),
+                current: self.config().seed.to_string(),
+            });
+        }
+        if checkpoint.n_metrics != self.config().metrics.len() {
+            return Err(TrainError::ResumeMismatch {
+                what: "number of metrics",
+                checkpoint: checkpoint.n_metrics.to_string(),
+                current: self.config().metrics.len().to_string(),
+            });
+        }
+        let vars = self.sorted_vars();
+        if let Some(extra) = sorted_keys(&checkpoint.model)
+            .into_iter()
+            .find(|name| !vars.iter().any(|(n, _)| n == *name))
+        {
+            return Err(fail(format!("model tensor {extra} is not a variable of this model")));
+        }
+        for (name, var) in &vars {
+            let tensor = checkpoint
+                .model
+                .get(name)
+                .ok_or_else(|| fail(format!("model tensor {name} is missing")))?;
+            if tensor.shape() != var.shape() {
+                return Err(fail(format!(
+                    "model tensor {name} has shape {:?}, the model has {:?}",
+                    tensor.shape(),
+                    var.shape()
+                )));
+            }
+            let value = tensor
+                .to_dtype(var.dtype())
+                .and_then(|t| t.to_device(var.device()))
+                .map_err(|e| fail(format!("model tensor {name}: {e}")))?;
+            var.set(&value).map_err(|e| fail(format!("model tensor {name}: {e}")))?;
+        }
+        self.optimizer_mut().load_state_dict(&checkpoint.optimizer)?;
+        self.recorder_mut().restore(
+            checkpoint.fits.clone(),
+            checkpoint.smooth,
+            checkpoint.epoch_elapsed,
+        );
+        self.set_pending_resume(PendingResume {
+            position: checkpoint.position,
+            n_epoch: checkpoint.n_epoch,
+            n_train_batches: checkpoint.n_train_batches,
+        });
+        Ok(())
+    }
+}
+
+/// Writes a checkpoint of the fit seen by `context`, to continue at `position`, atomically.
+pub fn save_checkpoint(
+    path: &Path,
+    context: &EventContext<'_>,
+    position: FitPosition,
+) -> Result<(), TrainError> {
+    let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
+    let state = context.state;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    {
+        // A poisoned lock only means another thread panicked while holding it; the map is intact.
+        let data = context.varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, var) in data.iter() {
+            tensors.insert(format!("model.{name}"), var.as_detached_tensor());
+        }
+    }
+    for (key, tensor) in context.optimizer.state_dict()? {
+        tensors.insert(format!("optimizer.{key}"), tensor);
+    }
+    let cpu = &Device::Cpu;
+    let scalar_error = |e: candle::Error| fail(e.to_string());
+    let position_values = [
+        position.fit_index as i64,
+        position.epoch as i64,
+        position.batch as i64,
+        position.data_epoch as i64,
+        state.n_epoch as i64,
+        state.n_train_batches as i64,
+    ];
+    tensors.insert("position".into(), Tensor::new(&position_values, cpu).map_err(scalar_error)?);
+    tensors.insert("seed".into(), Tensor::new(state.seed as i64, cpu).map_err(scalar_error)?);
+    tensors
+        .insert("format_version".into(), Tensor::new(FORMAT_VERSION, cpu).map_err(scalar_error)?);
+    let (average, count) = context.recorder.smooth_state();
+    tensors.insert(
+        "recorder.smooth_average".into(),
+        Tensor::new(f64::from(average), cpu).map_err(scalar_error)?,
+    );
+    tensors.insert(
+        "recorder.smooth_count".into(),
+        Tensor::new(i64::from(count), cpu).map_err(scalar_error)?,
+    );
+    tensors.insert(
+        "recorder.epoch_elapsed".into(),
+        Tensor::new(context.recorder.epoch_elapsed(), cpu).map_err(scalar_error)?,
+    );
+    insert_history(&mut tensors, context.recorder.fits(), context.recorder.metrics().len())
+        .map_err(scalar_error)?;
+
+    let file_name =
+        path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = || -> Result<(), String> {
+        candle::safetensors::save(&tensors, &temporary).map_err(|e| e.to_string())?;
+        std::fs::File::open(&temporary)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&temporary, path).map_err(|e| e.to_string())
+    };
+    write().map_err(|reason| {
+        let _ = std::fs::remove_file(&temporary);
+        fail(reason)
+    })
+}
+
+/// The history as two f64 tables. Batches: `[fit, iteration, lr, mom, loss, smooth_loss]`.
+/// Epochs: `[fit, epoch, has_train, train_loss, has_valid, valid_loss, seconds, train_iter,
+/// metric…]`. Plus `recorder.n_fits`.
+fn insert_history(
+    tensors: &mut HashMap<String, Tensor>,
+    fits: &[FitRecord],
+    n_metrics: usize,
+) -> candle::Result<()> {
+    let mut batch_rows = Vec::new();
+    let mut epoch_rows = Vec::new();
+    for (fit_index, fit) in fits.iter().enumerate() {
+        for b in &fit.batches {
+            batch_rows.extend([
+                fit_index as f64,
+                b.iteration as f64,
+                b.lr,
+                b.mom,
+                f64::from(b.loss),
+                f64::from(b.smooth_loss),
+            ]);
+        }
+        for e in &fit.epochs {
+            let valid_loss = e.valid.as_ref().map_or(0.0, |v| v.loss);
+            epoch_rows.extend([
+                fit_index as f64,
+                e.epoch as f64,
+                f64::from(u8::from(e.train_loss.is_some())),
+                e.train_loss.map_or(0.0, f64::from),
+                f64::from(u8::from(e.valid.is_some())),
+                valid_loss,
+                e.seconds,
+                e.train_iter as f64,
+            ]);
+            for index in 0..n_metrics {
+                epoch_rows.push(
+                    e.valid.as_ref().and_then(|v| v.metrics.get(index).copied()).unwrap_or(0.0),
+                );
+            }
+        }
+    }
+    let cpu = &Device::Cpu;
+    let n_batches = batch_rows.len() / BATCH_COLUMNS;
+    let epoch_columns = EPOCH_COLUMNS + n_metrics;
+    let n_epochs = epoch_rows.len() / epoch_columns;
+    tensors.insert("recorder.n_fits".into(), Tensor::new(fits.len() as i64, cpu)?);
+    tensors.insert("recorder.n_metrics".into(), Tensor::new(n_metrics as i64, cpu)?);
+    tensors.insert(
+        "recorder.batches".into(),
+        Tensor::from_vec(batch_rows, (n_batches, BATCH_COLUMNS), cpu)?,
+    );
+    tensors.insert(
+        "recorder.epochs".into(),
+        Tensor::from_vec(epoch_rows, (n_epochs, epoch_columns), cpu)?,
+    );
+    Ok(())
+}
+
+fn sorted_keys(map: &HashMap<String, Tensor>) -> Vec<&String> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    keys
+}
+
+/// Typed access to a loaded checkpoint's tensors, with errors naming the key.
+struct Reader<'a> {
+    tensors: &'a HashMap<String, Tensor>,
+    path: &'a Path,
+}
+
+impl Reader<'_> {
+    fn fail(&self, key: &str, reason: impl std::fmt::Display) -> TrainError {
+        TrainError::Checkpoint { path: self.path.to_path_buf(), reason: format!("{key}: {reason}") }
+    }
+
+    fn get(&self, key: &str) -> Result<&Tensor, TrainError> {
+        self.tensors.get(key).ok_or_else(|| self.fail(key, "missing"))
+    }
+
+    fn i64_scalar(&self, key: &str) -> Result<i64, TrainError> {
+        self.get(key)?
+            .to_dtype(DType::I64)
+            .and_then(|t| t.to_scalar::<i64>())
+            .map_err(|e| self.fail(key, e))
+    }
+
+    fn f64_scalar(&self, key: &str) -> Result<f64, TrainError> {
+        self.get(key)?
+            .to_dtype(DType::F64)
+            .and_then(|t| t.to_scalar::<f64>())
+            .map_err(|e| self.fail(key, e))
+    }
+
+    fn i64_vector(&self, key: &str, len: usize) -> Result<Vec<i64>, TrainError> {
+        let values: Vec<i64> = self
+            .get(key)?
+            .to_dtype(DType::I64)
+            .and_then(|t| t.to_vec1())
+            .map_err(|e| self.fail(key, e))?;
+        if values.len() != len {
+            return Err(self.fail(key, format!("{} values, expected {len}", values.len())));
+        }
+        Ok(values)
+    }
+
+    fn table(&self, key: &str, columns: usize) -> Result<Vec<Vec<f64>>, TrainError> {
+        let tensor = self.get(key)?;
+        if tensor.rank() != 2 || tensor.dim(1).ok() != Some(columns) {
+            return Err(
+                self.fail(key, format!("shape {:?}, expected (N, {columns})", tensor.shape()))
+            );
+        }
+        tensor.to_dtype(DType::F64).and_then(|t| t.to_vec2()).map_err(|e| self.fail(key, e))
+    }
+
+    fn history(&self) -> Result<Vec<FitRecord>, TrainError> {
+        let n_fits = usize::try_from(self.i64_scalar("recorder.n_fits")?)
+            .map_err(|e| self.fail("recorder.n_fits", e))?;
+        let n_metrics = usize::try_from(self.i64_scalar("recorder.n_metrics")?)
+            .map_err(|e| self.fail("recorder.n_metrics", e))?;
+        let mut fits = vec![FitRecord::default(); n_fits];
+        let fit_of = |value: f64, key: &str| -> Result<usize, TrainError> {
+            let index = value as usize;
+            if index < n_fits {
+                Ok(index)
+            } else {
+                Err(self.fail(key, format!("fit index {value} of {n_fits}")))
+            }
+        };
+        for row in self.table("recorder.batches", BATCH_COLUMNS)? {
+            fits[fit_of(row[0], "recorder.batches")?].batches.push(BatchRecord {
+                iteration: row[1] as usize,
+                lr: row[2],
+                mom: row[3],
+                loss: row[4] as f32,
+                smooth_loss: row[5] as f32,
+            });
+        }
+        for row in self.table("recorder.epochs", EPOCH_COLUMNS + n_metrics)? {
+            fits[fit_of(row[0], "recorder.epochs")?].epochs.push(EpochRecord {
+                epoch: row[1] as usize,
+                train_loss: (row[2] != 0.0).then_some(row[3] as f32),
+                valid: (row[4] != 0.0)
+                    .then(|| ValidRecord { loss: row[5], metrics: row[EPOCH_COLUMNS..].to_vec() }),
+                seconds: row[6],
+                train_iter: row[7] as usize,
+            });
+        }
+        Ok(fits)
+    }
+}

@@ -1,0 +1,982 @@
+//! Optimizers with fastai's exact update rules (`fastai/optimizer.py`, spec §2.2): [`Adam`]
+//! (decoupled weight decay, β2 0.99, eps 1e-5, bias correction with the current β1) and [`Sgd`]
+//! (undampened momentum, decoupled weight decay), behind one [`Optimizer`] trait a Learner drives.
+//!
+//! What this file owns: the parameter list an optimizer updates (sorted by name, trainable
+//! parameters only, each flagged for weight decay or not), the per-parameter state (moving
+//! averages and step counts), the update arithmetic, and the state's save/load as named tensors.
+//! It does not own schedules (`schedule.rs` computes lr/mom; the Learner calls [`Optimizer::set_lr`]
+//! and [`Optimizer::set_mom`] before each batch) nor the backward pass (it consumes a `GradStore`).
+//!
+//! Which parameters skip weight decay: fastai's `wd_bn_bias=False` excludes every parameter of a
+//! normalisation layer and every `bias`. For the networks wick trains (xresnet and friends) those
+//! are exactly the parameters of rank ≤ 1 (BN γ/β, biases), while conv and linear weights have rank
+//! ≥ 2, so [`optim_params`] uses the rank rule. [`optim_params_with_rule`] takes any predicate for
+//! networks where that is not true (for example a learnable scalar gain of shape `(1,)`, which fastai
+//! would decay but the rank rule exempts).
+//!
+//! Two update paths compute the same arithmetic (see [`StepKernel`]): a fused in-place loop over
+//! the CPU `f32` storage of each parameter (one pass, no temporaries: the path that matters for
+//! ~25M parameters per batch), and a device-generic path made of candle tensor ops used for every
+//! other device or dtype. Both follow torch's float32 operation order; neither is bit-identical to
+//! torch's vectorised kernels (which use fused multiply-adds), so agreement is to float32 rounding.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use candle::backprop::GradStore;
+use candle::{CpuStorage, DType, Device, InplaceOp2, Layout, Shape, Tensor, Var};
+use candle_nn::VarMap;
+
+/// Names of the VarMap entries that are BatchNorm buffers, never optimised.
+pub const BUFFER_NAMES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+
+/// An optimizer failure; each variant names the parameter or state key involved.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    /// A tensor operation failed while updating or (de)serialising `param`.
+    #[error("optimizer: parameter {param}: {source}")]
+    Tensor {
+        /// The parameter being processed.
+        param: String,
+        /// The underlying candle error.
+        #[source]
+        source: candle::Error,
+    },
+    /// Two parameters were given the same name.
+    #[error("optimizer: duplicate parameter name {name}")]
+    DuplicateName {
+        /// The repeated name.
+        name: String,
+    },
+    /// A gradient's shape differs from its parameter's.
+    #[error("optimizer: gradient of {param} has shape {grad:?}, parameter has {expected:?}")]
+    GradShape {
+        /// The parameter.
+        param: String,
+        /// The parameter's shape.
+        expected: Shape,
+        /// The gradient's shape.
+        grad: Shape,
+    },
+    /// A state dict lacks a key this optimizer needs.
+    #[error("optimizer state: missing key {key}")]
+    MissingKey {
+        /// The missing key.
+        key: String,
+    },
+    /// A state dict has a key that belongs to no parameter of this optimizer.
+    #[error("optimizer state: unexpected key {key}")]
+    UnexpectedKey {
+        /// The unknown key.
+        key: String,
+    },
+    /// A state tensor's shape differs from its parameter's.
+    #[error("optimizer state: {key} has shape {actual:?}, expected {expected:?}")]
+    StateShape {
+        /// The state key.
+        key: String,
+        /// The shape the parameter needs.
+        expected: Shape,
+        /// The shape found.
+        actual: Shape,
+    },
+    /// A state tensor could not be read (wrong rank for a scalar, unsupported dtype, …).
+    #[error("optimizer state: {key}: {source}")]
+    StateValue {
+        /// The state key.
+        key: String,
+        /// The underlying candle error.
+        #[source]
+        source: candle::Error,
+    },
+}
+
+/// One parameter an optimizer updates.
+#[derive(Debug, Clone)]
+pub struct OptimParam {
+    /// Its name in the VarMap (for example `4.0.convpath.0.1.weight`); also its state-dict prefix.
+    pub name: String,
+    /// The variable, updated in place.
+    pub var: Var,
+    /// Whether weight decay applies (fastai's per-parameter `do_wd`).
+    pub do_wd: bool,
+}
+
+/// The trainable parameters of `varmap` (everything except [`BUFFER_NAMES`]), sorted by name.
+///
+/// `VarMap` iterates in random order; sorting makes optimizer state and checkpoints deterministic.
+pub fn trainable_params(varmap: &VarMap) -> Vec<(String, Var)> {
+    // A poisoned lock only means another thread panicked while holding it; the map is still valid.
+    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut params: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(name, _)| !is_buffer_name(name))
+        .map(|(name, var)| (name.clone(), var.clone()))
+        .collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    params
+}
+
+/// Whether a VarMap name is a BatchNorm buffer (its last path segment is in [`BUFFER_NAMES`]).
+pub fn is_buffer_name(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    BUFFER_NAMES.contains(&last)
+}
+
+/// fastai's no-decay rule for standard networks: norm-layer parameters and biases, i.e. rank ≤ 1.
+pub fn is_norm_or_bias(_name: &str, var: &Var) -> bool {
+    var.rank() <= 1
+}
+
+/// Flags each parameter for weight decay with [`is_norm_or_bias`] (fastai `wd_bn_bias=False`).
+pub fn optim_params(named: Vec<(String, Var)>) -> Vec<OptimParam> {
+    optim_params_with_rule(named, is_norm_or_bias)
+}
+
+/// Flags each parameter for weight decay: `skip_decay(name, var)` true means no decay.
+pub fn optim_params_with_rule(
+    named: Vec<(String, Var)>,
+    skip_decay: impl Fn(&str, &Var) -> bool,
+) -> Vec<OptimParam> {
+    named
+        .into_iter()
+        .map(|(name, var)| {
+            let do_wd = !skip_decay(&name, &var);
+            OptimParam { name, var, do_wd }
+        })
+        .collect()
+}
+
+/// Which code computes an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKernel {
+    /// A fused in-place loop for parameters stored as contiguous `f32` on the CPU; tensor ops for
+    /// every other parameter. The default.
+    FusedCpu,
+    /// candle tensor ops for every parameter (what runs on CUDA); selectable to test it on CPU.
+    TensorOps,
+}
+
+/// What a Learner needs from an optimizer. Hyper-parameters are shared by all parameters (wick
+/// trains a single parameter group, as fastai does without a splitter).
+pub trait Optimizer {
+    /// Updates every parameter that has a gradient in `grads`; parameters without one are skipped
+    /// and their step counts do not advance (as in fastai and PyTorch).
+    fn step(&mut self, grads: &GradStore) -> Result<(), OptimError>;
+    /// The current learning rate.
+    fn lr(&self) -> f64;
+    /// Sets the learning rate for the next steps.
+    fn set_lr(&mut self, lr: f64);
+    /// The current momentum (Adam β1, SGD momentum).
+    fn mom(&self) -> f64;
+    /// Sets the momentum for the next steps.
+    fn set_mom(&mut self, mom: f64);
+    /// The current weight decay.
+    fn wd(&self) -> f64;
+    /// Sets the weight decay for the next steps (fastai `fit(wd=…)`).
+    fn set_wd(&mut self, wd: f64);
+    /// Discards the moving averages and step counts, keeping hyper-parameters and decay flags
+    /// (fastai `Optimizer.clear_state`, what `freeze`/`unfreeze` call).
+    fn reset_state(&mut self);
+    /// The state as named tensors (safetensors-compatible): `hypers.<name>` f64 scalars, and for
+    /// each parameter that has state `state.<param>.<buffer>` (same shape and device as the
+    /// parameter) plus `state.<param>.step` (an i64 scalar) where the optimizer counts steps.
+    fn state_dict(&self) -> Result<HashMap<String, Tensor>, OptimError>;
+    /// Restores a [`Optimizer::state_dict`]; parameters without keys get no state. Every key must
+    /// belong to this optimizer.
+    fn load_state_dict(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError>;
+    /// The parameters, sorted by name.
+    fn params(&self) -> &[OptimParam];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adam
+// ---------------------------------------------------------------------------------------------
+
+/// Hyper-parameters of fastai's `Adam` (with `decouple_wd=True`, the only mode wick has).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// β1, the gradient moving-average coefficient (scheduled by one-cycle).
+    pub mom: f64,
+    /// β2, the squared-gradient moving-average coefficient.
+    pub sqr_mom: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay: `p ← p·(1 − lr·wd)` for parameters with `do_wd`.
+    pub wd: f64,
+    /// Which code computes the update.
+    pub kernel: StepKernel,
+}
+
+impl AdamConfig {
+    /// fastai `Adam(params, lr)`: mom 0.9, sqr_mom 0.99, eps 1e-5, wd 0.01.
+    pub fn fastai_defaults(lr: f64) -> Self {
+        Self { lr, mom: 0.9, sqr_mom: 0.99, eps: 1e-5, wd: 0.01, kernel: StepKernel::FusedCpu }
+    }
+}
+
+/// fastai's `Adam`: for each parameter p with gradient g, with the current lr and mom, and its own
+/// step count t (starting at 1):
+///
+/// 1. `p ← p·(1 − lr·wd)` if `do_wd`
+/// 2. `m ← mom·m + (1 − mom)·g`
+/// 3. `v ← sqr_mom·v + (1 − sqr_mom)·g²`
+/// 4. `p ← p − lr/(1 − momᵗ) · m / (√(v/(1 − sqr_momᵗ)) + eps)`
+///
+/// The bias correction uses the *current* mom, which one-cycle changes every batch.
+#[derive(Debug)]
+pub struct Adam {
+    params: Vec<OptimParam>,
+    states: Vec<Option<AdamState>>,
+    config: AdamConfig,
+}
+
+#[derive(Debug)]
+struct AdamState {
+    step: u64,
+    grad_avg: Buffer,
+    sqr_avg: Buffer,
+}
+
+impl Adam {
+    /// An Adam over `params` (sorted by name here), with no state yet.
+    pub fn new(params: Vec<OptimParam>, config: AdamConfig) -> Result<Self, OptimError> {
+        let params = sorted_unique(params)?;
+        let states = params.iter().map(|_| None).collect();
+        Ok(Self { params, states, config })
+    }
+
+    /// The current hyper-parameters.
+    pub fn config(&self) -> &AdamConfig {
+        &self.config
+    }
+
+    /// The step count of parameter `name` (0 if it has no state or does not exist).
+    pub fn step_count(&self, name: &str) -> u64 {
+        self.params
+            .iter()
+            .position(|p| p.name == name)
+            .and_then(|i| self.states[i].as_ref())
+            .map_or(0, |s| s.step)
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &GradStore) -> Result<(), OptimError> {
+        let config = self.config;
+        for (param, slot) in self.params.iter().zip(self.states.iter_mut()) {
+            let Some(grad) = grads.get(param.var.as_tensor()) else {
+                continue;
+            };
+            check_grad_shape(param, grad)?;
+            let path = UpdatePath::choose(config.kernel, &param.var);
+            let state = slot.get_or_insert_with(|| AdamState {
+                step: 0,
+                grad_avg: Buffer::Empty,
+                sqr_avg: Buffer::Empty,
+            });
+            state.step += 1;
+            let scalars = AdamScalars::new(&config, param.do_wd, state.step);
+            let wrap = |source| OptimError::Tensor { param: param.name.clone(), source };
+            match path {
+                UpdatePath::Fused => {
+                    let grad_avg = state.grad_avg.host_mut(&param.var).map_err(wrap)?;
+                    let sqr_avg = state.sqr_avg.host_mut(&param.var).map_err(wrap)?;
+                    fused_adam(&param.var, grad, grad_avg, sqr_avg, scalars).map_err(wrap)?;
+                }
+                UpdatePath::TensorOps => {
+                    tensor_ops_adam(&param.var, grad, state, scalars).map_err(wrap)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn mom(&self) -> f64 {
+        self.config.mom
+    }
+
+    fn set_mom(&mut self, mom: f64) {
+        self.config.mom = mom;
+    }
+
+    fn wd(&self) -> f64 {
+        self.config.wd
+    }
+
+    fn set_wd(&mut self, wd: f64) {
+        self.config.wd = wd;
+    }
+
+    fn reset_state(&mut self) {
+        self.states.iter_mut().for_each(|s| *s = None);
+    }
+
+    fn state_dict(&self) -> Result<HashMap<String, Tensor>, OptimError> {
+        let c = &self.config;
+        let mut dict = hyper_dict(&[
+            ("lr", c.lr),
+            ("mom", c.mom),
+            ("sqr_mom", c.sqr_mom),
+            ("eps", c.eps),
+            ("wd", c.wd),
+        ])?;
+        for (param, state) in self.params.iter().zip(&self.states) {
+            let Some(state) = state else { continue };
+            let prefix = format!("state.{}", param.name);
+            let wrap = |source| OptimError::Tensor { param: param.name.clone(), source };
+            dict.insert(
+                format!("{prefix}.grad_avg"),
+                state.grad_avg.to_tensor(&param.var).map_err(wrap)?,
+            );
+            dict.insert(
+                format!("{prefix}.sqr_avg"),
+                state.sqr_avg.to_tensor(&param.var).map_err(wrap)?,
+            );
+            dict.insert(format!("{prefix}.step"), step_tensor(state.step, &param.name)?);
+        }
+        Ok(dict)
+    }
+
+    fn load_state_dict(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError> {
+        let mut reader = StateReader::new(state);
+        let config = AdamConfig {
+            lr: reader.hyper("lr")?,
+            mom: reader.hyper("mom")?,
+            sqr_mom: reader.hyper("sqr_mom")?,
+            eps: reader.hyper("eps")?,
+            wd: reader.hyper("wd")?,
+            kernel: self.config.kernel,
+        };
+        let mut states = Vec::with_capacity(self.params.len());
+        for param in &self.params {
+            let prefix = format!("state.{}", param.name);
+            let step_key = format!("{prefix}.step");
+            if !reader.contains(&step_key) {
+                states.push(None);
+                continue;
+            }
+            let path = UpdatePath::choose(config.kernel, &param.var);
+            states.push(Some(AdamState {
+                step: reader.step(&step_key)?,
+                grad_avg: reader.buffer(&format!("{prefix}.grad_avg"), &param.var, path)?,
+                sqr_avg: reader.buffer(&format!("{prefix}.sqr_avg"), &param.var, path)?,
+            }));
+        }
+        reader.finish()?;
+        self.config = config;
+        self.states = states;
+        Ok(())
+    }
+
+    fn params(&self) -> &[OptimParam] {
+        &self.params
+    }
+}
+
+/// The per-step scalars of one Adam update, as fastai computes them (in f64, then used in f32).
+#[derive(Debug, Clone, Copy)]
+struct AdamScalars {
+    /// `1 − lr·wd`, or `None` when this parameter is not decayed (or wd is 0).
+    decay_factor: Option<f64>,
+    mom: f64,
+    grad_damp: f64,
+    sqr_mom: f64,
+    sqr_damp: f64,
+    /// `sqr_damp·(1 − sqr_momᵗ)/(1 − sqr_mom)`, fastai's `debias2`.
+    debias2: f64,
+    /// `−lr / debias1`.
+    step_size: f64,
+    eps: f64,
+}
+
+impl AdamScalars {
+    fn new(config: &AdamConfig, do_wd: bool, step: u64) -> Self {
+        let grad_damp = 1.0 - config.mom;
+        let sqr_damp = 1.0 - config.sqr_mom;
+        let debias1 = debias(config.mom, grad_damp, step);
+        let debias2 = debias(config.sqr_mom, sqr_damp, step);
+        Self {
+            decay_factor: decay_factor(config.lr, config.wd, do_wd),
+            mom: config.mom,
+            grad_damp,
+            sqr_mom: config.sqr_mom,
+            sqr_damp,
+            debias2,
+            step_size: -config.lr / debias1,
+            eps: config.eps,
+        }
+    }
+}
+
+/// fastai `debias(mom, damp, step) = damp·(1 − mom^step)/(1 − mom)`, in its operation order.
+fn debias(mom: f64, damp: f64, step: u64) -> f64 {
+    damp * (1.0 - mom.powf(step as f64)) / (1.0 - mom)
+}
+
+/// fastai `weight_decay`: multiply by `1 − lr·wd` when `do_wd and wd != 0`.
+fn decay_factor(lr: f64, wd: f64, do_wd: bool) -> Option<f64> {
+    (do_wd && wd != 0.0).then_some(1.0 - lr * wd)
+}
+
+fn tensor_ops_adam(
+    var: &Var,
+    grad: &Tensor,
+    state: &mut AdamState,
+    s: AdamScalars,
+) -> candle::Result<()> {
+    let grad = grad.to_dtype(var.dtype())?.detach();
+    // Detached: the update must not record an autograd graph.
+    let p = var.as_detached_tensor();
+    let decayed = match s.decay_factor {
+        Some(factor) => p.affine(factor, 0.0)?,
+        None => p,
+    };
+    let grad_avg = state.grad_avg.device_tensor(var)?;
+    let sqr_avg = state.sqr_avg.device_tensor(var)?;
+    // grad_avg.mul_(mom).add_(g, alpha=1-mom)
+    let grad_avg = (grad_avg.affine(s.mom, 0.0)? + grad.affine(s.grad_damp, 0.0)?)?;
+    // sqr_avg.mul_(sqr_mom).addcmul_(g, g, value=1-sqr_mom)
+    let sqr_avg = (sqr_avg.affine(s.sqr_mom, 0.0)? + grad.affine(s.sqr_damp, 0.0)?.mul(&grad)?)?;
+    // p.addcdiv_(grad_avg, (sqr_avg/debias2).sqrt() + eps, value=-lr/debias1)
+    let denominator = (sqr_avg.affine(1.0 / s.debias2, 0.0)?.sqrt()? + s.eps)?;
+    let updated = (decayed + grad_avg.affine(s.step_size, 0.0)?.div(&denominator)?)?;
+    var.set(&updated)?;
+    state.grad_avg = Buffer::Device(grad_avg);
+    state.sqr_avg = Buffer::Device(sqr_avg);
+    Ok(())
+}
+
+fn fused_adam(
+    var: &Var,
+    grad: &Tensor,
+    grad_avg: &mut [f32],
+    sqr_avg: &mut [f32],
+    scalars: AdamScalars,
+) -> candle::Result<()> {
+    let grad = host_f32_grad(grad)?;
+    let op = FusedAdamStep { buffers: RefCell::new((grad_avg, sqr_avg)), scalars };
+    var.as_tensor().inplace_op2(&grad, &op)
+}
+
+/// One Adam update of a CPU f32 parameter, in place, in a single pass over p, g, m and v.
+struct FusedAdamStep<'a> {
+    buffers: RefCell<(&'a mut [f32], &'a mut [f32])>,
+    scalars: AdamScalars,
+}
+
+impl InplaceOp2 for FusedAdamStep<'_> {
+    fn name(&self) -> &'static str {
+        "wick-fused-adam"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        param_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<()> {
+        let (param, grad) = f32_slices(param, param_layout, grad, grad_layout)?;
+        let mut buffers = self.buffers.borrow_mut();
+        let (grad_avg, sqr_avg) = &mut *buffers;
+        check_len(grad_avg.len(), param.len())?;
+        check_len(sqr_avg.len(), param.len())?;
+        let s = self.scalars;
+        // torch casts each Python-float scalar to the tensor's float32 before the element loop.
+        let mom = s.mom as f32;
+        let grad_damp = s.grad_damp as f32;
+        let sqr_mom = s.sqr_mom as f32;
+        let sqr_damp = s.sqr_damp as f32;
+        let debias2 = s.debias2 as f32;
+        let step_size = s.step_size as f32;
+        let eps = s.eps as f32;
+        let decay = s.decay_factor.map(|f| f as f32);
+        let elements = param.iter_mut().zip(grad).zip(grad_avg.iter_mut().zip(sqr_avg.iter_mut()));
+        for ((p, &g), (m, v)) in elements {
+            if let Some(factor) = decay {
+                *p *= factor;
+            }
+            *m = *m * mom + grad_damp * g;
+            *v = *v * sqr_mom + sqr_damp * g * g;
+            let denominator = (*v / debias2).sqrt() + eps;
+            *p += step_size * *m / denominator;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SGD
+// ---------------------------------------------------------------------------------------------
+
+/// Hyper-parameters of fastai's `SGD` (with `decouple_wd=True`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum. As in fastai, a zero momentum at construction builds plain SGD for good: no
+    /// momentum buffer, and later `set_mom` values are ignored.
+    pub mom: f64,
+    /// Decoupled weight decay: `p ← p·(1 − lr·wd)` for parameters with `do_wd`.
+    pub wd: f64,
+    /// Which code computes the update.
+    pub kernel: StepKernel,
+}
+
+impl SgdConfig {
+    /// fastai `SGD(params, lr)`: mom 0, wd 0.
+    pub fn fastai_defaults(lr: f64) -> Self {
+        Self { lr, mom: 0.0, wd: 0.0, kernel: StepKernel::FusedCpu }
+    }
+}
+
+/// fastai's `SGD`: `p ← p·(1 − lr·wd)` if `do_wd`; then with momentum `m ← mom·m + g`,
+/// `p ← p − lr·m` (no dampening, m starts at 0), or without it `p ← p − lr·g`.
+#[derive(Debug)]
+pub struct Sgd {
+    params: Vec<OptimParam>,
+    states: Vec<Option<Buffer>>,
+    config: SgdConfig,
+    momentum: bool,
+}
+
+impl Sgd {
+    /// An SGD over `params` (sorted by name here), with no state yet.
+    pub fn new(params: Vec<OptimParam>, config: SgdConfig) -> Result<Self, OptimError> {
+        let params = sorted_unique(params)?;
+        let states = params.iter().map(|_| None).collect();
+        Ok(Self { params, states, config, momentum: config.mom != 0.0 })
+    }
+
+    /// The current hyper-parameters.
+    pub fn config(&self) -> &SgdConfig {
+        &self.config
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<(), OptimError> {
+        let config = self.config;
+        for (param, slot) in self.params.iter().zip(self.states.iter_mut()) {
+            let Some(grad) = grads.get(param.var.as_tensor()) else {
+                continue;
+            };
+            check_grad_shape(param, grad)?;
+            let scalars = SgdScalars {
+                decay_factor: decay_factor(config.lr, config.wd, param.do_wd),
+                mom: config.mom,
+                step_size: -config.lr,
+            };
+            let wrap = |source| OptimError::Tensor { param: param.name.clone(), source };
+            let path = UpdatePath::choose(config.kernel, &param.var);
+            let grad_avg =
+                if self.momentum { Some(slot.get_or_insert(Buffer::Empty)) } else { None };
+            match path {
+                UpdatePath::Fused => {
+                    let grad_avg = match grad_avg {
+                        Some(buffer) => Some(buffer.host_mut(&param.var).map_err(wrap)?),
+                        None => None,
+                    };
+                    fused_sgd(&param.var, grad, grad_avg, scalars).map_err(wrap)?;
+                }
+                UpdatePath::TensorOps => {
+                    tensor_ops_sgd(&param.var, grad, grad_avg, scalars).map_err(wrap)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn mom(&self) -> f64 {
+        self.config.mom
+    }
+
+    fn set_mom(&mut self, mom: f64) {
+        self.config.mom = mom;
+    }
+
+    fn wd(&self) -> f64 {
+        self.config.wd
+    }
+
+    fn set_wd(&mut self, wd: f64) {
+        self.config.wd = wd;
+    }
+
+    fn reset_state(&mut self) {
+        self.states.iter_mut().for_each(|s| *s = None);
+    }
+
+    fn state_dict(&self) -> Result<HashMap<String, Tensor>, OptimError> {
+        let c = &self.config;
+        let mut dict = hyper_dict(&[("lr", c.lr), ("mom", c.mom), ("wd", c.wd)])?;
+        for (param, state) in self.params.iter().zip(&self.states) {
+            let Some(grad_avg) = state else { continue };
+            let tensor = grad_avg
+                .to_tensor(&param.var)
+                .map_err(|source| OptimError::Tensor { param: param.name.clone(), source })?;
+            dict.insert(format!("state.{}.grad_avg", param.name), tensor);
+        }
+        Ok(dict)
+    }
+
+    fn load_state_dict(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError> {
+        let mut reader = StateReader::new(state);
+        let config = SgdConfig {
+            lr: reader.hyper("lr")?,
+            mom: reader.hyper("mom")?,
+            wd: reader.hyper("wd")?,
+            kernel: self.config.kernel,
+        };
+        let mut states = Vec::with_capacity(self.params.len());
+        for param in &self.params {
+            let key = format!("state.{}.grad_avg", param.name);
+            if !reader.contains(&key) {
+                states.push(None);
+                continue;
+            }
+            let path = UpdatePath::choose(config.kernel, &param.var);
+            states.push(Some(reader.buffer(&key, &param.var, path)?));
+        }
+        reader.finish()?;
+        self.config = config;
+        self.states = states;
+        Ok(())
+    }
+
+    fn params(&self) -> &[OptimParam] {
+        &self.params
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SgdScalars {
+    decay_factor: Option<f64>,
+    mom: f64,
+    /// `−lr`.
+    step_size: f64,
+}
+
+fn tensor_ops_sgd(
+    var: &Var,
+    grad: &Tensor,
+    grad_avg: Option<&mut Buffer>,
+    s: SgdScalars,
+) -> candle::Result<()> {
+    let grad = grad.to_dtype(var.dtype())?.detach();
+    // Detached: the update must not record an autograd graph.
+    let p = var.as_detached_tensor();
+    let decayed = match s.decay_factor {
+        Some(factor) => p.affine(factor, 0.0)?,
+        None => p,
+    };
+    let direction = match grad_avg {
+        Some(buffer) => {
+            // grad_avg.mul_(mom).add_(g, alpha=1.)
+            let updated = (buffer.device_tensor(var)?.affine(s.mom, 0.0)? + &grad)?;
+            *buffer = Buffer::Device(updated.clone());
+            updated
+        }
+        None => grad,
+    };
+    // p.add_(direction, alpha=-lr)
+    let updated = (decayed + direction.affine(s.step_size, 0.0)?)?;
+    var.set(&updated)
+}
+
+fn fused_sgd(
+    var: &Var,
+    grad: &Tensor,
+    grad_avg: Option<&mut [f32]>,
+    scalars: SgdScalars,
+) -> candle::Result<()> {
+    let grad = host_f32_grad(grad)?;
+    let op = FusedSgdStep { grad_avg: RefCell::new(grad_avg), scalars };
+    var.as_tensor().inplace_op2(&grad, &op)
+}
+
+/// One SGD update of a CPU f32 parameter, in place.
+struct FusedSgdStep<'a> {
+    grad_avg: RefCell<Option<&'a mut [f32]>>,
+    scalars: SgdScalars,
+}
+
+impl InplaceOp2 for FusedSgdStep<'_> {
+    fn name(&self) -> &'static str {
+        "wick-fused-sgd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        param_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<()> {
+        let (param, grad) = f32_slices(param, param_layout, grad, grad_layout)?;
+        let decay = self.scalars.decay_factor.map(|f| f as f32);
+        let mom = self.scalars.mom as f32;
+        let step_size = self.scalars.step_size as f32;
+        let mut grad_avg = self.grad_avg.borrow_mut();
+        match grad_avg.as_deref_mut() {
+            Some(grad_avg) => {
+                check_len(grad_avg.len(), param.len())?;
+                for ((p, &g), m) in param.iter_mut().zip(grad).zip(grad_avg.iter_mut()) {
+                    if let Some(factor) = decay {
+                        *p *= factor;
+                    }
+                    *m = *m * mom + g;
+                    *p += step_size * *m;
+                }
+            }
+            None => {
+                for (p, &g) in param.iter_mut().zip(grad) {
+                    if let Some(factor) = decay {
+                        *p *= factor;
+                    }
+                    *p += step_size * g;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared machinery: state buffers, update-path choice, state-dict reading.
+// ---------------------------------------------------------------------------------------------
+
+/// A moving-average buffer, zero until the first update. Stored as a host `Vec<f32>` for the fused
+/// path and as a tensor on the parameter's device for the tensor-op path.
+#[derive(Debug)]
+enum Buffer {
+    Empty,
+    Host(Vec<f32>),
+    Device(Tensor),
+}
+
+impl Buffer {
+    /// The buffer as a host slice with one element per parameter element.
+    fn host_mut(&mut self, var: &Var) -> candle::Result<&mut [f32]> {
+        let values = match std::mem::replace(self, Buffer::Empty) {
+            Buffer::Empty => vec![0.0; var.elem_count()],
+            Buffer::Host(values) => values,
+            Buffer::Device(tensor) => tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        };
+        *self = Buffer::Host(values);
+        let Buffer::Host(values) = self else {
+            // Unreachable: `self` was set to `Host` on the line above.
+            candle::bail!("optimizer buffer is not on the host");
+        };
+        Ok(values)
+    }
+
+    /// The buffer as a tensor with the parameter's shape, dtype and device.
+    fn device_tensor(&self, var: &Var) -> candle::Result<Tensor> {
+        match self {
+            Buffer::Empty => Tensor::zeros(var.shape(), var.dtype(), var.device()),
+            Buffer::Host(values) => Tensor::from_slice(values, var.shape(), &Device::Cpu)?
+                .to_dtype(var.dtype())?
+                .to_device(var.device()),
+            Buffer::Device(tensor) => Ok(tensor.clone()),
+        }
+    }
+
+    /// A copy of the buffer for a state dict (never aliasing optimizer memory).
+    fn to_tensor(&self, var: &Var) -> candle::Result<Tensor> {
+        match self {
+            Buffer::Device(tensor) => tensor.copy(),
+            Buffer::Empty | Buffer::Host(_) => self.device_tensor(var),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpdatePath {
+    Fused,
+    TensorOps,
+}
+
+impl UpdatePath {
+    fn choose(kernel: StepKernel, var: &Var) -> Self {
+        let fusable = var.device().is_cpu() && var.dtype() == DType::F32 && var.is_contiguous();
+        match kernel {
+            StepKernel::FusedCpu if fusable => UpdatePath::Fused,
+            StepKernel::FusedCpu | StepKernel::TensorOps => UpdatePath::TensorOps,
+        }
+    }
+}
+
+fn sorted_unique(mut params: Vec<OptimParam>) -> Result<Vec<OptimParam>, OptimError> {
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = params.windows(2).find(|pair| pair[0].name == pair[1].name) {
+        return Err(OptimError::DuplicateName { name: pair[0].name.clone() });
+    }
+    Ok(params)
+}
+
+fn check_grad_shape(param: &OptimParam, grad: &Tensor) -> Result<(), OptimError> {
+    if grad.shape() == param.var.shape() {
+        Ok(())
+    } else {
+        Err(OptimError::GradShape {
+            param: param.name.clone(),
+            expected: param.var.shape().clone(),
+            grad: grad.shape().clone(),
+        })
+    }
+}
+
+/// The gradient as a contiguous CPU f32 tensor (a no-op for the usual case).
+fn host_f32_grad(grad: &Tensor) -> candle::Result<Tensor> {
+    grad.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()
+}
+
+fn f32_slices<'a>(
+    param: &'a mut CpuStorage,
+    param_layout: &Layout,
+    grad: &'a CpuStorage,
+    grad_layout: &Layout,
+) -> candle::Result<(&'a mut [f32], &'a [f32])> {
+    let (CpuStorage::F32(param), CpuStorage::F32(grad)) = (param, grad) else {
+        candle::bail!("fused optimizer step needs f32 parameter and gradient");
+    };
+    let Some((param_start, param_end)) = param_layout.contiguous_offsets() else {
+        candle::bail!("fused optimizer step needs a contiguous parameter");
+    };
+    let Some((grad_start, grad_end)) = grad_layout.contiguous_offsets() else {
+        candle::bail!("fused optimizer step needs a contiguous gradient");
+    };
+    let param = &mut param[param_start..param_end];
+    let grad = &grad[grad_start..grad_end];
+    check_len(grad.len(), param.len())?;
+    Ok((param, grad))
+}
+
+fn check_len(actual: usize, expected: usize) -> candle::Result<()> {
+    if actual != expected {
+        candle::bail!("optimizer buffer has {actual} elements, parameter has {expected}");
+    }
+    Ok(())
+}
+
+fn hyper_dict(hypers: &[(&str, f64)]) -> Result<HashMap<String, Tensor>, OptimError> {
+    hypers
+        .iter()
+        .map(|&(name, value)| {
+            let key = format!("hypers.{name}");
+            Tensor::new(value, &Device::Cpu)
+                .map(|t| (key.clone(), t))
+                .map_err(|source| OptimError::StateValue { key, source })
+        })
+        .collect()
+}
+
+fn step_tensor(step: u64, param: &str) -> Result<Tensor, OptimError> {
+    // Step counts stay far below i64::MAX (one per batch).
+    let step = i64::try_from(step).unwrap_or(i64::MAX);
+    Tensor::new(step, &Device::Cpu)
+        .map_err(|source| OptimError::Tensor { param: param.to_string(), source })
+}
+
+/// Reads a state dict and remembers which keys were used, so unknown keys can be reported.
+struct StateReader<'a> {
+    state: &'a HashMap<String, Tensor>,
+    used: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> StateReader<'a> {
+    fn new(state: &'a HashMap<String, Tensor>) -> Self {
+        Self { state, used: std::collections::HashSet::new() }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.state.contains_key(key)
+    }
+
+    fn get(&mut self, key: &str) -> Result<&'a Tensor, OptimError> {
+        let (stored_key, tensor) = self
+            .state
+            .get_key_value(key)
+            .ok_or_else(|| OptimError::MissingKey { key: key.to_string() })?;
+        self.used.insert(stored_key.as_str());
+        Ok(tensor)
+    }
+
+    fn hyper(&mut self, name: &str) -> Result<f64, OptimError> {
+        let key = format!("hypers.{name}");
+        let tensor = self.get(&key)?;
+        tensor
+            .to_dtype(DType::F64)
+            .and_then(|t| t.to_scalar::<f64>())
+            .map_err(|source| OptimError::StateValue { key, source })
+    }
+
+    fn step(&mut self, key: &str) -> Result<u64, OptimError> {
+        let tensor = self.get(key)?;
+        let step = tensor
+            .to_dtype(DType::I64)
+            .and_then(|t| t.to_scalar::<i64>())
+            .map_err(|source| OptimError::StateValue { key: key.to_string(), source })?;
+        u64::try_from(step).map_err(|_| OptimError::StateValue {
+            key: key.to_string(),
+            source: candle::Error::Msg(format!("negative step count {step}")),
+        })
+    }
+
+    fn buffer(&mut self, key: &str, var: &Var, path: UpdatePath) -> Result<Buffer, OptimError> {
+        let tensor = self.get(key)?;
+        if tensor.shape() != var.shape() {
+            return Err(OptimError::StateShape {
+                key: key.to_string(),
+                expected: var.shape().clone(),
+                actual: tensor.shape().clone(),
+            });
+        }
+        let wrap = |source| OptimError::StateValue { key: key.to_string(), source };
+        match path {
+            UpdatePath::Fused => tensor
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map(Buffer::Host)
+                .map_err(wrap),
+            UpdatePath::TensorOps => tensor
+                .to_dtype(var.dtype())
+                .and_then(|t| t.to_device(var.device()))
+                .and_then(|t| t.copy())
+                .map(Buffer::Device)
+                .map_err(wrap),
+        }
+    }
+
+    fn finish(self) -> Result<(), OptimError> {
+        let mut unused: Vec<&String> =
+            self.state.keys().filter(|k| !self.used.contains(k.as_str())).collect();
+        unused.sort();
+        match unused.first() {
+            Some(key) => Err(OptimError::UnexpectedKey { key: (*key).clone() }),
+            None => Ok(()),
+        }
+    }
+}

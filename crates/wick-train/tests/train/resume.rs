@@ -1,0 +1,300 @@
+//! Checkpoints: an interrupted fit (the Ctrl-C flag) saves and stops; resuming from that
+//! checkpoint continues bit for bit like the uninterrupted run, with a real shuffling, augmenting
+//! DataLoader (resumed with `epoch_from`) and MixUp; a NaN loss stops the fit naming epoch and
+//! batch and leaves the last checkpoint loadable.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle::{DType, Device};
+use candle_nn::VarMap;
+use image::{Rgb, RgbImage};
+use wick_data::{DataLoader, ItemPipeline, Items, LoaderConfig};
+use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
+use wick_train::{
+    BatchIter, BatchSource, Checkpoint, CheckpointConfig, CheckpointSaver, Event, FitOutcome,
+    FitPosition, Flow, InMemoryBatches, Learner, MixUp, OneCycle, TrainError,
+};
+
+use crate::tiny::{Probe, adam, bright_dark_batches, config, tiny_cnn, var_values};
+
+const RUN_SEED: u64 = 42;
+
+/// 12 bright and 12 dark 20x20 PNGs (training), 4 + 4 (validation), with some texture.
+fn image_items(dir: &Path) -> (Items, Items) {
+    let write = |split: &str, n_per_class: usize| {
+        let mut items = Items { paths: Vec::new(), labels: Vec::new() };
+        for label in 0..2u32 {
+            for i in 0..n_per_class {
+                let base = if label == 1 { 150 } else { 10 };
+                let image = RgbImage::from_fn(20, 20, |x, y| {
+                    let v = base + ((x * 7 + y * 13 + i as u32 * 31) % 90) as u8;
+                    Rgb([v, v / 2 + 40, 255 - v])
+                });
+                let path = dir.join(format!("{split}-{label}-{i}.png"));
+                image.save(&path).unwrap();
+                items.paths.push(path);
+                items.labels.push(label);
+            }
+        }
+        items
+    };
+    (write("train", 12), write("valid", 4))
+}
+
+/// Shuffled, augmented `size`-px batches of 4 (6 per epoch) and in-order validation batches of 4.
+fn loaders(train: &Items, valid: &Items, size: u32) -> (DataLoader, DataLoader) {
+    let pipeline = ItemPipeline { item_size: size + 8, ..ItemPipeline::chapter7(size) };
+    let train_config = LoaderConfig { n_threads: 2, ..LoaderConfig::train(4, 9) };
+    let valid_config = LoaderConfig { n_threads: 2, ..LoaderConfig::valid(4, 9) };
+    (
+        DataLoader::new(train.clone(), pipeline, train_config, Device::Cpu).unwrap(),
+        DataLoader::new(valid.clone(), pipeline, valid_config, Device::Cpu).unwrap(),
+    )
+}
+
+/// Which network a resume test trains.
+#[derive(Debug, Clone, Copy)]
+enum Net {
+    /// [`crate::tiny::TinyCnn`]: candle-nn layers.
+    Tiny,
+    /// fastai's xresnet18 at widen 0.125 (wick-models, wick-nn kernels), 2 classes.
+    XResNet,
+}
+
+/// A learner with MixUp over the image loaders; `init_seed` draws the initial weights.
+fn image_learner(train: &Items, valid: &Items, net: Net, init_seed: u64) -> Learner {
+    // xresnet needs 32 px: its last stages would get 1x1 inputs at 16.
+    let size = match net {
+        Net::Tiny => 16,
+        Net::XResNet => 32,
+    };
+    let (train_loader, valid_loader) = loaders(train, valid, size);
+    let varmap = VarMap::new();
+    let model: Box<dyn candle::ModuleT> = match net {
+        Net::Tiny => Box::new(tiny_cnn(&varmap, init_seed, 2)),
+        Net::XResNet => {
+            let config = XResNetConfig { widen: 0.125, ..XResNetConfig::depth(Depth::D18, 2) };
+            let vb = seeded_var_builder(&varmap, init_seed, DType::F32, &Device::Cpu);
+            Box::new(xresnet(&config, 0, vb).unwrap())
+        }
+    };
+    let optimizer = adam(&varmap);
+    let mut learner = Learner::new(
+        model,
+        varmap,
+        optimizer,
+        Box::new(train_loader),
+        Box::new(valid_loader),
+        config(RUN_SEED),
+    );
+    learner.add_callback(Box::new(MixUp::fastai_default()));
+    learner
+}
+
+fn cycle() -> OneCycle {
+    OneCycle::fastai_defaults(1e-2)
+}
+
+#[test]
+fn interrupt_saves_and_resume_continues_bit_for_bit() {
+    check_interrupt_and_resume(Net::Tiny);
+    check_interrupt_and_resume(Net::XResNet);
+}
+
+fn check_interrupt_and_resume(net: Net) {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = image_items(dir.path());
+    let checkpoint_path = dir.path().join("checkpoint.safetensors");
+
+    // The reference: 3 epochs × 6 batches, uninterrupted.
+    let mut reference = image_learner(&train, &valid, net, 1);
+    assert_eq!(reference.fit_one_cycle(3, cycle()).unwrap(), FitOutcome::Completed);
+
+    // The same run, with the interrupt flag raised after training batch 8 (epoch 1, batch 1),
+    // as the CLI's Ctrl-C handler would.
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut interrupted = image_learner(&train, &valid, net, 1);
+    interrupted.set_interrupt_flag(Arc::clone(&flag));
+    interrupted.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+        path: checkpoint_path.clone(),
+        every_n_batches: 0,
+    })));
+    let raise = Arc::clone(&flag);
+    let log = Default::default();
+    interrupted.add_callback(Box::new(Probe::replying(&log, move |event, state| {
+        if event == Event::AfterBatch && state.train_iter == 8 {
+            raise.store(true, Ordering::Relaxed);
+        }
+        Ok(Flow::Continue)
+    })));
+    let outcome = interrupted.fit_one_cycle(3, cycle()).unwrap();
+    let resume_at = FitPosition { fit_index: 0, epoch: 1, batch: 2, data_epoch: 1 };
+    assert_eq!(outcome, FitOutcome::Interrupted { at: resume_at });
+
+    // A new process: other initial weights, then the checkpoint. No temporary file is left.
+    let checkpoint = Checkpoint::load(&checkpoint_path).unwrap();
+    assert_eq!(checkpoint.position(), resume_at);
+    assert_eq!(checkpoint.seed(), RUN_SEED);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let mut resumed = image_learner(&train, &valid, net, 2);
+    resumed.resume(&checkpoint).unwrap();
+    assert_eq!(resumed.fit_one_cycle(3, cycle()).unwrap(), FitOutcome::Completed);
+
+    // Bit for bit: every per-batch record (lr, mom, loss, smoothed loss), every epoch's losses and
+    // accuracy, and every final weight and BatchNorm statistic. CPU candle kernels are
+    // deterministic for a fixed thread count, the loader's batches depend only on
+    // (seed, epoch, position), MixUp's draws on (seed, epoch, batch), and the checkpoint holds
+    // the optimizer state and the smoothed-loss accumulator exactly.
+    let expected = &reference.recorder().fits()[0];
+    let actual = &resumed.recorder().fits()[0];
+    assert_eq!(actual.batches, expected.batches, "{net:?}");
+    assert_eq!(actual.batches.len(), 18);
+    let strip_time = |rows: &[wick_train::EpochRecord]| {
+        rows.iter()
+            .map(|r| (r.epoch, r.train_loss, r.valid.clone(), r.train_iter))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip_time(&actual.epochs), strip_time(&expected.epochs));
+    assert_eq!(var_values(resumed.varmap()), var_values(reference.varmap()));
+    assert_eq!(
+        resumed.optimizer().state_dict().unwrap().len(),
+        reference.optimizer().state_dict().unwrap().len()
+    );
+}
+
+#[test]
+fn resume_refuses_another_seed_or_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let mut learner =
+        crate::tiny::tiny_learner(bright_dark_batches(3, 4, 1), bright_dark_batches(1, 4, 2), 0);
+    learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+        path: path.clone(),
+        every_n_batches: 2,
+    })));
+    learner.fit(1, 1e-3).unwrap();
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    // Saved at the end of epoch 0, the last epoch: the next fit of the recipe starts from scratch.
+    assert_eq!(
+        checkpoint.position(),
+        FitPosition { fit_index: 1, epoch: 0, batch: 0, data_epoch: 1 }
+    );
+
+    // Another seed.
+    let varmap = VarMap::new();
+    let model = tiny_cnn(&varmap, 0, 2);
+    let optimizer = adam(&varmap);
+    let mut other = Learner::new(
+        Box::new(model),
+        varmap,
+        optimizer,
+        Box::new(InMemoryBatches::new(bright_dark_batches(3, 4, 1))),
+        Box::new(InMemoryBatches::new(vec![])),
+        config(7),
+    );
+    let error = other.resume(&checkpoint).unwrap_err();
+    assert_eq!(error.to_string(), "cannot resume: checkpoint has seed 0, this run has 7");
+
+    // A mid-fit checkpoint (the interrupt flag is already set: the fit stops after its first
+    // batch) resumed into a recipe with another number of epochs.
+    let mut learner = crate::tiny::tiny_learner(bright_dark_batches(3, 4, 1), vec![], 0);
+    learner.set_interrupt_flag(Arc::new(AtomicBool::new(true)));
+    learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+        path: path.clone(),
+        every_n_batches: 0,
+    })));
+    learner.fit(2, 1e-3).unwrap();
+    let mid = Checkpoint::load(&path).unwrap();
+    assert_eq!(mid.position(), FitPosition { fit_index: 0, epoch: 0, batch: 1, data_epoch: 0 });
+    let mut other = crate::tiny::tiny_learner(bright_dark_batches(3, 4, 1), vec![], 0);
+    other.resume(&mid).unwrap();
+    let error = other.fit(3, 1e-3).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "cannot resume: checkpoint has epochs in the fit 2, this run has 3"
+    );
+}
+
+/// Training batches of an inner source, with NaN images at one (epoch, batch).
+struct Poisoned {
+    inner: InMemoryBatches,
+    epoch: u64,
+    batch: usize,
+}
+
+impl BatchSource for Poisoned {
+    fn n_batches(&self) -> usize {
+        self.inner.n_batches()
+    }
+
+    fn batches(&self, epoch: u64, first_batch: usize) -> BatchIter<'_> {
+        let (poison_epoch, poison_batch) = (self.epoch, self.batch);
+        Box::new(self.inner.batches(epoch, first_batch).zip(first_batch..).map(
+            move |(item, index)| {
+                let (xs, ys) = item?;
+                if (epoch, index) == (poison_epoch, poison_batch) {
+                    Ok(((xs * f64::NAN)?, ys))
+                } else {
+                    Ok((xs, ys))
+                }
+            },
+        ))
+    }
+}
+
+#[test]
+fn nan_loss_stops_with_its_position_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let varmap = VarMap::new();
+    let model = tiny_cnn(&varmap, 3, 2);
+    let optimizer = adam(&varmap);
+    let train =
+        Poisoned { inner: InMemoryBatches::new(bright_dark_batches(4, 4, 1)), epoch: 1, batch: 2 };
+    let mut learner = Learner::new(
+        Box::new(model),
+        varmap,
+        optimizer,
+        Box::new(train),
+        Box::new(InMemoryBatches::new(bright_dark_batches(1, 4, 2))),
+        config(0),
+    );
+    learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+        path: path.clone(),
+        every_n_batches: 3,
+    })));
+    let error = learner.fit_one_cycle(3, cycle()).unwrap_err();
+    assert!(matches!(error, TrainError::NonFiniteLoss { epoch: 1, batch: 2, .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "non-finite train loss NaN at epoch 1, batch 2: fit stopped before the optimizer step"
+    );
+    // Saves after batches 3 (epoch 0), 4 (end of epoch 0) and 6 (epoch 1, batch 1); the NaN
+    // batch is the 7th, so the checkpoint is the one after the 6th: loadable, finite, and with
+    // the parameters the learner was left with (the NaN batch made no step). The learner's
+    // BatchNorm running statistics, though, already took the NaN batch in during its forward
+    // pass: the checkpoint is the state to resume from.
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    assert_eq!(
+        checkpoint.position(),
+        FitPosition { fit_index: 0, epoch: 1, batch: 2, data_epoch: 1 }
+    );
+    let saved = checkpoint.model_tensors();
+    for (name, values) in var_values(learner.varmap()) {
+        let stored: Vec<f32> = saved[&name].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(stored.iter().all(|v| v.is_finite()), "{name}");
+        if name.contains("running") {
+            assert!(values.iter().any(|v| v.is_nan()), "{name} saw the NaN batch");
+        } else {
+            assert_eq!(stored, values, "{name}");
+        }
+    }
+    assert_eq!(checkpoint.history()[0].batches.len(), 6);
+}
