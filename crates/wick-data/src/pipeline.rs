@@ -75,6 +75,14 @@ impl ItemPipeline {
         self.load_bytes(&bytes, path, mode, rng, out)
     }
 
+    /// Loads the image at `path` in `Mode::Valid` (centred `Resize`, no augmentation), which
+    /// needs no random generator: what prediction and pictures use.
+    pub fn load_plain(&self, path: &Path, out: &mut [f32]) -> Result<()> {
+        // Validation draws nothing; the generator only satisfies the signature.
+        let mut unused = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        self.load(path, Mode::Valid, &mut unused, out)
+    }
+
     /// [`ItemPipeline::load`] on the file's bytes (`path` only names it in errors).
     pub fn load_bytes(
         &self,

@@ -1,0 +1,18 @@
+//! The error type of wick-eval.
+
+/// What can go wrong while predicting or interpreting.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Loading a batch failed (names the file).
+    #[error(transparent)]
+    Data(#[from] wick_data::DataError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle::Error),
+    /// Inputs that do not fit together (names the values).
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// The result type of wick-eval.
+pub type Result<T, E = EvalError> = std::result::Result<T, E>;

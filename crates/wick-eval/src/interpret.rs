@@ -1,0 +1,235 @@
+//! What fastai's `ClassificationInterpretation` shows, computed from [`Predictions`]:
+//! accuracy and top-k accuracy, per-class accuracy, the confusion matrix (and a PNG of it), and
+//! the images with the largest losses (a PNG grid: image, predicted, actual, loss,
+//! probability of the actual class).
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+use wick_data::show::{ImageGrid, draw_text, planar_to_rgb};
+use wick_data::{ItemPipeline, Items, Vocab};
+
+use crate::error::{EvalError, Result};
+use crate::predict::{Predictions, argmax};
+
+fn rows(preds: &Predictions) -> Result<Vec<Vec<f32>>> {
+    Ok(preds.probs.to_vec2::<f32>()?)
+}
+
+/// The fraction of rows whose argmax is the target (fastai's `accuracy`).
+pub fn accuracy(preds: &Predictions) -> Result<f64> {
+    top_k_accuracy(preds, 1)
+}
+
+/// The fraction of rows whose target is among the `k` largest probabilities (ties at the
+/// k-th place count as a hit).
+pub fn top_k_accuracy(preds: &Predictions, k: usize) -> Result<f64> {
+    let probs = rows(preds)?;
+    if probs.is_empty() {
+        return Err(EvalError::Mismatch("no predictions".to_string()));
+    }
+    let hits = probs
+        .iter()
+        .zip(&preds.targets)
+        .filter(|(row, target)| {
+            let target_prob = row[**target as usize];
+            row.iter().filter(|p| **p > target_prob).count() < k
+        })
+        .count();
+    Ok(hits as f64 / probs.len() as f64)
+}
+
+/// Counts: `matrix[actual][predicted]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfusionMatrix {
+    pub counts: Vec<Vec<u64>>,
+}
+
+/// The confusion matrix of `K` classes.
+pub fn confusion_matrix(preds: &Predictions, n_classes: usize) -> Result<ConfusionMatrix> {
+    let predicted = argmax(&preds.probs)?;
+    let mut counts = vec![vec![0u64; n_classes]; n_classes];
+    for (&actual, &guess) in preds.targets.iter().zip(&predicted) {
+        let (actual, guess) = (actual as usize, guess as usize);
+        if actual >= n_classes || guess >= n_classes {
+            return Err(EvalError::Mismatch(format!(
+                "class {actual} or {guess} is not below K = {n_classes}"
+            )));
+        }
+        counts[actual][guess] += 1;
+    }
+    Ok(ConfusionMatrix { counts })
+}
+
+/// One class's accuracy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassReport {
+    pub class: u32,
+    pub correct: u64,
+    pub total: u64,
+}
+
+impl ClassReport {
+    /// `correct / total` (0 for a class with no items).
+    pub fn accuracy(&self) -> f64 {
+        if self.total == 0 { 0.0 } else { self.correct as f64 / self.total as f64 }
+    }
+}
+
+/// Per-class accuracy from the confusion matrix's rows.
+pub fn per_class_accuracy(matrix: &ConfusionMatrix) -> Vec<ClassReport> {
+    matrix
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(class, row)| ClassReport {
+            class: class as u32,
+            correct: row[class],
+            total: row.iter().sum(),
+        })
+        .collect()
+}
+
+/// Writes the confusion matrix as a PNG: one cell per (actual, predicted) pair shaded by its
+/// share of the row, with the count written in it, class names on both axes.
+pub fn plot_confusion_matrix(matrix: &ConfusionMatrix, vocab: &Vocab, path: &Path) -> Result<()> {
+    let k = matrix.counts.len() as u32;
+    let cell = 44u32;
+    let label_width = 8 * 18 + 8;
+    let (width, height) = (label_width + k * cell + 8, 24 + k * cell + label_width);
+    let mut canvas = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    draw_text(
+        &mut canvas,
+        label_width,
+        6,
+        "predicted ->  (rows: actual)",
+        1,
+        width - label_width,
+        Rgb([0, 0, 0]),
+    );
+    for (actual, row) in matrix.counts.iter().enumerate() {
+        let total: u64 = row.iter().sum::<u64>().max(1);
+        let name = vocab.name(actual as u32).unwrap_or("?");
+        draw_text(
+            &mut canvas,
+            4,
+            24 + actual as u32 * cell + cell / 2 - 4,
+            name,
+            1,
+            label_width - 8,
+            Rgb([0, 0, 0]),
+        );
+        for (guess, &count) in row.iter().enumerate() {
+            let share = count as f64 / total as f64;
+            let shade = (255.0 * (1.0 - share)) as u8;
+            let colour = Rgb([shade, shade, 255]);
+            let (x0, y0) = (label_width + guess as u32 * cell, 24 + actual as u32 * cell);
+            for y in y0..y0 + cell - 1 {
+                for x in x0..x0 + cell - 1 {
+                    canvas.put_pixel(x, y, colour);
+                }
+            }
+            let text_colour = if share > 0.5 { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) };
+            draw_text(
+                &mut canvas,
+                x0 + 4,
+                y0 + cell / 2 - 4,
+                &count.to_string(),
+                1,
+                cell - 6,
+                text_colour,
+            );
+        }
+    }
+    // Column labels, written vertically one character per line under each column.
+    for guess in 0..k {
+        let name = vocab.name(guess).unwrap_or("?");
+        for (i, character) in name.chars().take(18).enumerate() {
+            let x = label_width + guess * cell + cell / 2 - 4;
+            draw_text(
+                &mut canvas,
+                x,
+                24 + k * cell + 4 + i as u32 * 8,
+                &character.to_string(),
+                1,
+                8,
+                Rgb([0, 0, 0]),
+            );
+        }
+    }
+    let mut bytes = Vec::new();
+    canvas
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|error| EvalError::Mismatch(format!("encoding {}: {error}", path.display())))?;
+    wick_data::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// One of the worst-predicted items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLoss {
+    /// Index into the loader's items.
+    pub item: usize,
+    /// Cross-entropy `-ln p(actual)`.
+    pub loss: f64,
+    pub predicted: u32,
+    pub actual: u32,
+    /// Probability of the actual class.
+    pub probability: f64,
+}
+
+/// The `k` rows with the largest cross-entropy, worst first.
+pub fn top_losses(preds: &Predictions, k: usize) -> Result<Vec<TopLoss>> {
+    let probs = rows(preds)?;
+    let predicted = argmax(&preds.probs)?;
+    let mut losses: Vec<TopLoss> = probs
+        .iter()
+        .zip(&preds.targets)
+        .zip(predicted)
+        .zip(&preds.item_indices)
+        .map(|(((row, &actual), predicted), &item)| {
+            let probability = f64::from(row[actual as usize]);
+            TopLoss {
+                item,
+                loss: -probability.max(f64::MIN_POSITIVE).ln(),
+                predicted,
+                actual,
+                probability,
+            }
+        })
+        .collect();
+    losses.sort_by(|a, b| b.loss.total_cmp(&a.loss));
+    losses.truncate(k);
+    Ok(losses)
+}
+
+/// fastai's `plot_top_losses`: a grid of the given items (loaded without augmentation at
+/// `tile_size`) captioned "predicted/actual" and "loss/probability".
+pub fn plot_top_losses(
+    losses: &[TopLoss],
+    items: &Items,
+    vocab: &Vocab,
+    tile_size: u32,
+    path: &Path,
+) -> Result<()> {
+    let pipeline =
+        ItemPipeline { output_size: tile_size, augment: None, ..ItemPipeline::chapter7(tile_size) };
+    let mut grid = ImageGrid::new((losses.len() as f64).sqrt().ceil() as u32, tile_size, 2);
+    let mut pixels = vec![0f32; pipeline.item_len()];
+    for loss in losses {
+        let file = items.paths.get(loss.item).ok_or_else(|| {
+            EvalError::Mismatch(format!("item {} is not in the items", loss.item))
+        })?;
+        pipeline.load_plain(file, &mut pixels)?;
+        let name = |class: u32| vocab.name(class).unwrap_or("?").to_string();
+        grid.push(
+            planar_to_rgb(&pixels, tile_size as usize, tile_size as usize),
+            vec![
+                format!("{}/{}", name(loss.predicted), name(loss.actual)),
+                format!("{:.2}/{:.2}", loss.loss, loss.probability),
+            ],
+        );
+    }
+    grid.save_png(path)?;
+    Ok(())
+}
