@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod reproduce;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,33 @@ struct Cli {
 enum Task {
     /// Check code hygiene (the same checks `cargo test -p xtask` runs).
     Tidy,
+    /// Replay a chapter's experiments with the release `wick` binary and write a report.
+    Reproduce {
+        /// The chapter: a folder of recipes/ (chapter7).
+        chapter: String,
+        /// full (the chapter exactly, GPU-scale), quick (about an hour on a 2-core CPU) or
+        /// smoke (a few minutes, for CI).
+        #[arg(long, default_value = "full")]
+        profile: String,
+        /// The dataset: a folder or a .tgz (default: download imagenette2 into the cache).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where the runs and the report go.
+        #[arg(long, default_value = "runs/chapter7")]
+        out: PathBuf,
+        /// cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Build wick with CUDA (implied by --device cuda:N).
+        #[arg(long)]
+        cuda: bool,
+        /// Override every recipe's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only these experiments (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Benchmark a suite side by side with the Python reference stack and record the table
     /// in docs/performance.md.
     Bench {
@@ -78,6 +106,20 @@ fn run(task: Task) -> anyhow::Result<()> {
             anyhow::ensure!(violations.is_empty(), "{} tidy violation(s)", violations.len());
             println!("tidy: ok");
             Ok(())
+        }
+        Task::Reproduce { chapter, profile, data, out, device, cuda, seed, only } => {
+            let cuda = cuda || device.starts_with("cuda");
+            let options = reproduce::ReproduceOptions {
+                chapter,
+                profile,
+                data,
+                out,
+                device,
+                cuda,
+                seed,
+                only,
+            };
+            reproduce::reproduce(&project_root(), &options)
         }
         Task::Bench { suite, data, python, no_python, anchor, count, no_write } => {
             let root = project_root();

@@ -1,0 +1,304 @@
+//! `wick eval`, `wick tta`, `wick predict`, `wick summary` and `wick lr-find`: everything that
+//! reads a trained model (or builds one to inspect) without training it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle::{D, DType, Device, ModuleT, Tensor};
+use candle_nn::VarMap;
+use serde_json::json;
+use wick_data::{DataLoader, ItemPipeline, LoaderConfig, Normalize, ResizeMethod};
+use wick_eval::{
+    Blend, TtaConfig, accuracy, confusion_matrix, get_preds, per_class_accuracy,
+    plot_confusion_matrix, plot_top_losses, top_k_accuracy, top_losses, tta,
+};
+
+use crate::plan;
+use crate::recipe::Recipe;
+use crate::run_dir::RunDir;
+use crate::train::{load_run, run_data_root};
+
+/// The validation loader of a finished run: its recorded validation images at the last
+/// stage's size.
+fn valid_loader(
+    run_dir: &RunDir,
+    recipe: &Recipe,
+    data: Option<&str>,
+    device: &Device,
+) -> anyhow::Result<DataLoader> {
+    let root = run_data_root(run_dir, data)?;
+    let items = run_dir.read_items("valid.txt", &root)?;
+    let stage = plan::stage_data(recipe, recipe.stages.len().saturating_sub(1));
+    let pipeline = ItemPipeline {
+        item_size: stage.item_size,
+        method: ResizeMethod::Crop,
+        output_size: stage.size,
+        augment: recipe.data().augment.then_some(wick_data::AugTransforms {
+            min_scale: recipe.data().min_scale,
+            ..Default::default()
+        }),
+        decode: wick_data::DecodeConfig::default(),
+    };
+    let normalize = if recipe.data().normalize { Some(Normalize::imagenet(device)?) } else { None };
+    let loader = DataLoader::new(
+        items,
+        pipeline,
+        LoaderConfig::valid(stage.batch_size, recipe.seed),
+        device.clone(),
+    )?;
+    Ok(loader.with_normalize(normalize))
+}
+
+/// `wick eval --run DIR`: accuracy, top-5, per-class accuracy, the confusion matrix and the top
+/// losses of a finished run, written to `eval.json`, `confusion.png` and `top_losses.png`.
+pub(crate) fn eval(run: &Path, data: Option<&str>, device: &str) -> anyhow::Result<()> {
+    let device = plan::device(device)?;
+    let run_dir = RunDir::open(run)?;
+    let (recipe, model, _) = load_run(&run_dir, &device)?;
+    let vocab = run_dir.read_vocab()?;
+    let loader = valid_loader(&run_dir, &recipe, data, &device)?;
+    let preds = get_preds(&model, &loader, 0)?;
+    let matrix = confusion_matrix(&preds, model.config().n_out)?;
+    let per_class = per_class_accuracy(&matrix);
+    let acc = accuracy(&preds)?;
+    let top5 = top_k_accuracy(&preds, 5)?;
+    println!(
+        "{}: accuracy {acc:.4}, top-5 {top5:.4} on {} images",
+        recipe.name,
+        preds.targets.len()
+    );
+    for report in per_class.iter().filter(|r| r.total > 0) {
+        println!(
+            "  {:<12} {:.4} ({}/{})",
+            vocab.name(report.class).unwrap_or("?"),
+            report.accuracy(),
+            report.correct,
+            report.total
+        );
+    }
+    plot_confusion_matrix(
+        &wick_eval::ConfusionMatrix {
+            counts: matrix.counts[..vocab.len()]
+                .iter()
+                .map(|row| row[..vocab.len()].to_vec())
+                .collect(),
+        },
+        &vocab,
+        &run_dir.path("confusion.png"),
+    )?;
+    plot_top_losses(
+        &top_losses(&preds, 9)?,
+        loader.items(),
+        &vocab,
+        128,
+        &run_dir.path("top_losses.png"),
+    )?;
+    let result = json!({
+        "accuracy": acc,
+        "top5_accuracy": top5,
+        "n_images": preds.targets.len(),
+        "per_class": per_class.iter().map(|r| json!({"class": vocab.name(r.class), "correct": r.correct, "total": r.total})).collect::<Vec<_>>(),
+    });
+    run_dir.write("eval.json", &serde_json::to_string_pretty(&result)?)?;
+    println!("wrote eval.json, confusion.png and top_losses.png in {}", run_dir.root.display());
+    Ok(())
+}
+
+/// What `wick tta` was asked to do.
+pub(crate) struct TtaArgs {
+    pub(crate) run: PathBuf,
+    pub(crate) out: Option<PathBuf>,
+    pub(crate) data: Option<String>,
+    pub(crate) device: String,
+    pub(crate) n: usize,
+    pub(crate) beta: f64,
+    pub(crate) use_max: bool,
+}
+
+/// `wick tta --run DIR`: fastai's `learn.tta()` on a finished run's validation images; writes
+/// `result.json` (TTA and plain accuracy) into `--out` (default: the run itself, as
+/// `tta.json`).
+pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
+    let device = plan::device(&args.device)?;
+    let run_dir = RunDir::open(&args.run)?;
+    let (recipe, model, _) = load_run(&run_dir, &device)?;
+    let loader = valid_loader(&run_dir, &recipe, args.data.as_deref(), &device)?;
+    let blend = if args.use_max { Blend::Max } else { Blend::Lerp { beta: args.beta } };
+    let started = std::time::Instant::now();
+    let (blended, plain) =
+        tta(&model, &loader, &TtaConfig { n: args.n, blend, ..TtaConfig::default() })?;
+    let (tta_accuracy, plain_accuracy) = (accuracy(&blended)?, accuracy(&plain)?);
+    println!(
+        "{}: TTA accuracy {tta_accuracy:.4} (plain {plain_accuracy:.4}), {} passes + 1 plain over {} images",
+        recipe.name,
+        args.n,
+        plain.targets.len()
+    );
+    let result = json!({
+        "name": "tta",
+        "from": args.run.display().to_string(),
+        "accuracy": tta_accuracy,
+        "plain_accuracy": plain_accuracy,
+        "n": args.n,
+        "beta": args.beta,
+        "use_max": args.use_max,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let text = serde_json::to_string_pretty(&result)?;
+    match &args.out {
+        Some(out) => {
+            let out_dir = RunDir::create(out)?;
+            out_dir.write("result.json", &text)?;
+        }
+        None => run_dir.write("tta.json", &text)?,
+    }
+    Ok(())
+}
+
+/// `wick predict --run DIR IMAGE...`: the top-k classes of each image with probabilities.
+pub(crate) fn predict(
+    run: &Path,
+    images: &[PathBuf],
+    top_k: usize,
+    device: &str,
+) -> anyhow::Result<()> {
+    let device = plan::device(device)?;
+    let run_dir = RunDir::open(run)?;
+    let (recipe, model, _) = load_run(&run_dir, &device)?;
+    let vocab = run_dir.read_vocab()?;
+    let stage = plan::stage_data(&recipe, recipe.stages.len().saturating_sub(1));
+    let pipeline = ItemPipeline {
+        item_size: stage.item_size,
+        output_size: stage.size,
+        augment: None,
+        ..ItemPipeline::chapter7(stage.size)
+    };
+    let normalize =
+        if recipe.data().normalize { Some(Normalize::imagenet(&device)?) } else { None };
+    for image in images {
+        let mut pixels = vec![0f32; pipeline.item_len()];
+        pipeline.load_plain(image, &mut pixels)?;
+        let size = stage.size as usize;
+        let mut xs =
+            Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?.to_device(&device)?;
+        if let Some(normalize) = &normalize {
+            xs = normalize.forward(&xs)?;
+        }
+        let probs = candle_nn::ops::softmax(&model.forward_t(&xs, false)?, D::Minus1)?
+            .squeeze(0)?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f32>()?;
+        let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let shown: Vec<String> = ranked
+            .iter()
+            .take(top_k)
+            .map(|(class, p)| {
+                format!("{} {:.4}", vocab.name(*class as u32).unwrap_or("(extra output)"), p)
+            })
+            .collect();
+        println!("{}: {}", image.display(), shown.join(", "));
+    }
+    Ok(())
+}
+
+/// `wick summary --arch NAME`: per-module output shapes and parameter counts.
+pub(crate) fn summary(arch: &str, n_out: usize, size: usize) -> anyhow::Result<()> {
+    let config = wick_models::XResNetConfig::named(arch, n_out).with_context(|| {
+        format!("--arch {arch}: not one of {}", wick_models::XResNetConfig::names().join(", "))
+    })?;
+    let varmap = VarMap::new();
+    let model = wick_models::xresnet(
+        &config,
+        0,
+        wick_models::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
+    )?;
+    let rows = wick_models::summary(&model, &varmap, size, &Device::Cpu)?;
+    println!("{arch} (n_out {n_out}) on a 1x3x{size}x{size} input");
+    println!("{:<6} {:<26} {:<22} {:>12}", "index", "module", "output shape", "parameters");
+    for row in &rows {
+        println!(
+            "{:<6} {:<26} {:<22} {:>12}",
+            row.index,
+            row.kind,
+            format!("{:?}", row.output_shape),
+            row.params
+        );
+    }
+    println!("total parameters: {}", wick_models::count_params(&varmap, ""));
+    Ok(())
+}
+
+/// `wick lr-find`: fastai's `lr_find` on the first stage of a recipe; writes `lr_find.png`.
+pub(crate) fn lr_find(
+    recipe_path: &Path,
+    profile: &str,
+    data: &str,
+    out: &Path,
+    device: &str,
+) -> anyhow::Result<()> {
+    let (recipe, _) = crate::recipe::load(recipe_path, profile)?;
+    if recipe.stages.is_empty() {
+        bail!("{} has no stage to find a learning rate for", recipe_path.display());
+    }
+    let device = plan::device(device)?;
+    let root = plan::resolve_data(data, &mut crate::download_progress())?;
+    let splits = plan::splits(
+        &root,
+        &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
+        recipe.data().subset,
+        recipe.seed,
+    )?;
+    let (train, valid) = plan::loaders(
+        recipe.data(),
+        plan::stage_data(&recipe, 0),
+        &splits,
+        recipe.seed,
+        None,
+        &device,
+    )?;
+    let varmap = VarMap::new();
+    let config = plan::model_config(&recipe, splits.vocab.len())?;
+    let model = wick_models::xresnet(
+        &config,
+        recipe.seed,
+        wick_models::seeded_var_builder(&varmap, recipe.seed, DType::F32, &device),
+    )?;
+    let params = wick_train::optim_params(wick_train::trainable_params(&varmap));
+    let optimizer = wick_train::Adam::new(
+        params,
+        wick_train::AdamConfig {
+            wd: recipe.train.wd,
+            ..wick_train::AdamConfig::fastai_defaults(1e-3)
+        },
+    )?;
+    let mut learner = wick_train::Learner::new(
+        Box::new(model),
+        varmap,
+        Box::new(optimizer),
+        Box::new(train),
+        Box::new(valid),
+        wick_train::LearnerConfig {
+            loss: plan::loss(&recipe),
+            metrics: vec![wick_train::Metric::Accuracy],
+            seed: recipe.seed,
+            precision: wick_train::Precision::F32,
+        },
+    );
+    learner.add_callback(Box::new(crate::progress::Progress::new(format!(
+        "lr_find on {}",
+        recipe.name
+    ))));
+    let result = learner.lr_find(wick_train::LrFindConfig::fastai_defaults())?;
+    let run_dir = RunDir::create(out)?;
+    wick_train::write_lr_find_plot(&run_dir.path("lr_find.png"), &result)?;
+    println!(
+        "lr_find: valley {:.2e}, minimum/10 {:.2e}, steep {:.2e} ({} batches); plot {}",
+        result.valley()?,
+        result.minimum()?,
+        result.steep()?,
+        result.lrs.len(),
+        run_dir.path("lr_find.png").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! From a parsed recipe and the command line to the concrete objects of a run: the dataset on
+//! disk, its splits and loaders for each stage, the model configuration, the loss, the
+//! optimizer and the fit to run. Everything that turns recipe words into wick types is here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle::Device;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use wick_data::{
+    AugTransforms, BadFilePolicy, DataLoader, ItemPipeline, Items, LoaderConfig, Normalize,
+    ResizeMethod, SplitRule, Splits,
+};
+use wick_models::{Activation, XResNetConfig};
+use wick_train::{FineTune, FlatCos, Loss, OneCycle};
+
+use crate::recipe::{
+    ActivationName, BadFiles, DataSection, Fit, LossName, NOut, Recipe, SplitKind, Stage,
+};
+
+/// The dataset folder for `--data`: a folder as is, a `.tgz` extracted into the cache, or a
+/// catalogue name (`imagenette2-160`, ...) downloaded into the cache. The cache is
+/// `$WICK_DATA`, else `$XDG_CACHE_HOME/wick`, else `~/.cache/wick`.
+pub(crate) fn resolve_data(
+    data: &str,
+    progress: &mut dyn FnMut(wick_data::Progress),
+) -> anyhow::Result<PathBuf> {
+    let path = Path::new(data);
+    let source = if path.exists() {
+        wick_data::Source::local(path)
+    } else if let Some(archive) = wick_data::archive_named(data) {
+        wick_data::Source::from(archive)
+    } else {
+        bail!(
+            "--data {data}: no such file or folder, and not a dataset name ({}).\n\
+             Point --data at a local Imagenette folder (with train/ and val/) or a .tgz",
+            wick_data::ARCHIVES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        );
+    };
+    let cache = cache_dir();
+    let root = wick_data::untar_data(&source, &cache, progress).with_context(|| {
+        format!("getting the dataset {data} (cache {}); without network, pass --data with a local folder or .tgz", cache.display())
+    })?;
+    Ok(root)
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WICK_DATA") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("wick");
+    }
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/wick"))
+        .unwrap_or_else(|| PathBuf::from(".wick-data"))
+}
+
+/// Parses `--device`: `cpu` or `cuda:N` (or `cuda`, meaning `cuda:0`).
+pub(crate) fn device(spec: &str) -> anyhow::Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        cuda if cuda.starts_with("cuda") => {
+            let ordinal: usize = match cuda.strip_prefix("cuda:") {
+                Some(n) => n.parse().with_context(|| format!("--device {spec}: bad GPU number"))?,
+                None if cuda == "cuda" => 0,
+                None => bail!("--device {spec}: expected cpu or cuda:N"),
+            };
+            if !candle::utils::cuda_is_available() {
+                bail!(
+                    "--device {spec}: this wick was built without CUDA (rebuild with --features cuda)"
+                );
+            }
+            Device::new_cuda(ordinal).with_context(|| format!("--device {spec}"))
+        }
+        other => bail!("--device {other}: expected cpu or cuda:N"),
+    }
+}
+
+/// The split rule of a stage: the recipe's, with the random seed moved for a `new_split` stage.
+pub(crate) fn split_rule(
+    data: &DataSection,
+    seed: u64,
+    stage_idx: usize,
+    stages: &[Stage],
+) -> SplitRule {
+    match data.split {
+        SplitKind::Folders => SplitRule::official(),
+        SplitKind::Random => {
+            // Each `new_split` stage draws another split, as chapter 7's second `get_dls` does.
+            let redraws =
+                stages.iter().take(stage_idx + 1).skip(1).filter(|stage| stage.new_split).count()
+                    as u64;
+            SplitRule::Random {
+                valid_pct: data.valid_pct,
+                seed: seed.wrapping_add(1_000 * redraws),
+            }
+        }
+    }
+}
+
+/// Lists, labels and splits the dataset, then keeps a seeded `subset` fraction of each split.
+pub(crate) fn splits(
+    root: &Path,
+    rule: &SplitRule,
+    subset: Option<f64>,
+    seed: u64,
+) -> anyhow::Result<Splits> {
+    let mut splits = wick_data::image_folder(root, rule)
+        .with_context(|| format!("reading the dataset {}", root.display()))?;
+    if let Some(fraction) = subset {
+        splits.train = keep_fraction(&splits.train, fraction, seed);
+        splits.valid = keep_fraction(&splits.valid, fraction, seed.wrapping_add(1));
+    }
+    for (name, items) in [("training", &splits.train), ("validation", &splits.valid)] {
+        if items.is_empty() {
+            bail!("{}: the {name} split is empty", root.display());
+        }
+    }
+    Ok(splits)
+}
+
+fn keep_fraction(items: &Items, fraction: f64, seed: u64) -> Items {
+    let keep = ((items.len() as f64 * fraction).round() as usize).clamp(1, items.len().max(1));
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let mut kept: Vec<usize> = order.into_iter().take(keep).collect();
+    kept.sort_unstable();
+    Items {
+        paths: kept.iter().map(|&i| items.paths[i].clone()).collect(),
+        labels: kept.iter().map(|&i| items.labels[i]).collect(),
+    }
+}
+
+/// The data settings in force for stage `stage_idx` (a stage overrides size and batch size).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StageData {
+    pub(crate) size: u32,
+    pub(crate) item_size: u32,
+    pub(crate) batch_size: usize,
+}
+
+pub(crate) fn stage_data(recipe: &Recipe, stage_idx: usize) -> StageData {
+    let mut current = StageData {
+        size: recipe.data().size,
+        item_size: recipe.data().item_size,
+        batch_size: recipe.data().batch_size,
+    };
+    for stage in recipe.stages.iter().take(stage_idx + 1) {
+        current.size = stage.size.unwrap_or(current.size);
+        current.item_size = stage.item_size.unwrap_or(current.item_size);
+        current.batch_size = stage.batch_size.unwrap_or(current.batch_size);
+    }
+    current
+}
+
+/// The training and validation loaders of a stage.
+pub(crate) fn loaders(
+    data: &DataSection,
+    stage: StageData,
+    splits: &Splits,
+    seed: u64,
+    threads: Option<usize>,
+    device: &Device,
+) -> anyhow::Result<(DataLoader, DataLoader)> {
+    let augment = data
+        .augment
+        .then_some(AugTransforms { min_scale: data.min_scale, ..AugTransforms::default() });
+    let pipeline = ItemPipeline {
+        item_size: stage.item_size,
+        method: ResizeMethod::Crop,
+        output_size: stage.size,
+        augment,
+        decode: wick_data::DecodeConfig::default(),
+    };
+    let bad_files = match data.bad_files {
+        BadFiles::Fail => BadFilePolicy::Fail,
+        BadFiles::Skip => BadFilePolicy::Skip,
+    };
+    let threads = threads
+        .or(data.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+    let train_config = LoaderConfig {
+        n_threads: threads,
+        bad_files,
+        ..LoaderConfig::train(stage.batch_size, seed)
+    };
+    let valid_config = LoaderConfig {
+        n_threads: threads,
+        bad_files,
+        ..LoaderConfig::valid(stage.batch_size, seed)
+    };
+    let normalize = if data.normalize { Some(Normalize::imagenet(device)?) } else { None };
+    let train = DataLoader::new(splits.train.clone(), pipeline, train_config, device.clone())?
+        .with_normalize(normalize.clone());
+    let valid = DataLoader::new(splits.valid.clone(), pipeline, valid_config, device.clone())?
+        .with_normalize(normalize);
+    if train.is_empty() {
+        bail!(
+            "the training split has {} images, fewer than one batch of {}",
+            splits.train.len(),
+            stage.batch_size
+        );
+    }
+    Ok((train, valid))
+}
+
+/// The model's configuration for `n_classes` classes.
+pub(crate) fn model_config(recipe: &Recipe, n_classes: usize) -> anyhow::Result<XResNetConfig> {
+    let model = recipe.model();
+    let n_out = match model.n_out {
+        NOut::Fixed(n) => n,
+        NOut::Classes => n_classes,
+    };
+    if n_out < n_classes {
+        bail!("model.n_out = {n_out} is smaller than the {n_classes} classes of the dataset");
+    }
+    let base = XResNetConfig::named(&model.arch, n_out)
+        .with_context(|| format!("model.arch = {}", model.arch))?;
+    Ok(XResNetConfig {
+        widen: model.widen,
+        dropout: model.dropout,
+        self_attention: model.self_attention,
+        activation: match model.activation {
+            ActivationName::Relu => Activation::Relu,
+            ActivationName::Mish => Activation::Mish,
+        },
+        ..base
+    })
+}
+
+/// The recipe's loss.
+pub(crate) fn loss(recipe: &Recipe) -> Loss {
+    match recipe.train.loss {
+        LossName::CrossEntropy => Loss::CrossEntropy,
+        LossName::LabelSmoothing => {
+            Loss::LabelSmoothingCrossEntropy { eps: recipe.train.label_smoothing_eps }
+        }
+    }
+}
+
+/// The schedules of a stage's fit, fastai's defaults filled in.
+pub(crate) enum FitPlan {
+    OneCycle { epochs: usize, schedule: OneCycle },
+    FineTune(FineTune),
+    FlatCos { epochs: usize, schedule: FlatCos },
+    Constant { epochs: usize, lr: f64 },
+}
+
+pub(crate) fn fit_plan(fit: &Fit) -> FitPlan {
+    match *fit {
+        Fit::OneCycle { epochs, lr_max, div, div_final, pct_start } => {
+            let defaults = OneCycle::fastai_defaults(lr_max);
+            let schedule = OneCycle {
+                div: div.unwrap_or(defaults.div),
+                div_final: div_final.unwrap_or(defaults.div_final),
+                pct_start: pct_start.unwrap_or(defaults.pct_start),
+                ..defaults
+            };
+            FitPlan::OneCycle { epochs, schedule }
+        }
+        Fit::FineTune { epochs, base_lr, freeze_epochs } => {
+            let defaults = FineTune::fastai_defaults(epochs, base_lr);
+            FitPlan::FineTune(FineTune {
+                freeze_epochs: freeze_epochs.unwrap_or(defaults.freeze_epochs),
+                ..defaults
+            })
+        }
+        Fit::FlatCos { epochs, lr, pct_start } => {
+            let defaults = FlatCos::fastai_defaults(lr);
+            FitPlan::FlatCos {
+                epochs,
+                schedule: FlatCos {
+                    pct_start: pct_start.unwrap_or(defaults.pct_start),
+                    ..defaults
+                },
+            }
+        }
+        Fit::Constant { epochs, lr } => FitPlan::Constant { epochs, lr },
+    }
+}
+
+impl FitPlan {
+    /// Epochs this fit runs (both phases of `fine_tune`).
+    pub(crate) fn epochs(&self) -> usize {
+        match self {
+            FitPlan::OneCycle { epochs, .. }
+            | FitPlan::FlatCos { epochs, .. }
+            | FitPlan::Constant { epochs, .. } => *epochs,
+            FitPlan::FineTune(fine_tune) => fine_tune.freeze_epochs + fine_tune.epochs,
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! Recipe files: the raw TOML schema of an experiment (what the `recipes/` folder holds), read
+//! with `deny_unknown_fields` so a misspelt key is an error that names it, and the profile
+//! mechanism: a recipe's `[profiles.<name>]` table is merged over the recipe before it is
+//! read (tables key by key, `[[stage]]` arrays element by element).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// One experiment, as written in a recipe file (after its profile is merged in).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Recipe {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) description: String,
+    /// Seeds the split, the initialisation, the shuffles and every augmentation.
+    #[serde(default = "default_seed")]
+    pub(crate) seed: u64,
+    /// Required unless `from` is set.
+    pub(crate) data: Option<DataSection>,
+    /// Required unless `from` is set.
+    pub(crate) model: Option<ModelSection>,
+    #[serde(default)]
+    pub(crate) train: TrainSection,
+    /// The fits, in order (progressive resizing has two).
+    #[serde(rename = "stage", default)]
+    pub(crate) stages: Vec<Stage>,
+    /// Test-time augmentation of the trained model (or of `from`'s model).
+    pub(crate) tta: Option<TtaSection>,
+    /// The book's number for this experiment, for the report.
+    pub(crate) book: Option<BookSection>,
+    /// Evaluate another experiment's model instead of training one.
+    pub(crate) from: Option<String>,
+    #[serde(default)]
+    pub(crate) profiles: BTreeMap<String, toml::Value>,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SplitKind {
+    /// A seeded random `valid_pct` of all images (chapter 7: no splitter).
+    Random,
+    /// The `train/` and `val/` folders (Imagenette's official split).
+    Folders,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BadFiles {
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DataSection {
+    pub(crate) split: SplitKind,
+    #[serde(default = "default_valid_pct")]
+    pub(crate) valid_pct: f64,
+    /// `Resize(item_size)`, the presize canvas.
+    pub(crate) item_size: u32,
+    /// Output side in pixels (`aug_transforms(size=...)`).
+    pub(crate) size: u32,
+    pub(crate) batch_size: usize,
+    #[serde(default)]
+    pub(crate) normalize: bool,
+    #[serde(default = "yes")]
+    pub(crate) augment: bool,
+    #[serde(default = "default_min_scale")]
+    pub(crate) min_scale: f64,
+    /// Keep this fraction of the images (seeded), for scaled-down profiles.
+    pub(crate) subset: Option<f64>,
+    /// Decode threads (default: all cores).
+    pub(crate) threads: Option<usize>,
+    #[serde(default = "default_bad_files")]
+    pub(crate) bad_files: BadFiles,
+}
+
+fn default_valid_pct() -> f64 {
+    0.2
+}
+fn yes() -> bool {
+    true
+}
+fn default_min_scale() -> f64 {
+    0.75
+}
+fn default_bad_files() -> BadFiles {
+    BadFiles::Fail
+}
+
+/// The head's size: the number of classes, or a fixed number (fastai's default 1000).
+/// Written `n_out = "classes"` or `n_out = 1000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NOut {
+    Fixed(usize),
+    Classes,
+}
+
+impl<'de> Deserialize<'de> for NOut {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NOut;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("n_out = \"classes\" or a positive integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<NOut, E> {
+                usize::try_from(value)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(NOut::Fixed)
+                    .ok_or_else(|| E::custom(format!("n_out = {value}: must be positive")))
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<NOut, E> {
+                match value {
+                    "classes" => Ok(NOut::Classes),
+                    other => Err(E::custom(format!(
+                        "n_out = {other:?}: expected \"classes\" or a positive integer"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ActivationName {
+    Relu,
+    Mish,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelSection {
+    /// `xresnet18` ... `xresnet152`.
+    pub(crate) arch: String,
+    pub(crate) n_out: NOut,
+    #[serde(default = "one")]
+    pub(crate) widen: f64,
+    #[serde(default = "relu")]
+    pub(crate) activation: ActivationName,
+    #[serde(default)]
+    pub(crate) self_attention: bool,
+    #[serde(default)]
+    pub(crate) dropout: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn relu() -> ActivationName {
+    ActivationName::Relu
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LossName {
+    #[default]
+    CrossEntropy,
+    LabelSmoothing,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OptimizerName {
+    #[default]
+    Adam,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrainSection {
+    #[serde(default)]
+    pub(crate) loss: LossName,
+    /// Label smoothing's epsilon (fastai: 0.1).
+    #[serde(default = "default_eps")]
+    pub(crate) label_smoothing_eps: f64,
+    /// MixUp's alpha (fastai: 0.4); absent = no MixUp.
+    pub(crate) mixup: Option<f64>,
+    #[serde(default)]
+    pub(crate) optimizer: OptimizerName,
+    /// Decoupled weight decay (fastai: 0.01).
+    #[serde(default = "default_wd")]
+    pub(crate) wd: f64,
+    /// Save a checkpoint every this many batches (and at every epoch end).
+    #[serde(default = "default_checkpoint_every")]
+    pub(crate) checkpoint_every: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            loss: LossName::CrossEntropy,
+            label_smoothing_eps: default_eps(),
+            mixup: None,
+            optimizer: OptimizerName::Adam,
+            wd: default_wd(),
+            checkpoint_every: default_checkpoint_every(),
+        }
+    }
+}
+
+fn default_eps() -> f64 {
+    0.1
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_checkpoint_every() -> usize {
+    50
+}
+
+/// One fit, with optional data changes before it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Stage {
+    /// New output size for this stage (progressive resizing).
+    pub(crate) size: Option<u32>,
+    pub(crate) batch_size: Option<usize>,
+    pub(crate) item_size: Option<u32>,
+    /// Draw a new random split before this stage, as chapter 7's second `get_dls` call does.
+    #[serde(default)]
+    pub(crate) new_split: bool,
+    pub(crate) fit: Fit,
+}
+
+/// fastai's fit methods.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum Fit {
+    /// `fit_one_cycle(epochs, lr_max, div=25, div_final=1e5, pct_start=0.25)`.
+    OneCycle {
+        epochs: usize,
+        lr_max: f64,
+        #[serde(default)]
+        div: Option<f64>,
+        #[serde(default)]
+        div_final: Option<f64>,
+        #[serde(default)]
+        pct_start: Option<f64>,
+    },
+    /// `fine_tune(epochs, base_lr, freeze_epochs=1)`.
+    FineTune {
+        epochs: usize,
+        base_lr: f64,
+        #[serde(default)]
+        freeze_epochs: Option<usize>,
+    },
+    /// `fit_flat_cos(epochs, lr, pct_start=0.75)`.
+    FlatCos {
+        epochs: usize,
+        lr: f64,
+        #[serde(default)]
+        pct_start: Option<f64>,
+    },
+    /// `fit(epochs, lr)`: constant learning rate.
+    Constant { epochs: usize, lr: f64 },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TtaSection {
+    #[serde(default = "default_tta_n")]
+    pub(crate) n: usize,
+    #[serde(default = "default_beta")]
+    pub(crate) beta: f64,
+    #[serde(default)]
+    pub(crate) use_max: bool,
+}
+
+fn default_tta_n() -> usize {
+    4
+}
+fn default_beta() -> f64 {
+    0.25
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BookSection {
+    /// The book's final accuracy for this experiment (`None`: the chapter shows no result).
+    pub(crate) accuracy: Option<f64>,
+    /// Where the number comes from.
+    pub(crate) source: String,
+}
+
+/// Reads `path`, merges profile `profile` (if not `full` and present) and parses the result.
+pub(crate) fn load(path: &Path, profile: &str) -> anyhow::Result<(Recipe, toml::Table)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading recipe {}", path.display()))?;
+    parse(&text, profile).with_context(|| format!("recipe {}", path.display()))
+}
+
+/// Parses recipe text with profile `profile` merged in; also returns the resolved table
+/// (what the run directory records).
+pub(crate) fn parse(text: &str, profile: &str) -> anyhow::Result<(Recipe, toml::Table)> {
+    let mut table: toml::Table = text.parse().context("not valid TOML")?;
+    let profiles = table.remove("profiles");
+    if let Some(overrides) = profiles.as_ref().and_then(|p| p.get(profile)) {
+        let toml::Value::Table(overrides) = overrides else {
+            bail!("profiles.{profile} must be a table")
+        };
+        merge(&mut table, overrides);
+    } else if profile != "full" {
+        let known: Vec<String> = profiles
+            .and_then(|p| p.as_table().map(|t| t.keys().cloned().collect()))
+            .unwrap_or_default();
+        bail!(
+            "no profile {profile:?} in this recipe (it has: full{})",
+            known.iter().map(|k| format!(", {k}")).collect::<String>()
+        );
+    }
+    let recipe: Recipe = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|error: toml::de::Error| anyhow::anyhow!("{}", error.message()))?;
+    validate(&recipe)?;
+    Ok((recipe, table))
+}
+
+/// Deep merge: tables key by key, arrays of tables element by element, anything else replaced.
+fn merge(base: &mut toml::Table, overrides: &toml::Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(override_table)) => {
+                merge(base_table, override_table)
+            }
+            (Some(toml::Value::Array(base_array)), toml::Value::Array(override_array))
+                if base_array.iter().chain(override_array).all(toml::Value::is_table) =>
+            {
+                for (index, item) in override_array.iter().enumerate() {
+                    match (base_array.get_mut(index), item) {
+                        (
+                            Some(toml::Value::Table(base_item)),
+                            toml::Value::Table(override_item),
+                        ) => merge(base_item, override_item),
+                        _ => base_array.push(item.clone()),
+                    }
+                }
+            }
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+impl Recipe {
+    /// The data section (validated present for every recipe that trains).
+    pub(crate) fn data(&self) -> &DataSection {
+        // Invariant: `validate` rejects a recipe without `from` and without `[data]`, and
+        // commands that use the data refuse `from` recipes first.
+        self.data.as_ref().expect("validated: a training recipe has [data]")
+    }
+
+    /// The model section (validated present for every recipe that trains).
+    pub(crate) fn model(&self) -> &ModelSection {
+        // Invariant: as for `data`.
+        self.model.as_ref().expect("validated: a training recipe has [model]")
+    }
+}
+
+fn validate(recipe: &Recipe) -> anyhow::Result<()> {
+    if let Some(from) = &recipe.from {
+        if !recipe.stages.is_empty() || recipe.data.is_some() || recipe.model.is_some() {
+            bail!(
+                "a recipe with `from = {from:?}` evaluates that experiment's model: it has no [data], [model] or [[stage]]"
+            );
+        }
+        if recipe.tta.is_none() {
+            bail!("a recipe with `from = {from:?}` needs a [tta] section (what to evaluate)");
+        }
+        return Ok(());
+    }
+    let (Some(data), Some(model)) = (&recipe.data, &recipe.model) else {
+        bail!("a training recipe needs [data] and [model] sections");
+    };
+    if !(0.0..1.0).contains(&data.valid_pct) {
+        bail!("data.valid_pct = {} is not in [0, 1)", data.valid_pct);
+    }
+    if data.size == 0 || data.item_size < 2 || data.batch_size == 0 {
+        bail!("data.size, data.item_size and data.batch_size must be positive");
+    }
+    if let Some(subset) = data.subset
+        && !(subset > 0.0 && subset <= 1.0)
+    {
+        bail!("data.subset = {subset} is not in (0, 1]");
+    }
+    if !(0.0..=1.0).contains(&data.min_scale) {
+        bail!("data.min_scale = {} is not in [0, 1]", data.min_scale);
+    }
+    if wick_models::XResNetConfig::named(&model.arch, 10).is_none() {
+        bail!(
+            "model.arch = {:?} is not one of {}",
+            model.arch,
+            wick_models::XResNetConfig::names().join(", ")
+        );
+    }
+    if recipe.stages.is_empty() {
+        bail!(
+            "a recipe needs at least one [[stage]] (or `from` to evaluate another experiment's model)"
+        );
+    }
+    if let Some(alpha) = recipe.train.mixup
+        && alpha <= 0.0
+    {
+        bail!("train.mixup = {alpha}: alpha must be positive");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "t"
+[data]
+split = "random"
+item_size = 460
+size = 224
+batch_size = 64
+[model]
+arch = "xresnet50"
+n_out = "classes"
+[[stage]]
+fit = { kind = "one_cycle", epochs = 5, lr_max = 3e-3 }
+[[stage]]
+size = 224
+new_split = true
+fit = { kind = "fine_tune", epochs = 5, base_lr = 1e-3 }
+[profiles.smoke]
+data = { size = 32, subset = 0.05 }
+model = { arch = "xresnet18", widen = 0.25 }
+stage = [{ fit = { kind = "one_cycle", epochs = 1, lr_max = 3e-3 } }, { size = 48 }]
+"#;
+
+    #[test]
+    fn profiles_merge_over_the_recipe() {
+        let (full, _) = parse(BASE, "full").unwrap();
+        assert_eq!(full.data().size, 224);
+        assert_eq!(full.model().n_out, NOut::Classes);
+        assert_eq!(full.stages.len(), 2);
+        let (smoke, resolved) = parse(BASE, "smoke").unwrap();
+        assert_eq!(
+            (smoke.data().size, smoke.data().item_size, smoke.data().subset),
+            (32, 460, Some(0.05))
+        );
+        assert_eq!(smoke.model().arch, "xresnet18");
+        assert_eq!(smoke.model().widen, 0.25);
+        assert_eq!(
+            smoke.stages[0].fit,
+            Fit::OneCycle { epochs: 1, lr_max: 3e-3, div: None, div_final: None, pct_start: None }
+        );
+        assert_eq!(smoke.stages[1].size, Some(48));
+        assert!(smoke.stages[1].new_split);
+        assert!(!resolved.contains_key("profiles"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let error = parse(&BASE.replace("batch_size = 64", "batch_sise = 64"), "full").unwrap_err();
+        assert!(format!("{error:#}").contains("batch_sise"), "{error:#}");
+        let error = parse(BASE, "quick").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("quick") && format!("{error:#}").contains("smoke"),
+            "{error:#}"
+        );
+        let error = parse(&BASE.replace("xresnet50", "resnet50"), "full").unwrap_err();
+        assert!(format!("{error:#}").contains("resnet50"), "{error:#}");
+        let error = parse(&BASE.replace("one_cycle", "one_cylce"), "full").unwrap_err();
+        assert!(format!("{error:#}").contains("one_cylce"), "{error:#}");
+        let error = parse("name = \"tta\"\nfrom = \"progressive\"\n[tta]\nn = 4\n[data]\nsplit = \"random\"\nitem_size = 1\nsize = 1\nbatch_size = 1\n", "full").unwrap_err();
+        assert!(format!("{error:#}").contains("progressive"), "{error:#}");
+        assert!(parse("name = \"tta\"\nfrom = \"progressive\"\n[tta]\nn = 4\n", "full").is_ok());
+        let error =
+            parse(&BASE.replace("n_out = \"classes\"", "n_out = \"many\""), "full").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("n_out") || format!("{error:#}").contains("many"),
+            "{error:#}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod committed_recipes {
+    use super::*;
+
+    /// Every recipe in the repository parses in every profile it declares (and `full`).
+    #[test]
+    fn every_committed_recipe_parses_in_every_profile() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/chapter7");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|ext| ext != "toml")
+                || path.file_name().is_some_and(|name| name == "expected.toml")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let table: toml::Table = text.parse().unwrap();
+            let mut profiles = vec!["full".to_string()];
+            if let Some(declared) = table.get("profiles").and_then(toml::Value::as_table) {
+                profiles.extend(declared.keys().cloned());
+            }
+            for profile in profiles {
+                parse(&text, &profile).unwrap_or_else(|error| {
+                    panic!("{} profile {profile}: {error:#}", path.display())
+                });
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6 * 3, "only {checked} recipe/profile pairs found in {}", dir.display());
+    }
+}

@@ -1,0 +1,329 @@
+//! `wick train`: one recipe, stage by stage, into a run directory. Each stage is its own
+//! Learner over the same model (its weights carry over); a stage that finished is skipped on a
+//! rerun, and an interrupted one resumes from its checkpoint, so rerunning the same command
+//! continues where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, bail};
+use candle::{DType, Device, ModuleT, Tensor};
+use candle_nn::VarMap;
+use serde_json::json;
+use wick_models::{XResNet, load_weights, save_weights, seeded_var_builder, xresnet};
+use wick_train::{
+    Adam, AdamConfig, Checkpoint, CheckpointConfig, CheckpointSaver, FitOutcome, Learner,
+    LearnerConfig, Metric, MixUp, Precision, RunFiles, Sgd, SgdConfig, optim_params,
+    trainable_params,
+};
+
+use crate::plan::{self, FitPlan};
+use crate::progress::Progress;
+use crate::recipe::{OptimizerName, Recipe};
+use crate::run_dir::{RunDir, git_commit};
+
+/// What `wick train` was asked to do.
+pub(crate) struct TrainArgs {
+    pub(crate) recipe_path: PathBuf,
+    pub(crate) profile: String,
+    pub(crate) data: String,
+    pub(crate) out: PathBuf,
+    pub(crate) device: String,
+    pub(crate) seed: Option<u64>,
+    pub(crate) threads: Option<usize>,
+}
+
+/// The model shared by every stage's Learner.
+struct SharedModel(Arc<XResNet>);
+
+impl ModuleT for SharedModel {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
+        self.0.forward_t(xs, train)
+    }
+}
+
+/// How a `wick train` ended.
+pub(crate) enum TrainOutcome {
+    Finished,
+    Interrupted,
+}
+
+pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<TrainOutcome> {
+    let (mut recipe, mut resolved) = crate::recipe::load(&args.recipe_path, &args.profile)?;
+    if recipe.from.is_some() {
+        bail!(
+            "{} evaluates another experiment's model (`from`): run it with `wick tta`",
+            args.recipe_path.display()
+        );
+    }
+    if let Some(seed) = args.seed {
+        recipe.seed = seed;
+    }
+    resolved.insert("seed".to_string(), toml::Value::Integer(recipe.seed as i64));
+    let device = plan::device(&args.device)?;
+    let data_root = plan::resolve_data(&args.data, &mut crate::download_progress())?;
+    let run_dir = RunDir::create(&args.out)?;
+    check_same_recipe(&run_dir, &resolved)?;
+    run_dir.write("recipe.resolved.toml", &toml::to_string(&resolved)?)?;
+    let info = json!({
+        "recipe": args.recipe_path.display().to_string(),
+        "profile": args.profile,
+        "seed": recipe.seed,
+        "device": args.device,
+        "data": data_root.display().to_string(),
+        "git_commit": git_commit(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    run_dir.write("run.json", &serde_json::to_string_pretty(&info)?)?;
+
+    let mut splits = plan::splits(
+        &data_root,
+        &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
+        recipe.data().subset,
+        recipe.seed,
+    )?;
+    run_dir.write_vocab(&splits.vocab)?;
+    let config = plan::model_config(&recipe, splits.vocab.len())?;
+    let varmap = VarMap::new();
+    let model = Arc::new(xresnet(
+        &config,
+        recipe.seed,
+        seeded_var_builder(&varmap, recipe.seed, DType::F32, &device),
+    )?);
+    println!(
+        "{}: {} ({} parameters), {} classes, {} training / {} validation images, device {}",
+        recipe.name,
+        recipe.model().arch,
+        wick_models::count_params(&varmap, ""),
+        splits.vocab.len(),
+        splits.train.len(),
+        splits.valid.len(),
+        args.device
+    );
+
+    let started = std::time::Instant::now();
+    let mut stage_results = Vec::new();
+    for (stage_idx, stage) in recipe.stages.iter().enumerate() {
+        let stage_dir = run_dir.stage(stage_idx)?;
+        if stage_idx > 0 && stage.new_split {
+            splits = plan::splits(
+                &data_root,
+                &plan::split_rule(recipe.data(), recipe.seed, stage_idx, &recipe.stages),
+                recipe.data().subset,
+                recipe.seed,
+            )?;
+        }
+        let done = stage_dir.join("done.json");
+        if done.is_file() {
+            load_weights(&model, &varmap, &stage_dir.join("model.safetensors"))
+                .with_context(|| format!("stage {stage_idx} finished earlier"))?;
+            println!(
+                "stage {stage_idx}: finished earlier, weights loaded from {}",
+                stage_dir.display()
+            );
+            stage_results
+                .push(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&done)?)?);
+            continue;
+        }
+        let stage_data = plan::stage_data(&recipe, stage_idx);
+        let stage_seed = recipe.seed.wrapping_add(stage_idx as u64);
+        let (train, valid) =
+            plan::loaders(recipe.data(), stage_data, &splits, stage_seed, args.threads, &device)?;
+        let fit = plan::fit_plan(&stage.fit);
+        let mut learner = Learner::new(
+            Box::new(SharedModel(Arc::clone(&model))),
+            varmap.clone(),
+            optimizer(&recipe, &varmap)?,
+            Box::new(train),
+            Box::new(valid),
+            LearnerConfig {
+                loss: plan::loss(&recipe),
+                metrics: vec![Metric::Accuracy],
+                seed: stage_seed,
+                precision: Precision::F32,
+            },
+        );
+        if let Some(alpha) = recipe.train.mixup {
+            learner.add_callback(Box::new(MixUp::new(alpha)?));
+        }
+        let checkpoint_path = stage_dir.join("checkpoint.safetensors");
+        learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+            path: checkpoint_path.clone(),
+            every_n_batches: recipe.train.checkpoint_every,
+        })));
+        learner.add_callback(Box::new(RunFiles::new(&stage_dir)));
+        let title = format!(
+            "stage {stage_idx}: {} epochs at {} px, batch size {}{}",
+            fit.epochs(),
+            stage_data.size,
+            stage_data.batch_size,
+            if stage.new_split { ", new random split" } else { "" }
+        );
+        learner.add_callback(Box::new(Progress::new(title)));
+        learner.set_interrupt_flag(Arc::clone(&interrupt));
+        if checkpoint_path.is_file() {
+            let checkpoint = Checkpoint::load(&checkpoint_path)?;
+            learner
+                .resume(&checkpoint)
+                .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
+            println!("stage {stage_idx}: resuming from {}", checkpoint_path.display());
+        }
+        let outcome = match fit {
+            FitPlan::OneCycle { epochs, schedule } => learner.fit_one_cycle(epochs, schedule)?,
+            FitPlan::FineTune(fine_tune) => learner.fine_tune(fine_tune)?,
+            FitPlan::FlatCos { epochs, schedule } => learner.fit_flat_cos(epochs, schedule)?,
+            FitPlan::Constant { epochs, lr } => learner.fit(epochs, lr)?,
+        };
+        match outcome {
+            FitOutcome::Completed => {}
+            FitOutcome::Interrupted { at } => {
+                println!(
+                    "interrupted at epoch {} batch {}; checkpoint {} saved: rerun the same command to resume",
+                    at.epoch,
+                    at.batch,
+                    checkpoint_path.display()
+                );
+                return Ok(TrainOutcome::Interrupted);
+            }
+            FitOutcome::Stopped { at } => {
+                bail!("stage {stage_idx} stopped early at epoch {} batch {}", at.epoch, at.batch)
+            }
+        }
+        save_weights(&model, &varmap, &stage_dir.join("model.safetensors"))?;
+        let result = stage_result(stage_idx, stage_data, &learner, started.elapsed().as_secs_f64());
+        wick_data::write_atomic(&done, serde_json::to_string_pretty(&result)?.as_bytes())?;
+        stage_results.push(result);
+        // The stage's weights are saved and marked done: its checkpoint has served its purpose.
+        let _ = std::fs::remove_file(&checkpoint_path);
+    }
+    save_weights(&model, &varmap, &run_dir.path("model.safetensors"))?;
+    run_dir.write_items("valid.txt", &splits.valid, &data_root)?;
+    let last = stage_results.last().context("the recipe has no stage")?;
+    let result = json!({
+        "name": recipe.name,
+        "profile": args.profile,
+        "seed": recipe.seed,
+        "accuracy": last["accuracy"],
+        "valid_loss": last["valid_loss"],
+        "seconds": stage_results.iter().filter_map(|s| s["seconds"].as_f64()).sum::<f64>(),
+        "stages": stage_results,
+        "book": recipe.book.as_ref().map(|b| json!({"accuracy": b.accuracy, "source": b.source})),
+    });
+    run_dir.write("result.json", &serde_json::to_string_pretty(&result)?)?;
+    println!(
+        "{}: final accuracy {:.4}",
+        recipe.name,
+        last["accuracy"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(TrainOutcome::Finished)
+}
+
+fn optimizer(recipe: &Recipe, varmap: &VarMap) -> anyhow::Result<Box<dyn wick_train::Optimizer>> {
+    let params = optim_params(trainable_params(varmap));
+    Ok(match recipe.train.optimizer {
+        OptimizerName::Adam => Box::new(Adam::new(
+            params,
+            AdamConfig { wd: recipe.train.wd, ..AdamConfig::fastai_defaults(1e-3) },
+        )?),
+        OptimizerName::Sgd => Box::new(Sgd::new(
+            params,
+            SgdConfig { wd: recipe.train.wd, ..SgdConfig::fastai_defaults(1e-3) },
+        )?),
+    })
+}
+
+/// A stage's epoch tables and final numbers, as JSON.
+fn stage_result(
+    stage_idx: usize,
+    data: plan::StageData,
+    learner: &Learner,
+    elapsed: f64,
+) -> serde_json::Value {
+    let recorder = learner.recorder();
+    let fits: Vec<serde_json::Value> = recorder
+        .fits()
+        .iter()
+        .map(|fit| {
+            let rows: Vec<serde_json::Value> = fit
+                .epochs
+                .iter()
+                .map(|row| {
+                    json!({
+                        "epoch": row.epoch,
+                        "train_loss": row.train_loss,
+                        "valid_loss": row.valid.as_ref().map(|v| v.loss),
+                        "accuracy": row.valid.as_ref().and_then(|v| v.metrics.first().copied()),
+                        "seconds": row.seconds,
+                    })
+                })
+                .collect();
+            json!({ "epochs": rows })
+        })
+        .collect();
+    let last =
+        recorder.fits().last().and_then(|fit| fit.epochs.last()).and_then(|row| row.valid.as_ref());
+    let seconds: f64 =
+        recorder.fits().iter().flat_map(|fit| fit.epochs.iter()).map(|row| row.seconds).sum();
+    json!({
+        "stage": stage_idx,
+        "size": data.size,
+        "batch_size": data.batch_size,
+        "fits": fits,
+        "tables": (0..recorder.fits().len()).filter_map(|i| recorder.epoch_table(i)).collect::<Vec<_>>(),
+        "accuracy": last.and_then(|v| v.metrics.first().copied()),
+        "valid_loss": last.map(|v| v.loss),
+        "seconds": seconds,
+        "elapsed_since_start": elapsed,
+    })
+}
+
+/// A rerun into an existing run directory must be the same experiment.
+fn check_same_recipe(run_dir: &RunDir, resolved: &toml::Table) -> anyhow::Result<()> {
+    let path = run_dir.path("recipe.resolved.toml");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let previous: toml::Table = run_dir.read("recipe.resolved.toml")?.parse()?;
+    if &previous != resolved {
+        bail!(
+            "{} holds a run of a different recipe or profile; use another --out or delete it",
+            run_dir.root.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads a run's recipe and rebuilds its model with the saved weights (for eval, tta, predict).
+pub(crate) fn load_run(
+    run_dir: &RunDir,
+    device: &Device,
+) -> anyhow::Result<(Recipe, XResNet, VarMap)> {
+    let (recipe, _) = crate::recipe::parse(&run_dir.read("recipe.resolved.toml")?, "full")?;
+    let vocab = run_dir.read_vocab()?;
+    let config = plan::model_config(&recipe, vocab.len())?;
+    let varmap = VarMap::new();
+    let model = xresnet(
+        &config,
+        recipe.seed,
+        seeded_var_builder(&varmap, recipe.seed, DType::F32, device),
+    )?;
+    let weights = run_dir.path("model.safetensors");
+    load_weights(&model, &varmap, &weights)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    Ok((recipe, model, varmap))
+}
+
+/// The data root recorded in a run's `run.json`, unless `--data` overrides it.
+pub(crate) fn run_data_root(run_dir: &RunDir, data: Option<&str>) -> anyhow::Result<PathBuf> {
+    if let Some(data) = data {
+        return plan::resolve_data(data, &mut crate::download_progress());
+    }
+    let info: serde_json::Value = serde_json::from_str(&run_dir.read("run.json")?)?;
+    let root = info["data"].as_str().context("run.json has no data folder; pass --data")?;
+    let root = Path::new(root);
+    if !root.is_dir() {
+        bail!("the run's data folder {} is gone; pass --data", root.display());
+    }
+    Ok(root.to_path_buf())
+}
