@@ -209,3 +209,204 @@ pub(crate) fn provenance(options: &BenchOptions, python_used: bool) -> String {
         if python_used { "" } else { " (no Python reference found: wick only)" }
     )
 }
+
+/// The nn suite: wick-nn's ops, candle's stock ops and PyTorch on the same shapes.
+pub(crate) fn nn(root: &Path, options: &BenchOptions, quick: bool) -> anyhow::Result<String> {
+    let mut args = vec!["bench", "--quiet", "-p", "wick-nn", "--bench", "nn", "--"];
+    if quick {
+        args.push("--quick");
+    }
+    let mut lines = json_lines(cargo().current_dir(root).args(&args))?;
+    if let Some(python) = &options.python {
+        let mut command = Command::new(python);
+        command.arg(root.join("crates/wick-nn/benches/torch_nn.py"));
+        if quick {
+            command.arg("--quick");
+        }
+        lines.extend(json_lines(&mut command)?);
+    }
+    // case -> impl -> line
+    let mut cases: Vec<String> = Vec::new();
+    let mut by_case: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for line in lines.into_iter().filter(|l| l["bench"] == "nn") {
+        let (Some(case), Some(implementation)) = (line["case"].as_str(), line["impl"].as_str())
+        else {
+            continue;
+        };
+        if !cases.iter().any(|c| c == case) {
+            cases.push(case.to_string());
+        }
+        by_case.insert((case.to_string(), implementation.to_string()), line.clone());
+    }
+    let mut table = String::from(
+        "| case | kind | wick fwd | candle fwd | torch fwd | wick fwd+bwd | candle fwd+bwd | torch fwd+bwd | wick/torch fwd+bwd |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let (mut log_sum, mut n) = (0.0, 0);
+    for case in &cases {
+        let get = |implementation: &str| by_case.get(&(case.clone(), implementation.to_string()));
+        let kind = get("wick").and_then(|l| l["kind"].as_str()).unwrap_or("?");
+        let (fwd_key, fwdbwd_key, unit) = if kind == "conv" {
+            ("fwd_gflops", "fwdbwd_gflops", "GFLOP/s")
+        } else {
+            ("fwd_gbps", "fwdbwd_gbps", "GB/s")
+        };
+        let value =
+            |implementation: &str, key: &str| get(implementation).and_then(|l| l[key].as_f64());
+        let ratio = match (value("wick", fwdbwd_key), value("torch", fwdbwd_key)) {
+            (Some(w), Some(t)) if t > 0.0 => {
+                if kind == "conv" {
+                    log_sum += (w / t).ln();
+                    n += 1;
+                }
+                format!("{:.2}x", w / t)
+            }
+            _ => "–".to_string(),
+        };
+        let cell = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".to_string());
+        table.push_str(&format!(
+            "| {case} | {kind} ({unit}) | {} | {} | {} | {} | {} | {} | {ratio} |\n",
+            cell(value("wick", fwd_key)),
+            cell(value("candle", fwd_key)),
+            cell(value("torch", fwd_key)),
+            cell(value("wick", fwdbwd_key)),
+            cell(value("candle", fwdbwd_key)),
+            cell(value("torch", fwdbwd_key)),
+        ));
+    }
+    if n > 0 {
+        table.push_str(&format!(
+            "\nGeometric mean of wick/torch forward+backward over the {n} conv cases: {:.2}x.\n",
+            (log_sum / n as f64).exp()
+        ));
+    }
+    Ok(table)
+}
+
+/// The models suite: xresnet train steps and inference, wick beside PyTorch + the reference
+/// xresnet (`anchor_bench.py`), each case in its own process so peak memory is its own.
+pub(crate) fn models(root: &Path, options: &BenchOptions, steps: usize) -> anyhow::Result<String> {
+    let cases = [
+        "train50_128",
+        "train50_224",
+        "train18_64",
+        "train18_128",
+        "infer50_128",
+        "infer50_224",
+        "infer18_64",
+        "infer18_128",
+    ];
+    let steps_text = steps.to_string();
+    let mut wick: BTreeMap<String, Value> = BTreeMap::new();
+    let mut ops: Vec<Value> = Vec::new();
+    // Build once, then one process per case.
+    json_lines(cargo().current_dir(root).args([
+        "bench",
+        "--quiet",
+        "-p",
+        "wick-train",
+        "--bench",
+        "models",
+        "--no-run",
+    ]))?;
+    for case in cases {
+        let mut args = vec![
+            "bench",
+            "--quiet",
+            "-p",
+            "wick-train",
+            "--bench",
+            "models",
+            "--",
+            "--case",
+            case,
+            "--steps",
+            &steps_text,
+        ];
+        if case == "train50_128" {
+            args.push("--profile");
+        }
+        for line in json_lines(cargo().current_dir(root).args(&args))? {
+            match line["bench"].as_str() {
+                Some("models") => {
+                    wick.insert(case.to_string(), line);
+                }
+                Some("models-ops") => ops.push(line),
+                _ => {}
+            }
+        }
+    }
+    // The anchor's cases (it has no train18_64 / infer50_128 / infer18_*).
+    let mut torch: BTreeMap<String, (f64, Option<f64>)> = BTreeMap::new();
+    if let Some(python) = &options.python {
+        for (case, anchor_case) in [
+            ("train50_128", "train50_128"),
+            ("train50_224", "train50_224"),
+            ("train18_128", "train18_128"),
+            ("infer50_224", "infer50_224"),
+            ("train50_64", "train50_64"),
+        ] {
+            let mut command = Command::new("/usr/bin/time");
+            command.args(["-f", "peak_rss_kb=%M"]).arg(python).arg(&options.anchor).args([
+                "--cases",
+                anchor_case,
+                "--no-isolate",
+                "--no-env",
+                "--steps",
+                &steps_text,
+            ]);
+            let output = command
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .with_context(|| format!("running {command:?}"))?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let peak = stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("peak_rss_kb="))
+                .and_then(|kb| kb.trim().parse::<f64>().ok())
+                .map(|kb| kb / 1024.0);
+            for line in stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+                if let Some(rate) = line["images_per_s"].as_f64() {
+                    torch.insert(case.to_string(), (rate, peak));
+                }
+            }
+        }
+    }
+    let mut table = String::from(
+        "| case | wick img/s (fwd+bwd) | wick img/s (+Adam step) | PyTorch img/s (+Adam step) | wick/PyTorch | wick peak MB | PyTorch peak MB |\n|---|---|---|---|---|---|---|\n",
+    );
+    for case in cases {
+        let Some(line) = wick.get(case) else { continue };
+        let train = case.starts_with("train");
+        let fwdbwd = line["images_per_s"].as_f64().unwrap_or(f64::NAN);
+        let with_adam = if train { line["with_adam_images_per_s"].as_f64() } else { None };
+        let comparable = if train { with_adam } else { Some(fwdbwd) };
+        let reference = torch.get(case);
+        let ratio = match (comparable, reference) {
+            (Some(w), Some((t, _))) => format!("{:.2}x", w / t),
+            _ => "–".to_string(),
+        };
+        table.push_str(&format!(
+            "| {case} | {fwdbwd:.2} | {} | {} | {ratio} | {:.0} | {} |\n",
+            with_adam.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".to_string()),
+            reference.map(|(t, _)| format!("{t:.2}")).unwrap_or_else(|| "–".to_string()),
+            line["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            reference
+                .and_then(|(_, p)| *p)
+                .map(|p| format!("{p:.0}"))
+                .unwrap_or_else(|| "–".to_string()),
+        ));
+    }
+    if !ops.is_empty() {
+        table.push_str("\nOne training step of xresnet50 at 128 px, batch 32, by wick-nn kernel (wall clock; kernels run on both cores):\n\n| op | ms | calls |\n|---|---|---|\n");
+        for op in &ops {
+            table.push_str(&format!(
+                "| {} | {:.1} | {} |\n",
+                op["op"].as_str().unwrap_or("?"),
+                op["ms"].as_f64().unwrap_or(f64::NAN),
+                op["calls"]
+            ));
+        }
+    }
+    Ok(table)
+}

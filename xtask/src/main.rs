@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod cuda;
 mod reproduce;
 mod tidy;
 
@@ -26,6 +27,9 @@ struct Cli {
 enum Task {
     /// Check code hygiene (the same checks `cargo test -p xtask` runs).
     Tidy,
+    /// cuda-setup, cuda-check, gpu-pack (docs/cuda.md).
+    #[command(flatten)]
+    Cuda(cuda::CudaTask),
     /// Replay a chapter's experiments with the release `wick` binary and write a report.
     Reproduce {
         /// The chapter: a folder of recipes/ (chapter7).
@@ -77,12 +81,23 @@ enum Task {
         /// Print only; leave docs/performance.md alone.
         #[arg(long)]
         no_write: bool,
+        /// Fewer shapes (nn suite).
+        #[arg(long)]
+        quick: bool,
+        /// Timed steps per case (models suite).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
     },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum BenchSuite {
+    /// The data pipeline (decode, resize, augment) against PIL/torchvision.
     Data,
+    /// wick-nn's conv, pooling and BatchNorm kernels against candle and PyTorch.
+    Nn,
+    /// xresnet training steps and inference against PyTorch.
+    Models,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +113,7 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> anyhow::Result<()> {
     match task {
+        Task::Cuda(task) => cuda::run_task(&project_root(), task),
         Task::Tidy => {
             let violations = tidy::check_workspace(&project_root());
             for violation in &violations {
@@ -121,7 +137,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             };
             reproduce::reproduce(&project_root(), &options)
         }
-        Task::Bench { suite, data, python, no_python, anchor, count, no_write } => {
+        Task::Bench { suite, data, python, no_python, anchor, count, no_write, quick, steps } => {
             let root = project_root();
             let python =
                 if no_python { None } else { python.or_else(|| bench::find_python(&root)) };
@@ -137,6 +153,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             };
             let (name, table) = match suite {
                 BenchSuite::Data => ("data", bench::data(&root, &options)?),
+                BenchSuite::Nn => ("nn", bench::nn(&root, &options, quick)?),
+                BenchSuite::Models => ("models", bench::models(&root, &options, steps)?),
             };
             let body = format!("{}{table}", bench::provenance(&options, options.python.is_some()));
             println!("{body}");

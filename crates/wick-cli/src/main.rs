@@ -6,6 +6,9 @@
 // The CLI is one of the two crates allowed to talk to the terminal (the other is xtask).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench_step;
+mod device_check;
+mod distributed;
 mod eval;
 mod plan;
 mod progress;
@@ -57,6 +60,17 @@ enum Command {
         /// Decode threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Data-parallel training over NCCL on cuda:0 ... cuda:N-1, one process per GPU, the
+        /// recipe's batch size split across them (needs a build with --features nccl;
+        /// --device is then ignored).
+        #[arg(long)]
+        gpus: Option<usize>,
+        /// This process's rank in a --gpus run (set by the --gpus launcher).
+        #[arg(long, hide = true, requires = "world_size")]
+        rank: Option<usize>,
+        /// The number of ranks of a --gpus run (set by the --gpus launcher).
+        #[arg(long, hide = true, requires = "rank")]
+        world_size: Option<usize>,
     },
     /// Accuracy, per-class accuracy, confusion matrix and top losses of a finished run.
     Eval {
@@ -114,6 +128,43 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Compare every op and one xresnet50 training step on a device with the CPU reference
+    /// (f32, f32 with TF32 convolutions, bf16); exits with status 1 if an op disagrees.
+    DeviceCheck {
+        #[arg(long, default_value = "cuda:0")]
+        device: String,
+        /// Also write every figure to this JSON file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image side of the training-step comparison.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Batch size of the training-step comparison.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+    },
+    /// Time xresnet training steps on a device (random inputs; forward, loss, backward, Adam)
+    /// and print one JSON line, as scripts/anchor_bench.py does for PyTorch.
+    BenchStep {
+        #[arg(long, default_value = "xresnet50")]
+        arch: String,
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: recipe::PrecisionName,
+        #[arg(long, default_value = "cuda:0")]
+        device: String,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first (cuDNN algorithm choice, kernel loading).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
     /// Per-module output shapes and parameter counts of an architecture.
     Summary {
         #[arg(long, default_value = "xresnet50")]
@@ -138,7 +189,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Train { recipe, data, out, profile, device, seed, threads } => {
+        Command::Train {
+            recipe,
+            data,
+            out,
+            profile,
+            device,
+            seed,
+            threads,
+            gpus,
+            rank,
+            world_size,
+        } => {
             let interrupt = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&interrupt);
             ctrlc::set_handler(move || {
@@ -150,9 +212,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "\ninterrupt: finishing the batch and saving a checkpoint (Ctrl-C again to quit now)"
                 );
             })?;
-            let args =
-                train::TrainArgs { recipe_path: recipe, profile, data, out, device, seed, threads };
-            match train::run(&args, interrupt)? {
+            let rank = rank
+                .zip(world_size)
+                .map(|(rank, world_size)| distributed::RankSpec { rank, world_size });
+            let args = train::TrainArgs {
+                recipe_path: recipe,
+                profile,
+                data,
+                out,
+                device,
+                seed,
+                threads,
+                rank,
+            };
+            let outcome = match gpus {
+                Some(gpus) if rank.is_none() => distributed::launch(gpus, &args)?,
+                _ => train::run(&args, interrupt)?,
+            };
+            match outcome {
                 train::TrainOutcome::Finished => Ok(ExitCode::SUCCESS),
                 train::TrainOutcome::Interrupted => Ok(ExitCode::from(130)),
             }
@@ -169,6 +246,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Predict { run, images, top_k, device } => {
             eval::predict(&run, &images, top_k, &device).map(|()| ExitCode::SUCCESS)
+        }
+        Command::DeviceCheck { device, json, seed, size, batch_size } => {
+            let args = device_check::DeviceCheckArgs { device, json, seed, size, batch_size };
+            let passed = device_check::run(&args)?;
+            Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::BenchStep { arch, size, batch_size, precision, device, steps, warmup } => {
+            let precision = plan::precision(precision);
+            let args = bench_step::BenchStepArgs {
+                arch,
+                size,
+                batch_size,
+                precision,
+                device,
+                steps,
+                warmup,
+            };
+            bench_step::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Summary { arch, n_out, size } => {
             eval::summary(&arch, n_out, size).map(|()| ExitCode::SUCCESS)

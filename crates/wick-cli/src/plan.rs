@@ -13,10 +13,11 @@ use wick_data::{
     ResizeMethod, SplitRule, Splits,
 };
 use wick_models::{Activation, XResNetConfig};
-use wick_train::{FineTune, FlatCos, Loss, OneCycle};
+use wick_train::{FineTune, FlatCos, Loss, OneCycle, Precision};
 
 use crate::recipe::{
-    ActivationName, BadFiles, DataSection, Fit, LossName, NOut, Recipe, SplitKind, Stage,
+    ActivationName, BadFiles, DataSection, Fit, LossName, NOut, PrecisionName, Recipe, SplitKind,
+    Stage,
 };
 
 /// The dataset folder for `--data`: a folder as is, a `.tgz` extracted into the cache, or a
@@ -228,6 +229,14 @@ pub(crate) fn model_config(recipe: &Recipe, n_classes: usize) -> anyhow::Result<
         },
         ..base
     })
+}
+
+/// The Learner's precision for a recipe's `train.precision` (or `--precision`).
+pub(crate) fn precision(name: PrecisionName) -> Precision {
+    match name {
+        PrecisionName::F32 => Precision::F32,
+        PrecisionName::Bf16 => Precision::Bf16,
+    }
 }
 
 /// The recipe's loss.

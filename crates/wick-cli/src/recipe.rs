@@ -178,6 +178,16 @@ pub(crate) enum OptimizerName {
     Sgd,
 }
 
+/// The forward pass's precision: `f32`, or `bf16` mixed precision (fastai's `to_bf16()`:
+/// bf16 activations, f32 weights, BatchNorm statistics, loss and optimizer state).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PrecisionName {
+    #[default]
+    F32,
+    Bf16,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TrainSection {
@@ -196,6 +206,9 @@ pub(crate) struct TrainSection {
     /// Save a checkpoint every this many batches (and at every epoch end).
     #[serde(default = "default_checkpoint_every")]
     pub(crate) checkpoint_every: usize,
+    /// `precision = "f32"` (default) or `"bf16"`.
+    #[serde(default)]
+    pub(crate) precision: PrecisionName,
 }
 
 impl Default for TrainSection {
@@ -207,6 +220,7 @@ impl Default for TrainSection {
             optimizer: OptimizerName::Adam,
             wd: default_wd(),
             checkpoint_every: default_checkpoint_every(),
+            precision: PrecisionName::F32,
         }
     }
 }
@@ -522,5 +536,22 @@ mod committed_recipes {
             }
         }
         assert!(checked >= 6 * 3, "only {checked} recipe/profile pairs found in {}", dir.display());
+    }
+
+    /// The GPU check's recipe (scripts/gpu-check/) parses in every profile, in both precisions.
+    #[test]
+    fn the_gpu_check_recipe_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/gpu-check/baseline-128.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (full, _) = parse(&text, "full").unwrap();
+        assert_eq!((full.data().size, full.train.precision), (128, PrecisionName::F32));
+        let (bf16, _) = parse(&text, "bf16").unwrap();
+        assert_eq!(bf16.train.precision, PrecisionName::Bf16);
+        let (smoke, _) = parse(&text, "ddp-smoke").unwrap();
+        assert_eq!(smoke.data().subset, Some(0.1));
+        let error =
+            parse(&text.replace("precision = \"f32\"", "precision = \"fp8\""), "full").unwrap_err();
+        assert!(format!("{error:#}").contains("fp8"), "{error:#}");
     }
 }

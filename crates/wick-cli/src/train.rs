@@ -2,22 +2,27 @@
 //! Learner over the same model (its weights carry over); a stage that finished is skipped on a
 //! rerun, and an interrupted one resumes from its checkpoint, so rerunning the same command
 //! continues where it stopped.
+//!
+//! As one rank of a `--gpus N` run (`distributed.rs` starts the ranks) it joins the NCCL group,
+//! takes rank 0's initial weights, trains on its shard of every batch with gradients averaged
+//! over the ranks, and writes files and progress only if it is rank 0.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
-use candle::{DType, Device, ModuleT, Tensor};
+use candle::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_models::{XResNet, load_weights, save_weights, seeded_var_builder, xresnet};
 use wick_train::{
-    Adam, AdamConfig, Checkpoint, CheckpointConfig, CheckpointSaver, FitOutcome, Learner,
-    LearnerConfig, Metric, MixUp, Precision, RunFiles, Sgd, SgdConfig, optim_params,
+    Adam, AdamConfig, BatchSource, Checkpoint, CheckpointConfig, CheckpointSaver, FitOutcome,
+    Learner, LearnerConfig, Metric, MixUp, RunFiles, Sgd, SgdConfig, ShardedBatches, optim_params,
     trainable_params,
 };
 
+use crate::distributed::RankSpec;
 use crate::plan::{self, FitPlan};
 use crate::progress::Progress;
 use crate::recipe::{OptimizerName, Recipe};
@@ -32,6 +37,8 @@ pub(crate) struct TrainArgs {
     pub(crate) device: String,
     pub(crate) seed: Option<u64>,
     pub(crate) threads: Option<usize>,
+    /// Set when this process is one rank of a `--gpus` run.
+    pub(crate) rank: Option<RankSpec>,
 }
 
 /// The model shared by every stage's Learner.
@@ -62,10 +69,14 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     }
     resolved.insert("seed".to_string(), toml::Value::Integer(recipe.seed as i64));
     let device = plan::device(&args.device)?;
+    // Rank 0 (or the only process) writes the run directory; other ranks only read it.
+    let root = args.rank.is_none_or(|spec| spec.rank == 0);
     let data_root = plan::resolve_data(&args.data, &mut crate::download_progress())?;
     let run_dir = RunDir::create(&args.out)?;
     check_same_recipe(&run_dir, &resolved)?;
-    run_dir.write("recipe.resolved.toml", &toml::to_string(&resolved)?)?;
+    if root {
+        run_dir.write("recipe.resolved.toml", &toml::to_string(&resolved)?)?;
+    }
     let info = json!({
         "recipe": args.recipe_path.display().to_string(),
         "profile": args.profile,
@@ -74,8 +85,12 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         "data": data_root.display().to_string(),
         "git_commit": git_commit(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "ranks": args.rank.map_or(1, |spec| spec.world_size),
+        "precision": format!("{:?}", recipe.train.precision).to_lowercase(),
     });
-    run_dir.write("run.json", &serde_json::to_string_pretty(&info)?)?;
+    if root {
+        run_dir.write("run.json", &serde_json::to_string_pretty(&info)?)?;
+    }
 
     let mut splits = plan::splits(
         &data_root,
@@ -83,7 +98,9 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         recipe.data().subset,
         recipe.seed,
     )?;
-    run_dir.write_vocab(&splits.vocab)?;
+    if root {
+        run_dir.write_vocab(&splits.vocab)?;
+    }
     let config = plan::model_config(&recipe, splits.vocab.len())?;
     let varmap = VarMap::new();
     let model = Arc::new(xresnet(
@@ -91,16 +108,28 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         recipe.seed,
         seeded_var_builder(&varmap, recipe.seed, DType::F32, &device),
     )?);
-    println!(
-        "{}: {} ({} parameters), {} classes, {} training / {} validation images, device {}",
-        recipe.name,
-        recipe.model().arch,
-        wick_models::count_params(&varmap, ""),
-        splits.vocab.len(),
-        splits.train.len(),
-        splits.valid.len(),
-        args.device
-    );
+    let data_parallel = match args.rank {
+        Some(spec) => {
+            let data_parallel = crate::distributed::join(spec, &device, &args.out)?;
+            // Every rank starts from rank 0's weights and BatchNorm buffers.
+            data_parallel.broadcast_vars(&sorted_vars(&varmap))?;
+            Some(data_parallel)
+        }
+        None => None,
+    };
+    let precision = plan::precision(recipe.train.precision);
+    if root {
+        println!(
+            "{}: {} ({} parameters), {} classes, {} training / {} validation images, device {}",
+            recipe.name,
+            recipe.model().arch,
+            wick_models::count_params(&varmap, ""),
+            splits.vocab.len(),
+            splits.train.len(),
+            splits.valid.len(),
+            args.device
+        );
+    }
 
     let started = std::time::Instant::now();
     let mut stage_results = Vec::new();
@@ -118,10 +147,12 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         if done.is_file() {
             load_weights(&model, &varmap, &stage_dir.join("model.safetensors"))
                 .with_context(|| format!("stage {stage_idx} finished earlier"))?;
-            println!(
-                "stage {stage_idx}: finished earlier, weights loaded from {}",
-                stage_dir.display()
-            );
+            if root {
+                println!(
+                    "stage {stage_idx}: finished earlier, weights loaded from {}",
+                    stage_dir.display()
+                );
+            }
             stage_results
                 .push(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&done)?)?);
             continue;
@@ -130,44 +161,69 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         let stage_seed = recipe.seed.wrapping_add(stage_idx as u64);
         let (train, valid) =
             plan::loaders(recipe.data(), stage_data, &splits, stage_seed, args.threads, &device)?;
+        // Every rank loads the same global batches and trains on its slice of each.
+        let train: Box<dyn BatchSource> = match &data_parallel {
+            Some(dp) => {
+                if !stage_data.batch_size.is_multiple_of(dp.world_size()) {
+                    bail!(
+                        "batch size {} does not split evenly over {} GPUs",
+                        stage_data.batch_size,
+                        dp.world_size()
+                    );
+                }
+                Box::new(ShardedBatches::new(Box::new(train), dp.rank(), dp.world_size())?)
+            }
+            None => Box::new(train),
+        };
         let fit = plan::fit_plan(&stage.fit);
         let mut learner = Learner::new(
             Box::new(SharedModel(Arc::clone(&model))),
             varmap.clone(),
             optimizer(&recipe, &varmap)?,
-            Box::new(train),
+            train,
             Box::new(valid),
             LearnerConfig {
                 loss: plan::loss(&recipe),
                 metrics: vec![Metric::Accuracy],
                 seed: stage_seed,
-                precision: Precision::F32,
+                precision,
             },
         );
+        if let Some(dp) = &data_parallel {
+            learner.set_data_parallel(dp.clone());
+        }
         if let Some(alpha) = recipe.train.mixup {
             learner.add_callback(Box::new(MixUp::new(alpha)?));
         }
         let checkpoint_path = stage_dir.join("checkpoint.safetensors");
-        learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
-            path: checkpoint_path.clone(),
-            every_n_batches: recipe.train.checkpoint_every,
-        })));
-        learner.add_callback(Box::new(RunFiles::new(&stage_dir)));
-        let title = format!(
-            "stage {stage_idx}: {} epochs at {} px, batch size {}{}",
-            fit.epochs(),
-            stage_data.size,
-            stage_data.batch_size,
-            if stage.new_split { ", new random split" } else { "" }
-        );
-        learner.add_callback(Box::new(Progress::new(title)));
+        if root {
+            learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+                path: checkpoint_path.clone(),
+                every_n_batches: recipe.train.checkpoint_every,
+            })));
+            learner.add_callback(Box::new(RunFiles::new(&stage_dir)));
+            let title = format!(
+                "stage {stage_idx}: {} epochs at {} px, batch size {}{}{}",
+                fit.epochs(),
+                stage_data.size,
+                stage_data.batch_size,
+                if stage.new_split { ", new random split" } else { "" },
+                match &data_parallel {
+                    Some(dp) => format!(" over {} GPUs", dp.world_size()),
+                    None => String::new(),
+                }
+            );
+            learner.add_callback(Box::new(Progress::new(title)));
+        }
         learner.set_interrupt_flag(Arc::clone(&interrupt));
         if checkpoint_path.is_file() {
             let checkpoint = Checkpoint::load(&checkpoint_path)?;
             learner
                 .resume(&checkpoint)
                 .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
-            println!("stage {stage_idx}: resuming from {}", checkpoint_path.display());
+            if root {
+                println!("stage {stage_idx}: resuming from {}", checkpoint_path.display());
+            }
         }
         let outcome = match fit {
             FitPlan::OneCycle { epochs, schedule } => learner.fit_one_cycle(epochs, schedule)?,
@@ -177,6 +233,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         };
         match outcome {
             FitOutcome::Completed => {}
+            FitOutcome::Interrupted { .. } if !root => return Ok(TrainOutcome::Interrupted),
             FitOutcome::Interrupted { at } => {
                 println!(
                     "interrupted at epoch {} batch {}; checkpoint {} saved: rerun the same command to resume",
@@ -190,12 +247,17 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
                 bail!("stage {stage_idx} stopped early at epoch {} batch {}", at.epoch, at.batch)
             }
         }
-        save_weights(&model, &varmap, &stage_dir.join("model.safetensors"))?;
         let result = stage_result(stage_idx, stage_data, &learner, started.elapsed().as_secs_f64());
-        wick_data::write_atomic(&done, serde_json::to_string_pretty(&result)?.as_bytes())?;
+        if root {
+            save_weights(&model, &varmap, &stage_dir.join("model.safetensors"))?;
+            wick_data::write_atomic(&done, serde_json::to_string_pretty(&result)?.as_bytes())?;
+            // The stage's weights are saved and marked done: its checkpoint has served its purpose.
+            let _ = std::fs::remove_file(&checkpoint_path);
+        }
         stage_results.push(result);
-        // The stage's weights are saved and marked done: its checkpoint has served its purpose.
-        let _ = std::fs::remove_file(&checkpoint_path);
+    }
+    if !root {
+        return Ok(TrainOutcome::Finished);
     }
     save_weights(&model, &varmap, &run_dir.path("model.safetensors"))?;
     run_dir.write_items("valid.txt", &splits.valid, &data_root)?;
@@ -217,6 +279,16 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         last["accuracy"].as_f64().unwrap_or(f64::NAN)
     );
     Ok(TrainOutcome::Finished)
+}
+
+/// Every variable of `varmap` (parameters and buffers), sorted by name: the same list on every
+/// rank.
+fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut vars: Vec<(String, Var)> =
+        data.iter().map(|(name, var)| (name.clone(), var.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 fn optimizer(recipe: &Recipe, varmap: &VarMap) -> anyhow::Result<Box<dyn wick_train::Optimizer>> {

@@ -121,7 +121,16 @@ pub fn conv_layer(
 
 impl ModuleT for ConvLayer {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let ys = self.bn.forward_t(&self.conv.forward(xs)?, train)?;
+        // In evaluation the weights are read detached, so no autograd graph is built and each
+        // activation is freed as soon as the next layer has read it. Under mixed precision the
+        // f32 weight is cast to the activations' dtype (in training, Conv2d::forward does it).
+        let convolved = if train {
+            self.conv.forward(xs)?
+        } else {
+            let weight = self.conv.weight().detach().to_dtype(xs.dtype())?;
+            wick_nn::ops::conv2d(xs, &weight, *self.conv.config())?
+        };
+        let ys = self.bn.forward_t(&convolved, train)?;
         match self.activation {
             Some(activation) => activation.apply(&ys),
             None => Ok(ys),
@@ -230,17 +239,24 @@ impl ModuleT for SimpleSelfAttention {
             self.weight_v.set(&v)?;
             self.weight_u.set(&u)?;
         }
+        let (weight, gamma) = if train {
+            (weight, self.gamma.clone())
+        } else {
+            (weight.detach(), self.gamma.detach())
+        };
         let u = self.weight_u.as_detached_tensor().unsqueeze(0)?;
         let v = self.weight_v.as_detached_tensor().unsqueeze(1)?;
         let sigma = u.matmul(&weight.matmul(&v)?)?.reshape(())?;
-        let weight = weight.broadcast_div(&sigma)?;
+        // The spectral norm runs in f32 (its u, v are f32 variables); the products run in the
+        // activations' dtype.
+        let weight = weight.broadcast_div(&sigma)?.to_dtype(xs.dtype())?;
         let (b, channels, h, w) = xs.dims4()?;
         let flat = xs.reshape((b, channels, h * w))?;
         // conv(x) with a 1x1 kernel is W · x for every position: (C, C) x (B, C, L).
         let convx = weight.unsqueeze(0)?.broadcast_as((b, c, c))?.contiguous()?.matmul(&flat)?;
         let xxt = flat.matmul(&flat.transpose(1, 2)?.contiguous()?)?;
         let attention = xxt.matmul(&convx)?;
-        let out = attention.broadcast_mul(&self.gamma)?.add(&flat)?;
+        let out = attention.broadcast_mul(&gamma.to_dtype(xs.dtype())?)?.add(&flat)?;
         out.reshape((b, channels, h, w))
     }
 }

@@ -9,10 +9,15 @@
 //! `5.0.idpath.1.0.weight`, `11.weight`), so PyTorch weights load directly.
 //!
 //! Shapes: input `(B, C_in, H, W)` → logits `(B, K)` with `K = n_out`.
+//!
+//! Mixed precision: the forward pass runs in the input's dtype (bf16 under
+//! `Precision::Bf16`) while every variable stays f32: convolutions and the head cast their
+//! weights to the input's dtype (the casts' backward hands f32 gradients to the optimizer),
+//! BatchNorm keeps f32 parameters and statistics, and the global average pool sums in f32.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle::{Module, ModuleT, Tensor};
+use candle::{DType, Module, ModuleT, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use wick_nn::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 
@@ -355,13 +360,30 @@ impl XResNet {
             push(4 + stage_idx, "Stage", &current);
         }
         let after = 4 + self.stages.len();
-        current = current.flatten_from(2)?.mean(2)?;
+        let dtype = current.dtype();
+        current = current.to_dtype(DType::F32)?.flatten_from(2)?.mean(2)?.to_dtype(dtype)?;
         push(after, "AdaptiveAvgPool2d+Flatten", &current);
         current = self.dropout.forward_t(&current, train)?;
         push(after + 2, "Dropout", &current);
-        current = self.head.forward(&current)?;
+        current = self.head_forward(&current, train)?;
         push(after + 3, "Linear", &current);
         Ok(outputs)
+    }
+}
+
+impl XResNet {
+    /// The linear head in the activations' dtype (read detached in evaluation, so no graph
+    /// is built).
+    fn head_forward(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let read = |tensor: &Tensor| {
+            let tensor = if train { tensor.clone() } else { tensor.detach() };
+            tensor.to_dtype(xs.dtype())
+        };
+        let ys = xs.matmul(&read(self.head.weight())?.t()?)?;
+        match self.head.bias() {
+            Some(bias) => ys.broadcast_add(&read(bias)?),
+            None => Ok(ys),
+        }
     }
 }
 

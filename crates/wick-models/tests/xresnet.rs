@@ -298,3 +298,22 @@ fn save_then_load_gives_identical_outputs() {
     let error = load_weights(&other, &other_map, &path).unwrap_err().to_string();
     assert!(error.contains("model.safetensors") && error.contains("shape"), "{error}");
 }
+
+#[test]
+fn evaluation_builds_no_autograd_graph() {
+    // Eval mode reads every parameter detached, so the logits carry no graph (and activations
+    // are freed layer by layer); training mode tracks them for backward.
+    let (model, _varmap) = build(&sa_mish_config(), 5);
+    let (relu_model, _relu_varmap) = build(&narrow_config(), 5);
+    let xs = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    for model in [&model, &relu_model] {
+        assert!(
+            !model.forward_t(&xs, false).unwrap().track_op(),
+            "eval logits must not track a graph"
+        );
+        assert!(
+            model.forward_t(&xs, true).unwrap().track_op(),
+            "train logits must track the graph"
+        );
+    }
+}

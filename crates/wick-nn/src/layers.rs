@@ -39,13 +39,15 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
+    /// The weight and bias are cast to the input's dtype when they differ (mixed precision:
+    /// f32 master weights, bf16 activations; the cast's backward returns f32 gradients).
     fn forward(&self, xs: &Tensor) -> candle::Result<Tensor> {
-        let ys = ops::conv2d(xs, &self.weight, self.config)?;
+        let ys = ops::conv2d(xs, &self.weight.to_dtype(xs.dtype())?, self.config)?;
         match &self.bias {
             None => Ok(ys),
             Some(bias) => {
                 let channels = bias.dims1()?;
-                ys.broadcast_add(&bias.reshape((1, channels, 1, 1))?)
+                ys.broadcast_add(&bias.to_dtype(xs.dtype())?.reshape((1, channels, 1, 1))?)
             }
         }
     }
@@ -251,10 +253,12 @@ impl BatchNorm2d {
     fn forward_eval(&self, xs: &Tensor) -> candle::Result<Tensor> {
         let channels = self.weight.dims1()?;
         let shape = (1, channels, 1, 1);
+        // Evaluation builds no graph: every parameter is read detached.
         let scale = self
             .weight
+            .detach()
             .broadcast_div(&(self.running_var.as_detached_tensor() + self.config.eps)?.sqrt()?)?;
-        let shift = self.bias.sub(&(self.running_mean.as_detached_tensor() * &scale)?)?;
+        let shift = self.bias.detach().sub(&(self.running_mean.as_detached_tensor() * &scale)?)?;
         let ys = xs
             .broadcast_mul(&scale.reshape(shape)?.to_dtype(xs.dtype())?)?
             .broadcast_add(&shift.reshape(shape)?.to_dtype(xs.dtype())?)?;

@@ -8,6 +8,11 @@
 //! - [`ops::batch_norm_train`]: train-mode batch norm (+ ReLU) fused forward and backward.
 //! - [`Conv2d`], [`MaxPool2d`], [`AvgPool2d`], [`BatchNorm2d`]: layers in candle-nn's idiom.
 //! - [`gemm`]: the f32 matrix-multiply backends the convolutions run on.
+//! - [`check`]: every op on a device compared with the CPU reference (the GPU check).
+//!
+//! Feature `cuda` adds CUDA implementations of the ops (`cuda_fwd` of each custom op: ReLU,
+//! pooling and the fused BatchNorm as CUDA C kernels built into PTX); `cudnn` adds the
+//! convolution and both of its gradients through cuDNN. See docs/cuda.md.
 //!
 //! Shape legend: B batch, C channels (O output channels), H, W height and width, KH, KW
 //! kernel height and width.
@@ -18,9 +23,11 @@
 //! (transparent huge pages for malloc'd memory) halved the forward+backward time of the
 //! fused BatchNorm+ReLU and cut 1×1 convolutions' by about a quarter in `benches/nn.rs`.
 
+pub mod check;
 pub mod gemm;
 mod layers;
 pub mod ops;
+pub mod profile;
 
 pub use gemm::{GemmBackend, gemm_backend, set_gemm_backend};
 pub use layers::{

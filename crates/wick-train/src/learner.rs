@@ -48,12 +48,18 @@
 //! Per batch the loop reads back the loss scalar and the largest label (to name an
 //! out-of-range label instead of indexing out of bounds); the second read follows the first, so
 //! the device is already synchronised.
+//!
+//! Under [`Precision::Bf16`] the images go into the model as bf16 and the logits come back to
+//! f32 before the loss; with [`Learner::set_data_parallel`] the gradients are averaged over the
+//! ranks at the end of the backward stage, before `after_backward`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle::{DType, ModuleT, Tensor, Var};
+
+use crate::distributed::DataParallel;
 use candle_nn::VarMap;
 
 use crate::callback::{
@@ -70,15 +76,38 @@ use crate::schedule::{OptimizerStateAction, TrainPosition};
 
 /// Numeric precision of the forward pass.
 ///
-/// Only `F32` exists today. The seam for mixed precision (it lands with the CUDA work): with
-/// `Bf16` the loop would cast `xs` to bf16 before the forward pass and the logits back to f32
-/// before the loss, while the master weights, BatchNorm statistics, gradients handed to the
-/// optimizer and optimizer state stay f32 (fastai `to_bf16()`: autocast, no loss scaling).
+/// With `Bf16` the loop casts `xs` to bf16 before the forward pass and the logits back to f32
+/// before the loss, while the master weights, BatchNorm parameters and statistics, gradients
+/// handed to the optimizer and optimizer state stay f32 (fastai `to_bf16()`: autocast, no loss
+/// scaling, which bf16's f32-sized exponent makes unnecessary). The model casts its weights to
+/// the activations' dtype where an op needs one dtype (wick-models' xresnet does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// Everything in float32.
     #[default]
     F32,
+    /// bf16 activations, f32 everything else.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype the forward pass runs in.
+    pub fn activation_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// A batch's inputs in the activation dtype.
+    pub fn cast_input(self, xs: &Tensor) -> candle::Result<Tensor> {
+        xs.to_dtype(self.activation_dtype())
+    }
+
+    /// The model's output in f32, for the loss and the metrics.
+    pub fn cast_logits(self, logits: &Tensor) -> candle::Result<Tensor> {
+        logits.to_dtype(DType::F32)
+    }
 }
 
 /// How a Learner trains, apart from the model, optimizer and data.
@@ -166,6 +195,8 @@ pub struct Learner {
     last_flow_event: Event,
     fit_cancelled: bool,
     after_fit_ran: bool,
+    /// Gradient averaging over the ranks of a data-parallel run.
+    data_parallel: Option<DataParallel>,
 }
 
 macro_rules! propagate {
@@ -207,7 +238,16 @@ impl Learner {
             last_flow_event: Event::BeforeFit,
             fit_cancelled: false,
             after_fit_ran: false,
+            data_parallel: None,
         }
+    }
+
+    /// Makes this Learner one rank of a data-parallel run: after every backward pass each
+    /// gradient is replaced by its mean over the ranks (before `after_backward`). The caller
+    /// gives each rank its shard of the data ([`crate::ShardedBatches`]) and starts every rank
+    /// from the same weights ([`DataParallel::broadcast_vars`]).
+    pub fn set_data_parallel(&mut self, data_parallel: DataParallel) {
+        self.data_parallel = Some(data_parallel);
     }
 
     /// Adds a callback for every following fit.
@@ -435,8 +475,12 @@ impl Learner {
         let Some(xs) = self.batch.as_ref().map(|batch| batch.xs.clone()) else {
             return Ok(Flow::Continue);
         };
-        let logits =
-            self.model.forward_t(&xs, training).map_err(|e| self.tensor_error("forward", e))?;
+        let precision = self.config.precision;
+        let logits = precision
+            .cast_input(&xs)
+            .and_then(|xs| self.model.forward_t(&xs, training))
+            .and_then(|logits| precision.cast_logits(&logits))
+            .map_err(|e| self.tensor_error("forward", e))?;
         // Validation keeps no graph: detaching drops every reference to the forward pass.
         let logits = if training { logits } else { logits.detach() };
         self.set_batch(|batch| batch.logits = Some(logits.clone()));
@@ -460,7 +504,12 @@ impl Learner {
 
     fn do_backward(&mut self) -> CallbackResult {
         if let Some(loss) = self.batch.as_ref().and_then(|batch| batch.loss.clone()) {
-            let grads = loss.backward().map_err(|e| self.tensor_error("backward", e))?;
+            let mut grads = loss.backward().map_err(|e| self.tensor_error("backward", e))?;
+            if let Some(data_parallel) = &self.data_parallel {
+                data_parallel
+                    .average_gradients(self.optimizer.params(), &mut grads)
+                    .map_err(|e| self.tensor_error("averaging gradients over the ranks", e))?;
+            }
             self.set_batch(|batch| batch.grads = Some(grads));
         }
         Ok(Flow::Continue)

@@ -22,6 +22,8 @@
 //! - [`checkpoint`]: save and resume mid-fit, bit for bit.
 //! - [`output`]: `metrics.jsonl` and the PNG plots.
 //! - [`data`]: [`BatchSource`] for wick-data's `DataLoader` and in-memory batches.
+//! - [`distributed`]: data-parallel training ([`DataParallel`] over an [`AllReduce`] group:
+//!   threads in memory, or NCCL with the `nccl` feature).
 //!
 //! The library never prints: tables and JSON come back as strings, plots as files.
 //!
@@ -32,6 +34,7 @@ pub mod callbacks;
 pub mod chart;
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 mod error;
 pub mod learner;
 pub mod loss;
@@ -54,6 +57,7 @@ pub use callbacks::{
 pub use chart::{AxisScale, LineChart, Series, VerticalMarker, encode_png};
 pub use checkpoint::{Checkpoint, save_checkpoint};
 pub use data::{BatchIter, BatchSource, InMemoryBatches};
+pub use distributed::{AllReduce, DataParallel, ShardedBatches, ThreadGroup};
 pub use error::TrainError;
 pub use learner::{FitOutcome, Learner, LearnerConfig, Precision};
 pub use loss::{

@@ -6,6 +6,8 @@
 //! residual branch starts with γ = 0, so at the first steps every identity block adds zeros and
 //! candle's rule would send gradient through units PyTorch blocks. Fusing the addition also
 //! saves a pass over a large activation and its gradient.
+//!
+//! CPU kernels here; with the `cuda` feature the same ops run on CUDA (`cuda/activation.rs`).
 
 use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -16,6 +18,9 @@ use super::storage::f32_row_major;
 pub fn relu(xs: &Tensor) -> candle::Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() == DType::F32 {
         return xs.apply_op1(Relu);
+    }
+    if super::on_cuda(xs) {
+        return xs.contiguous()?.apply_op1(Relu);
     }
     // Elsewhere: the same function and gradient from stock ops (the mask is a constant).
     xs.mul(&xs.gt(0.0)?.to_dtype(xs.dtype())?)
@@ -28,6 +33,9 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> candle::Result<Tensor> {
     }
     if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
         return a.apply_op2(b, AddRelu);
+    }
+    if super::on_cuda(a) && a.dtype() == b.dtype() {
+        return a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu);
     }
     relu(&(a + b)?)
 }
@@ -60,8 +68,18 @@ impl CustomOp1 for Relu {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let xs = f32_row_major(storage, layout, "relu")?;
         Ok((CpuStorage::F32(relu_forward(|i| xs[i], xs.len())), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle::CudaStorage,
+        layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        super::cuda::activation::relu(storage, layout)
     }
 
     fn bwd(
@@ -71,7 +89,8 @@ impl CustomOp1 for Relu {
         grad_output: &Tensor,
     ) -> candle::Result<Option<Tensor>> {
         // The output is positive exactly where the input is.
-        Ok(Some(output.apply_op2_no_bwd(grad_output, &ReluBackward)?))
+        let grad_output = super::for_kernel(grad_output)?;
+        Ok(Some(output.apply_op2_no_bwd(&grad_output, &ReluBackward)?))
     }
 }
 
@@ -91,10 +110,22 @@ impl CustomOp2 for AddRelu {
         b: &CpuStorage,
         b_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let a_values = f32_row_major(a, a_layout, "add_relu")?;
         let b_values = f32_row_major(b, b_layout, "add_relu")?;
         let output = relu_forward(|i| a_values[i] + b_values[i], a_values.len());
         Ok((CpuStorage::F32(output), a_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        a: &candle::CudaStorage,
+        a_layout: &Layout,
+        b: &candle::CudaStorage,
+        b_layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        super::cuda::activation::add_relu(a, a_layout, b, b_layout)
     }
 
     fn bwd(
@@ -104,7 +135,8 @@ impl CustomOp2 for AddRelu {
         output: &Tensor,
         grad_output: &Tensor,
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = output.apply_op2_no_bwd(grad_output, &ReluBackward)?;
+        let grad_output = super::for_kernel(grad_output)?;
+        let grad = output.apply_op2_no_bwd(&grad_output, &ReluBackward)?;
         Ok((Some(grad.clone()), Some(grad)))
     }
 }
@@ -125,6 +157,7 @@ impl CustomOp2 for ReluBackward {
         grad: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         if output_layout.shape() != grad_layout.shape() {
             candle::bail!(
                 "relu backward: output {:?} and gradient {:?} differ",
@@ -143,5 +176,16 @@ impl CustomOp2 for ReluBackward {
             }
         });
         Ok((CpuStorage::F32(result), grad_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        output: &candle::CudaStorage,
+        output_layout: &Layout,
+        grad: &candle::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        super::cuda::activation::relu_backward(output, output_layout, grad, grad_layout)
     }
 }

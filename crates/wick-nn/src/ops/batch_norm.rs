@@ -14,7 +14,10 @@
 //!   `x` and `dy`: the ReLU mask is recomputed from `x` with the forward's exact arithmetic.
 //!
 //! The batch statistics are returned so that the layer can update its running averages.
-//! CPU and f32 only; [`batch_norm_train`] composes candle ops elsewhere.
+//! These kernels are CPU f32; bf16/f16 activations on the CPU (mixed precision, with f32
+//! parameters) run them in f32 and round the output once. With the `cuda` feature, CUDA
+//! tensors run the same arithmetic with the statistics kept on the device
+//! (`cuda/batch_norm.rs`); [`batch_norm_train`] composes candle ops anywhere else.
 
 use super::storage::f32_row_major;
 use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -84,7 +87,16 @@ pub fn batch_norm_train(
     if config.eps < 0.0 {
         candle::bail!("batch_norm_train: eps must be non-negative, got {}", config.eps);
     }
-    let fused = xs.device().is_cpu() && [xs, weight, bias].iter().all(|t| t.dtype() == DType::F32);
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(xs) {
+        return super::cuda::batch_norm::batch_norm_train(xs, weight, bias, config, count);
+    }
+    let f32_parameters = weight.dtype() == DType::F32 && bias.dtype() == DType::F32;
+    if xs.device().is_cpu() && matches!(xs.dtype(), DType::BF16 | DType::F16) && f32_parameters {
+        let (ys, statistics) = batch_norm_train(&xs.to_dtype(DType::F32)?, weight, bias, config)?;
+        return Ok((ys.to_dtype(xs.dtype())?, statistics));
+    }
+    let fused = xs.device().is_cpu() && xs.dtype() == DType::F32 && f32_parameters;
     if !fused {
         return composed_batch_norm_train(xs, weight, bias, config, count);
     }
@@ -198,6 +210,7 @@ impl CustomOp1 for BatchStatisticsOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let planes = Planes::of(layout, "batch_norm_train")?;
         let x = f32_row_major(storage, layout, "batch_norm_train")?;
         let n = planes.count() as f64;
@@ -271,6 +284,7 @@ impl CustomOp3 for BatchNormOp {
         bias_storage: &CpuStorage,
         bias_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let planes = Planes::of(x_layout, "batch_norm_train")?;
         let x = f32_row_major(x_storage, x_layout, "batch_norm_train")?;
         let weight = f32_row_major(weight_storage, weight_layout, "batch_norm_train")?;
@@ -386,6 +400,7 @@ impl CustomOp2 for BatchNormGradientSumsOp {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let op = "batch_norm_train backward";
         let planes = Planes::of(x_layout, op)?;
         check_same_shape(x_layout, grad_layout, op)?;
@@ -446,6 +461,7 @@ impl CustomOp2 for BatchNormGradientInputOp {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let op = "batch_norm_train backward";
         let planes = Planes::of(x_layout, op)?;
         check_same_shape(x_layout, grad_layout, op)?;

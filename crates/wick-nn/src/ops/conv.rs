@@ -5,15 +5,33 @@
 //! `OH = (H + 2·padding - dilation·(KH-1) - 1) / stride + 1` (likewise OW), as candle and
 //! PyTorch compute it.
 //!
-//! On CPU with f32 every pass is a gemm (see `conv_cpu.rs`). Elsewhere, and for other
-//! dtypes, [`conv2d`] calls candle's own `Tensor::conv2d`. The op structs keep only the
-//! configuration, so a CUDA implementation can later add `cuda_fwd` to each of them
-//! (cuDNN forward, backward-data, backward-filter) without changing any caller.
+//! On CPU with f32 every pass is a gemm (see `conv_cpu.rs`); bf16/f16 on CPU run the same f32
+//! gemms and round the result once (what cuDNN does for those dtypes, so that CPU and GPU
+//! mixed precision agree). With the `cudnn` feature, CUDA tensors run each pass through cuDNN
+//! (`cuda/conv.rs`: forward, backward-data, backward-filter as the `cuda_fwd` of the three op
+//! structs). Elsewhere [`conv2d`] calls candle's own `Tensor::conv2d`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::conv_cpu::{self, ConvGeometry};
 use super::storage::f32_row_major;
 use crate::gemm::gemm_backend;
 use candle::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+
+static ALLOW_TF32: AtomicBool = AtomicBool::new(true);
+
+/// Lets cuDNN run f32 convolutions on TF32 tensor cores (products of 10-bit mantissas summed
+/// in f32), as PyTorch's `torch.backends.cudnn.allow_tf32` does by default. Process-wide,
+/// read at every call; only the cuDNN path (feature `cudnn`) reads it. The GPU check turns it
+/// off to compare f32 results with the CPU's.
+pub fn set_cudnn_allow_tf32(allow: bool) {
+    ALLOW_TF32.store(allow, Ordering::Relaxed);
+}
+
+/// See [`set_cudnn_allow_tf32`] (default `true`).
+pub fn cudnn_allow_tf32() -> bool {
+    ALLOW_TF32.load(Ordering::Relaxed)
+}
 
 /// Padding, stride, dilation and groups of a square 2-D convolution (the fields of
 /// `candle_nn::Conv2dConfig` without the cuDNN algorithm choice).
@@ -55,13 +73,22 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, config: Conv2dConfig) -> candle::Res
             weight.device().location()
         );
     }
-    let fast_path =
-        xs.device().is_cpu() && xs.dtype() == DType::F32 && weight.dtype() == DType::F32;
-    if fast_path {
-        xs.apply_op2(weight, Conv2dOp { config })
-    } else {
-        xs.conv2d(weight, config.padding, config.stride, config.dilation, config.groups)
+    let same_dtype = xs.dtype() == weight.dtype();
+    if xs.device().is_cpu() && same_dtype {
+        match xs.dtype() {
+            DType::F32 => return xs.apply_op2(weight, Conv2dOp { config }),
+            DType::BF16 | DType::F16 => {
+                let f32_weight = weight.to_dtype(DType::F32)?;
+                let ys = xs.to_dtype(DType::F32)?.apply_op2(&f32_weight, Conv2dOp { config })?;
+                return ys.to_dtype(xs.dtype());
+            }
+            _ => {}
+        }
     }
+    if cfg!(feature = "cudnn") && super::on_cuda(xs) && same_dtype {
+        return xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp { config });
+    }
+    xs.conv2d(weight, config.padding, config.stride, config.dilation, config.groups)
 }
 
 /// Validates the shapes of a convolution and derives its output size.
@@ -134,6 +161,7 @@ impl CustomOp2 for Conv2dOp {
         weight_storage: &CpuStorage,
         weight_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let geometry = conv_geometry(input_layout.dims(), weight_layout.dims(), self.config)?;
         let input = f32_row_major(input_storage, input_layout, "conv2d")?;
         let weight = f32_row_major(weight_storage, weight_layout, "conv2d")?;
@@ -147,6 +175,31 @@ impl CustomOp2 for Conv2dOp {
         Ok((CpuStorage::F32(output), shape))
     }
 
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        input_storage: &candle::CudaStorage,
+        input_layout: &Layout,
+        weight_storage: &candle::CudaStorage,
+        weight_layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        let geometry = conv_geometry(input_layout.dims(), weight_layout.dims(), self.config)?;
+        let output = super::cuda::conv::forward(
+            input_storage,
+            input_layout,
+            weight_storage,
+            weight_layout,
+            &geometry,
+        )?;
+        let shape = Shape::from((
+            geometry.batch,
+            geometry.out_channels,
+            geometry.out_height,
+            geometry.out_width,
+        ));
+        Ok((output, shape))
+    }
+
     fn bwd(
         &self,
         xs: &Tensor,
@@ -158,6 +211,7 @@ impl CustomOp2 for Conv2dOp {
         let (_, _, kernel_height, kernel_width) = weight.dims4()?;
         // An argument that tracks no op (e.g. the input images of the first layer) never
         // needs its gradient: skip that pass.
+        let grad_output = &super::for_kernel(grad_output)?;
         let grad_input = if xs.track_op() {
             let op = Conv2dBackwardInputOp { config: self.config, input_height, input_width };
             Some(grad_output.apply_op2_no_bwd(weight, &op)?)
@@ -196,6 +250,7 @@ impl CustomOp2 for Conv2dBackwardInputOp {
         weight_storage: &CpuStorage,
         weight_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let &[batch, out_channels, grad_height, grad_width] = grad_layout.dims() else {
             candle::bail!(
                 "conv2d backward (input): grad must be (B, O, OH, OW), got {:?}",
@@ -222,6 +277,57 @@ impl CustomOp2 for Conv2dBackwardInputOp {
             conv_cpu::conv2d_backward_input(&geometry, &grad, &weight, gemm_backend())?;
         Ok((CpuStorage::F32(grad_input), Shape::from(input_dims.to_vec())))
     }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        grad_storage: &candle::CudaStorage,
+        grad_layout: &Layout,
+        weight_storage: &candle::CudaStorage,
+        weight_layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        let (geometry, input_dims) = self.geometry(grad_layout, weight_layout)?;
+        let grad_input = super::cuda::conv::backward_input(
+            grad_storage,
+            grad_layout,
+            weight_storage,
+            weight_layout,
+            &geometry,
+        )?;
+        Ok((grad_input, Shape::from(input_dims.to_vec())))
+    }
+}
+
+impl Conv2dBackwardInputOp {
+    /// The convolution whose output gradient is `grad_layout`, and its input's dims.
+    #[cfg(feature = "cudnn")]
+    fn geometry(
+        &self,
+        grad_layout: &Layout,
+        weight_layout: &Layout,
+    ) -> candle::Result<(ConvGeometry, [usize; 4])> {
+        let &[batch, out_channels, grad_height, grad_width] = grad_layout.dims() else {
+            candle::bail!(
+                "conv2d backward (input): grad must be (B, O, OH, OW), got {:?}",
+                grad_layout.dims()
+            );
+        };
+        let weight_dims = weight_layout.dims();
+        let in_channels = weight_dims.get(1).copied().unwrap_or(0) * self.config.groups;
+        let input_dims = [batch, in_channels, self.input_height, self.input_width];
+        let geometry = conv_geometry(&input_dims, weight_dims, self.config)?;
+        if geometry.out_channels != out_channels
+            || geometry.out_height != grad_height
+            || geometry.out_width != grad_width
+        {
+            candle::bail!(
+                "conv2d backward (input): grad {:?} does not match the output of input {input_dims:?} \
+                 and weight {weight_dims:?}",
+                grad_layout.dims()
+            );
+        }
+        Ok((geometry, input_dims))
+    }
 }
 
 /// Gradient of the convolution weight: an op on `(xs (B, C, H, W), grad_output (B, O, OH, OW))`
@@ -245,6 +351,7 @@ impl CustomOp2 for Conv2dBackwardWeightOp {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let input_dims = input_layout.dims();
         let &[_, out_channels, grad_height, grad_width] = grad_layout.dims() else {
             candle::bail!(
@@ -270,5 +377,57 @@ impl CustomOp2 for Conv2dBackwardWeightOp {
         let grad_weight =
             conv_cpu::conv2d_backward_weight(&geometry, &input, &grad, gemm_backend())?;
         Ok((CpuStorage::F32(grad_weight), Shape::from(weight_dims.to_vec())))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        input_storage: &candle::CudaStorage,
+        input_layout: &Layout,
+        grad_storage: &candle::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        let (geometry, weight_dims) = self.geometry(input_layout, grad_layout)?;
+        let grad_weight = super::cuda::conv::backward_weight(
+            input_storage,
+            input_layout,
+            grad_storage,
+            grad_layout,
+            &geometry,
+        )?;
+        Ok((grad_weight, Shape::from(weight_dims.to_vec())))
+    }
+}
+
+impl Conv2dBackwardWeightOp {
+    /// The convolution of input `input_layout` whose output gradient is `grad_layout`, and the
+    /// weight's dims.
+    #[cfg(feature = "cudnn")]
+    fn geometry(
+        &self,
+        input_layout: &Layout,
+        grad_layout: &Layout,
+    ) -> candle::Result<(ConvGeometry, [usize; 4])> {
+        let input_dims = input_layout.dims();
+        let &[_, out_channels, grad_height, grad_width] = grad_layout.dims() else {
+            candle::bail!(
+                "conv2d backward (weight): grad must be (B, O, OH, OW), got {:?}",
+                grad_layout.dims()
+            );
+        };
+        let group_in_channels = input_dims.get(1).copied().unwrap_or(0) / self.config.groups.max(1);
+        let weight_dims = [out_channels, group_in_channels, self.kernel_height, self.kernel_width];
+        let geometry = conv_geometry(input_dims, &weight_dims, self.config)?;
+        if geometry.batch != grad_layout.dims()[0]
+            || geometry.out_height != grad_height
+            || geometry.out_width != grad_width
+        {
+            candle::bail!(
+                "conv2d backward (weight): grad {:?} does not match the output of input {input_dims:?} \
+                 and weight {weight_dims:?}",
+                grad_layout.dims()
+            );
+        }
+        Ok((geometry, weight_dims))
     }
 }

@@ -4,12 +4,15 @@
 //! (+ ReLU) with a fused backward.
 //!
 //! Each op is a candle custom op (`CustomOp1`/`2`/`3`) whose `bwd` applies further
-//! custom ops without tracking (no second-order gradients).
+//! custom ops without tracking (no second-order gradients). With the `cuda` feature the same
+//! op structs also run on CUDA (`cuda/`); the CPU kernels stay the reference.
 
 mod activation;
 mod batch_norm;
 mod conv;
 mod conv_cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod pool;
 mod storage;
 
@@ -17,8 +20,25 @@ pub use activation::{AddRelu, Relu, ReluBackward, add_relu, relu};
 pub use batch_norm::{
     BatchNormActivation, BatchNormTrainConfig, BatchStatistics, batch_norm_train,
 };
-pub use conv::{Conv2dBackwardInputOp, Conv2dBackwardWeightOp, Conv2dConfig, Conv2dOp, conv2d};
+pub use conv::{
+    Conv2dBackwardInputOp, Conv2dBackwardWeightOp, Conv2dConfig, Conv2dOp, conv2d,
+    cudnn_allow_tf32, set_cudnn_allow_tf32,
+};
 pub use pool::{
     AvgPool2dBackwardOp, AvgPool2dConfig, AvgPool2dOp, MaxPool2dBackwardOp, MaxPool2dConfig,
     MaxPool2dOp, avg_pool2d, max_pool2d,
 };
+
+/// Whether `t` is on a CUDA device in a dtype this build has kernels for (f32, bf16, f16).
+/// Always false without the `cuda` feature.
+pub(crate) fn on_cuda(t: &candle::Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(t.dtype(), candle::DType::F32 | candle::DType::BF16 | candle::DType::F16)
+}
+
+/// `t` as a custom op's kernel takes it: contiguous on CUDA (the CUDA kernels read dense
+/// row-major buffers), unchanged on the CPU (whose kernels read any layout).
+pub(crate) fn for_kernel(t: &candle::Tensor) -> candle::Result<candle::Tensor> {
+    if t.device().is_cuda() { t.contiguous() } else { Ok(t.clone()) }
+}

@@ -14,8 +14,10 @@
 //!   the part of a ceil-mode window beyond the padding does not).
 //!
 //! CPU kernels are parallel over the B·C planes. f16/bf16/f64 inputs on CPU are pooled in
-//! f32 and cast back; on other devices the ops fall back to candle's pooling where candle's
-//! semantics coincide (no padding, kernel == stride, no partial window) and fail otherwise.
+//! f32 and cast back. With the `cuda` feature, f32/bf16/f16 CUDA tensors run the same ops
+//! (`cuda/pool.rs`; the backward is deterministic and sums in the CPU's order); on other
+//! devices the ops fall back to candle's pooling where candle's semantics coincide (no
+//! padding, kernel == stride, no partial window) and fail otherwise.
 
 use super::storage::f32_row_major;
 use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
@@ -147,12 +149,31 @@ impl PoolGeometry {
     fn input_shape(&self) -> Shape {
         Shape::from((self.batch, self.channels, self.in_height, self.in_width))
     }
+
+    /// What the CUDA kernels take.
+    #[cfg(feature = "cuda")]
+    fn cuda_shape(&self, window: &Window) -> super::cuda::pool::PoolShape {
+        super::cuda::pool::PoolShape {
+            batch: self.batch,
+            channels: self.channels,
+            height: self.in_height,
+            width: self.in_width,
+            out_height: self.out_height,
+            out_width: self.out_width,
+            kernel: window.kernel,
+            stride: window.stride,
+            padding: window.padding,
+        }
+    }
 }
 
 /// Max pooling of `xs (B, C, H, W)`; differentiable.
 pub fn max_pool2d(xs: &Tensor, config: MaxPool2dConfig) -> candle::Result<Tensor> {
     let window = Window::from(config);
     let geometry = PoolGeometry::new(xs.dims(), &window, "max_pool2d")?;
+    if super::on_cuda(xs) {
+        return xs.contiguous()?.apply_op1(MaxPool2dOp { config });
+    }
     if !xs.device().is_cpu() {
         let (h, w) = (geometry.in_height, geometry.in_width);
         if candle_pool_matches(&window, h, w) {
@@ -174,6 +195,9 @@ pub fn max_pool2d(xs: &Tensor, config: MaxPool2dConfig) -> candle::Result<Tensor
 pub fn avg_pool2d(xs: &Tensor, config: AvgPool2dConfig) -> candle::Result<Tensor> {
     let window = Window::from(config);
     let geometry = PoolGeometry::new(xs.dims(), &window, "avg_pool2d")?;
+    if super::on_cuda(xs) {
+        return xs.contiguous()?.apply_op1(AvgPool2dOp { config });
+    }
     if !xs.device().is_cpu() {
         let (h, w) = (geometry.in_height, geometry.in_width);
         if candle_pool_matches(&window, h, w) {
@@ -243,6 +267,7 @@ impl CustomOp1 for MaxPool2dOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
         let geometry = PoolGeometry::new(layout.dims(), &window, "max_pool2d")?;
         let input = f32_row_major(storage, layout, "max_pool2d")?;
@@ -261,14 +286,26 @@ impl CustomOp1 for MaxPool2dOp {
         Ok((CpuStorage::F32(output), geometry.output_shape()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle::CudaStorage,
+        layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        let window = Window::from(self.config);
+        let geometry = PoolGeometry::new(layout.dims(), &window, "max_pool2d")?;
+        super::cuda::pool::max_pool(storage, layout, &geometry.cuda_shape(&window))
+    }
+
     fn bwd(
         &self,
         xs: &Tensor,
         _output: &Tensor,
         grad_output: &Tensor,
     ) -> candle::Result<Option<Tensor>> {
+        let grad_output = super::for_kernel(grad_output)?;
         let grad_input =
-            xs.apply_op2_no_bwd(grad_output, &MaxPool2dBackwardOp { config: self.config })?;
+            xs.apply_op2_no_bwd(&grad_output, &MaxPool2dBackwardOp { config: self.config })?;
         Ok(Some(grad_input))
     }
 }
@@ -365,6 +402,7 @@ impl CustomOp2 for MaxPool2dBackwardOp {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
         let geometry = PoolGeometry::new(input_layout.dims(), &window, "max_pool2d backward")?;
         if grad_layout.shape() != &geometry.output_shape() {
@@ -393,6 +431,27 @@ impl CustomOp2 for MaxPool2dBackwardOp {
         }
         Ok((CpuStorage::F32(grad_input), geometry.input_shape()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        input: &candle::CudaStorage,
+        input_layout: &Layout,
+        grad: &candle::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        let window = Window::from(self.config);
+        let geometry = PoolGeometry::new(input_layout.dims(), &window, "max_pool2d backward")?;
+        if grad_layout.shape() != &geometry.output_shape() {
+            candle::bail!(
+                "max_pool2d backward: grad {:?} does not match the pooled shape {:?}",
+                grad_layout.dims(),
+                geometry.output_shape().dims()
+            );
+        }
+        let shape = geometry.cuda_shape(&window);
+        super::cuda::pool::max_pool_backward(input, input_layout, grad, grad_layout, &shape)
+    }
 }
 
 /// Average pooling forward as a candle op.
@@ -411,6 +470,7 @@ impl CustomOp1 for AvgPool2dOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
         let geometry = PoolGeometry::new(layout.dims(), &window, "avg_pool2d")?;
         let input = f32_row_major(storage, layout, "avg_pool2d")?;
@@ -429,6 +489,17 @@ impl CustomOp1 for AvgPool2dOp {
         Ok((CpuStorage::F32(output), geometry.output_shape()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle::CudaStorage,
+        layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        let window = Window::from(self.config);
+        let geometry = PoolGeometry::new(layout.dims(), &window, "avg_pool2d")?;
+        super::cuda::pool::avg_pool(storage, layout, &geometry.cuda_shape(&window))
+    }
+
     fn bwd(
         &self,
         xs: &Tensor,
@@ -437,7 +508,7 @@ impl CustomOp1 for AvgPool2dOp {
     ) -> candle::Result<Option<Tensor>> {
         let (_, _, input_height, input_width) = xs.dims4()?;
         let op = AvgPool2dBackwardOp { config: self.config, input_height, input_width };
-        Ok(Some(grad_output.apply_op1_no_bwd(&op)?))
+        Ok(Some(super::for_kernel(grad_output)?.apply_op1_no_bwd(&op)?))
     }
 }
 
@@ -460,6 +531,7 @@ impl CustomOp1 for AvgPool2dBackwardOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
         let &[batch, channels, grad_height, grad_width] = layout.dims() else {
             candle::bail!(
@@ -489,6 +561,40 @@ impl CustomOp1 for AvgPool2dBackwardOp {
                 );
         }
         Ok((CpuStorage::F32(grad_input), geometry.input_shape()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle::CudaStorage,
+        layout: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        let geometry = self.geometry(layout)?;
+        let window = Window::from(self.config);
+        super::cuda::pool::avg_pool_backward(storage, layout, &geometry.cuda_shape(&window))
+    }
+}
+
+impl AvgPool2dBackwardOp {
+    /// The geometry of the pooling whose output gradient `layout` describes.
+    #[cfg(feature = "cuda")]
+    fn geometry(&self, layout: &Layout) -> candle::Result<PoolGeometry> {
+        let window = Window::from(self.config);
+        let &[batch, channels, grad_height, grad_width] = layout.dims() else {
+            candle::bail!(
+                "avg_pool2d backward: grad must be (B, C, OH, OW), got {:?}",
+                layout.dims()
+            );
+        };
+        let input_dims = [batch, channels, self.input_height, self.input_width];
+        let geometry = PoolGeometry::new(&input_dims, &window, "avg_pool2d backward")?;
+        if (geometry.out_height, geometry.out_width) != (grad_height, grad_width) {
+            candle::bail!(
+                "avg_pool2d backward: grad {:?} does not match the pooled size of input {input_dims:?}",
+                layout.dims()
+            );
+        }
+        Ok(geometry)
     }
 }
 

@@ -6,6 +6,7 @@
 //! through `common::assert_close`.
 
 mod common;
+mod distributed;
 mod learner;
 mod learner_golden;
 mod loss;
@@ -14,6 +15,7 @@ mod metrics;
 mod mixup;
 mod optim;
 mod output;
+mod precision;
 mod recipes;
 mod resume;
 mod schedule;
