@@ -248,7 +248,8 @@ fn build_wick(root: &Path, cuda: bool) -> anyhow::Result<PathBuf> {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root).args(["build", "--release", "-p", "wick-cli"]);
     if cuda {
-        command.args(["--features", "cuda"]);
+        // cuDNN for the convolutions: candle's own CUDA conv backward is a naive kernel.
+        command.args(["--features", "cuda,cudnn"]);
     }
     let status = run(&mut command)?;
     if !status.success() {

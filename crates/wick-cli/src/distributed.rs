@@ -150,6 +150,9 @@ pub(crate) fn join(
         }
     };
     let group = NcclGroup::new(device, spec.rank, spec.world_size, id)?;
+    // An NCCL communicator is neither Send nor Sync: this rank's training thread is the only
+    // one that ever touches it; DataParallel shares groups through an Arc for ThreadGroup.
+    #[allow(clippy::arc_with_non_send_sync)]
     Ok(wick_train::DataParallel::new(std::sync::Arc::new(group)))
 }
 

@@ -1,27 +1,21 @@
 //! GPU-vs-CPU agreement of every wick-nn op (feature `cuda`; with `cudnn` the convolutions run
 //! through cuDNN): `wick_nn::check` runs each op forward and backward on seeded inputs on the
 //! CPU and on CUDA device 0 and compares outputs and gradients within per-dtype tolerances.
-//! Where the binary loads but no CUDA device answers, each test says so on stderr and passes:
-//! CI compiles these tests with the CUDA features on a machine without a GPU.
+//! They need a GPU and fail without one: CI only compiles them (`cargo xtask cuda-check`); the
+//! GPU check runs the same comparisons through `wick device-check`.
 #![cfg(feature = "cuda")]
 
 use candle::{DType, Device};
 use wick_nn::check::{CheckConfig, compare_ops};
 
-fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(device) => Some(device),
-        Err(error) => {
-            eprintln!("no CUDA device ({error}): this GPU test did nothing");
-            None
-        }
-    }
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("these tests need CUDA device 0")
 }
 
 /// One test for every precision: cuDNN's TF32 switch is process-wide.
 #[test]
 fn every_op_agrees_with_the_cpu() {
-    let Some(device) = gpu() else { return };
+    let device = gpu();
     let mut failures = Vec::new();
     for (dtype, tf32) in
         [(DType::F32, false), (DType::F32, true), (DType::BF16, false), (DType::F16, false)]
@@ -36,7 +30,7 @@ fn every_op_agrees_with_the_cpu() {
 
 #[test]
 fn batch_norm_statistics_stay_on_the_device() {
-    let Some(device) = gpu() else { return };
+    let device = gpu();
     let xs = candle::Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 5.0, &device)
         .unwrap()
         .reshape((2, 3, 4, 5))

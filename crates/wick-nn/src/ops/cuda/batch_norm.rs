@@ -12,7 +12,7 @@
 //! f32). These ops exist only on CUDA: their `cpu_fwd` is an error, and [`batch_norm_train`]
 //! is only called for CUDA tensors.
 
-use super::{Element, dispatch, kernel, launch, output, plain_kernel, view, wrap};
+use super::{dispatch, kernel, launch, output, plain_kernel, view, wrap};
 use crate::ops::batch_norm::{BatchNormActivation, BatchNormTrainConfig, BatchStatistics};
 use candle::backend::BackendStorage;
 use candle::cuda_backend::cudarc::driver::LaunchConfig;

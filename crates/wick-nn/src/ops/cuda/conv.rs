@@ -25,7 +25,7 @@ use candle::cuda_backend::cudarc::cudnn::safe::{
 };
 use candle::cuda_backend::cudarc::cudnn::{CudnnDataType, sys};
 use candle::cuda_backend::cudarc::driver::CudaSlice;
-use candle::{CudaDevice, CudaStorage, DType, Layout};
+use candle::{CudaDevice, CudaStorage, DType, Layout, WithDType};
 
 /// Which of the three cuDNN calls an algorithm is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,8 +14,8 @@ pub(crate) mod conv;
 pub(crate) mod pool;
 
 use candle::backend::BackendStorage;
+use candle::cuda_backend::CudaDType;
 use candle::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
-use candle::cuda_backend::{CudaDType, WrapErr};
 use candle::{CudaDevice, CudaStorage, DType, Layout};
 
 /// The PTX of `kernels.cu`, built for `compute_$CUDA_COMPUTE_CAP` (default 80).
@@ -39,6 +39,10 @@ impl Element for half::bf16 {
 }
 impl Element for half::f16 {
     const SUFFIX: &'static str = "f16";
+}
+/// For f64 scratch buffers (BatchNorm's partial sums); no kernel is instantiated for it.
+impl Element for f64 {
+    const SUFFIX: &'static str = "f64";
 }
 
 /// Runs `$body` with the type alias `$t` set to the Rust element type of `$dtype` (f32, bf16,
@@ -85,6 +89,7 @@ pub(crate) fn plain_kernel(
 /// Launches a kernel with `args` pushed in order on `device`'s stream.
 macro_rules! launch {
     ($device:expr, $function:expr, $config:expr, $($arg:expr),+ $(,)?) => {{
+        use candle::cuda_backend::WrapErr as _;
         use candle::cuda_backend::cudarc::driver::PushKernelArg;
         let stream = $device.cuda_stream();
         let mut builder = stream.launch_builder(&*$function);
