@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
 # nvcc for `cargo xtask cuda-check` (a `cargo check` / `cargo clippy` of the CUDA features,
-# which never links): every compilation runs the real nvcc ($WICK_REAL_NVCC) except those of
-# candle-kernels' static MoE/GGUF library (src/moe/*.cu, src/mmq_gguf/*.cu, src/mmvq_gguf.cu),
-# which are ~13 CPU-minutes of nvcc for an archive that only a link would read: for those it
-# writes an empty host object. wick's own kernels and candle's PTX kernels are compiled for
-# real, so a CUDA C error still fails the check. Never use this shim for a build that links
+# which never links and never loads a kernel). wick's own kernels (crates/wick-nn/src/ops/
+# cuda/kernels.cu) always go through the real nvcc ($WICK_REAL_NVCC), so a CUDA C error in
+# wick still fails the check. candle-kernels' sources are upstream code, unchanged unless the
+# candle version changes, and cost most of a cold check (~13 CPU-minutes for the MoE/GGUF
+# static library, several more for the PTX): for them this shim writes empty outputs that
+# rustc can include but nothing can run:
+#   - `--ptx ... --output-directory DIR src/X.cu`  -> an empty DIR/X.ptx
+#   - `-c ... -o OUT src/moe/... .cu`              -> an empty host object OUT
+# `cargo xtask cuda-check --full-nvcc` compiles everything for real (in its own target
+# directory), and so does `cargo xtask gpu-pack`. Never use this shim for a build that links
 # (xtask keeps its target directory apart for that reason).
 set -euo pipefail
 real="${WICK_REAL_NVCC:?WICK_REAL_NVCC must name the real nvcc}"
-skip=0
+# Build scripts run in their package's folder, and candle-kernels names its sources relative
+# to it, so the working directory is what identifies them.
+candle=0
+case "$PWD" in */candle-kernels-*) candle=1 ;; esac
+ptx=0
 out=""
+outdir=""
+source=""
 prev=""
 for arg in "$@"; do
   case "$arg" in
-    */moe/*.cu | */mmq_gguf/*.cu | */mmvq_gguf.cu) skip=1 ;;
+    */candle-kernels-*/*.cu) candle=1; source="$arg" ;;
+    *.cu) source="$arg" ;;
+    --ptx) ptx=1 ;;
   esac
   if [ "$prev" = "-o" ]; then out="$arg"; fi
+  if [ "$prev" = "--output-directory" ]; then outdir="$arg"; fi
   prev="$arg"
 done
-if [ "$skip" = 1 ] && [ -n "$out" ]; then
-  cc="${CC:-cc}"
-  printf '' | "$cc" -x c -c -o "$out" -
-  exit 0
+if [ "$candle" = 1 ]; then
+  if [ "$ptx" = 1 ] && [ -n "$outdir" ]; then
+    name="$(basename "$source" .cu)"
+    : >"$outdir/$name.ptx"
+    exit 0
+  fi
+  if [ -n "$out" ]; then
+    printf '' | "${CC:-cc}" -x c -c -o "$out" -
+    exit 0
+  fi
 fi
 exec "$real" "$@"
