@@ -190,6 +190,44 @@ pub trait Optimizer {
     fn params(&self) -> &[OptimParam];
 }
 
+/// The [`Optimizer`] methods that read and set the hyper-parameters every optimizer here has
+/// (`self.config.lr`, `.mom`, `.wd`) and that manage its `self.param_states`.
+macro_rules! shared_optimizer_methods {
+    () => {
+        fn lr(&self) -> f64 {
+            self.config.lr
+        }
+
+        fn set_lr(&mut self, lr: f64) {
+            self.config.lr = lr;
+        }
+
+        fn mom(&self) -> f64 {
+            self.config.mom
+        }
+
+        fn set_mom(&mut self, mom: f64) {
+            self.config.mom = mom;
+        }
+
+        fn wd(&self) -> f64 {
+            self.config.wd
+        }
+
+        fn set_wd(&mut self, wd: f64) {
+            self.config.wd = wd;
+        }
+
+        fn reset_state(&mut self) {
+            self.param_states.clear();
+        }
+
+        fn params(&self) -> &[OptimParam] {
+            &self.param_states.params
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Adam
 // ---------------------------------------------------------------------------------------------
@@ -229,8 +267,7 @@ impl AdamConfig {
 /// The bias correction uses the *current* mom, which one-cycle changes every batch.
 #[derive(Debug)]
 pub struct Adam {
-    params: Vec<OptimParam>,
-    states: Vec<Option<AdamState>>,
+    param_states: ParamStates<AdamState>,
     config: AdamConfig,
 }
 
@@ -244,9 +281,7 @@ struct AdamState {
 impl Adam {
     /// An Adam over `params` (sorted by name here), with no state yet.
     pub fn new(params: Vec<OptimParam>, config: AdamConfig) -> Result<Self, OptimError> {
-        let params = sorted_unique(params)?;
-        let states = params.iter().map(|_| None).collect();
-        Ok(Self { params, states, config })
+        Ok(Self { param_states: ParamStates::new(params)?, config })
     }
 
     /// The current hyper-parameters.
@@ -256,23 +291,14 @@ impl Adam {
 
     /// The step count of parameter `name` (0 if it has no state or does not exist).
     pub fn step_count(&self, name: &str) -> u64 {
-        self.params
-            .iter()
-            .position(|p| p.name == name)
-            .and_then(|i| self.states[i].as_ref())
-            .map_or(0, |s| s.step)
+        self.param_states.state(name).map_or(0, |state| state.step)
     }
 }
 
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore) -> Result<(), OptimError> {
         let config = self.config;
-        for (param, slot) in self.params.iter().zip(self.states.iter_mut()) {
-            let Some(grad) = grads.get(param.var.as_tensor()) else {
-                continue;
-            };
-            check_grad_shape(param, grad)?;
-            let path = UpdatePath::choose(config.kernel, &param.var);
+        self.param_states.update_each(grads, config.kernel, |param, grad, path, slot| {
             let state = slot.get_or_insert_with(|| AdamState {
                 step: 0,
                 grad_avg: Buffer::Empty,
@@ -280,73 +306,30 @@ impl Optimizer for Adam {
             });
             state.step += 1;
             let scalars = AdamScalars::new(&config, param.do_wd, state.step);
-            let wrap = |source| OptimError::Tensor { param: param.name.clone(), source };
             match path {
                 UpdatePath::Fused => {
-                    let grad_avg = state.grad_avg.host_mut(&param.var).map_err(wrap)?;
-                    let sqr_avg = state.sqr_avg.host_mut(&param.var).map_err(wrap)?;
-                    fused_adam(&param.var, grad, grad_avg, sqr_avg, scalars).map_err(wrap)?;
+                    let grad_avg = state.grad_avg.host_mut(&param.var)?;
+                    let sqr_avg = state.sqr_avg.host_mut(&param.var)?;
+                    fused_adam(&param.var, grad, grad_avg, sqr_avg, scalars)
                 }
-                UpdatePath::TensorOps => {
-                    tensor_ops_adam(&param.var, grad, state, scalars).map_err(wrap)?;
-                }
+                UpdatePath::TensorOps => tensor_ops_adam(&param.var, grad, state, scalars),
             }
-        }
-        Ok(())
+        })
     }
 
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn mom(&self) -> f64 {
-        self.config.mom
-    }
-
-    fn set_mom(&mut self, mom: f64) {
-        self.config.mom = mom;
-    }
-
-    fn wd(&self) -> f64 {
-        self.config.wd
-    }
-
-    fn set_wd(&mut self, wd: f64) {
-        self.config.wd = wd;
-    }
-
-    fn reset_state(&mut self) {
-        self.states.iter_mut().for_each(|s| *s = None);
-    }
+    shared_optimizer_methods!();
 
     fn state_dict(&self) -> Result<HashMap<String, Tensor>, OptimError> {
         let c = &self.config;
-        let mut dict = hyper_dict(&[
-            ("lr", c.lr),
-            ("mom", c.mom),
-            ("sqr_mom", c.sqr_mom),
-            ("eps", c.eps),
-            ("wd", c.wd),
-        ])?;
-        for (param, state) in self.params.iter().zip(&self.states) {
-            let Some(state) = state else { continue };
-            let prefix = format!("state.{}", param.name);
-            let wrap = |source| OptimError::Tensor { param: param.name.clone(), source };
-            dict.insert(
-                format!("{prefix}.grad_avg"),
-                state.grad_avg.to_tensor(&param.var).map_err(wrap)?,
-            );
-            dict.insert(
-                format!("{prefix}.sqr_avg"),
-                state.sqr_avg.to_tensor(&param.var).map_err(wrap)?,
-            );
-            dict.insert(format!("{prefix}.step"), step_tensor(state.step, &param.name)?);
-        }
-        Ok(dict)
+        let hypers =
+            [("lr", c.lr), ("mom", c.mom), ("sqr_mom", c.sqr_mom), ("eps", c.eps), ("wd", c.wd)];
+        self.param_states.state_dict(&hypers, |var, state| {
+            Ok(vec![
+                ("grad_avg", state.grad_avg.to_tensor(var)?),
+                ("sqr_avg", state.sqr_avg.to_tensor(var)?),
+                ("step", step_tensor(state.step)?),
+            ])
+        })
     }
 
     fn load_state_dict(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError> {
@@ -359,29 +342,22 @@ impl Optimizer for Adam {
             wd: reader.hyper("wd")?,
             kernel: self.config.kernel,
         };
-        let mut states = Vec::with_capacity(self.params.len());
-        for param in &self.params {
-            let prefix = format!("state.{}", param.name);
-            let step_key = format!("{prefix}.step");
-            if !reader.contains(&step_key) {
-                states.push(None);
-                continue;
-            }
-            let path = UpdatePath::choose(config.kernel, &param.var);
-            states.push(Some(AdamState {
-                step: reader.step(&step_key)?,
-                grad_avg: reader.buffer(&format!("{prefix}.grad_avg"), &param.var, path)?,
-                sqr_avg: reader.buffer(&format!("{prefix}.sqr_avg"), &param.var, path)?,
-            }));
-        }
+        let states = self.param_states.read_states(
+            &mut reader,
+            config.kernel,
+            "step",
+            |reader, prefix, var, path| {
+                Ok(AdamState {
+                    step: reader.step(&format!("{prefix}.step"))?,
+                    grad_avg: reader.buffer(&format!("{prefix}.grad_avg"), var, path)?,
+                    sqr_avg: reader.buffer(&format!("{prefix}.sqr_avg"), var, path)?,
+                })
+            },
+        )?;
         reader.finish()?;
         self.config = config;
-        self.states = states;
+        self.param_states.states = states;
         Ok(())
-    }
-
-    fn params(&self) -> &[OptimParam] {
-        &self.params
     }
 }
 
@@ -436,13 +412,7 @@ fn tensor_ops_adam(
     state: &mut AdamState,
     s: AdamScalars,
 ) -> candle::Result<()> {
-    let grad = grad.to_dtype(var.dtype())?.detach();
-    // Detached: the update must not record an autograd graph.
-    let p = var.as_detached_tensor();
-    let decayed = match s.decay_factor {
-        Some(factor) => p.affine(factor, 0.0)?,
-        None => p,
-    };
+    let (decayed, grad) = tensor_ops_inputs(var, grad, s.decay_factor)?;
     let grad_avg = state.grad_avg.device_tensor(var)?;
     let sqr_avg = state.sqr_avg.device_tensor(var)?;
     // grad_avg.mul_(mom).add_(g, alpha=1-mom)
@@ -465,9 +435,7 @@ fn fused_adam(
     sqr_avg: &mut [f32],
     scalars: AdamScalars,
 ) -> candle::Result<()> {
-    let grad = host_f32_grad(grad)?;
-    let op = FusedAdamStep { buffers: RefCell::new((grad_avg, sqr_avg)), scalars };
-    var.as_tensor().inplace_op2(&grad, &op)
+    apply_fused(var, grad, &FusedAdamStep { buffers: RefCell::new((grad_avg, sqr_avg)), scalars })
 }
 
 /// One Adam update of a CPU f32 parameter, in place, in a single pass over p, g, m and v.
@@ -546,8 +514,8 @@ impl SgdConfig {
 /// `p ← p − lr·m` (no dampening, m starts at 0), or without it `p ← p − lr·g`.
 #[derive(Debug)]
 pub struct Sgd {
-    params: Vec<OptimParam>,
-    states: Vec<Option<Buffer>>,
+    /// Each parameter's momentum buffer (`grad_avg`); never created without momentum.
+    param_states: ParamStates<Buffer>,
     config: SgdConfig,
     momentum: bool,
 }
@@ -555,9 +523,8 @@ pub struct Sgd {
 impl Sgd {
     /// An SGD over `params` (sorted by name here), with no state yet.
     pub fn new(params: Vec<OptimParam>, config: SgdConfig) -> Result<Self, OptimError> {
-        let params = sorted_unique(params)?;
-        let states = params.iter().map(|_| None).collect();
-        Ok(Self { params, states, config, momentum: config.mom != 0.0 })
+        let param_states = ParamStates::new(params)?;
+        Ok(Self { param_states, config, momentum: config.mom != 0.0 })
     }
 
     /// The current hyper-parameters.
@@ -569,75 +536,32 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<(), OptimError> {
         let config = self.config;
-        for (param, slot) in self.params.iter().zip(self.states.iter_mut()) {
-            let Some(grad) = grads.get(param.var.as_tensor()) else {
-                continue;
-            };
-            check_grad_shape(param, grad)?;
+        let momentum = self.momentum;
+        self.param_states.update_each(grads, config.kernel, |param, grad, path, slot| {
             let scalars = SgdScalars {
                 decay_factor: decay_factor(config.lr, config.wd, param.do_wd),
                 mom: config.mom,
                 step_size: -config.lr,
             };
-            let wrap = |source| OptimError::Tensor { param: param.name.clone(), source };
-            let path = UpdatePath::choose(config.kernel, &param.var);
-            let grad_avg =
-                if self.momentum { Some(slot.get_or_insert(Buffer::Empty)) } else { None };
+            let grad_avg = if momentum { Some(slot.get_or_insert(Buffer::Empty)) } else { None };
             match path {
                 UpdatePath::Fused => {
-                    let grad_avg = match grad_avg {
-                        Some(buffer) => Some(buffer.host_mut(&param.var).map_err(wrap)?),
-                        None => None,
-                    };
-                    fused_sgd(&param.var, grad, grad_avg, scalars).map_err(wrap)?;
+                    let grad_avg =
+                        grad_avg.map(|buffer| buffer.host_mut(&param.var)).transpose()?;
+                    fused_sgd(&param.var, grad, grad_avg, scalars)
                 }
-                UpdatePath::TensorOps => {
-                    tensor_ops_sgd(&param.var, grad, grad_avg, scalars).map_err(wrap)?;
-                }
+                UpdatePath::TensorOps => tensor_ops_sgd(&param.var, grad, grad_avg, scalars),
             }
-        }
-        Ok(())
+        })
     }
 
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn mom(&self) -> f64 {
-        self.config.mom
-    }
-
-    fn set_mom(&mut self, mom: f64) {
-        self.config.mom = mom;
-    }
-
-    fn wd(&self) -> f64 {
-        self.config.wd
-    }
-
-    fn set_wd(&mut self, wd: f64) {
-        self.config.wd = wd;
-    }
-
-    fn reset_state(&mut self) {
-        self.states.iter_mut().for_each(|s| *s = None);
-    }
+    shared_optimizer_methods!();
 
     fn state_dict(&self) -> Result<HashMap<String, Tensor>, OptimError> {
         let c = &self.config;
-        let mut dict = hyper_dict(&[("lr", c.lr), ("mom", c.mom), ("wd", c.wd)])?;
-        for (param, state) in self.params.iter().zip(&self.states) {
-            let Some(grad_avg) = state else { continue };
-            let tensor = grad_avg
-                .to_tensor(&param.var)
-                .map_err(|source| OptimError::Tensor { param: param.name.clone(), source })?;
-            dict.insert(format!("state.{}.grad_avg", param.name), tensor);
-        }
-        Ok(dict)
+        let hypers = [("lr", c.lr), ("mom", c.mom), ("wd", c.wd)];
+        self.param_states
+            .state_dict(&hypers, |var, grad_avg| Ok(vec![("grad_avg", grad_avg.to_tensor(var)?)]))
     }
 
     fn load_state_dict(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError> {
@@ -648,24 +572,16 @@ impl Optimizer for Sgd {
             wd: reader.hyper("wd")?,
             kernel: self.config.kernel,
         };
-        let mut states = Vec::with_capacity(self.params.len());
-        for param in &self.params {
-            let key = format!("state.{}.grad_avg", param.name);
-            if !reader.contains(&key) {
-                states.push(None);
-                continue;
-            }
-            let path = UpdatePath::choose(config.kernel, &param.var);
-            states.push(Some(reader.buffer(&key, &param.var, path)?));
-        }
+        let states = self.param_states.read_states(
+            &mut reader,
+            config.kernel,
+            "grad_avg",
+            |reader, prefix, var, path| reader.buffer(&format!("{prefix}.grad_avg"), var, path),
+        )?;
         reader.finish()?;
         self.config = config;
-        self.states = states;
+        self.param_states.states = states;
         Ok(())
-    }
-
-    fn params(&self) -> &[OptimParam] {
-        &self.params
     }
 }
 
@@ -683,13 +599,7 @@ fn tensor_ops_sgd(
     grad_avg: Option<&mut Buffer>,
     s: SgdScalars,
 ) -> candle::Result<()> {
-    let grad = grad.to_dtype(var.dtype())?.detach();
-    // Detached: the update must not record an autograd graph.
-    let p = var.as_detached_tensor();
-    let decayed = match s.decay_factor {
-        Some(factor) => p.affine(factor, 0.0)?,
-        None => p,
-    };
+    let (decayed, grad) = tensor_ops_inputs(var, grad, s.decay_factor)?;
     let direction = match grad_avg {
         Some(buffer) => {
             // grad_avg.mul_(mom).add_(g, alpha=1.)
@@ -710,9 +620,7 @@ fn fused_sgd(
     grad_avg: Option<&mut [f32]>,
     scalars: SgdScalars,
 ) -> candle::Result<()> {
-    let grad = host_f32_grad(grad)?;
-    let op = FusedSgdStep { grad_avg: RefCell::new(grad_avg), scalars };
-    var.as_tensor().inplace_op2(&grad, &op)
+    apply_fused(var, grad, &FusedSgdStep { grad_avg: RefCell::new(grad_avg), scalars })
 }
 
 /// One SGD update of a CPU f32 parameter, in place.
@@ -763,8 +671,100 @@ impl InplaceOp2 for FusedSgdStep<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared machinery: state buffers, update-path choice, state-dict reading.
+// Shared machinery: the parameter list and its states, state buffers, update-path choice,
+// state-dict writing and reading.
 // ---------------------------------------------------------------------------------------------
+
+/// The parameters an optimizer updates (sorted by name, names unique) and each one's state of
+/// type `S`: `None` until the parameter's first update, and again after a reset.
+#[derive(Debug)]
+struct ParamStates<S> {
+    params: Vec<OptimParam>,
+    states: Vec<Option<S>>,
+}
+
+impl<S> ParamStates<S> {
+    /// `params` sorted by name, with no state yet.
+    fn new(params: Vec<OptimParam>) -> Result<Self, OptimError> {
+        let params = sorted_unique(params)?;
+        let states = params.iter().map(|_| None).collect();
+        Ok(Self { params, states })
+    }
+
+    /// The state of parameter `name`, if it exists and has state.
+    fn state(&self, name: &str) -> Option<&S> {
+        let index = self.params.iter().position(|param| param.name == name)?;
+        self.states[index].as_ref()
+    }
+
+    /// Discards every state.
+    fn clear(&mut self) {
+        self.states.iter_mut().for_each(|state| *state = None);
+    }
+
+    /// Calls `update(param, grad, path, state)` for each parameter, in name order, that has a
+    /// gradient in `grads` (checked to have the parameter's shape); the others are skipped. A
+    /// failed update is reported with its parameter's name.
+    fn update_each(
+        &mut self,
+        grads: &GradStore,
+        kernel: StepKernel,
+        mut update: impl FnMut(&OptimParam, &Tensor, UpdatePath, &mut Option<S>) -> candle::Result<()>,
+    ) -> Result<(), OptimError> {
+        for (param, state) in self.params.iter().zip(self.states.iter_mut()) {
+            let Some(grad) = grads.get(param.var.as_tensor()) else {
+                continue;
+            };
+            check_grad_shape(param, grad)?;
+            let path = UpdatePath::choose(kernel, &param.var);
+            update(param, grad, path, state)
+                .map_err(|source| OptimError::Tensor { param: param.name.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// The state dict of [`Optimizer::state_dict`]: `hypers.<name>` for each of `hypers`, and for
+    /// each parameter with state the tensors `write(var, state)` names, as `state.<param>.<name>`.
+    fn state_dict(
+        &self,
+        hypers: &[(&str, f64)],
+        write: impl Fn(&Var, &S) -> candle::Result<Vec<(&'static str, Tensor)>>,
+    ) -> Result<HashMap<String, Tensor>, OptimError> {
+        let mut dict = hyper_dict(hypers)?;
+        for (param, state) in self.params.iter().zip(&self.states) {
+            let Some(state) = state else { continue };
+            let tensors = write(&param.var, state)
+                .map_err(|source| OptimError::Tensor { param: param.name.clone(), source })?;
+            for (name, tensor) in tensors {
+                dict.insert(format!("state.{}.{name}", param.name), tensor);
+            }
+        }
+        Ok(dict)
+    }
+
+    /// The states of a state dict written by [`ParamStates::state_dict`]: a parameter has state
+    /// when `state.<param>.<marker>` is present, read by `read(reader, "state.<param>", var,
+    /// path)`; the others have none.
+    fn read_states(
+        &self,
+        reader: &mut StateReader<'_>,
+        kernel: StepKernel,
+        marker: &str,
+        read: impl Fn(&mut StateReader<'_>, &str, &Var, UpdatePath) -> Result<S, OptimError>,
+    ) -> Result<Vec<Option<S>>, OptimError> {
+        let mut states = Vec::with_capacity(self.params.len());
+        for param in &self.params {
+            let prefix = format!("state.{}", param.name);
+            if !reader.contains(&format!("{prefix}.{marker}")) {
+                states.push(None);
+                continue;
+            }
+            let path = UpdatePath::choose(kernel, &param.var);
+            states.push(Some(read(reader, &prefix, &param.var, path)?));
+        }
+        Ok(states)
+    }
+}
 
 /// A moving-average buffer, zero until the first update. Stored as a host `Vec<f32>` for the fused
 /// path and as a tensor on the parameter's device for the tensor-op path.
@@ -847,9 +847,28 @@ fn check_grad_shape(param: &OptimParam, grad: &Tensor) -> Result<(), OptimError>
     }
 }
 
-/// The gradient as a contiguous CPU f32 tensor (a no-op for the usual case).
-fn host_f32_grad(grad: &Tensor) -> candle::Result<Tensor> {
-    grad.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()
+/// The inputs of a tensor-op update: the parameter, multiplied by `decay_factor` when there is
+/// one, and the gradient in the parameter's dtype. Both are detached: the update must not record
+/// an autograd graph.
+fn tensor_ops_inputs(
+    var: &Var,
+    grad: &Tensor,
+    decay_factor: Option<f64>,
+) -> candle::Result<(Tensor, Tensor)> {
+    let grad = grad.to_dtype(var.dtype())?.detach();
+    let param = var.as_detached_tensor();
+    let decayed = match decay_factor {
+        Some(factor) => param.affine(factor, 0.0)?,
+        None => param,
+    };
+    Ok((decayed, grad))
+}
+
+/// Runs a fused update `op` on a CPU f32 parameter, with the gradient made a contiguous CPU f32
+/// tensor first (a no-op for the usual case).
+fn apply_fused(var: &Var, grad: &Tensor, op: &impl InplaceOp2) -> candle::Result<()> {
+    let grad = grad.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
+    var.as_tensor().inplace_op2(&grad, op)
 }
 
 fn f32_slices<'a>(
@@ -892,11 +911,10 @@ fn hyper_dict(hypers: &[(&str, f64)]) -> Result<HashMap<String, Tensor>, OptimEr
         .collect()
 }
 
-fn step_tensor(step: u64, param: &str) -> Result<Tensor, OptimError> {
+fn step_tensor(step: u64) -> candle::Result<Tensor> {
     // Step counts stay far below i64::MAX (one per batch).
     let step = i64::try_from(step).unwrap_or(i64::MAX);
     Tensor::new(step, &Device::Cpu)
-        .map_err(|source| OptimError::Tensor { param: param.to_string(), source })
 }
 
 /// Reads a state dict and remembers which keys were used, so unknown keys can be reported.
