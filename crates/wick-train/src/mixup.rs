@@ -99,9 +99,7 @@ pub fn random_permutation(batch_size: usize, rng: &mut impl Rng) -> Vec<u32> {
 /// MixUp's inputs: `x̃ᵢ = lerp(x_π(i), xᵢ, λᵢ)` = `λᵢ·xᵢ + (1 − λᵢ)·x_π(i)`.
 /// Images `(B, …)`; returns the same shape.
 pub fn mix_images(images: &Tensor, draw: &MixUpDraw) -> Result<Tensor, MixError> {
-    let batch_size = images.dim(0)?;
-    check_len("permutation", draw.permutation.len(), batch_size)?;
-    check_len("lambdas", draw.lambdas.len(), batch_size)?;
+    check_draw_len(&draw.permutation, &draw.lambdas, images.dim(0)?)?;
     let partners = permute(images, &draw.permutation)?;
     lerp_per_sample(&partners, images, &draw.lambdas)
 }
@@ -116,9 +114,7 @@ pub fn mixed_loss_per_sample(
     permutation: &[u32],
     lambdas: &[f32],
 ) -> Result<Tensor, MixError> {
-    let batch_size = labels.dim(0)?;
-    check_len("permutation", permutation.len(), batch_size)?;
-    check_len("lambdas", lambdas.len(), batch_size)?;
+    check_draw_len(permutation, lambdas, labels.dim(0)?)?;
     let partner_labels = permute(labels, permutation)?;
     let own = loss.per_sample(logits, labels)?;
     let partner = loss.per_sample(logits, &partner_labels)?;
@@ -261,6 +257,12 @@ fn check_len(what: &'static str, actual: usize, batch_size: usize) -> Result<(),
     } else {
         Err(MixError::BatchSizeMismatch { what, actual, batch_size })
     }
+}
+
+/// Checks that a MixUp draw has one permutation entry and one λ per sample.
+fn check_draw_len(permutation: &[u32], lambdas: &[f32], batch_size: usize) -> Result<(), MixError> {
+    check_len("permutation", permutation.len(), batch_size)?;
+    check_len("lambdas", lambdas.len(), batch_size)
 }
 
 /// `xs[permutation[i]]` along the batch dimension.

@@ -9,7 +9,11 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::callback::{BatchHooks, Callback, CallbackResult, Flow, MixedLabels, Phase, order};
+use candle::Tensor;
+
+use crate::callback::{
+    BatchHooks, Callback, CallbackResult, FitState, Flow, MixedLabels, Phase, order,
+};
 use crate::error::TrainError;
 use crate::mixup::{MixError, cut_mix_images, mix_images, sample_cutmix, sample_mixup};
 
@@ -40,10 +44,7 @@ pub struct MixUp {
 impl MixUp {
     /// MixUp with Beta(α, α); α must be finite and > 0.
     pub fn new(alpha: f64) -> Result<Self, TrainError> {
-        if !(alpha.is_finite() && alpha > 0.0) {
-            return Err(MixError::InvalidAlpha { alpha }.into());
-        }
-        Ok(MixUp { alpha })
+        Ok(MixUp { alpha: checked_alpha(alpha)? })
     }
 
     /// fastai's default α = 0.4.
@@ -62,16 +63,11 @@ impl Callback for MixUp {
     }
 
     fn before_batch(&mut self, hooks: &mut BatchHooks<'_>) -> CallbackResult {
-        let state = hooks.state;
-        if state.phase != Phase::Train {
-            return Ok(Flow::Continue);
-        }
-        let mut rng = batch_rng(state.seed, MIXUP_STREAM, state.data_epoch, state.iter);
-        let draw = sample_mixup(state.batch_size, self.alpha, &mut rng)?;
-        hooks.batch.xs = mix_images(&hooks.batch.xs, &draw)?;
-        hooks.batch.mixed_labels =
-            Some(MixedLabels { permutation: draw.permutation, lambdas: draw.lambdas });
-        Ok(Flow::Continue)
+        mix_training_batch(hooks, MIXUP_STREAM, |state, xs, rng| {
+            let draw = sample_mixup(state.batch_size, self.alpha, rng)?;
+            let mixed = mix_images(xs, &draw)?;
+            Ok((mixed, MixedLabels { permutation: draw.permutation, lambdas: draw.lambdas }))
+        })
     }
 }
 
@@ -85,10 +81,7 @@ pub struct CutMix {
 impl CutMix {
     /// CutMix with Beta(α, α); α must be finite and > 0.
     pub fn new(alpha: f64) -> Result<Self, TrainError> {
-        if !(alpha.is_finite() && alpha > 0.0) {
-            return Err(MixError::InvalidAlpha { alpha }.into());
-        }
-        Ok(CutMix { alpha })
+        Ok(CutMix { alpha: checked_alpha(alpha)? })
     }
 
     /// fastai's default α = 1.
@@ -107,18 +100,45 @@ impl Callback for CutMix {
     }
 
     fn before_batch(&mut self, hooks: &mut BatchHooks<'_>) -> CallbackResult {
-        let state = hooks.state;
-        if state.phase != Phase::Train {
-            return Ok(Flow::Continue);
-        }
-        let (batch_size, _, height, width) = hooks.batch.xs.dims4().map_err(|e| {
-            TrainError::tensor(format!("{}: cutmix needs (B,C,H,W) images", state.describe()), e)
-        })?;
-        let mut rng = batch_rng(state.seed, CUTMIX_STREAM, state.data_epoch, state.iter);
-        let draw = sample_cutmix(batch_size, height, width, self.alpha, &mut rng)?;
-        hooks.batch.xs = cut_mix_images(&hooks.batch.xs, &draw)?;
-        let lambdas = draw.lambdas();
-        hooks.batch.mixed_labels = Some(MixedLabels { permutation: draw.permutation, lambdas });
-        Ok(Flow::Continue)
+        mix_training_batch(hooks, CUTMIX_STREAM, |state, xs, rng| {
+            let (batch_size, _, height, width) = xs.dims4().map_err(|e| {
+                TrainError::tensor(
+                    format!("{}: cutmix needs (B,C,H,W) images", state.describe()),
+                    e,
+                )
+            })?;
+            let draw = sample_cutmix(batch_size, height, width, self.alpha, rng)?;
+            let mixed = cut_mix_images(xs, &draw)?;
+            let lambdas = draw.lambdas();
+            Ok((mixed, MixedLabels { permutation: draw.permutation, lambdas }))
+        })
     }
+}
+
+/// α for Beta(α, α), checked to be finite and > 0.
+fn checked_alpha(alpha: f64) -> Result<f64, TrainError> {
+    if alpha.is_finite() && alpha > 0.0 {
+        Ok(alpha)
+    } else {
+        Err(MixError::InvalidAlpha { alpha }.into())
+    }
+}
+
+/// What MixUp and CutMix do around their own draw: only on training batches, `mix(state, xs,
+/// rng)` with this batch's generator of `stream` returns the mixed inputs and labels, which
+/// replace the batch's inputs and set its [`MixedLabels`].
+fn mix_training_batch(
+    hooks: &mut BatchHooks<'_>,
+    stream: u64,
+    mix: impl FnOnce(&FitState, &Tensor, &mut ChaCha8Rng) -> Result<(Tensor, MixedLabels), TrainError>,
+) -> CallbackResult {
+    let state = hooks.state;
+    if state.phase != Phase::Train {
+        return Ok(Flow::Continue);
+    }
+    let mut rng = batch_rng(state.seed, stream, state.data_epoch, state.iter);
+    let (xs, mixed_labels) = mix(state, &hooks.batch.xs, &mut rng)?;
+    hooks.batch.xs = xs;
+    hooks.batch.mixed_labels = Some(mixed_labels);
+    Ok(Flow::Continue)
 }
