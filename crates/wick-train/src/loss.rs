@@ -124,7 +124,13 @@ fn nll_per_sample(log_probs: &Tensor, labels: &Tensor) -> candle::Result<Tensor>
     log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
 }
 
-fn check_logits_labels(logits: &Tensor, labels: &Tensor, op: &str) -> candle::Result<()> {
+/// Checks that `logits` are `(B,K)` and `labels` are `(B,)` u32 or i64 class indices; errors
+/// start with `op`.
+pub(crate) fn check_logits_labels(
+    logits: &Tensor,
+    labels: &Tensor,
+    op: &str,
+) -> candle::Result<()> {
     if logits.rank() != 2 {
         candle::bail!("{op}: logits must be (B,K), got {:?}", logits.shape());
     }

@@ -13,6 +13,8 @@
 
 use candle::{D, DType, Tensor};
 
+use crate::loss::check_logits_labels;
+
 /// fastai `top_k_accuracy`'s default k.
 pub const FASTAI_TOP_K: usize = 5;
 
@@ -169,20 +171,12 @@ fn fraction(hits: usize, batch_size: usize) -> f64 {
     if batch_size == 0 { 0.0 } else { hits as f64 / batch_size as f64 }
 }
 
+/// Checks logits `(B,K)` and labels `(B,)` as the losses do, and returns the labels as u32.
 fn check_and_convert_labels(logits: &Tensor, labels: &Tensor, op: &str) -> candle::Result<Tensor> {
-    if logits.rank() != 2 {
-        candle::bail!("{op}: logits must be (B,K), got {:?}", logits.shape());
-    }
-    if labels.rank() != 1 || labels.dim(0)? != logits.dim(0)? {
-        candle::bail!(
-            "{op}: labels must be (B,) with B = {}, got {:?}",
-            logits.dim(0)?,
-            labels.shape()
-        );
-    }
+    check_logits_labels(logits, labels, op)?;
     match labels.dtype() {
         DType::U32 => Ok(labels.clone()),
-        DType::I64 => labels.to_dtype(DType::U32),
-        other => candle::bail!("{op}: labels must be u32 or i64, got {other:?}"),
+        // I64, the only other dtype the check lets through.
+        _ => labels.to_dtype(DType::U32),
     }
 }
