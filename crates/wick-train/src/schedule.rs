@@ -492,16 +492,8 @@ fn check_positive(
     field: &'static str,
     value: f64,
 ) -> Result<(), ScheduleError> {
-    if value > 0.0 && value.is_finite() {
-        Ok(())
-    } else {
-        Err(ScheduleError::InvalidParameter {
-            schedule,
-            field,
-            value,
-            requirement: "must be finite and > 0",
-        })
-    }
+    let valid = value > 0.0 && value.is_finite();
+    check_parameter(valid, schedule, field, value, "must be finite and > 0")
 }
 
 fn check_unit_interval(
@@ -509,14 +501,20 @@ fn check_unit_interval(
     field: &'static str,
     value: f64,
 ) -> Result<(), ScheduleError> {
-    if (0.0..=1.0).contains(&value) {
+    check_parameter((0.0..=1.0).contains(&value), schedule, field, value, "must be in [0, 1]")
+}
+
+/// `Ok` when `valid`, otherwise [`ScheduleError::InvalidParameter`] with `requirement`.
+fn check_parameter(
+    valid: bool,
+    schedule: &'static str,
+    field: &'static str,
+    value: f64,
+    requirement: &'static str,
+) -> Result<(), ScheduleError> {
+    if valid {
         Ok(())
     } else {
-        Err(ScheduleError::InvalidParameter {
-            schedule,
-            field,
-            value,
-            requirement: "must be in [0, 1]",
-        })
+        Err(ScheduleError::InvalidParameter { schedule, field, value, requirement })
     }
 }
