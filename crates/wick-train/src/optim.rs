@@ -333,30 +333,25 @@ impl Optimizer for Adam {
     }
 
     fn load_state_dict(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError> {
-        let mut reader = StateReader::new(state);
-        let config = AdamConfig {
-            lr: reader.hyper("lr")?,
-            mom: reader.hyper("mom")?,
-            sqr_mom: reader.hyper("sqr_mom")?,
-            eps: reader.hyper("eps")?,
-            wd: reader.hyper("wd")?,
-            kernel: self.config.kernel,
+        let kernel = self.config.kernel;
+        let read_config = |reader: &mut StateReader<'_>| {
+            Ok(AdamConfig {
+                lr: reader.hyper("lr")?,
+                mom: reader.hyper("mom")?,
+                sqr_mom: reader.hyper("sqr_mom")?,
+                eps: reader.hyper("eps")?,
+                wd: reader.hyper("wd")?,
+                kernel,
+            })
         };
-        let states = self.param_states.read_states(
-            &mut reader,
-            config.kernel,
-            "step",
-            |reader, prefix, var, path| {
-                Ok(AdamState {
-                    step: reader.step(&format!("{prefix}.step"))?,
-                    grad_avg: reader.buffer(&format!("{prefix}.grad_avg"), var, path)?,
-                    sqr_avg: reader.buffer(&format!("{prefix}.sqr_avg"), var, path)?,
-                })
-            },
-        )?;
-        reader.finish()?;
-        self.config = config;
-        self.param_states.states = states;
+        let read_state = |reader: &mut StateReader<'_>, prefix: &str, var: &Var, path| {
+            Ok(AdamState {
+                step: reader.step(&format!("{prefix}.step"))?,
+                grad_avg: reader.buffer(&format!("{prefix}.grad_avg"), var, path)?,
+                sqr_avg: reader.buffer(&format!("{prefix}.sqr_avg"), var, path)?,
+            })
+        };
+        self.config = self.param_states.load(state, kernel, "step", read_config, read_state)?;
         Ok(())
     }
 }
@@ -565,22 +560,19 @@ impl Optimizer for Sgd {
     }
 
     fn load_state_dict(&mut self, state: &HashMap<String, Tensor>) -> Result<(), OptimError> {
-        let mut reader = StateReader::new(state);
-        let config = SgdConfig {
-            lr: reader.hyper("lr")?,
-            mom: reader.hyper("mom")?,
-            wd: reader.hyper("wd")?,
-            kernel: self.config.kernel,
+        let kernel = self.config.kernel;
+        let read_config = |reader: &mut StateReader<'_>| {
+            Ok(SgdConfig {
+                lr: reader.hyper("lr")?,
+                mom: reader.hyper("mom")?,
+                wd: reader.hyper("wd")?,
+                kernel,
+            })
         };
-        let states = self.param_states.read_states(
-            &mut reader,
-            config.kernel,
-            "grad_avg",
-            |reader, prefix, var, path| reader.buffer(&format!("{prefix}.grad_avg"), var, path),
-        )?;
-        reader.finish()?;
-        self.config = config;
-        self.param_states.states = states;
+        let read_state = |reader: &mut StateReader<'_>, prefix: &str, var: &Var, path| {
+            reader.buffer(&format!("{prefix}.grad_avg"), var, path)
+        };
+        self.config = self.param_states.load(state, kernel, "grad_avg", read_config, read_state)?;
         Ok(())
     }
 }
@@ -742,16 +734,20 @@ impl<S> ParamStates<S> {
         Ok(dict)
     }
 
-    /// The states of a state dict written by [`ParamStates::state_dict`]: a parameter has state
-    /// when `state.<param>.<marker>` is present, read by `read(reader, "state.<param>", var,
-    /// path)`; the others have none.
-    fn read_states(
-        &self,
-        reader: &mut StateReader<'_>,
+    /// Loads a state dict written by [`ParamStates::state_dict`] and returns the config that
+    /// `read_config(reader)` builds from its hyper-parameters. A parameter has state when
+    /// `state.<param>.<marker>` is present, read by `read_state(reader, "state.<param>", var,
+    /// path)`; the others get none. Every key must be read; on any error nothing changes.
+    fn load<C>(
+        &mut self,
+        state: &HashMap<String, Tensor>,
         kernel: StepKernel,
         marker: &str,
-        read: impl Fn(&mut StateReader<'_>, &str, &Var, UpdatePath) -> Result<S, OptimError>,
-    ) -> Result<Vec<Option<S>>, OptimError> {
+        read_config: impl FnOnce(&mut StateReader<'_>) -> Result<C, OptimError>,
+        read_state: impl Fn(&mut StateReader<'_>, &str, &Var, UpdatePath) -> Result<S, OptimError>,
+    ) -> Result<C, OptimError> {
+        let mut reader = StateReader::new(state);
+        let config = read_config(&mut reader)?;
         let mut states = Vec::with_capacity(self.params.len());
         for param in &self.params {
             let prefix = format!("state.{}", param.name);
@@ -760,9 +756,11 @@ impl<S> ParamStates<S> {
                 continue;
             }
             let path = UpdatePath::choose(kernel, &param.var);
-            states.push(Some(read(reader, &prefix, &param.var, path)?));
+            states.push(Some(read_state(&mut reader, &prefix, &param.var, path)?));
         }
-        Ok(states)
+        reader.finish()?;
+        self.states = states;
+        Ok(config)
     }
 }
 
