@@ -23,20 +23,18 @@ pub fn smooth(width: u32, height: u32) -> RgbImage {
 /// Writes a baseline RGB JPEG.
 pub fn write_jpeg(path: &Path, image: &RgbImage, quality: u8) {
     let encoder = jpeg_encoder::Encoder::new_file(path, quality).expect("create jpeg");
-    encoder
-        .encode(
-            image.as_raw(),
-            image.width() as u16,
-            image.height() as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .expect("encode jpeg");
+    encode_rgb(encoder, image);
 }
 
 /// Writes a progressive RGB JPEG.
 pub fn write_progressive_jpeg(path: &Path, image: &RgbImage, quality: u8) {
     let mut encoder = jpeg_encoder::Encoder::new_file(path, quality).expect("create jpeg");
     encoder.set_progressive(true);
+    encode_rgb(encoder, image);
+}
+
+/// Encodes `image` as RGB with `encoder`'s settings.
+fn encode_rgb<W: jpeg_encoder::JfifWrite>(encoder: jpeg_encoder::Encoder<W>, image: &RgbImage) {
     encoder
         .encode(
             image.as_raw(),
