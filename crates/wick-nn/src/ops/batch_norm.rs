@@ -22,6 +22,7 @@
 use super::storage::f32_row_major;
 use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What follows the normalisation inside the fused op.
@@ -150,23 +151,26 @@ fn composed_batch_norm_train(
     Ok((y.to_dtype(xs.dtype())?, statistics))
 }
 
-/// Geometry of a `(B, C, H, W)` input as seen by the batch-norm kernels.
+/// Geometry of a `(B, C, H, W)` input as seen by the batch-norm kernels (CPU here, CUDA in
+/// `cuda/batch_norm.rs`, which adds its launch geometry).
 #[derive(Debug, Clone, Copy)]
-struct Planes {
-    batch: usize,
-    channels: usize,
-    plane: usize,
+pub(crate) struct Planes {
+    pub(crate) batch: usize,
+    pub(crate) channels: usize,
+    /// H·W.
+    pub(crate) plane: usize,
 }
 
 impl Planes {
-    fn of(layout: &Layout, op: &str) -> candle::Result<Self> {
+    pub(crate) fn of(layout: &Layout, op: &str) -> candle::Result<Self> {
         match layout.dims() {
             &[batch, channels, h, w] => Ok(Self { batch, channels, plane: h * w }),
             dims => candle::bail!("{op}: input must be (B, C, H, W), got shape {dims:?}"),
         }
     }
 
-    fn count(&self) -> usize {
+    /// Elements per channel: B·H·W.
+    pub(crate) fn count(&self) -> usize {
         self.batch * self.plane
     }
 
@@ -401,11 +405,8 @@ impl CustomOp2 for BatchNormGradientSumsOp {
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
-        let op = "batch_norm_train backward";
-        let planes = Planes::of(x_layout, op)?;
-        check_same_shape(x_layout, grad_layout, op)?;
-        let x = f32_row_major(x_storage, x_layout, op)?;
-        let grad = f32_row_major(grad_storage, grad_layout, op)?;
+        let BackwardInputs { planes, x, grad } =
+            BackwardInputs::read(x_storage, x_layout, grad_storage, grad_layout)?;
         let t = &*self.channels;
         let sums = channel_sums(planes, |b, c| {
             let (x, grad) = (planes.plane_of(&x, b, c), planes.plane_of(&grad, b, c));
@@ -462,11 +463,8 @@ impl CustomOp2 for BatchNormGradientInputOp {
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
-        let op = "batch_norm_train backward";
-        let planes = Planes::of(x_layout, op)?;
-        check_same_shape(x_layout, grad_layout, op)?;
-        let x = f32_row_major(x_storage, x_layout, op)?;
-        let grad = f32_row_major(grad_storage, grad_layout, op)?;
+        let BackwardInputs { planes, x, grad } =
+            BackwardInputs::read(x_storage, x_layout, grad_storage, grad_layout)?;
         let t = &*self.channels;
         let n = planes.count() as f32;
         let mut grad_input = vec![0.0f32; x.len()];
@@ -490,9 +488,28 @@ impl CustomOp2 for BatchNormGradientInputOp {
     }
 }
 
-fn check_same_shape(first: &Layout, second: &Layout, op: &str) -> candle::Result<()> {
-    if first.dims() != second.dims() {
-        candle::bail!("{op}: shapes {:?} and {:?} differ", first.dims(), second.dims());
+/// The `(xs, grad_output)` of a backward op: their planes (one shape for both) and their
+/// elements, row-major.
+struct BackwardInputs<'a> {
+    planes: Planes,
+    x: Cow<'a, [f32]>,
+    grad: Cow<'a, [f32]>,
+}
+
+impl<'a> BackwardInputs<'a> {
+    fn read(
+        x_storage: &'a CpuStorage,
+        x_layout: &Layout,
+        grad_storage: &'a CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle::Result<Self> {
+        let op = "batch_norm_train backward";
+        let planes = Planes::of(x_layout, op)?;
+        if x_layout.dims() != grad_layout.dims() {
+            candle::bail!("{op}: shapes {:?} and {:?} differ", x_layout.dims(), grad_layout.dims());
+        }
+        let x = f32_row_major(x_storage, x_layout, op)?;
+        let grad = f32_row_major(grad_storage, grad_layout, op)?;
+        Ok(Self { planes, x, grad })
     }
-    Ok(())
 }

@@ -143,6 +143,11 @@ pub(crate) fn conv_geometry(
     })
 }
 
+/// `(B, O, OH, OW)`: the shape of the convolution's output.
+fn output_shape(geometry: &ConvGeometry) -> Shape {
+    Shape::from((geometry.batch, geometry.out_channels, geometry.out_height, geometry.out_width))
+}
+
 /// The forward convolution as a candle op on `(xs, weight)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Conv2dOp {
@@ -166,13 +171,7 @@ impl CustomOp2 for Conv2dOp {
         let input = f32_row_major(input_storage, input_layout, "conv2d")?;
         let weight = f32_row_major(weight_storage, weight_layout, "conv2d")?;
         let output = conv_cpu::conv2d_forward(&geometry, &input, &weight, gemm_backend())?;
-        let shape = Shape::from((
-            geometry.batch,
-            geometry.out_channels,
-            geometry.out_height,
-            geometry.out_width,
-        ));
-        Ok((CpuStorage::F32(output), shape))
+        Ok((CpuStorage::F32(output), output_shape(&geometry)))
     }
 
     #[cfg(feature = "cudnn")]
@@ -191,13 +190,7 @@ impl CustomOp2 for Conv2dOp {
             weight_layout,
             &geometry,
         )?;
-        let shape = Shape::from((
-            geometry.batch,
-            geometry.out_channels,
-            geometry.out_height,
-            geometry.out_width,
-        ));
-        Ok((output, shape))
+        Ok((output, output_shape(&geometry)))
     }
 
     fn bwd(
@@ -251,26 +244,7 @@ impl CustomOp2 for Conv2dBackwardInputOp {
         weight_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
-        let &[batch, out_channels, grad_height, grad_width] = grad_layout.dims() else {
-            candle::bail!(
-                "conv2d backward (input): grad must be (B, O, OH, OW), got {:?}",
-                grad_layout.dims()
-            );
-        };
-        let weight_dims = weight_layout.dims();
-        let in_channels = weight_dims.get(1).copied().unwrap_or(0) * self.config.groups;
-        let input_dims = [batch, in_channels, self.input_height, self.input_width];
-        let geometry = conv_geometry(&input_dims, weight_dims, self.config)?;
-        if geometry.out_channels != out_channels
-            || geometry.out_height != grad_height
-            || geometry.out_width != grad_width
-        {
-            candle::bail!(
-                "conv2d backward (input): grad {:?} does not match the output of input {input_dims:?} \
-                 and weight {weight_dims:?}",
-                grad_layout.dims()
-            );
-        }
+        let (geometry, input_dims) = self.geometry(grad_layout, weight_layout)?;
         let grad = f32_row_major(grad_storage, grad_layout, "conv2d backward (input)")?;
         let weight = f32_row_major(weight_storage, weight_layout, "conv2d backward (input)")?;
         let grad_input =
@@ -300,7 +274,6 @@ impl CustomOp2 for Conv2dBackwardInputOp {
 
 impl Conv2dBackwardInputOp {
     /// The convolution whose output gradient is `grad_layout`, and its input's dims.
-    #[cfg(feature = "cudnn")]
     fn geometry(
         &self,
         grad_layout: &Layout,
@@ -352,26 +325,7 @@ impl CustomOp2 for Conv2dBackwardWeightOp {
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
-        let input_dims = input_layout.dims();
-        let &[_, out_channels, grad_height, grad_width] = grad_layout.dims() else {
-            candle::bail!(
-                "conv2d backward (weight): grad must be (B, O, OH, OW), got {:?}",
-                grad_layout.dims()
-            );
-        };
-        let group_in_channels = input_dims.get(1).copied().unwrap_or(0) / self.config.groups.max(1);
-        let weight_dims = [out_channels, group_in_channels, self.kernel_height, self.kernel_width];
-        let geometry = conv_geometry(input_dims, &weight_dims, self.config)?;
-        if geometry.batch != grad_layout.dims()[0]
-            || geometry.out_height != grad_height
-            || geometry.out_width != grad_width
-        {
-            candle::bail!(
-                "conv2d backward (weight): grad {:?} does not match the output of input {input_dims:?} \
-                 and weight {weight_dims:?}",
-                grad_layout.dims()
-            );
-        }
+        let (geometry, weight_dims) = self.geometry(input_layout, grad_layout)?;
         let input = f32_row_major(input_storage, input_layout, "conv2d backward (weight)")?;
         let grad = f32_row_major(grad_storage, grad_layout, "conv2d backward (weight)")?;
         let grad_weight =
@@ -402,7 +356,6 @@ impl CustomOp2 for Conv2dBackwardWeightOp {
 impl Conv2dBackwardWeightOp {
     /// The convolution of input `input_layout` whose output gradient is `grad_layout`, and the
     /// weight's dims.
-    #[cfg(feature = "cudnn")]
     fn geometry(
         &self,
         input_layout: &Layout,

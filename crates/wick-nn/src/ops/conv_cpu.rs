@@ -282,43 +282,55 @@ fn col2im_add(
     }
 }
 
-/// Copies rows `channel0..channel0+channels` of each item of a unit's NC(P) tensor into a
-/// `channels × (items·P)` matrix.
-fn gather_item_columns(
-    data: &[f32],
+/// Group `group`'s output-channel rows of each of `items` items of a unit's `(items, O, P)`
+/// output-shaped tensor, seen as a `og × (items·P)` matrix (og = O / groups, P = output
+/// pixels): what one gemm over a multi-item unit reads or writes.
+#[derive(Debug, Clone, Copy)]
+struct ItemColumns {
     channels_per_item: usize,
     pixels: usize,
-    channel0: usize,
+    first_channel: usize,
     channels: usize,
     items: usize,
-    out: &mut [f32],
-) {
-    let width = items * pixels;
-    for item in 0..items {
-        for channel in 0..channels {
-            let src = (item * channels_per_item + channel0 + channel) * pixels;
-            let dst = channel * width + item * pixels;
-            out[dst..dst + pixels].copy_from_slice(&data[src..src + pixels]);
-        }
-    }
 }
 
-/// The inverse of [`gather_item_columns`].
-fn scatter_item_columns(
-    matrix: &[f32],
-    channels_per_item: usize,
-    pixels: usize,
-    channel0: usize,
-    channels: usize,
-    items: usize,
-    data: &mut [f32],
-) {
-    let width = items * pixels;
-    for item in 0..items {
-        for channel in 0..channels {
-            let dst = (item * channels_per_item + channel0 + channel) * pixels;
-            let src = channel * width + item * pixels;
-            data[dst..dst + pixels].copy_from_slice(&matrix[src..src + pixels]);
+impl ItemColumns {
+    fn of_group(geometry: &ConvGeometry, group: usize, items: usize) -> Self {
+        let channels = geometry.group_out_channels();
+        Self {
+            channels_per_item: geometry.out_channels,
+            pixels: geometry.out_pixels(),
+            first_channel: group * channels,
+            channels,
+            items,
+        }
+    }
+
+    /// `(offset in the tensor, offset in the matrix)` of every `pixels`-long row.
+    fn rows(self) -> impl Iterator<Item = (usize, usize)> {
+        let Self { channels_per_item, pixels, first_channel, channels, items } = self;
+        let width = items * pixels;
+        (0..items).flat_map(move |item| {
+            (0..channels).map(move |channel| {
+                let tensor = (item * channels_per_item + first_channel + channel) * pixels;
+                (tensor, channel * width + item * pixels)
+            })
+        })
+    }
+
+    /// Copies the rows out of `tensor` into `matrix`.
+    fn gather(self, tensor: &[f32], matrix: &mut [f32]) {
+        let pixels = self.pixels;
+        for (t, m) in self.rows() {
+            matrix[m..m + pixels].copy_from_slice(&tensor[t..t + pixels]);
+        }
+    }
+
+    /// The inverse of [`ItemColumns::gather`].
+    fn scatter(self, matrix: &[f32], tensor: &mut [f32]) {
+        let pixels = self.pixels;
+        for (t, m) in self.rows() {
+            tensor[t..t + pixels].copy_from_slice(&matrix[m..m + pixels]);
         }
     }
 }
@@ -414,15 +426,7 @@ pub(crate) fn conv2d_forward(
                         dst,
                         Accumulate::Overwrite,
                     )?;
-                    scatter_item_columns(
-                        &product,
-                        g.out_channels,
-                        pixels,
-                        group * og,
-                        og,
-                        items,
-                        out_unit,
-                    );
+                    ItemColumns::of_group(&g, group, items).scatter(&product, out_unit);
                 }
             }
             Ok(())
@@ -502,15 +506,7 @@ pub(crate) fn conv2d_backward_input(
                 let mut gathered = vec![0.0f32; og * count];
                 let mut columns = vec![0.0f32; kg * count];
                 for (group, lhs) in weights_transposed.iter().enumerate() {
-                    gather_item_columns(
-                        dy_unit,
-                        g.out_channels,
-                        pixels,
-                        group * og,
-                        og,
-                        items,
-                        &mut gathered,
-                    );
+                    ItemColumns::of_group(&g, group, items).gather(dy_unit, &mut gathered);
                     let rhs = MatRef::row_major(&gathered, og, count)?;
                     let dst = MatMut::row_major(&mut columns, kg, count)?;
                     gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
@@ -634,15 +630,7 @@ pub(crate) fn conv2d_backward_weight(
             let mut gathered = vec![0.0f32; og * count];
             let mut columns = Vec::new();
             for group in 0..g.groups {
-                gather_item_columns(
-                    dy_unit,
-                    g.out_channels,
-                    pixels,
-                    group * og,
-                    og,
-                    items,
-                    &mut gathered,
-                );
+                ItemColumns::of_group(&g, group, items).gather(dy_unit, &mut gathered);
                 let source =
                     Im2colRows { geometry: &g, input: in_unit, group, runs: &runs, columns: count };
                 materialize_into(&source, &mut columns);

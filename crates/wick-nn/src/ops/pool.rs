@@ -169,49 +169,45 @@ impl PoolGeometry {
 
 /// Max pooling of `xs (B, C, H, W)`; differentiable.
 pub fn max_pool2d(xs: &Tensor, config: MaxPool2dConfig) -> candle::Result<Tensor> {
-    let window = Window::from(config);
-    let geometry = PoolGeometry::new(xs.dims(), &window, "max_pool2d")?;
-    if super::on_cuda(xs) {
-        return xs.contiguous()?.apply_op1(MaxPool2dOp { config });
-    }
-    if !xs.device().is_cpu() {
-        let (h, w) = (geometry.in_height, geometry.in_width);
-        if candle_pool_matches(&window, h, w) {
-            return xs.max_pool2d_with_stride(window.kernel, window.stride);
-        }
-        candle::bail!(
-            "max_pool2d: {config:?} is only implemented on CPU (device {:?}); candle's own pooling \
-             covers only padding 0, kernel == stride and no partial window",
-            xs.device().location()
-        );
-    }
-    match xs.dtype() {
-        DType::F32 => xs.apply_op1(MaxPool2dOp { config }),
-        dtype => xs.to_dtype(DType::F32)?.apply_op1(MaxPool2dOp { config })?.to_dtype(dtype),
-    }
+    pool2d::<Max, _>(xs, config, MaxPool2dOp { config })
 }
 
 /// Average pooling of `xs (B, C, H, W)` (count_include_pad=True); differentiable.
 pub fn avg_pool2d(xs: &Tensor, config: AvgPool2dConfig) -> candle::Result<Tensor> {
-    let window = Window::from(config);
-    let geometry = PoolGeometry::new(xs.dims(), &window, "avg_pool2d")?;
+    pool2d::<Average, _>(xs, config, AvgPool2dOp { config })
+}
+
+/// Applies the pooling `op` (window `config`) to `xs`: on CUDA as it is, on CPU in f32, on
+/// other devices through candle's pooling where that agrees.
+fn pool2d<R, Op>(
+    xs: &Tensor,
+    config: impl Into<Window> + std::fmt::Debug + Copy,
+    op: Op,
+) -> candle::Result<Tensor>
+where
+    R: PoolReduction,
+    Op: CustomOp1 + Send + Sync + 'static,
+{
+    let window = config.into();
+    let geometry = PoolGeometry::new(xs.dims(), &window, R::OP)?;
     if super::on_cuda(xs) {
-        return xs.contiguous()?.apply_op1(AvgPool2dOp { config });
+        return xs.contiguous()?.apply_op1(op);
     }
     if !xs.device().is_cpu() {
         let (h, w) = (geometry.in_height, geometry.in_width);
         if candle_pool_matches(&window, h, w) {
-            return xs.avg_pool2d_with_stride(window.kernel, window.stride);
+            return R::candle_pool(xs, window.kernel, window.stride);
         }
         candle::bail!(
-            "avg_pool2d: {config:?} is only implemented on CPU (device {:?}); candle's own pooling \
+            "{}: {config:?} is only implemented on CPU (device {:?}); candle's own pooling \
              covers only padding 0, kernel == stride and no partial window",
+            R::OP,
             xs.device().location()
         );
     }
     match xs.dtype() {
-        DType::F32 => xs.apply_op1(AvgPool2dOp { config }),
-        dtype => xs.to_dtype(DType::F32)?.apply_op1(AvgPool2dOp { config })?.to_dtype(dtype),
+        DType::F32 => xs.apply_op1(op),
+        dtype => xs.to_dtype(DType::F32)?.apply_op1(op)?.to_dtype(dtype),
     }
 }
 
@@ -257,6 +253,115 @@ impl RowScratch {
     }
 }
 
+/// What sets max pooling apart from average pooling in the shared forward code: how the
+/// window's rows fold into column values, and how a window's columns give the output.
+/// Implemented by zero-sized markers, so [`pool_plane`] is monomorphised per reduction.
+trait PoolReduction {
+    /// The public op's name, for errors.
+    const OP: &'static str;
+
+    /// Folds the next row's `value` into a column's running `acc`.
+    fn combine(acc: f32, value: f32) -> f32;
+
+    /// The output of a window from its (non-empty) column values; `count` is the window's
+    /// size including padding.
+    fn window_value(columns: &[f32], count: usize) -> f32;
+
+    /// candle's own pooling, used off CPU and CUDA where its semantics coincide.
+    fn candle_pool(xs: &Tensor, kernel: usize, stride: usize) -> candle::Result<Tensor>;
+}
+
+/// Max pooling (NaN-propagating).
+struct Max;
+
+impl PoolReduction for Max {
+    const OP: &'static str = "max_pool2d";
+
+    #[inline(always)]
+    fn combine(acc: f32, value: f32) -> f32 {
+        nan_max(acc, value)
+    }
+
+    #[inline(always)]
+    fn window_value(columns: &[f32], _count: usize) -> f32 {
+        columns[1..].iter().fold(columns[0], |m, &v| nan_max(m, v))
+    }
+
+    fn candle_pool(xs: &Tensor, kernel: usize, stride: usize) -> candle::Result<Tensor> {
+        xs.max_pool2d_with_stride(kernel, stride)
+    }
+}
+
+/// Average pooling with `count_include_pad=True`.
+struct Average;
+
+impl PoolReduction for Average {
+    const OP: &'static str = "avg_pool2d";
+
+    #[inline(always)]
+    fn combine(acc: f32, value: f32) -> f32 {
+        acc + value
+    }
+
+    #[inline(always)]
+    fn window_value(columns: &[f32], count: usize) -> f32 {
+        columns.iter().sum::<f32>() / count as f32
+    }
+
+    fn candle_pool(xs: &Tensor, kernel: usize, stride: usize) -> candle::Result<Tensor> {
+        xs.avg_pool2d_with_stride(kernel, stride)
+    }
+}
+
+/// The CPU forward of pooling with reduction `R`: every B·C plane in parallel.
+fn pool_forward_cpu<R: PoolReduction>(
+    storage: &CpuStorage,
+    layout: &Layout,
+    window: Window,
+) -> candle::Result<(CpuStorage, Shape)> {
+    let geometry = PoolGeometry::new(layout.dims(), &window, R::OP)?;
+    let input = f32_row_major(storage, layout, R::OP)?;
+    let mut output = vec![0.0f32; geometry.planes * geometry.out_plane()];
+    if !output.is_empty() {
+        output
+            .par_chunks_mut(geometry.out_plane())
+            .zip(input.par_chunks(geometry.in_plane()))
+            .for_each_init(
+                || RowScratch::sized(geometry.in_width),
+                |scratch, (out_plane, in_plane)| {
+                    pool_plane::<R>(in_plane, &geometry, &window, scratch, out_plane)
+                },
+            );
+    }
+    Ok((CpuStorage::F32(output), geometry.output_shape()))
+}
+
+/// Separable pooling of one plane: per output row, the column-wise reduction over the
+/// window's rows, then each window's value from its columns.
+fn pool_plane<R: PoolReduction>(
+    plane: &[f32],
+    geometry: &PoolGeometry,
+    window: &Window,
+    scratch: &mut RowScratch,
+    out: &mut [f32],
+) {
+    let width = geometry.in_width;
+    let columns = &mut scratch.values[..width];
+    for (out_y, out_row) in out.chunks_exact_mut(geometry.out_width).enumerate() {
+        let (y0, y1, count_y) = window.range(out_y, geometry.in_height);
+        columns.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
+        for y in y0 + 1..y1 {
+            for (acc, &value) in columns.iter_mut().zip(&plane[y * width..(y + 1) * width]) {
+                *acc = R::combine(*acc, value);
+            }
+        }
+        for (out_x, out_value) in out_row.iter_mut().enumerate() {
+            let (x0, x1, count_x) = window.range(out_x, width);
+            *out_value = R::window_value(&columns[x0..x1], count_y * count_x);
+        }
+    }
+}
+
 impl CustomOp1 for MaxPool2dOp {
     fn name(&self) -> &'static str {
         "wick-max-pool2d"
@@ -268,22 +373,7 @@ impl CustomOp1 for MaxPool2dOp {
         layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
-        let window = Window::from(self.config);
-        let geometry = PoolGeometry::new(layout.dims(), &window, "max_pool2d")?;
-        let input = f32_row_major(storage, layout, "max_pool2d")?;
-        let mut output = vec![0.0f32; geometry.planes * geometry.out_plane()];
-        if !output.is_empty() {
-            output
-                .par_chunks_mut(geometry.out_plane())
-                .zip(input.par_chunks(geometry.in_plane()))
-                .for_each_init(
-                    || RowScratch::sized(geometry.in_width),
-                    |scratch, (out_plane, in_plane)| {
-                        max_pool_plane(in_plane, &geometry, &window, scratch, out_plane)
-                    },
-                );
-        }
-        Ok((CpuStorage::F32(output), geometry.output_shape()))
+        pool_forward_cpu::<Max>(storage, layout, Window::from(self.config))
     }
 
     #[cfg(feature = "cuda")]
@@ -307,32 +397,6 @@ impl CustomOp1 for MaxPool2dOp {
         let grad_input =
             xs.apply_op2_no_bwd(&grad_output, &MaxPool2dBackwardOp { config: self.config })?;
         Ok(Some(grad_input))
-    }
-}
-
-/// Separable max pooling of one plane: per output row, the column-wise max over the
-/// window's rows, then the max over each window's columns.
-fn max_pool_plane(
-    plane: &[f32],
-    geometry: &PoolGeometry,
-    window: &Window,
-    scratch: &mut RowScratch,
-    out: &mut [f32],
-) {
-    let width = geometry.in_width;
-    let column_max = &mut scratch.values[..width];
-    for (out_y, out_row) in out.chunks_exact_mut(geometry.out_width).enumerate() {
-        let (y0, y1, _) = window.range(out_y, geometry.in_height);
-        column_max.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
-        for y in y0 + 1..y1 {
-            for (best, &value) in column_max.iter_mut().zip(&plane[y * width..(y + 1) * width]) {
-                *best = nan_max(*best, value);
-            }
-        }
-        for (out_x, out_value) in out_row.iter_mut().enumerate() {
-            let (x0, x1, _) = window.range(out_x, width);
-            *out_value = column_max[x0 + 1..x1].iter().fold(column_max[x0], |m, &v| nan_max(m, v));
-        }
     }
 }
 
@@ -390,6 +454,27 @@ pub struct MaxPool2dBackwardOp {
     pub config: MaxPool2dConfig,
 }
 
+impl MaxPool2dBackwardOp {
+    /// The geometry of the pooling of input `input_layout`, checked against its output
+    /// gradient `grad_layout`.
+    fn geometry(
+        &self,
+        input_layout: &Layout,
+        grad_layout: &Layout,
+    ) -> candle::Result<PoolGeometry> {
+        let window = Window::from(self.config);
+        let geometry = PoolGeometry::new(input_layout.dims(), &window, "max_pool2d backward")?;
+        if grad_layout.shape() != &geometry.output_shape() {
+            candle::bail!(
+                "max_pool2d backward: grad {:?} does not match the pooled shape {:?}",
+                grad_layout.dims(),
+                geometry.output_shape().dims()
+            );
+        }
+        Ok(geometry)
+    }
+}
+
 impl CustomOp2 for MaxPool2dBackwardOp {
     fn name(&self) -> &'static str {
         "wick-max-pool2d-backward"
@@ -404,14 +489,7 @@ impl CustomOp2 for MaxPool2dBackwardOp {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
-        let geometry = PoolGeometry::new(input_layout.dims(), &window, "max_pool2d backward")?;
-        if grad_layout.shape() != &geometry.output_shape() {
-            candle::bail!(
-                "max_pool2d backward: grad {:?} does not match the pooled shape {:?}",
-                grad_layout.dims(),
-                geometry.output_shape().dims()
-            );
-        }
+        let geometry = self.geometry(input_layout, grad_layout)?;
         let input = f32_row_major(input_storage, input_layout, "max_pool2d backward")?;
         let grad = f32_row_major(grad_storage, grad_layout, "max_pool2d backward")?;
         let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
@@ -441,14 +519,7 @@ impl CustomOp2 for MaxPool2dBackwardOp {
         grad_layout: &Layout,
     ) -> candle::Result<(candle::CudaStorage, Shape)> {
         let window = Window::from(self.config);
-        let geometry = PoolGeometry::new(input_layout.dims(), &window, "max_pool2d backward")?;
-        if grad_layout.shape() != &geometry.output_shape() {
-            candle::bail!(
-                "max_pool2d backward: grad {:?} does not match the pooled shape {:?}",
-                grad_layout.dims(),
-                geometry.output_shape().dims()
-            );
-        }
+        let geometry = self.geometry(input_layout, grad_layout)?;
         let shape = geometry.cuda_shape(&window);
         super::cuda::pool::max_pool_backward(input, input_layout, grad, grad_layout, &shape)
     }
@@ -471,22 +542,7 @@ impl CustomOp1 for AvgPool2dOp {
         layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
-        let window = Window::from(self.config);
-        let geometry = PoolGeometry::new(layout.dims(), &window, "avg_pool2d")?;
-        let input = f32_row_major(storage, layout, "avg_pool2d")?;
-        let mut output = vec![0.0f32; geometry.planes * geometry.out_plane()];
-        if !output.is_empty() {
-            output
-                .par_chunks_mut(geometry.out_plane())
-                .zip(input.par_chunks(geometry.in_plane()))
-                .for_each_init(
-                    || RowScratch::sized(geometry.in_width),
-                    |scratch, (out_plane, in_plane)| {
-                        avg_pool_plane(in_plane, &geometry, &window, scratch, out_plane)
-                    },
-                );
-        }
-        Ok((CpuStorage::F32(output), geometry.output_shape()))
+        pool_forward_cpu::<Average>(storage, layout, Window::from(self.config))
     }
 
     #[cfg(feature = "cuda")]
@@ -533,20 +589,7 @@ impl CustomOp1 for AvgPool2dBackwardOp {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
-        let &[batch, channels, grad_height, grad_width] = layout.dims() else {
-            candle::bail!(
-                "avg_pool2d backward: grad must be (B, C, OH, OW), got {:?}",
-                layout.dims()
-            );
-        };
-        let input_dims = [batch, channels, self.input_height, self.input_width];
-        let geometry = PoolGeometry::new(&input_dims, &window, "avg_pool2d backward")?;
-        if (geometry.out_height, geometry.out_width) != (grad_height, grad_width) {
-            candle::bail!(
-                "avg_pool2d backward: grad {:?} does not match the pooled size of input {input_dims:?}",
-                layout.dims()
-            );
-        }
+        let geometry = self.geometry(layout)?;
         let grad = f32_row_major(storage, layout, "avg_pool2d backward")?;
         let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
         if geometry.out_plane() > 0 && !grad_input.is_empty() {
@@ -577,7 +620,6 @@ impl CustomOp1 for AvgPool2dBackwardOp {
 
 impl AvgPool2dBackwardOp {
     /// The geometry of the pooling whose output gradient `layout` describes.
-    #[cfg(feature = "cuda")]
     fn geometry(&self, layout: &Layout) -> candle::Result<PoolGeometry> {
         let window = Window::from(self.config);
         let &[batch, channels, grad_height, grad_width] = layout.dims() else {
@@ -595,32 +637,6 @@ impl AvgPool2dBackwardOp {
             );
         }
         Ok(geometry)
-    }
-}
-
-/// Separable average pooling of one plane: column sums over the window's rows, then window
-/// sums over columns, divided by the padded window size.
-fn avg_pool_plane(
-    plane: &[f32],
-    geometry: &PoolGeometry,
-    window: &Window,
-    scratch: &mut RowScratch,
-    out: &mut [f32],
-) {
-    let width = geometry.in_width;
-    let column_sum = &mut scratch.values[..width];
-    for (out_y, out_row) in out.chunks_exact_mut(geometry.out_width).enumerate() {
-        let (y0, y1, count_y) = window.range(out_y, geometry.in_height);
-        column_sum.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
-        for y in y0 + 1..y1 {
-            for (sum, &value) in column_sum.iter_mut().zip(&plane[y * width..(y + 1) * width]) {
-                *sum += value;
-            }
-        }
-        for (out_x, out_value) in out_row.iter_mut().enumerate() {
-            let (x0, x1, count_x) = window.range(out_x, width);
-            *out_value = column_sum[x0..x1].iter().sum::<f32>() / (count_y * count_x) as f32;
-        }
     }
 }
 

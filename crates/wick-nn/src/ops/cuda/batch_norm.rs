@@ -13,7 +13,7 @@
 //! is only called for CUDA tensors.
 
 use super::{dispatch, kernel, launch, output, plain_kernel, view, wrap};
-use crate::ops::batch_norm::{BatchNormActivation, BatchNormTrainConfig, BatchStatistics};
+use crate::ops::batch_norm::{BatchNormActivation, BatchNormTrainConfig, BatchStatistics, Planes};
 use candle::backend::BackendStorage;
 use candle::cuda_backend::cudarc::driver::LaunchConfig;
 use candle::{
@@ -46,28 +46,10 @@ fn relu(config: BatchNormTrainConfig) -> bool {
     config.activation == BatchNormActivation::Relu
 }
 
-/// `(B, C, H, W)` with the counts the kernels take.
-#[derive(Debug, Clone, Copy)]
-struct Planes {
-    batch: usize,
-    channels: usize,
-    plane: usize,
-}
-
+/// The launch geometry of the kernels over a `(B, C, H, W)` input.
 impl Planes {
-    fn of(layout: &Layout, op: &str) -> candle::Result<Self> {
-        match layout.dims() {
-            &[batch, channels, h, w] => Ok(Self { batch, channels, plane: h * w }),
-            dims => candle::bail!("{op}: input must be (B, C, H, W), got shape {dims:?}"),
-        }
-    }
-
     fn len(&self) -> usize {
         self.batch * self.channels * self.plane
-    }
-
-    fn count(&self) -> usize {
-        self.batch * self.plane
     }
 
     /// Segments per channel for the reduction grid: enough blocks to fill the GPU, at least

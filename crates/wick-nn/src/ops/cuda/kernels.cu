@@ -72,6 +72,20 @@ __device__ __forceinline__ Range window_range(int o, int in, int k, int stride, 
     return r;
 }
 
+// Flat index `i` of a row-major (planes, h, w) tensor as its plane and its coordinates there.
+struct PlaneIndex {
+    unsigned long long plane;
+    int y, x;
+};
+
+__device__ __forceinline__ PlaneIndex plane_index(unsigned long long i, int h, int w) {
+    PlaneIndex r;
+    r.x = (int)(i % w);
+    r.y = (int)((i / w) % h);
+    r.plane = i / ((unsigned long long)w * h);
+    return r;
+}
+
 // The output indices whose window covers input index `i`: [first, last], possibly empty.
 __device__ __forceinline__ void covering_outputs(int i, int out, int k, int stride, int pad,
                                                  int* first, int* last) {
@@ -112,12 +126,10 @@ __device__ void max_pool_fwd(int planes, int height, int width, int out_h, int o
                              int stride, int pad, const T* x, T* y) {
     unsigned long long n = (unsigned long long)planes * out_h * out_w;
     GRID_STRIDE(i, n) {
-        int ox = (int)(i % out_w);
-        int oy = (int)((i / out_w) % out_h);
-        unsigned long long plane = i / ((unsigned long long)out_w * out_h);
-        const T* p = x + plane * height * width;
-        Range ry = window_range(oy, height, k, stride, pad);
-        Range rx = window_range(ox, width, k, stride, pad);
+        PlaneIndex o = plane_index(i, out_h, out_w);
+        const T* p = x + o.plane * height * width;
+        Range ry = window_range(o.y, height, k, stride, pad);
+        Range rx = window_range(o.x, width, k, stride, pad);
         float best;
         argmax_in(p, ry, rx, width, &best);
         y[i] = store<T>(best);
@@ -131,9 +143,9 @@ __device__ void max_pool_bwd(int planes, int height, int width, int out_h, int o
                              int stride, int pad, const T* x, const T* dy, T* dx) {
     unsigned long long n = (unsigned long long)planes * height * width;
     GRID_STRIDE(i, n) {
-        int ix = (int)(i % width);
-        int iy = (int)((i / width) % height);
-        unsigned long long plane = i / ((unsigned long long)width * height);
+        PlaneIndex at = plane_index(i, height, width);
+        int ix = at.x, iy = at.y;
+        unsigned long long plane = at.plane;
         const T* p = x + plane * height * width;
         const T* g = dy + plane * out_h * out_w;
         int oy0, oy1, ox0, ox1;
@@ -164,12 +176,10 @@ __device__ void avg_pool_fwd(int planes, int height, int width, int out_h, int o
                              int stride, int pad, const T* x, T* y) {
     unsigned long long n = (unsigned long long)planes * out_h * out_w;
     GRID_STRIDE(i, n) {
-        int ox = (int)(i % out_w);
-        int oy = (int)((i / out_w) % out_h);
-        unsigned long long plane = i / ((unsigned long long)out_w * out_h);
-        const T* p = x + plane * height * width;
-        Range ry = window_range(oy, height, k, stride, pad);
-        Range rx = window_range(ox, width, k, stride, pad);
+        PlaneIndex o = plane_index(i, out_h, out_w);
+        const T* p = x + o.plane * height * width;
+        Range ry = window_range(o.y, height, k, stride, pad);
+        Range rx = window_range(o.x, width, k, stride, pad);
         float total = 0.0f;
         for (int xx = rx.lo; xx < rx.hi; ++xx) {
             float column = load(p[ry.lo * width + xx]);
@@ -187,9 +197,9 @@ __device__ void avg_pool_bwd(int planes, int height, int width, int out_h, int o
                              int stride, int pad, const T* dy, T* dx) {
     unsigned long long n = (unsigned long long)planes * height * width;
     GRID_STRIDE(i, n) {
-        int ix = (int)(i % width);
-        int iy = (int)((i / width) % height);
-        unsigned long long plane = i / ((unsigned long long)width * height);
+        PlaneIndex at = plane_index(i, height, width);
+        int ix = at.x, iy = at.y;
+        unsigned long long plane = at.plane;
         const T* g = dy + plane * out_h * out_w;
         int oy0, oy1, ox0, ox1;
         covering_outputs(iy, out_h, k, stride, pad, &oy0, &oy1);

@@ -3,9 +3,10 @@
 //! element that gathers from the windows covering it (deterministic, no atomics; the sums
 //! run in the CPU kernels' order).
 
-use super::{Element, dispatch, grid_for, kernel, launch, output, same_dtype, view, wrap};
+use super::{Element, dispatch, grid_for, kernel, output, same_dtype, view, wrap};
 use candle::backend::BackendStorage;
-use candle::{CudaStorage, Layout, Shape};
+use candle::cuda_backend::cudarc::driver::CudaView;
+use candle::{CudaDevice, CudaStorage, Layout, Shape};
 
 /// The validated geometry of one pooling call (computed by `pool.rs`).
 #[derive(Debug, Clone, Copy)]
@@ -91,32 +92,17 @@ pub(crate) fn max_pool_backward(
 ) -> candle::Result<(CudaStorage, Shape)> {
     let op = "max_pool2d backward";
     dispatch!(same_dtype(x, grad, op)?, op, |T| {
-        let device = x.device();
         let input = view::<T>(x, x_layout, op)?;
         let dy = view::<T>(grad, grad_layout, op)?;
-        let [planes, height, width, out_h, out_w, k, stride, pad] = shape.args(op)?;
-        let n = shape.input_len();
-        let out = output::<T>(device, n)?;
-        if n > 0 && shape.output_len() > 0 {
-            let function = kernel::<T>(device, "wick_max_pool_bwd")?;
-            launch!(
-                device,
-                function,
-                grid_for(n),
-                &planes,
-                &height,
-                &width,
-                &out_h,
-                &out_w,
-                &k,
-                &stride,
-                &pad,
-                &input,
-                &dy,
-                &out
-            )?;
-        }
-        Ok((wrap(out, device), shape.input_shape()))
+        let grad_input = run::<T>(
+            x.device(),
+            "wick_max_pool_bwd",
+            op,
+            shape,
+            &[&input, &dy],
+            shape.input_len(),
+        )?;
+        Ok((grad_input, shape.input_shape()))
     })
 }
 
@@ -128,30 +114,10 @@ pub(crate) fn avg_pool_backward(
 ) -> candle::Result<(CudaStorage, Shape)> {
     let op = "avg_pool2d backward";
     dispatch!(grad.dtype(), op, |T| {
-        let device = grad.device();
         let dy = view::<T>(grad, grad_layout, op)?;
-        let [planes, height, width, out_h, out_w, k, stride, pad] = shape.args(op)?;
-        let n = shape.input_len();
-        let out = output::<T>(device, n)?;
-        if n > 0 && shape.output_len() > 0 {
-            let function = kernel::<T>(device, "wick_avg_pool_bwd")?;
-            launch!(
-                device,
-                function,
-                grid_for(n),
-                &planes,
-                &height,
-                &width,
-                &out_h,
-                &out_w,
-                &k,
-                &stride,
-                &pad,
-                &dy,
-                &out
-            )?;
-        }
-        Ok((wrap(out, device), shape.input_shape()))
+        let grad_input =
+            run::<T>(grad.device(), "wick_avg_pool_bwd", op, shape, &[&dy], shape.input_len())?;
+        Ok((grad_input, shape.input_shape()))
     })
 }
 
@@ -161,28 +127,41 @@ fn forward<T: Element>(
     layout: &Layout,
     shape: &PoolShape,
 ) -> candle::Result<CudaStorage> {
-    let device = x.device();
     let input = view::<T>(x, layout, name)?;
-    let [planes, height, width, out_h, out_w, k, stride, pad] = shape.args(name)?;
-    let n = shape.output_len();
-    let out = output::<T>(device, n)?;
-    if n > 0 {
+    run::<T>(x.device(), name, name, shape, &[&input], shape.output_len())
+}
+
+/// Runs pooling kernel `name` for `T` with the shape's int arguments, then `inputs`, then a
+/// new output of `len` elements (the output for a forward kernel, the input gradient for a
+/// backward one), one thread each. `op` names errors.
+fn run<T: Element>(
+    device: &CudaDevice,
+    name: &str,
+    op: &str,
+    shape: &PoolShape,
+    inputs: &[&CudaView<'_, T>],
+    len: usize,
+) -> candle::Result<CudaStorage> {
+    use candle::cuda_backend::WrapErr as _;
+    use candle::cuda_backend::cudarc::driver::PushKernelArg;
+    let args = shape.args(op)?;
+    let out = output::<T>(device, len)?;
+    if len > 0 && shape.output_len() > 0 {
         let function = kernel::<T>(device, name)?;
-        launch!(
-            device,
-            function,
-            grid_for(n),
-            &planes,
-            &height,
-            &width,
-            &out_h,
-            &out_w,
-            &k,
-            &stride,
-            &pad,
-            &input,
-            &out
-        )?;
+        let stream = device.cuda_stream();
+        let mut builder = stream.launch_builder(&function);
+        for arg in &args {
+            builder.arg(arg);
+        }
+        for input in inputs {
+            builder.arg(*input);
+        }
+        builder.arg(&out);
+        // SAFETY: the pooling kernels of kernels.cu all take the eight ints of
+        // `PoolShape::args` (i32 ↔ int), then their input pointers of the element type in the
+        // order the callers pass them, then the output pointer; the grid covers the `len`
+        // elements the kernel writes, and `out` holds `len` of them.
+        unsafe { builder.launch(grid_for(len)) }.map(|_| ()).w()?;
     }
     Ok(wrap(out, device))
 }
