@@ -11,7 +11,7 @@ mod cuda;
 mod reproduce;
 mod tidy;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,7 +27,7 @@ struct Cli {
 enum Task {
     /// Check code hygiene (the same checks `cargo test -p xtask` runs).
     Tidy,
-    /// cuda-setup, cuda-check, gpu-pack (docs/cuda.md).
+    /// cuda-setup, cuda-check, cuda-build, gpu-pack (docs/cuda.md).
     #[command(flatten)]
     Cuda(cuda::CudaTask),
     /// Replay a chapter's experiments with the release `wick` binary and write a report.
@@ -169,7 +169,13 @@ fn run(task: Task) -> anyhow::Result<()> {
 
 /// The workspace root: the parent of this crate's manifest directory.
 pub(crate) fn project_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `cargo run` (the `cargo xtask` alias) sets CARGO_MANIFEST_DIR for the process: prefer it
+    // to the compile-time value, which goes stale when checkouts at different paths share a
+    // CARGO_TARGET_DIR and cargo reuses an xtask built in another checkout.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     // Invariant: xtask/ sits directly under the workspace root.
     manifest_dir.parent().expect("xtask lives one level below the workspace root").to_path_buf()
 }
