@@ -77,6 +77,16 @@ pub(crate) enum CudaTask {
         #[arg(long)]
         full_nvcc: bool,
     },
+    /// `cargo build --release -p wick-cli` with the CUDA features and the real nvcc (what CI
+    /// runs), then a load check of the binary with no GPU: it starts, trains a step on the
+    /// CPU, and `--device cuda:0` fails with an error that names the device.
+    CudaBuild {
+        #[arg(long)]
+        venv: Option<PathBuf>,
+        /// Features of wick-cli to enable.
+        #[arg(long, default_value = "cuda,cudnn,nccl")]
+        features: String,
+    },
     /// Build the payload of scripts/gpu-check.sh into target/gpu-pack: the CUDA wick binary
     /// (cuda, cudnn, nccl; stripped, xz) and an Imagenette pack re-encoded to --size px.
     GpuPack {
@@ -109,6 +119,13 @@ pub(crate) fn run_task(root: &Path, task: CudaTask) -> anyhow::Result<()> {
         CudaTask::CudaCheck { venv, features, check_only, full_nvcc } => {
             let venv = venv.unwrap_or_else(default_venv);
             check(root, &CheckOptions { venv, features, check_only, full_nvcc })
+        }
+        CudaTask::CudaBuild { venv, features } => {
+            let env = CudaEnv::load(&venv.unwrap_or_else(default_venv))?;
+            let binary = build_binary(root, &env, &features)?;
+            load_check(root, &env, &binary)?;
+            println!("cuda-build: {} links and loads", binary.display());
+            Ok(())
         }
         CudaTask::GpuPack { venv, data, size, quality, python } => {
             let venv = venv.unwrap_or_else(default_venv);
@@ -432,6 +449,96 @@ fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
+/// `cargo build --release -p wick-cli --features <features>` with the real nvcc, in the
+/// linking target directory `<target>/cuda`; returns the binary.
+fn build_binary(root: &Path, env: &CudaEnv, features: &str) -> anyhow::Result<PathBuf> {
+    if !env.has_libraries() {
+        bail!(
+            "the CUDA venv {} has only the compiler: run `cargo xtask cuda-setup` (without \
+             --compiler-only) to get the libraries a binary links",
+            env.venv.display()
+        );
+    }
+    let target = target_dir(root).join("cuda");
+    let mut build = Command::new(cargo());
+    build.current_dir(root).args(["build", "--release", "-p", "wick-cli", "--features"]);
+    build.arg(wick_cli_features(features));
+    env.apply(&mut build);
+    build.env("CARGO_TARGET_DIR", &target);
+    let started = std::time::Instant::now();
+    if !run_status(&mut build)?.success() {
+        bail!("building the CUDA wick binary failed");
+    }
+    eprintln!("cuda build: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(target.join("release/wick"))
+}
+
+/// Runs the CUDA build of `wick` on this GPU-less machine: the wheels' libraries and the
+/// link stubs (under their sonames, in a scratch folder) on `LD_LIBRARY_PATH`, every symbol
+/// bound at load. It must start, train one step on the CPU, and refuse `--device cuda:0`
+/// with an error naming the device (the stub driver's cuInit fails), not crash.
+fn load_check(root: &Path, env: &CudaEnv, binary: &Path) -> anyhow::Result<()> {
+    let scratch = target_dir(root).join("cuda/load-check");
+    std::fs::create_dir_all(&scratch)?;
+    let stubs = env.cuda_home.join("lib64/stubs");
+    symlink(&stubs.join("libcuda.so"), &scratch.join("libcuda.so.1"))?;
+    symlink(&stubs.join("libnccl.so"), &scratch.join("libnccl.so.2"))?;
+    let mut library_path = OsString::from(&scratch);
+    library_path.push(":");
+    library_path.push(env.cuda_home.join("lib64"));
+    let wick = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let mut command = Command::new(binary);
+        command.args(args).env("LD_LIBRARY_PATH", &library_path);
+        eprintln!("$ wick {}", args.join(" "));
+        command.output().with_context(|| format!("running {}", binary.display()))
+    };
+    let text = |output: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+
+    let version = wick(&["--version"])?;
+    if !version.status.success() {
+        bail!("the CUDA wick does not start:\n{}", text(&version));
+    }
+    let step = wick(&[
+        "bench-step",
+        "--device",
+        "cpu",
+        "--arch",
+        "xresnet18",
+        "--size",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ])?;
+    if !step.status.success() {
+        bail!("the CUDA wick cannot train a step on the CPU:\n{}", text(&step));
+    }
+    let refused = wick(&["bench-step", "--device", "cuda:0", "--steps", "1", "--warmup", "0"])?;
+    let message = text(&refused);
+    if refused.status.success()
+        || !message.contains("--device cuda:0")
+        || message.contains("panicked")
+    {
+        bail!(
+            "with no GPU, `--device cuda:0` should fail with an error naming the device \
+             (exit {:?}):\n{message}",
+            refused.status.code()
+        );
+    }
+    let first_line = message.lines().next().unwrap_or_default();
+    eprintln!("load check: starts, trains on the CPU; without a GPU: {first_line}");
+    Ok(())
+}
+
 /// What `gpu-pack` makes.
 pub(crate) struct PackOptions {
     pub(crate) venv: PathBuf,
@@ -451,33 +558,11 @@ pub(crate) const PACK_DIR: &str = "target/gpu-pack";
 /// `cargo xtask gpu-pack`.
 pub(crate) fn gpu_pack(root: &Path, options: &PackOptions) -> anyhow::Result<()> {
     let env = CudaEnv::load(&options.venv)?;
-    if !env.has_libraries() {
-        bail!(
-            "the CUDA venv has only the compiler: run `cargo xtask cuda-setup` (without --compiler-only)"
-        );
-    }
     let out = root.join(PACK_DIR);
     std::fs::create_dir_all(&out)?;
 
-    // 1. The binary, with the real nvcc, in the linking target directory.
-    let target = target_dir(root).join("cuda");
-    let mut build = Command::new(cargo());
-    build.current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "wick-cli",
-        "--features",
-        "cuda,cudnn,nccl",
-    ]);
-    env.apply(&mut build);
-    build.env("CARGO_TARGET_DIR", &target);
-    let started = std::time::Instant::now();
-    if !run_status(&mut build)?.success() {
-        bail!("building the CUDA wick binary failed");
-    }
-    eprintln!("gpu-pack: binary built in {:.0} s", started.elapsed().as_secs_f64());
-    let binary = target.join("release/wick");
+    // 1. The binary.
+    let binary = build_binary(root, &env, "cuda,cudnn,nccl")?;
     let staged = out.join("wick");
     std::fs::copy(&binary, &staged)?;
     run(Command::new("strip").arg(&staged)).context("stripping the binary (needs binutils)")?;

@@ -73,7 +73,12 @@ pub(crate) fn device(spec: &str) -> anyhow::Result<Device> {
                     "--device {spec}: this wick was built without CUDA (rebuild with --features cuda)"
                 );
             }
-            Device::new_cuda(ordinal).with_context(|| format!("--device {spec}"))
+            Device::new_cuda(ordinal).with_context(|| {
+                format!(
+                    "--device {spec}: cannot open GPU {ordinal} (is there an NVIDIA GPU with its \
+                     driver, and are the CUDA 13 libraries on LD_LIBRARY_PATH? docs/cuda.md)"
+                )
+            })
         }
         other => bail!("--device {other}: expected cpu or cuda:N"),
     }
