@@ -20,6 +20,8 @@ BUDGET="${GPU_CHECK_BUDGET:-550}"
 ONLY="${GPU_CHECK_ONLY:-numerics,ddp,wick-bench,torch-bench,baseline}"
 WORK="${GPU_CHECK_WORK:-/tmp/wick-gpu-check}"
 START=$(date +%s)
+# Errors print their message without candle's captured backtrace (panics still get theirs).
+export RUST_LIB_BACKTRACE=0
 mkdir -p "$OUT" "$WORK/logs" "$WORK/runs"
 LOG="$OUT/log.txt"
 : >"$LOG"
@@ -44,7 +46,7 @@ step() {
 log "payload: $(ls -l "$PACK" 2>&1 | tr '\n' ' ')"
 xz -dc "$PACK/wick.xz" >"$WORK/wick" && chmod +x "$WORK/wick" || { log "no wick binary in $PACK"; exit 1; }
 WICK="$WORK/wick"
-TAR=$(ls "$PACK"/imagenette-*.tar 2>/dev/null | head -n1)
+TAR=$(ls "$PACK"/imagenette-*.tar* 2>/dev/null | head -n1)
 DATA="$WORK/imagenette"
 if [ -n "$TAR" ]; then
   mkdir -p "$DATA"
@@ -79,7 +81,7 @@ export LD_LIBRARY_PATH="$NVLIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "--- wick --version"; "$WICK" --version 2>&1
   nproc; free -g | head -n 2
 } >"$OUT/env.txt" 2>&1
-if grep -q "not found" "$OUT/env.txt"; then log "WARNING: ldd reports missing libraries (see env.txt)"; fi
+if grep -q "=> not found" "$OUT/env.txt"; then log "WARNING: ldd reports missing libraries (see env.txt)"; fi
 
 wait_data() {
   if [ -n "$UNTAR" ]; then wait "$UNTAR"; UNTAR=""; fi
