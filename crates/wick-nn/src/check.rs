@@ -10,7 +10,7 @@
 use candle::{DType, Device, Tensor, Var};
 
 use crate::ops::{
-    self, AvgPool2dConfig, BatchNormActivation, BatchNormTrainConfig, Conv2dConfig, MaxPool2dConfig,
+    self, AvgPool2dConfig, BatchNormActivation, BatchNormOpConfig, Conv2dConfig, MaxPool2dConfig,
 };
 
 /// One compared tensor of one case.
@@ -255,7 +255,7 @@ fn cases(config: &CheckConfig) -> candle::Result<Vec<Case>> {
         let x = (inputs.tensor(&shape, 0.0)? * 3.0)?.affine(1.0, 0.5)?;
         let weight = inputs.tensor(&[5], 0.0)?.affine(0.5, 1.0)?;
         let bias = (inputs.tensor(&[5], 0.0)? * 0.2)?;
-        let train = BatchNormTrainConfig { eps: 1e-5, activation };
+        let train = BatchNormOpConfig { eps: 1e-5, activation };
         cases.push(Case {
             name: format!("batch_norm_train {activation:?} {shape:?}"),
             class: Class::Reduction,

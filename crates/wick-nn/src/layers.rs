@@ -7,7 +7,7 @@
 //! `bias`, `running_mean`, `running_var`), so PyTorch state_dict entries load unchanged.
 
 use crate::ops::{
-    self, AvgPool2dConfig, BatchNormActivation, BatchNormTrainConfig, Conv2dConfig, MaxPool2dConfig,
+    self, AvgPool2dConfig, BatchNormActivation, BatchNormOpConfig, Conv2dConfig, MaxPool2dConfig,
 };
 use candle::{Module, ModuleT, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
@@ -234,10 +234,14 @@ impl BatchNorm2d {
         &self.config
     }
 
+    /// The fused op's share of the layer's configuration.
+    fn op_config(&self) -> BatchNormOpConfig {
+        BatchNormOpConfig { eps: self.config.eps, activation: self.config.activation }
+    }
+
     fn forward_train(&self, xs: &Tensor) -> candle::Result<Tensor> {
-        let train_config =
-            BatchNormTrainConfig { eps: self.config.eps, activation: self.config.activation };
-        let (ys, statistics) = ops::batch_norm_train(xs, &self.weight, &self.bias, train_config)?;
+        let (ys, statistics) =
+            ops::batch_norm_train(xs, &self.weight, &self.bias, self.op_config())?;
         let momentum = self.config.momentum;
         let count = statistics.count as f64;
         let mean = (self.running_mean.as_detached_tensor() * (1.0 - momentum))?
@@ -251,21 +255,15 @@ impl BatchNorm2d {
     }
 
     fn forward_eval(&self, xs: &Tensor) -> candle::Result<Tensor> {
-        let channels = self.weight.dims1()?;
-        let shape = (1, channels, 1, 1);
         // Evaluation builds no graph: every parameter is read detached.
-        let scale = self
-            .weight
-            .detach()
-            .broadcast_div(&(self.running_var.as_detached_tensor() + self.config.eps)?.sqrt()?)?;
-        let shift = self.bias.detach().sub(&(self.running_mean.as_detached_tensor() * &scale)?)?;
-        let ys = xs
-            .broadcast_mul(&scale.reshape(shape)?.to_dtype(xs.dtype())?)?
-            .broadcast_add(&shift.reshape(shape)?.to_dtype(xs.dtype())?)?;
-        match self.config.activation {
-            BatchNormActivation::Identity => Ok(ys),
-            BatchNormActivation::Relu => ys.relu(),
-        }
+        ops::batch_norm_eval(
+            xs,
+            &self.weight.detach(),
+            &self.bias.detach(),
+            &self.running_mean.as_detached_tensor(),
+            &self.running_var.as_detached_tensor(),
+            self.op_config(),
+        )
     }
 }
 

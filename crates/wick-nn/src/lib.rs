@@ -5,7 +5,8 @@
 //!   `conv_transpose2d` backward.
 //! - [`ops::max_pool2d`] / [`ops::avg_pool2d`]: PyTorch pooling semantics (padding, ceil_mode)
 //!   with a backward for any kernel and stride.
-//! - [`ops::batch_norm_train`]: train-mode batch norm (+ ReLU) fused forward and backward.
+//! - [`ops::batch_norm_train`]: train-mode batch norm (+ ReLU) fused forward and backward;
+//!   [`ops::batch_norm_eval`] the eval-mode forward in one pass.
 //! - [`Conv2d`], [`MaxPool2d`], [`AvgPool2d`], [`BatchNorm2d`]: layers in candle-nn's idiom.
 //! - [`gemm`]: the f32 matrix-multiply backends the convolutions run on.
 //! - [`check`]: every op on a device compared with the CPU reference (the GPU check).

@@ -97,7 +97,7 @@ fn train_forward_backward_and_running_stats_match_candle_nn() -> candle::Result<
 
 #[test]
 fn non_contiguous_and_f64_inputs_match_the_f32_path() -> candle::Result<()> {
-    let config = wick_nn::ops::BatchNormTrainConfig {
+    let config = wick_nn::ops::BatchNormOpConfig {
         activation: BatchNormActivation::Relu,
         ..Default::default()
     };
@@ -126,5 +126,61 @@ fn variables_are_named_like_candle_nn() -> candle::Result<()> {
     let mut names: Vec<String> = map.data().lock().expect("varmap lock").keys().cloned().collect();
     names.sort();
     assert_eq!(names, ["bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.weight"]);
+    Ok(())
+}
+
+#[test]
+fn eval_kernel_matches_the_formula_and_the_composed_path() -> candle::Result<()> {
+    // PyTorch's eval-mode BatchNorm2d: (x - running_mean) / sqrt(running_var + eps) * weight
+    // + bias, written out here with candle ops in f64.
+    let channels = 3;
+    let (w, b) = ((seeded_tensor(&[channels], 1) + 1.5)?, seeded_tensor(&[channels], 2));
+    let mean = seeded_tensor(&[channels], 3);
+    let var = (seeded_tensor(&[channels], 4).abs()? + 0.5)?;
+    // (B, C, H, W) = (2, 3, 5, 4), non-contiguous.
+    let x = ((seeded_tensor(&[2, 5, channels, 4], 5) * 2.0)?.transpose(1, 2))?;
+    assert!(!x.is_contiguous());
+    let to64 = |t: &Tensor| t.to_dtype(DType::F64);
+    let shape = (1, channels, 1, 1);
+    let formula = to64(&x)?
+        .broadcast_sub(&to64(&mean)?.reshape(shape)?)?
+        .broadcast_div(&(to64(&var)? + 1e-5)?.sqrt()?.reshape(shape)?)?
+        .broadcast_mul(&to64(&w)?.reshape(shape)?)?
+        .broadcast_add(&to64(&b)?.reshape(shape)?)?;
+    for activation in [BatchNormActivation::Identity, BatchNormActivation::Relu] {
+        let config = wick_nn::ops::BatchNormOpConfig { eps: 1e-5, activation };
+        let expected = match activation {
+            BatchNormActivation::Identity => formula.clone(),
+            BatchNormActivation::Relu => formula.relu()?,
+        };
+        let expected = expected.to_dtype(DType::F32)?;
+        let ys = wick_nn::ops::batch_norm_eval(&x, &w, &b, &mean, &var, config)?;
+        assert_close(&ys, &expected, 1e-6, &format!("{activation:?} fused f32"));
+        let ys64 = wick_nn::ops::batch_norm_eval(
+            &to64(&x)?,
+            &to64(&w)?,
+            &to64(&b)?,
+            &to64(&mean)?,
+            &to64(&var)?,
+            config,
+        )?;
+        assert_eq!(ys64.dtype(), DType::F64);
+        assert_close(&ys64.to_dtype(DType::F32)?, &expected, 1e-6, "f64 composed path");
+        let bf16 = x.to_dtype(DType::BF16)?;
+        let ys16 = wick_nn::ops::batch_norm_eval(&bf16, &w, &b, &mean, &var, config)?;
+        assert_eq!(ys16.dtype(), DType::BF16);
+        // bf16 keeps 8 significant bits: relative rounding 2^-8 of each input and output.
+        assert_close(&ys16.to_dtype(DType::F32)?, &expected, 2e-2, "bf16 via f32");
+    }
+    let bad = wick_nn::ops::batch_norm_eval(
+        &x,
+        &w,
+        &b,
+        &seeded_tensor(&[2], 6),
+        &var,
+        wick_nn::ops::BatchNormOpConfig::default(),
+    );
+    let message = bad.expect_err("a (2,) running_mean for 3 channels is an error").to_string();
+    assert!(message.contains("running_mean"), "{message}");
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! train mode, cross-entropy, backward, and (reported separately) fastai's Adam step;
 //! `infer50_128`, `infer50_224`, `infer18_64`, `infer18_128` — an eval-mode forward.
 //! The median over the timed steps after one warm-up step. `--profile` also prints the time
-//! of each wick-nn kernel in one training step (`"bench":"models-ops"` lines).
+//! of each wick-nn kernel in the last step (`"bench":"models-ops"` lines).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -81,7 +81,7 @@ fn main() {
                 forward_backward.push(start.elapsed().as_secs_f64());
             }
         }
-        if profile && last && train {
+        if profile && last {
             let total = forward_backward.last().copied().unwrap_or(0.0);
             let mut measured = 0.0;
             for op in wick_nn::profile::take() {
@@ -97,10 +97,12 @@ fn main() {
                 "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"op\":\"other (candle ops: head, mean, adds, autograd bookkeeping)\",\"ms\":{:.1},\"calls\":1}}",
                 (total - measured) * 1000.0
             );
-            println!(
-                "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"op\":\"fastai Adam step (fused)\",\"ms\":{:.1},\"calls\":1}}",
-                optimizer_steps.last().copied().unwrap_or(0.0) * 1000.0
-            );
+            if train {
+                println!(
+                    "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"op\":\"fastai Adam step (fused)\",\"ms\":{:.1},\"calls\":1}}",
+                    optimizer_steps.last().copied().unwrap_or(0.0) * 1000.0
+                );
+            }
         }
     }
     let median = |times: &mut Vec<f64>| -> f64 {

@@ -1,5 +1,5 @@
 //! Fused train-mode batch normalisation of `(B, C, H, W)` over (B, H, W), optionally followed
-//! by a ReLU, with a fused backward.
+//! by a ReLU, with a fused backward; and the eval-mode forward with running statistics.
 //!
 //! candle-nn's `BatchNorm::forward_train` is built from about a dozen tensor ops (transpose,
 //! contiguous copy, two means, broadcast sub/div/mul/add), and autograd runs the backward of
@@ -33,15 +33,15 @@ pub enum BatchNormActivation {
     Relu,
 }
 
-/// Train-mode batch-norm parameters.
+/// The parameters of [`batch_norm_train`] and [`batch_norm_eval`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BatchNormTrainConfig {
+pub struct BatchNormOpConfig {
     /// Added to the variance before the square root.
     pub eps: f64,
     pub activation: BatchNormActivation,
 }
 
-impl Default for BatchNormTrainConfig {
+impl Default for BatchNormOpConfig {
     fn default() -> Self {
         Self { eps: 1e-5, activation: BatchNormActivation::Identity }
     }
@@ -63,7 +63,7 @@ pub fn batch_norm_train(
     xs: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
-    config: BatchNormTrainConfig,
+    config: BatchNormOpConfig,
 ) -> candle::Result<(Tensor, BatchStatistics)> {
     let (batch, channels, height, width) = match xs.dims() {
         &[b, c, h, w] => (b, c, h, w),
@@ -117,12 +117,99 @@ pub fn batch_norm_train(
     Ok((output, statistics))
 }
 
+/// Normalises `xs (B, C, H, W)` with given per-channel statistics `running_mean (C)` and
+/// `running_var (C)` (PyTorch's eval mode: `(x - mean) / sqrt(var + eps) · weight + bias`),
+/// optionally followed by a ReLU. For inference: no gradient flows through it. On the CPU in
+/// f32 (bf16/f16 activations via f32) it is one multi-threaded pass over `xs`, the train
+/// forward's kernel with the running statistics in place of the batch's; anywhere else it
+/// composes candle ops.
+pub fn batch_norm_eval(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    config: BatchNormOpConfig,
+) -> candle::Result<Tensor> {
+    let channels = match xs.dims() {
+        &[_, c, _, _] => c,
+        dims => candle::bail!("batch_norm_eval: input must be (B, C, H, W), got shape {dims:?}"),
+    };
+    let parameters = [
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ];
+    for (name, t) in parameters {
+        if t.dims() != [channels] {
+            candle::bail!(
+                "batch_norm_eval: {name} must have shape [{channels}] for input {:?}, got {:?}",
+                xs.dims(),
+                t.dims()
+            );
+        }
+    }
+    if config.eps < 0.0 {
+        candle::bail!("batch_norm_eval: eps must be non-negative, got {}", config.eps);
+    }
+    let f32_parameters = parameters.iter().all(|(_, t)| t.dtype() == DType::F32);
+    let on_cpu = xs.device().is_cpu();
+    if on_cpu && matches!(xs.dtype(), DType::BF16 | DType::F16) && f32_parameters {
+        let ys = batch_norm_eval(
+            &xs.to_dtype(DType::F32)?,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            config,
+        )?;
+        return ys.to_dtype(xs.dtype());
+    }
+    if !(on_cpu && xs.dtype() == DType::F32 && f32_parameters) {
+        return composed_batch_norm_eval(xs, weight, bias, running_mean, running_var, config);
+    }
+    let mean = running_mean.to_vec1::<f32>()?;
+    let inverse_std = running_var
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| (1.0 / (*v as f64 + config.eps).sqrt()) as f32)
+        .collect();
+    let op = BatchNormOp {
+        activation: config.activation,
+        mean: Arc::new(mean),
+        inverse_std: Arc::new(inverse_std),
+    };
+    xs.apply_op3_no_bwd(weight, bias, &op)
+}
+
+/// [`batch_norm_eval`] from candle ops (any device and dtype).
+fn composed_batch_norm_eval(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    config: BatchNormOpConfig,
+) -> candle::Result<Tensor> {
+    let shape = (1, xs.dim(1)?, 1, 1);
+    let scale = weight.detach().broadcast_div(&(running_var.detach() + config.eps)?.sqrt()?)?;
+    let shift = bias.detach().sub(&(running_mean.detach() * &scale)?)?;
+    let ys = xs
+        .broadcast_mul(&scale.reshape(shape)?.to_dtype(xs.dtype())?)?
+        .broadcast_add(&shift.reshape(shape)?.to_dtype(xs.dtype())?)?;
+    match config.activation {
+        BatchNormActivation::Identity => Ok(ys),
+        BatchNormActivation::Relu => ys.relu(),
+    }
+}
+
 /// The same computation from candle ops (any device and dtype), as candle-nn does it.
 fn composed_batch_norm_train(
     xs: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
-    config: BatchNormTrainConfig,
+    config: BatchNormOpConfig,
     count: usize,
 ) -> candle::Result<(Tensor, BatchStatistics)> {
     let channels = xs.dim(1)?;

@@ -18,7 +18,7 @@ mod storage;
 
 pub use activation::{AddRelu, Relu, ReluBackward, add_relu, relu};
 pub use batch_norm::{
-    BatchNormActivation, BatchNormTrainConfig, BatchStatistics, batch_norm_train,
+    BatchNormActivation, BatchNormOpConfig, BatchStatistics, batch_norm_eval, batch_norm_train,
 };
 pub use conv::{
     Conv2dBackwardInputOp, Conv2dBackwardWeightOp, Conv2dConfig, Conv2dOp, conv2d,

@@ -13,7 +13,7 @@
 //! is only called for CUDA tensors.
 
 use super::{dispatch, kernel, launch, output, plain_kernel, view, wrap};
-use crate::ops::batch_norm::{BatchNormActivation, BatchNormTrainConfig, BatchStatistics, Planes};
+use crate::ops::batch_norm::{BatchNormActivation, BatchNormOpConfig, BatchStatistics, Planes};
 use candle::backend::BackendStorage;
 use candle::cuda_backend::cudarc::driver::LaunchConfig;
 use candle::{
@@ -28,7 +28,7 @@ pub(crate) fn batch_norm_train(
     xs: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
-    config: BatchNormTrainConfig,
+    config: BatchNormOpConfig,
     count: usize,
 ) -> candle::Result<(Tensor, BatchStatistics)> {
     let xs = xs.contiguous()?;
@@ -42,7 +42,7 @@ pub(crate) fn batch_norm_train(
     Ok((output, statistics))
 }
 
-fn relu(config: BatchNormTrainConfig) -> bool {
+fn relu(config: BatchNormOpConfig) -> bool {
     config.activation == BatchNormActivation::Relu
 }
 
