@@ -167,7 +167,10 @@ pub fn batch_norm_eval(
         return ys.to_dtype(xs.dtype());
     }
     if !(on_cpu && xs.dtype() == DType::F32 && f32_parameters) {
-        return composed_batch_norm_eval(xs, weight, bias, running_mean, running_var, config);
+        // Composed from candle ops (any device and dtype): y = x·scale + shift.
+        let scale = weight.detach().broadcast_div(&(running_var.detach() + config.eps)?.sqrt()?)?;
+        let shift = bias.detach().sub(&(running_mean.detach() * &scale)?)?;
+        return channel_affine(xs, &scale, &shift, config.activation);
     }
     let mean = running_mean.to_vec1::<f32>()?;
     let inverse_std = running_var
@@ -183,22 +186,19 @@ pub fn batch_norm_eval(
     xs.apply_op3_no_bwd(weight, bias, &op)
 }
 
-/// [`batch_norm_eval`] from candle ops (any device and dtype).
-fn composed_batch_norm_eval(
+/// `xs (B, C, H, W) · scale (C) + shift (C)` per channel, then the activation, from candle
+/// ops in `xs`'s dtype: the tail of both composed paths.
+fn channel_affine(
     xs: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    config: BatchNormOpConfig,
+    scale: &Tensor,
+    shift: &Tensor,
+    activation: BatchNormActivation,
 ) -> candle::Result<Tensor> {
     let shape = (1, xs.dim(1)?, 1, 1);
-    let scale = weight.detach().broadcast_div(&(running_var.detach() + config.eps)?.sqrt()?)?;
-    let shift = bias.detach().sub(&(running_mean.detach() * &scale)?)?;
     let ys = xs
         .broadcast_mul(&scale.reshape(shape)?.to_dtype(xs.dtype())?)?
         .broadcast_add(&shift.reshape(shape)?.to_dtype(xs.dtype())?)?;
-    match config.activation {
+    match activation {
         BatchNormActivation::Identity => Ok(ys),
         BatchNormActivation::Relu => ys.relu(),
     }
@@ -212,7 +212,6 @@ fn composed_batch_norm_train(
     config: BatchNormOpConfig,
     count: usize,
 ) -> candle::Result<(Tensor, BatchStatistics)> {
-    let channels = xs.dim(1)?;
     let internal = match xs.dtype() {
         DType::F16 | DType::BF16 => DType::F32,
         dtype => dtype,
@@ -222,14 +221,7 @@ fn composed_batch_norm_train(
     let centered = x.broadcast_sub(&mean)?;
     let variance = centered.sqr()?.mean_keepdim((0, 2, 3))?;
     let normalized = centered.broadcast_div(&(&variance + config.eps)?.sqrt()?)?;
-    let shape = (1, channels, 1, 1);
-    let y = normalized
-        .broadcast_mul(&weight.to_dtype(internal)?.reshape(shape)?)?
-        .broadcast_add(&bias.to_dtype(internal)?.reshape(shape)?)?;
-    let y = match config.activation {
-        BatchNormActivation::Identity => y,
-        BatchNormActivation::Relu => y.relu()?,
-    };
+    let y = channel_affine(&normalized, weight, bias, config.activation)?;
     let statistics = BatchStatistics {
         mean: mean.flatten_all()?.detach(),
         variance: variance.flatten_all()?.detach(),
