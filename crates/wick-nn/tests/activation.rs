@@ -41,3 +41,24 @@ fn add_relu_equals_relu_of_the_sum_with_gradients_for_both_inputs() {
     assert_eq!(strided, copied);
     assert!(add_relu(a.as_tensor(), &at).is_err());
 }
+
+#[test]
+fn relu_and_add_relu_keep_nan_forward_and_backward_like_pytorch() {
+    // torch: x = tensor([nan, -1., 2.], requires_grad=True); y = relu(x)
+    //        y == [nan, 0., 2.]; y.backward(tensor([1., 1., 1.])) → x.grad == [1., 0., 1.]
+    // (threshold_backward zeroes the gradient only where the output is <= 0, so NaN passes).
+    // f32::max(NaN, 0) is 0: a kernel using it would turn a diverged model into zeros.
+    let x = Var::new(&[f32::NAN, -1.0, 2.0], &Device::Cpu).unwrap();
+    let y = relu(x.as_tensor()).unwrap();
+    let values = y.to_vec1::<f32>().unwrap();
+    assert!(values[0].is_nan(), "relu(NaN) must be NaN, got {}", values[0]);
+    assert_eq!(values[1..], [0.0, 2.0]);
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), [1.0, 0.0, 1.0]);
+
+    let a = Var::new(&[f32::NAN, 1.0, -3.0], &Device::Cpu).unwrap();
+    let b = Tensor::new(&[0.0f32, f32::NAN, 1.0], &Device::Cpu).unwrap();
+    let y = add_relu(a.as_tensor(), &b).unwrap().to_vec1::<f32>().unwrap();
+    assert!(y[0].is_nan() && y[1].is_nan(), "add_relu must keep NaN, got {y:?}");
+    assert_eq!(y[2], 0.0);
+}

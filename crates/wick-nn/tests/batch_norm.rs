@@ -5,7 +5,7 @@ mod common;
 
 use candle::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{assert_close, seeded_tensor};
+use common::{assert_close, seeded_tensor, to_vec};
 use wick_nn::{BatchNorm2dConfig, BatchNormActivation, batch_norm2d};
 
 fn layers(
@@ -182,5 +182,37 @@ fn eval_kernel_matches_the_formula_and_the_composed_path() -> candle::Result<()>
     );
     let message = bad.expect_err("a (2,) running_mean for 3 channels is an error").to_string();
     assert!(message.contains("running_mean"), "{message}");
+    Ok(())
+}
+
+#[test]
+fn fused_relu_keeps_nan_in_train_and_eval_like_pytorch() -> candle::Result<()> {
+    // torch: F.relu(F.batch_norm(x, ...)) with a NaN in channel 0's input (train) or in its
+    // running mean (eval) gives NaN in every element of channel 0 and finite values elsewhere.
+    // A `max(y, 0)` kernel would turn that channel into zeros and the NaN guard would not fire.
+    let relu = wick_nn::ops::BatchNormOpConfig { eps: 1e-5, activation: BatchNormActivation::Relu };
+    let channels = 2;
+    let (w, b) = (
+        Tensor::ones(channels, DType::F32, &Device::Cpu)?,
+        Tensor::zeros(channels, DType::F32, &Device::Cpu)?,
+    );
+    let mut values = to_vec(&seeded_tensor(&[2, channels, 3, 3], 7));
+    values[4] = f32::NAN; // item 0, channel 0
+    let x = Tensor::from_vec(values, (2, channels, 3, 3), &Device::Cpu)?;
+    let (ys, _) = wick_nn::ops::batch_norm_train(&x, &w, &b, relu)?;
+    let channel = |t: &Tensor, c: usize| to_vec(&t.narrow(1, c, 1).unwrap());
+    assert!(channel(&ys, 0).iter().all(|v| v.is_nan()), "train: channel 0 must be all NaN");
+    assert!(channel(&ys, 1).iter().all(|v| v.is_finite()), "train: channel 1 stays finite");
+
+    let x = seeded_tensor(&[2, channels, 3, 3], 8);
+    let mean = Tensor::new(&[f32::NAN, 0.0], &Device::Cpu)?;
+    let var = Tensor::ones(channels, DType::F32, &Device::Cpu)?;
+    for xs in [x.clone(), x.to_dtype(DType::F64)?] {
+        let d = |t: &Tensor| t.to_dtype(xs.dtype());
+        let ys = wick_nn::ops::batch_norm_eval(&xs, &d(&w)?, &d(&b)?, &d(&mean)?, &d(&var)?, relu)?
+            .to_dtype(DType::F32)?;
+        assert!(channel(&ys, 0).iter().all(|v| v.is_nan()), "eval {:?}: channel 0", xs.dtype());
+        assert!(channel(&ys, 1).iter().all(|v| v.is_finite()), "eval {:?}: channel 1", xs.dtype());
+    }
     Ok(())
 }

@@ -7,6 +7,10 @@
 //! candle's rule would send gradient through units PyTorch blocks. Fusing the addition also
 //! saves a pass over a large activation and its gradient.
 //!
+//! NaN propagates as in PyTorch (`torch.relu(nan) = nan`, and `threshold_backward` passes the
+//! gradient wherever the output is not `<= 0`): `f32::max(nan, 0)` would return 0 and hide a
+//! diverged model from every finiteness check downstream.
+//!
 //! CPU kernels here; with the `cuda` feature the same ops run on CUDA (`cuda/activation.rs`).
 
 use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
@@ -43,12 +47,25 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> candle::Result<Tensor> {
 /// Chunk length for parallel element-wise loops (large enough to amortise rayon).
 const CHUNK: usize = 1 << 14;
 
+/// `max(v, 0)` that keeps NaN, as `torch.relu` does (`f32::max(NaN, 0)` is 0).
+#[inline(always)]
+pub(crate) fn relu_value(v: f32) -> f32 {
+    if v <= 0.0 { 0.0 } else { v }
+}
+
+/// Whether the ReLU lets the gradient through, from its output (or pre-activation):
+/// PyTorch's `threshold_backward` zeroes it where `output <= 0`, so NaN passes.
+#[inline(always)]
+pub(crate) fn relu_passes(output: f32) -> bool {
+    output > 0.0 || output.is_nan()
+}
+
 fn relu_forward(sum: impl Fn(usize) -> f32 + Sync, len: usize) -> Vec<f32> {
     let mut out = vec![0f32; len];
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk_idx, chunk)| {
         let start = chunk_idx * CHUNK;
         for (offset, value) in chunk.iter_mut().enumerate() {
-            *value = sum(start + offset).max(0.0);
+            *value = relu_value(sum(start + offset));
         }
     });
     out
@@ -141,7 +158,7 @@ impl CustomOp2 for AddRelu {
     }
 }
 
-/// `grad · (output > 0)`: the backward of both ops, from the forward output.
+/// `grad · !(output <= 0)`: the backward of both ops, from the forward output.
 #[derive(Debug, Clone, Copy)]
 pub struct ReluBackward;
 
@@ -172,7 +189,7 @@ impl CustomOp2 for ReluBackward {
             let start = chunk_idx * CHUNK;
             for (offset, value) in chunk.iter_mut().enumerate() {
                 let i = start + offset;
-                *value = if output_values[i] > 0.0 { grad_values[i] } else { 0.0 };
+                *value = if relu_passes(output_values[i]) { grad_values[i] } else { 0.0 };
             }
         });
         Ok((CpuStorage::F32(result), grad_layout.shape().clone()))

@@ -19,6 +19,7 @@
 //! tensors run the same arithmetic with the statistics kept on the device
 //! (`cuda/batch_norm.rs`); [`batch_norm_train`] composes candle ops anywhere else.
 
+use super::activation::{relu_passes, relu_value};
 use super::storage::f32_row_major;
 use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -200,7 +201,7 @@ fn channel_affine(
         .broadcast_add(&shift.reshape(shape)?.to_dtype(xs.dtype())?)?;
     match activation {
         BatchNormActivation::Identity => Ok(ys),
-        BatchNormActivation::Relu => ys.relu(),
+        BatchNormActivation::Relu => super::activation::relu(&ys),
     }
 }
 
@@ -382,7 +383,7 @@ impl CustomOp3 for BatchNormOp {
                     let shift = bias[c] - self.mean[c] * scale;
                     for (o, v) in out_plane.iter_mut().zip(x_plane) {
                         let y = v * scale + shift;
-                        *o = if relu { y.max(0.0) } else { y };
+                        *o = if relu { relu_value(y) } else { y };
                     }
                 },
             );
@@ -459,7 +460,7 @@ impl ChannelTransform {
     fn mask(&self, c: usize) -> impl Fn(f32, f32) -> f32 + use<> {
         let (identity, scale, shift) = (!self.relu, self.scale[c], self.shift[c]);
         move |x: f32, grad: f32| {
-            let passes = identity | (x * scale + shift > 0.0);
+            let passes = identity | relu_passes(x * scale + shift);
             if passes { grad } else { 0.0 }
         }
     }

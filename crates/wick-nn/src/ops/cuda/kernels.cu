@@ -31,23 +31,26 @@ template <> __device__ __forceinline__ __half store<__half>(float v) { return __
          i < (unsigned long long)(n); i += (unsigned long long)blockDim.x * gridDim.x)
 
 // ------------------------------------------------------------------------------------------
-// ReLU: forward max(x, 0) (fmaxf maps NaN to 0, as Rust's f32::max does on the CPU); backward
-// passes the gradient where the forward output is > 0 (PyTorch's rule, 0 at exactly 0).
+// ReLU: forward max(x, 0) keeping NaN (torch.relu(nan) = nan; fmaxf would map it to 0);
+// backward zeroes the gradient where the forward output is <= 0 (PyTorch's threshold_backward:
+// 0 at exactly 0, NaN passes), as activation.rs does on the CPU.
 // ------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float relu_value(float v) { return v <= 0.0f ? 0.0f : v; }
 
 template <typename T>
 __device__ void relu_fwd(unsigned long long n, const T* x, T* y) {
-    GRID_STRIDE(i, n) { y[i] = store<T>(fmaxf(load(x[i]), 0.0f)); }
+    GRID_STRIDE(i, n) { y[i] = store<T>(relu_value(load(x[i]))); }
 }
 
 template <typename T>
 __device__ void add_relu_fwd(unsigned long long n, const T* a, const T* b, T* y) {
-    GRID_STRIDE(i, n) { y[i] = store<T>(fmaxf(load(a[i]) + load(b[i]), 0.0f)); }
+    GRID_STRIDE(i, n) { y[i] = store<T>(relu_value(load(a[i]) + load(b[i]))); }
 }
 
 template <typename T>
 __device__ void relu_bwd(unsigned long long n, const T* out, const T* grad, T* dx) {
-    GRID_STRIDE(i, n) { dx[i] = load(out[i]) > 0.0f ? grad[i] : store<T>(0.0f); }
+    GRID_STRIDE(i, n) { dx[i] = load(out[i]) <= 0.0f ? store<T>(0.0f) : grad[i]; }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -333,12 +336,12 @@ __device__ void bn_apply(unsigned long long n, int channels, unsigned long long 
         int c = (int)((i / plane) % channels);
         ChannelAffine a = channel_affine(c, channels, stats, weight, bias);
         float v = load(x[i]) * a.scale + a.shift;
-        y[i] = store<T>(relu ? fmaxf(v, 0.0f) : v);
+        y[i] = store<T>(relu ? relu_value(v) : v);
     }
 }
 
 __device__ __forceinline__ float masked(int relu, float x, float g, const ChannelAffine& a) {
-    return (!relu || (x * a.scale + a.shift > 0.0f)) ? g : 0.0f;
+    return (!relu || !(x * a.scale + a.shift <= 0.0f)) ? g : 0.0f;
 }
 
 template <typename T>
