@@ -8,6 +8,7 @@
 
 mod bench;
 mod cuda;
+mod determinism;
 mod reproduce;
 mod tidy;
 
@@ -56,6 +57,22 @@ enum Task {
         /// Only these experiments (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Train one recipe several times with the same seed and different thread counts and
+    /// require byte-identical models (the reproducibility promise, README).
+    Determinism {
+        /// The dataset (a folder with train/ and val/, or a .tgz).
+        #[arg(long, default_value = "../shared/data/imagenette2-224")]
+        data: PathBuf,
+        /// The recipe to train.
+        #[arg(long, default_value = "recipes/determinism.toml")]
+        recipe: PathBuf,
+        /// Where the runs go.
+        #[arg(long, default_value = "runs/determinism")]
+        out: PathBuf,
+        /// RAYON_NUM_THREADS of each run (0: the machine's default).
+        #[arg(long, value_delimiter = ',', default_value = "0,0,1")]
+        threads: Vec<usize>,
     },
     /// Benchmark a suite side by side with the Python reference stack and record the table
     /// in docs/performance.md.
@@ -136,6 +153,10 @@ fn run(task: Task) -> anyhow::Result<()> {
                 only,
             };
             reproduce::reproduce(&project_root(), &options)
+        }
+        Task::Determinism { data, recipe, out, threads } => {
+            let options = determinism::DeterminismOptions { recipe, data, out, threads };
+            determinism::determinism(&project_root(), &options)
         }
         Task::Bench { suite, data, python, no_python, anchor, count, no_write, quick, steps } => {
             let root = project_root();

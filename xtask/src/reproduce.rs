@@ -209,7 +209,7 @@ pub(crate) fn reproduce(root: &Path, options: &ReproduceOptions) -> anyhow::Resu
 
 /// `--data`, or the chapter's dataset (full-size imagenette2) from wick's cache, or a download
 /// — failing fast, before any build, when there is no network.
-fn resolve_data(root: &Path, data: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve_data(root: &Path, data: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(data) = data {
         let path = if data.is_absolute() { data.to_path_buf() } else { root.join(data) };
         if !path.exists() {
@@ -244,7 +244,7 @@ fn resolve_data(root: &Path, data: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from("imagenette2"))
 }
 
-fn build_wick(root: &Path, cuda: bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_wick(root: &Path, cuda: bool) -> anyhow::Result<PathBuf> {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root).args(["build", "--release", "-p", "wick-cli"]);
     if cuda {
@@ -261,7 +261,7 @@ fn build_wick(root: &Path, cuda: bool) -> anyhow::Result<PathBuf> {
     Ok(target.join("release/wick"))
 }
 
-fn run(command: &mut Command) -> anyhow::Result<std::process::ExitStatus> {
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<std::process::ExitStatus> {
     eprintln!("$ {command:?}");
     command.status().with_context(|| format!("running {command:?}"))
 }

@@ -26,6 +26,12 @@ use rayon::prelude::*;
 const TILE_BYTES: usize = 512 * 1024;
 /// Items are grouped into one tile until it has at least this many columns.
 const MIN_GROUPED_COLUMNS: usize = 256;
+/// Grouped items are split into at least this many parallel units, and the weight
+/// gradient's per-unit products are summed in this many fixed chunks. Both come from the
+/// shapes alone, never from the thread count or from work stealing, so every sum is formed
+/// in the same order and a result is bit-identical at any number of threads
+/// (docs/decisions/0002-deterministic-reductions.md).
+const PARALLEL_SPLITS: usize = 4;
 
 /// Everything about one convolution's shapes, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,11 +107,10 @@ struct TilePlan {
 impl TilePlan {
     fn new(geometry: &ConvGeometry) -> Self {
         let pixels = geometry.out_pixels().max(1);
-        let threads = rayon::current_num_threads().max(1);
         let by_cache = TILE_BYTES / (4 * geometry.patch_len().max(1));
         let target_columns = by_cache.clamp(64, 2048) / 16 * 16;
-        let items_per_unit =
-            (MIN_GROUPED_COLUMNS / pixels).clamp(1, geometry.batch.div_ceil(threads).max(1));
+        let items_per_unit = (MIN_GROUPED_COLUMNS / pixels)
+            .clamp(1, geometry.batch.div_ceil(PARALLEL_SPLITS).max(1));
         let columns_per_tile = if items_per_unit == 1 && pixels > target_columns {
             let tiles = pixels.div_ceil(target_columns);
             pixels.div_ceil(tiles).div_ceil(16) * 16
@@ -567,8 +572,10 @@ fn flip_weight(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
     flipped
 }
 
-/// `dw` from `x` and `dy`; both row-major. Each rayon split accumulates its own `dw`, then
-/// the partial sums are added.
+/// `dw` from `x` and `dy`; both row-major. The units are cut into at most
+/// [`PARALLEL_SPLITS`] runs of consecutive units; each run accumulates its own `dw` in unit
+/// order (in parallel with the others), then the runs' sums are added in run order: the
+/// same additions in the same order whatever the number of threads.
 pub(crate) fn conv2d_backward_weight(
     geometry: &ConvGeometry,
     input: &[f32],
@@ -642,13 +649,22 @@ pub(crate) fn conv2d_backward_weight(
         }
         Ok(grad_weight)
     };
-    (0..units).into_par_iter().try_fold(|| vec![0.0f32; weight_len], accumulate_unit).try_reduce(
-        || vec![0.0f32; weight_len],
-        |mut total, partial| {
-            for (t, p) in total.iter_mut().zip(&partial) {
-                *t += p;
-            }
-            Ok(total)
-        },
-    )
+    let units_per_run = units.div_ceil(PARALLEL_SPLITS);
+    let runs = units.div_ceil(units_per_run);
+    let partials = (0..runs)
+        .into_par_iter()
+        .map(|run| {
+            let first = run * units_per_run;
+            (first..units.min(first + units_per_run))
+                .try_fold(vec![0.0f32; weight_len], accumulate_unit)
+        })
+        .collect::<candle::Result<Vec<_>>>()?;
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().unwrap_or_else(|| vec![0.0f32; weight_len]);
+    for partial in partials {
+        for (t, p) in total.iter_mut().zip(&partial) {
+            *t += p;
+        }
+    }
+    Ok(total)
 }

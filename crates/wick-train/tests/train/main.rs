@@ -6,6 +6,7 @@
 //! through `common::assert_close`.
 
 mod common;
+mod determinism;
 mod distributed;
 mod learner;
 mod learner_golden;

@@ -22,7 +22,7 @@ use crate::tiny::{Probe, adam, bright_dark_batches, config, tiny_cnn, var_values
 const RUN_SEED: u64 = 42;
 
 /// 12 bright and 12 dark 20x20 PNGs (training), 4 + 4 (validation), with some texture.
-fn image_items(dir: &Path) -> (Items, Items) {
+pub(crate) fn image_items(dir: &Path) -> (Items, Items) {
     let write = |split: &str, n_per_class: usize| {
         let mut items = Items { paths: Vec::new(), labels: Vec::new() };
         for label in 0..2u32 {
