@@ -21,4 +21,6 @@ pub use init::{draw_init, seeded_var_builder};
 pub use io::{load_weights, save_weights, state_dict};
 pub use layers::Activation;
 pub use summary::{ModuleSummary, count_params, is_buffer, summary};
-pub use xresnet::{Depth, ModuleOutput, XResNet, XResNetConfig, xresnet};
+pub use xresnet::{
+    BlockPlan, ConvLayerPlan, Depth, ModuleOutput, XResNet, XResNetConfig, XResNetPlan, xresnet,
+};

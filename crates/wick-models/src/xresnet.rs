@@ -117,6 +117,123 @@ impl XResNetConfig {
     }
 }
 
+/// One `ConvLayer` of an xresnet, by its state-dict prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvLayerPlan {
+    /// State-dict prefix, e.g. `4.0.convpath.1`: the convolution is `<name>.0.weight`, the
+    /// BatchNorm `<name>.1.*`.
+    pub name: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub config: ConvLayerConfig,
+}
+
+/// One residual block (fastai's `ResBlock`): `act(convpath(x) + idpath(x))`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockPlan {
+    /// State-dict prefix, e.g. `4.0`.
+    pub name: String,
+    pub convpath: Vec<ConvLayerPlan>,
+    /// `Some(symmetric)`: a `SimpleSelfAttention` after the convolutions, named
+    /// `<name>.convpath.<convpath.len()>`.
+    pub attention: Option<bool>,
+    /// The stride of the shortcut's `AvgPool2d(stride, ceil_mode=True)` (ResNet-D), if any.
+    pub shortcut_pool: Option<usize>,
+    /// The shortcut's 1x1 `ConvLayer` when the block changes the width.
+    pub shortcut_conv: Option<ConvLayerPlan>,
+    pub activation: Activation,
+}
+
+/// The layout of a whole xresnet, derived from its [`XResNetConfig`]: what [`xresnet`] builds
+/// and what an exporter walks (one description of the topology).
+#[derive(Debug, Clone, PartialEq)]
+pub struct XResNetPlan {
+    /// The three stem `ConvLayer`s (`0`, `1`, `2`); `3` is `MaxPool2d(3, 2, padding 1)`.
+    pub stem: Vec<ConvLayerPlan>,
+    /// The stages (`4`, `5`, ...), each a list of blocks.
+    pub stages: Vec<Vec<BlockPlan>>,
+    /// State-dict prefix of the linear head (`11` for four stages), after global average
+    /// pooling, flattening and dropout.
+    pub head: String,
+    /// Features into the head.
+    pub head_in_features: usize,
+}
+
+impl XResNetConfig {
+    /// The network's layout (fastai's `XResNet.__init__` and `_make_layer`).
+    pub fn plan(&self) -> XResNetPlan {
+        let act = Some(self.activation);
+        let conv =
+            |name: String, in_channels, out_channels, kernel, stride, bn_init, activation| {
+                ConvLayerPlan {
+                    name,
+                    in_channels,
+                    out_channels,
+                    config: ConvLayerConfig { kernel, stride, bn_init, activation },
+                }
+            };
+        let widths = [self.c_in, self.stem_sizes[0], self.stem_sizes[1], self.stem_sizes[2]];
+        let stem = (0..3)
+            .map(|i| {
+                let stride = if i == 0 { 2 } else { 1 };
+                conv(i.to_string(), widths[i], widths[i + 1], 3, stride, BnInit::One, act)
+            })
+            .collect();
+        let sizes = self.block_sizes();
+        let attention_stage = self.layers.len().checked_sub(4);
+        let mut stages = Vec::new();
+        for (stage_idx, &n_blocks) in self.layers.iter().enumerate() {
+            let mut blocks = Vec::new();
+            for block_idx in 0..n_blocks {
+                let name = format!("{}.{block_idx}", 4 + stage_idx);
+                let in_width = if block_idx == 0 { sizes[stage_idx] } else { sizes[stage_idx + 1] };
+                let width = sizes[stage_idx + 1];
+                let stride = if block_idx == 0 && stage_idx > 0 { 2 } else { 1 };
+                let (ni, nf) = (in_width * self.expansion, width * self.expansion);
+                let path = |i: usize| format!("{name}.convpath.{i}");
+                let convpath = if self.expansion == 1 {
+                    vec![
+                        conv(path(0), ni, width, 3, stride, BnInit::One, act),
+                        conv(path(1), width, nf, 3, 1, BnInit::Zero, None),
+                    ]
+                } else {
+                    vec![
+                        conv(path(0), ni, width, 1, 1, BnInit::One, act),
+                        conv(path(1), width, width, 3, stride, BnInit::One, act),
+                        conv(path(2), width, nf, 1, 1, BnInit::Zero, None),
+                    ]
+                };
+                // ResNet-D: the pool comes first in `idpath`, so the conv is `idpath.1` when
+                // both exist.
+                let shortcut_pool = (stride != 1).then_some(stride);
+                let shortcut_conv = (ni != nf).then(|| {
+                    let index = if shortcut_pool.is_some() { 1 } else { 0 };
+                    conv(format!("{name}.idpath.{index}"), ni, nf, 1, 1, BnInit::One, None)
+                });
+                let attention = (self.self_attention
+                    && Some(stage_idx) == attention_stage
+                    && block_idx == n_blocks - 1)
+                    .then_some(self.symmetric_attention);
+                blocks.push(BlockPlan {
+                    name,
+                    convpath,
+                    attention,
+                    shortcut_pool,
+                    shortcut_conv,
+                    activation: self.activation,
+                });
+            }
+            stages.push(blocks);
+        }
+        XResNetPlan {
+            stem,
+            stages,
+            head: (4 + self.layers.len() + 3).to_string(),
+            head_in_features: sizes[self.layers.len()] * self.expansion,
+        }
+    }
+}
+
 /// fastai's `ResBlock`: `act(convpath(x) + idpath(x))`.
 #[derive(Debug, Clone)]
 struct ResBlock {
@@ -127,67 +244,31 @@ struct ResBlock {
     activation: Activation,
 }
 
-struct BlockSpec {
-    expansion: usize,
-    in_width: usize,
-    width: usize,
-    stride: usize,
-    activation: Activation,
-    attention: Option<bool>,
+fn plan_conv_layer(plan: &ConvLayerPlan, vb: &VarBuilder) -> candle::Result<ConvLayer> {
+    conv_layer(plan.in_channels, plan.out_channels, plan.config, vb.pp(&plan.name))
 }
 
-fn res_block(spec: &BlockSpec, vb: VarBuilder) -> candle::Result<ResBlock> {
-    let (ni, nf) = (spec.in_width * spec.expansion, spec.width * spec.expansion);
-    let act = Some(spec.activation);
-    let layer = |kernel, stride, bn_init, activation| ConvLayerConfig {
-        kernel,
-        stride,
-        bn_init,
-        activation,
-    };
-    let path = vb.pp("convpath");
-    let mut convpath = Vec::new();
-    if spec.expansion == 1 {
-        convpath.push(conv_layer(
-            ni,
-            spec.width,
-            layer(3, spec.stride, BnInit::One, act),
-            path.pp("0"),
-        )?);
-        convpath.push(conv_layer(spec.width, nf, layer(3, 1, BnInit::Zero, None), path.pp("1"))?);
-    } else {
-        convpath.push(conv_layer(ni, spec.width, layer(1, 1, BnInit::One, act), path.pp("0"))?);
-        convpath.push(conv_layer(
-            spec.width,
-            spec.width,
-            layer(3, spec.stride, BnInit::One, act),
-            path.pp("1"),
-        )?);
-        convpath.push(conv_layer(spec.width, nf, layer(1, 1, BnInit::Zero, None), path.pp("2"))?);
-    }
-    let attention = match spec.attention {
+fn res_block(plan: &BlockPlan, vb: &VarBuilder) -> candle::Result<ResBlock> {
+    let convpath = plan
+        .convpath
+        .iter()
+        .map(|layer| plan_conv_layer(layer, vb))
+        .collect::<candle::Result<Vec<_>>>()?;
+    let attention = match plan.attention {
         Some(symmetric) => {
-            Some(simple_self_attention(nf, symmetric, path.pp(convpath.len().to_string()))?)
+            // Invariant: a convpath has at least one layer.
+            let channels = plan.convpath.last().map_or(0, |layer| layer.out_channels);
+            let name = format!("{}.convpath.{}", plan.name, plan.convpath.len());
+            Some(simple_self_attention(channels, symmetric, vb.pp(name))?)
         }
         None => None,
     };
-    // ResNet-D: the pool comes first in `idpath`, so the conv is `idpath.1` when both exist.
-    let id = vb.pp("idpath");
-    let shortcut_pool = (spec.stride != 1).then(|| {
-        AvgPool2d::new(AvgPool2dConfig {
-            kernel: spec.stride,
-            stride: spec.stride,
-            padding: 0,
-            ceil_mode: true,
-        })
+    let shortcut_pool = plan.shortcut_pool.map(|stride| {
+        AvgPool2d::new(AvgPool2dConfig { kernel: stride, stride, padding: 0, ceil_mode: true })
     });
-    let shortcut_conv = if ni != nf {
-        let index = if shortcut_pool.is_some() { "1" } else { "0" };
-        Some(conv_layer(ni, nf, layer(1, 1, BnInit::One, None), id.pp(index))?)
-    } else {
-        None
-    };
-    Ok(ResBlock { convpath, attention, shortcut_pool, shortcut_conv, activation: spec.activation })
+    let shortcut_conv =
+        plan.shortcut_conv.as_ref().map(|layer| plan_conv_layer(layer, vb)).transpose()?;
+    Ok(ResBlock { convpath, attention, shortcut_pool, shortcut_conv, activation: plan.activation })
 }
 
 impl ModuleT for ResBlock {
@@ -241,53 +322,28 @@ pub fn xresnet(
     if config.layers.is_empty() || config.expansion == 0 || config.n_out == 0 || config.c_in == 0 {
         candle::bail!("xresnet: invalid configuration {config:?}");
     }
+    let plan = config.plan();
     let mut batch_norms = Vec::new();
-    let act = Some(config.activation);
     let mut stem = Vec::new();
-    let widths = [config.c_in, config.stem_sizes[0], config.stem_sizes[1], config.stem_sizes[2]];
-    for i in 0..3 {
-        let stride = if i == 0 { 2 } else { 1 };
-        let layer_config =
-            ConvLayerConfig { kernel: 3, stride, bn_init: BnInit::One, activation: act };
-        stem.push(conv_layer(widths[i], widths[i + 1], layer_config, vb.pp(i.to_string()))?);
-        batch_norms.push(format!("{i}.1"));
+    for layer in &plan.stem {
+        stem.push(plan_conv_layer(layer, &vb)?);
+        batch_norms.push(format!("{}.1", layer.name));
     }
     let pool =
         MaxPool2d::new(MaxPool2dConfig { kernel: 3, stride: 2, padding: 1, ceil_mode: false });
-    let sizes = config.block_sizes();
-    let attention_stage = config.layers.len().checked_sub(4);
     let mut stages = Vec::new();
-    for (stage_idx, &n_blocks) in config.layers.iter().enumerate() {
-        let module_idx = 4 + stage_idx;
+    for stage in &plan.stages {
         let mut blocks = Vec::new();
-        for block_idx in 0..n_blocks {
-            let spec = BlockSpec {
-                expansion: config.expansion,
-                in_width: if block_idx == 0 { sizes[stage_idx] } else { sizes[stage_idx + 1] },
-                width: sizes[stage_idx + 1],
-                stride: if block_idx == 0 && stage_idx > 0 { 2 } else { 1 },
-                activation: config.activation,
-                attention: (config.self_attention
-                    && Some(stage_idx) == attention_stage
-                    && block_idx == n_blocks - 1)
-                    .then_some(config.symmetric_attention),
-            };
-            let name = format!("{module_idx}.{block_idx}");
-            let block = res_block(&spec, vb.pp(&name))?;
-            for layer_idx in 0..block.convpath.len() {
-                batch_norms.push(format!("{name}.convpath.{layer_idx}.1"));
+        for block in stage {
+            for layer in block.convpath.iter().chain(&block.shortcut_conv) {
+                batch_norms.push(format!("{}.1", layer.name));
             }
-            if block.shortcut_conv.is_some() {
-                let index = if block.shortcut_pool.is_some() { 1 } else { 0 };
-                batch_norms.push(format!("{name}.idpath.{index}.1"));
-            }
-            blocks.push(block);
+            blocks.push(res_block(block, &vb)?);
         }
         stages.push(blocks);
     }
-    let head_idx = 4 + config.layers.len() + 3;
-    let head_vb = vb.pp(head_idx.to_string());
-    let in_features = sizes[config.layers.len()] * config.expansion;
+    let head_vb = vb.pp(&plan.head);
+    let in_features = plan.head_in_features;
     let weight = head_vb.get_with_hints(
         (config.n_out, in_features),
         "weight",
