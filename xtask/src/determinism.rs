@@ -2,8 +2,10 @@
 //! (by default `recipes/determinism.toml`, one epoch of xresnet18 at 64 px on 15% of
 //! Imagenette) several times with the same seed — twice at the machine's default thread count
 //! and once on a single thread — with the release `wick`, and requires every run's
-//! `model.safetensors` to be byte-identical and every epoch row to be equal. The promise it
-//! checks is stated in README.md and docs/ARCHITECTURE.md ("Reproducibility").
+//! `model.safetensors` to be byte-identical and every epoch row to be equal. One more run is
+//! killed with SIGKILL once its first mid-epoch checkpoint exists and is then resumed by
+//! rerunning the same command: it must end with the same bytes too. The promise it checks is
+//! stated in README.md and docs/ARCHITECTURE.md ("Reproducibility").
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +20,8 @@ pub(crate) struct DeterminismOptions {
     pub(crate) out: PathBuf,
     /// `RAYON_NUM_THREADS` of each run; 0 leaves the machine's default.
     pub(crate) threads: Vec<usize>,
+    /// Also kill a run after its first checkpoint and resume it.
+    pub(crate) kill_and_resume: bool,
 }
 
 pub(crate) fn determinism(root: &Path, options: &DeterminismOptions) -> anyhow::Result<()> {
@@ -28,12 +32,7 @@ pub(crate) fn determinism(root: &Path, options: &DeterminismOptions) -> anyhow::
     let wick = crate::reproduce::build_wick(root, false)?;
     let out = root.join(&options.out);
     let mut runs = Vec::new();
-    for (index, &threads) in options.threads.iter().enumerate() {
-        let label = if threads == 0 { "default".to_string() } else { threads.to_string() };
-        let dir = out.join(format!("run-{index}-threads-{label}"));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
+    let train = |dir: &Path, threads: usize| {
         let mut command = Command::new(&wick);
         command
             .arg("train")
@@ -42,15 +41,55 @@ pub(crate) fn determinism(root: &Path, options: &DeterminismOptions) -> anyhow::
             .arg("--data")
             .arg(&data)
             .arg("--out")
-            .arg(&dir);
+            .arg(dir);
         if threads > 0 {
             command.env("RAYON_NUM_THREADS", threads.to_string());
         }
-        let status = crate::reproduce::run(&mut command)?;
+        command
+    };
+    let fresh = |dir: &Path| -> anyhow::Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
+    };
+    for (index, &threads) in options.threads.iter().enumerate() {
+        let label = if threads == 0 { "default".to_string() } else { threads.to_string() };
+        let dir = out.join(format!("run-{index}-threads-{label}"));
+        fresh(&dir)?;
+        let status = crate::reproduce::run(&mut train(&dir, threads))?;
         if !status.success() {
             bail!("training run {index} ({label} threads) failed ({status})");
         }
         runs.push((label, dir));
+    }
+    if options.kill_and_resume {
+        let dir = out.join("run-killed-and-resumed");
+        fresh(&dir)?;
+        let mut command = train(&dir, 0);
+        eprintln!("$ {command:?}  (killed with SIGKILL after its first checkpoint)");
+        let mut child = command.spawn().with_context(|| format!("running {command:?}"))?;
+        let checkpoint = dir.join("stage-0").join("checkpoint.safetensors");
+        let started = std::time::Instant::now();
+        let killed = loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("the run to be killed finished first ({status}): no kill was tested");
+            }
+            if checkpoint.is_file() {
+                // A moment past the checkpoint, so that the kill lands mid-batch.
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                child.kill()?;
+                child.wait()?;
+                break started.elapsed();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        eprintln!("killed after {:.1} s; resuming", killed.as_secs_f64());
+        let status = crate::reproduce::run(&mut train(&dir, 0))?;
+        if !status.success() {
+            bail!("the resumed run failed ({status})");
+        }
+        runs.push(("default, killed and resumed".to_string(), dir));
     }
     let read = |dir: &Path, name: &str| {
         let path = dir.join(name);

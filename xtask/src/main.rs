@@ -73,6 +73,9 @@ enum Task {
         /// RAYON_NUM_THREADS of each run (0: the machine's default).
         #[arg(long, value_delimiter = ',', default_value = "0,0,1")]
         threads: Vec<usize>,
+        /// Skip the run that is killed after its first checkpoint and resumed.
+        #[arg(long)]
+        no_kill: bool,
     },
     /// Benchmark a suite side by side with the Python reference stack and record the table
     /// in docs/performance.md.
@@ -154,8 +157,14 @@ fn run(task: Task) -> anyhow::Result<()> {
             };
             reproduce::reproduce(&project_root(), &options)
         }
-        Task::Determinism { data, recipe, out, threads } => {
-            let options = determinism::DeterminismOptions { recipe, data, out, threads };
+        Task::Determinism { data, recipe, out, threads, no_kill } => {
+            let options = determinism::DeterminismOptions {
+                recipe,
+                data,
+                out,
+                threads,
+                kill_and_resume: !no_kill,
+            };
             determinism::determinism(&project_root(), &options)
         }
         Task::Bench { suite, data, python, no_python, anchor, count, no_write, quick, steps } => {

@@ -10,6 +10,7 @@ mod bench_step;
 mod device_check;
 mod distributed;
 mod eval;
+mod export;
 mod plan;
 mod progress;
 mod recipe;
@@ -127,6 +128,18 @@ enum Command {
         top_k: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Export a finished run's model: a standard ONNX model (opset 17, preprocessing inside,
+    /// checked against wick's logits with an ONNX runtime before it is written), or PyTorch
+    /// state-dict names in safetensors with a JSON sidecar.
+    Export {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value = "onnx")]
+        format: export::ExportFormat,
+        /// The file (onnx) or folder (safetensors) to write; default: in the run.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Compare every op and one xresnet50 training step on a device with the CPU reference
     /// (f32, f32 with TF32 convolutions, bf16); exits with status 1 if an op disagrees.
@@ -246,6 +259,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Predict { run, images, top_k, device } => {
             eval::predict(&run, &images, top_k, &device).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Export { run, format, out } => {
+            export::export(&run, format, out.as_deref()).map(|()| ExitCode::SUCCESS)
         }
         Command::DeviceCheck { device, json, seed, size, batch_size } => {
             let args = device_check::DeviceCheckArgs { device, json, seed, size, batch_size };

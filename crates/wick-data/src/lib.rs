@@ -16,6 +16,7 @@
 
 pub mod acquire;
 pub mod augment;
+pub mod class_names;
 pub mod decode;
 mod error;
 mod fsutil;
@@ -32,6 +33,7 @@ pub use acquire::{
     untar_data,
 };
 pub use augment::{AugDraw, AugTransforms, lighting, lighting_texels};
+pub use class_names::{display_name, readable_name};
 pub use decode::{DecodeConfig, Decoded, decode_rgb, image_size, read_rgb};
 pub use error::{DataError, Result};
 pub use fsutil::write_atomic;
