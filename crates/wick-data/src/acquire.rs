@@ -235,7 +235,9 @@ impl Default for ExtractConfig {
 /// Everything [`untar_data`] can be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AcquireConfig {
+    /// Timeouts of downloads.
     pub download: DownloadConfig,
+    /// Limits of extractions and the reuse check of the cache.
     pub extract: ExtractConfig,
 }
 
@@ -790,6 +792,8 @@ pub fn extract_tgz(archive: &Path, dest: &Path, config: &ExtractConfig) -> Resul
     let parent = dest.parent().unwrap_or(Path::new("."));
     create_dir(parent)?;
     let name = dest.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    // The same lock as the cache's, so that a run cleaning `parent` leaves this staging alone.
+    let _lock = CacheLock::acquire(&cache::lock_path(parent, &name), &mut |_| {})?;
     let staging = cache::staging_path(parent, &name);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|error| DataError::io(&staging, error))?;
