@@ -34,9 +34,14 @@ pub(crate) fn resolve_data(
     let source = data_source(data, base_url.as_deref())?;
     let config = acquire_config(std::env::var("WICK_DATA_READ_TIMEOUT").ok().as_deref())?;
     let cache = cache_dir();
-    let root = wick_data::untar_data(&source, &cache, &config, progress).with_context(|| {
-        format!("getting the dataset {data} (cache {}); without network, pass --data with a local folder or .tgz", cache.display())
-    })?;
+    let hint = match source {
+        wick_data::Source::Remote { .. } => {
+            "; without network, pass --data with a local folder or .tgz"
+        }
+        _ => "",
+    };
+    let root = wick_data::untar_data(&source, &cache, &config, progress)
+        .with_context(|| format!("getting the dataset {data} (cache {}){hint}", cache.display()))?;
     Ok(root)
 }
 
