@@ -31,6 +31,8 @@ enum Behaviour {
     Cut { after: usize },
     /// Accept the connection and never answer.
     Silent,
+    /// Answer a range request with `206` but the whole body from byte 0.
+    WrongRange,
 }
 
 /// A request's path and `Range` start.
@@ -92,6 +94,17 @@ fn serve_as(body: Vec<u8>, behaviour: Behaviour) -> Server {
                 Behaviour::Cut { after } => {
                     let _ = stream.write_all(full.as_bytes());
                     let _ = stream.write_all(&body[..after]);
+                    continue;
+                }
+                Behaviour::WrongRange => {
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes 0-{}/{}\r\nConnection: close\r\n\r\n",
+                        body.len(),
+                        body.len() - 1,
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
                     continue;
                 }
                 Behaviour::Normal { .. } => {}
@@ -865,6 +878,27 @@ fn a_partial_download_resumes_with_a_range_request() {
     std::fs::write(dir.path().join("again.tgz.part"), &body[..30_000]).unwrap();
     let server = serve(body.clone(), false);
     download(&server.url, &dest, &expected, &DownloadConfig::default(), &mut |_| {}).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+}
+
+#[test]
+fn a_resume_answered_with_another_range_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    let dest = dir.path().join("data.tgz");
+    let part = dir.path().join("data.tgz.part");
+    std::fs::write(&part, &body[..20_000]).unwrap();
+    let server = serve_as(body.clone(), Behaviour::WrongRange);
+    let error =
+        download(&server.url, &dest, &Expected::default(), &DownloadConfig::default(), &mut |_| {})
+            .unwrap_err();
+    assert!(matches!(error, DataError::Download { .. }), "{error}");
+    assert!(error.to_string().contains("resume at byte 20000"), "{error}");
+    assert!(!part.exists() && !dest.exists(), "the partial file is not trusted");
+    let server = serve(body.clone(), true);
+    download(&server.url, &dest, &Expected::default(), &DownloadConfig::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!(server.requests.lock().unwrap()[0].1, None, "started from the beginning");
     assert_eq!(std::fs::read(&dest).unwrap(), body);
 }
 
