@@ -2,16 +2,16 @@
 //! (URL, size, md5), a streaming download that resumes a partial file, times out on a stalled
 //! server and refuses a file whose size or checksum is wrong, and a cache of extracted
 //! datasets that trusts neither archives nor itself:
-//! - an archive is extracted by [`extract`](self::extract) (every entry checked, links and
+//! - an archive is extracted by `acquire/extract.rs` (every entry checked, links and
 //!   special files refused, gzip CRC and tar end-of-archive required, sizes and counts
 //!   bounded) into a staging folder that is renamed into place only when complete;
-//! - a local archive's dataset folder is named by the sha256 of the archive's bytes, never by
-//!   its file name alone; a local archive named like a catalogue archive stands in for it
-//!   only if its md5 is the catalogue's;
+//! - a local archive's dataset folder is named by its stem and a prefix of the sha256 of its
+//!   bytes, never by its file name alone; a local archive named like a catalogue archive
+//!   stands in for it only if its md5 is the catalogue's;
 //! - each dataset folder has a manifest, checked before the folder is reused; a folder that
 //!   no longer matches is extracted again;
 //! - a lock per dataset folder makes concurrent runs take turns, and staging folders left by
-//!   a killed run are removed by the next one ([`cache`](self::cache)).
+//!   a killed run are removed by the next one (`acquire/cache.rs`).
 //!
 //! This module never prints and never reads the environment: progress and notices go to a
 //! callback the caller renders (the CLI draws a progress bar), and the cache folder, URLs and
