@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         recipe: PathBuf,
         /// Dataset: a folder (train/<class>/, val/<class>/ or just <class>/ with a random
-        /// split), a .tgz, or a dataset name such as imagenette2-160 to download.
+        /// split), a .tgz, a dataset name such as imagenette2-160 to download, or the
+        /// http(s) URL of a .tgz.
         #[arg(long)]
         data: String,
         /// The run directory.
@@ -287,7 +288,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A download progress bar on stderr for `untar_data`.
+/// A download progress bar on stderr for `untar_data`; its other events as lines.
 pub(crate) fn download_progress() -> impl FnMut(wick_data::Progress) {
     let mut bar: Option<indicatif::ProgressBar> = None;
     move |event| match event {
@@ -303,12 +304,12 @@ pub(crate) fn download_progress() -> impl FnMut(wick_data::Progress) {
             });
             bar.set_position(done);
         }
-        wick_data::Progress::Verify { path } => {
+        // Every other event is a line for the user (wick-data words it).
+        other => {
             if let Some(bar) = bar.take() {
                 bar.finish_and_clear();
             }
-            eprintln!("verifying {}", path.display());
+            eprintln!("{other}");
         }
-        wick_data::Progress::Extract { archive } => eprintln!("extracting {}", archive.display()),
     }
 }

@@ -20,30 +20,68 @@ use crate::recipe::{
     Stage,
 };
 
-/// The dataset folder for `--data`: a folder as is, a `.tgz` extracted into the cache, or a
-/// catalogue name (`imagenette2-160`, ...) downloaded into the cache. The cache is
-/// `$WICK_DATA`, else `$XDG_CACHE_HOME/wick`, else `~/.cache/wick`.
+/// The dataset folder for `--data`: a folder as is, a `.tgz` extracted into the cache, the
+/// `http://` or `https://` URL of an archive downloaded into the cache, or a catalogue name
+/// (`imagenette2-160`, ...) downloaded into the cache from fastai's servers, or from the
+/// mirror `$WICK_DATA_BASE_URL` (`<base>/<name>.tgz`, still md5-checked). The cache is
+/// `$WICK_DATA`, else `$XDG_CACHE_HOME/wick`, else `~/.cache/wick`; `$WICK_DATA_READ_TIMEOUT`
+/// (seconds, default 60) is how long a download may stall.
 pub(crate) fn resolve_data(
     data: &str,
     progress: &mut dyn FnMut(wick_data::Progress),
 ) -> anyhow::Result<PathBuf> {
+    let base_url = std::env::var("WICK_DATA_BASE_URL").ok().filter(|base| !base.is_empty());
+    let source = data_source(data, base_url.as_deref())?;
+    let config = acquire_config(std::env::var("WICK_DATA_READ_TIMEOUT").ok().as_deref())?;
+    let cache = cache_dir();
+    let hint = match source {
+        wick_data::Source::Remote { .. } => {
+            "; without network, pass --data with a local folder or .tgz"
+        }
+        _ => "",
+    };
+    let root = wick_data::untar_data(&source, &cache, &config, progress)
+        .with_context(|| format!("getting the dataset {data} (cache {}){hint}", cache.display()))?;
+    Ok(root)
+}
+
+/// What `--data` names (see [`resolve_data`]).
+fn data_source(data: &str, base_url: Option<&str>) -> anyhow::Result<wick_data::Source> {
+    if data.starts_with("http://") || data.starts_with("https://") {
+        return Ok(wick_data::Source::url(data)?);
+    }
     let path = Path::new(data);
-    let source = if path.exists() {
-        wick_data::Source::local(path)
+    if path.exists() {
+        Ok(wick_data::Source::local(path))
     } else if let Some(archive) = wick_data::archive_named(data) {
-        wick_data::Source::from(archive)
+        Ok(match base_url {
+            Some(base) => archive.source_at(base),
+            None => wick_data::Source::from(archive),
+        })
     } else {
         bail!(
-            "--data {data}: no such file or folder, and not a dataset name ({}).\n\
+            "--data {data}: no such file or folder, and not a dataset name ({}) or an http(s) URL.\n\
              Point --data at a local Imagenette folder (with train/ and val/) or a .tgz",
             wick_data::ARCHIVES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
         );
-    };
-    let cache = cache_dir();
-    let root = wick_data::untar_data(&source, &cache, progress).with_context(|| {
-        format!("getting the dataset {data} (cache {}); without network, pass --data with a local folder or .tgz", cache.display())
-    })?;
-    Ok(root)
+    }
+}
+
+/// The acquisition settings, with `$WICK_DATA_READ_TIMEOUT` (seconds) if set.
+fn acquire_config(read_timeout: Option<&str>) -> anyhow::Result<wick_data::AcquireConfig> {
+    let mut config = wick_data::AcquireConfig::default();
+    if let Some(text) = read_timeout {
+        let seconds = text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds < 1e9)
+            .with_context(|| {
+                format!("WICK_DATA_READ_TIMEOUT={text:?}: expected a number of seconds above 0")
+            })?;
+        config.download.read_timeout = std::time::Duration::from_secs_f64(seconds);
+    }
+    Ok(config)
 }
 
 fn cache_dir() -> PathBuf {
@@ -303,6 +341,57 @@ impl FitPlan {
             | FitPlan::FlatCos { epochs, .. }
             | FitPlan::Constant { epochs, .. } => *epochs,
             FitPlan::FineTune(fine_tune) => fine_tune.freeze_epochs + fine_tune.epochs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod data_tests {
+    use super::{acquire_config, data_source};
+    use wick_data::Source;
+
+    #[test]
+    fn data_names_urls_and_mirrors() {
+        let Source::Remote { url, md5, .. } = data_source("imagenette2-160", None).unwrap() else {
+            panic!("a catalogue name is downloaded")
+        };
+        assert_eq!(url, wick_data::IMAGENETTE_160.url);
+        assert_eq!(md5.as_deref(), Some(wick_data::IMAGENETTE_160.md5));
+        let Source::Remote { url, md5, .. } =
+            data_source("imagenette2-160", Some("http://127.0.0.1:8000/fastai")).unwrap()
+        else {
+            panic!("a catalogue name is downloaded")
+        };
+        assert_eq!(url, "http://127.0.0.1:8000/fastai/imagenette2-160.tgz");
+        assert_eq!(
+            md5.as_deref(),
+            Some(wick_data::IMAGENETTE_160.md5),
+            "a mirror is still checked"
+        );
+        let Source::Remote { name, url, md5, .. } =
+            data_source("https://example.org/sets/pets.tgz", None).unwrap()
+        else {
+            panic!("a URL is downloaded")
+        };
+        assert_eq!(
+            (name.as_str(), url.as_str(), md5),
+            ("pets", "https://example.org/sets/pets.tgz", None)
+        );
+        let error = data_source("no-such-dataset", None).unwrap_err().to_string();
+        assert!(error.contains("no-such-dataset") && error.contains("imagenette2-160"), "{error}");
+        assert!(data_source("http://", None).is_err());
+    }
+
+    #[test]
+    fn the_read_timeout_is_seconds_above_zero() {
+        assert_eq!(acquire_config(None).unwrap(), wick_data::AcquireConfig::default());
+        assert_eq!(
+            acquire_config(Some("0.25")).unwrap().download.read_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        for bad in ["0", "-1", "soon", "NaN", "inf"] {
+            let error = acquire_config(Some(bad)).unwrap_err().to_string();
+            assert!(error.contains("WICK_DATA_READ_TIMEOUT"), "{bad}: {error}");
         }
     }
 }

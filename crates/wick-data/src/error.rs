@@ -29,6 +29,10 @@ pub enum DataError {
     /// An archive entry would land outside the extraction folder, or is of a refused kind.
     #[error("{archive}: refused entry {entry:?}: {reason}")]
     UnsafeArchiveEntry { archive: PathBuf, entry: String, reason: String },
+    /// An archive is not a complete, intact gzip-compressed tar: a bad CRC or length, a
+    /// stream cut short, a missing end-of-archive marker, or bytes after it.
+    #[error("{archive}: corrupt or truncated archive: {reason}; nothing was extracted")]
+    CorruptArchive { archive: PathBuf, reason: String },
     /// A dataset folder or split has no usable content.
     #[error("{path}: {reason}")]
     BadDataset { path: PathBuf, reason: String },

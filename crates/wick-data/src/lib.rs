@@ -28,9 +28,9 @@ pub mod pipeline;
 pub mod show;
 
 pub use acquire::{
-    ARCHIVES, Archive, Expected, IMAGENETTE, IMAGENETTE_160, IMAGENETTE_320, IMAGEWOOF,
-    IMAGEWOOF_160, IMAGEWOOF_320, Progress, Source, archive_named, download, extract_tgz, md5_file,
-    untar_data,
+    ARCHIVES, AcquireConfig, Archive, DownloadConfig, Expected, ExtractConfig, IMAGENETTE,
+    IMAGENETTE_160, IMAGENETTE_320, IMAGEWOOF, IMAGEWOOF_160, IMAGEWOOF_320, Progress, ReuseCheck,
+    Source, archive_named, download, extract_tgz, md5_file, untar_data, verify,
 };
 pub use augment::{AugDraw, AugTransforms, lighting, lighting_texels};
 pub use class_names::{display_name, readable_name};
