@@ -67,7 +67,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     if let Some(seed) = args.seed {
         recipe.seed = seed;
     }
-    resolved.insert("seed".to_string(), toml::Value::Integer(recipe.seed as i64));
+    resolved.insert("seed".to_string(), crate::recipe::seed_value(recipe.seed));
     let device = plan::device(&args.device)?;
     // Rank 0 (or the only process) writes the run directory; other ranks only read it.
     let root = args.rank.is_none_or(|spec| spec.rank == 0);
