@@ -203,6 +203,8 @@ pub fn save_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(),
             path: path.to_path_buf(),
             reason: error.to_string(),
         })?;
+    let bytes = canonical_header(bytes)
+        .map_err(|reason| WeightsError::Format { path: path.to_path_buf(), reason })?;
     write_durably(path, &bytes)
 }
 
@@ -339,6 +341,27 @@ pub fn load_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(),
         model.set_num_batches_tracked(count);
     }
     Ok(())
+}
+
+/// safetensors writes its `__metadata__` map in hash order, which changes from process to
+/// process: the header is re-serialised with sorted keys (serde_json's map is ordered) and
+/// padded to 8 bytes, so the same tensors and metadata always give the same file, byte for byte.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let length: [u8; 8] =
+        bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no safetensors header")?;
+    let end = 8 + usize::try_from(u64::from_le_bytes(length)).map_err(|e| e.to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..end).ok_or("short header")?)
+            .map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(&bytes[end..]);
+    Ok(out)
 }
 
 /// The first few names of a list, and how many more.

@@ -332,8 +332,14 @@ fn weights_carry_their_architecture_and_checksum() {
     assert_eq!(metadata["arch"], "xresnet18");
     assert_eq!((metadata["n_out"].as_str(), metadata["widen"].as_str()), ("10", "0.125"));
     assert_eq!(metadata[wick_models::CHECKSUM_KEY].len(), 64);
-    // No temporary file is left beside it.
+    // No temporary file is left beside it, and saving again gives the same bytes (the
+    // metadata's order does not depend on the process's hash seed).
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    for _ in 0..3 {
+        save_weights(&model18, &map18, &dir.path().join("again.safetensors")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("again.safetensors")).unwrap(), bytes);
+    }
+    std::fs::remove_file(dir.path().join("again.safetensors")).unwrap();
 
     // xresnet34's tensor names are a superset of xresnet18's: its file into an xresnet18 is
     // refused by the identity check, naming both architectures...

@@ -426,7 +426,29 @@ pub fn save_checkpoint(
     );
     let bytes = safetensors::serialize(blobs.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
         .map_err(|e| fail(e.to_string()))?;
+    let bytes = canonical_header(bytes).map_err(fail)?;
     write_durably(path, &bytes).map_err(|e| fail(e.to_string()))
+}
+
+/// safetensors writes its `__metadata__` map in hash order, which changes from process to
+/// process: the header is re-serialised with sorted keys (serde_json's map is ordered) and
+/// padded to 8 bytes, so the same tensors and metadata always give the same file, byte for byte.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let length: [u8; 8] =
+        bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no safetensors header")?;
+    let end = 8 + usize::try_from(u64::from_le_bytes(length)).map_err(|e| e.to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..end).ok_or("short header")?)
+            .map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(&bytes[end..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to the temporary sibling `.<name>.tmp-<pid>`, fsyncs it, renames it over
