@@ -60,8 +60,17 @@ fn wick(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
 }
 
 fn train(recipe: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut command =
-        command(&[&"train", &"--recipe", &recipe, &"--data", &data, &"--out", &out, &"--threads", &"1"]);
+    let mut command = command(&[
+        &"train",
+        &"--recipe",
+        &recipe,
+        &"--data",
+        &data,
+        &"--out",
+        &out,
+        &"--threads",
+        &"1",
+    ]);
     command.args(extra);
     command.output().unwrap()
 }
@@ -233,7 +242,9 @@ fn a_non_finite_state_is_never_kept_or_resumed() {
         for (name, dtype, _, bytes) in tensors(&checkpoint) {
             if dtype == "F32" {
                 assert!(
-                    bytes.chunks_exact(4).all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite()),
+                    bytes
+                        .chunks_exact(4)
+                        .all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite()),
                     "{name} is not finite in the kept checkpoint"
                 );
             }
@@ -271,7 +282,15 @@ fn a_resumed_run_is_exact_and_guarded() {
     ok(&train(&r, &data_a, &reference, &[]));
 
     let mut child = command(&[
-        &"train", &"--recipe", &r, &"--data", &data_a, &"--out", &run, &"--threads", &"1",
+        &"train",
+        &"--recipe",
+        &r,
+        &"--data",
+        &data_a,
+        &"--out",
+        &run,
+        &"--threads",
+        &"1",
     ])
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null())
@@ -301,7 +320,10 @@ fn a_resumed_run_is_exact_and_guarded() {
 
     // The resume finishes with the uninterrupted run's model, byte for byte.
     ok(&train(&r, &data_a, &run, &[]));
-    assert_eq!(tensors(&run.join("model.safetensors")), tensors(&reference.join("model.safetensors")));
+    assert_eq!(
+        tensors(&run.join("model.safetensors")),
+        tensors(&reference.join("model.safetensors"))
+    );
     assert_eq!(
         std::fs::read(run.join("model.safetensors")).unwrap(),
         std::fs::read(reference.join("model.safetensors")).unwrap()

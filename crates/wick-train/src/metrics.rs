@@ -29,10 +29,9 @@ pub fn correct_count(logits: &Tensor, labels: &Tensor) -> candle::Result<usize> 
 }
 
 /// `(B,)` u32: 1 where every logit of the row is finite, 0 where one is NaN or infinite
-/// (`x - x` is 0 exactly for finite `x`).
+/// (`|x| <= f64::MAX` is false exactly for those).
 fn finite_rows(logits: &Tensor) -> candle::Result<Tensor> {
-    let zero = logits.zeros_like()?;
-    (logits - logits)?.eq(&zero)?.to_dtype(DType::U32)?.min(D::Minus1)
+    logits.to_dtype(DType::F64)?.abs()?.le(f64::MAX)?.to_dtype(DType::U32)?.min(D::Minus1)
 }
 
 /// fastai `accuracy`: the fraction of samples whose argmax class is their label.
