@@ -393,3 +393,17 @@ fn recipes_are_validated_before_the_run_folder_is_written() {
     assert!(resolved.contains("seed = \"18446744073709551615\""), "{resolved}");
     ok(&wick(&[&"eval", &"--run", &out]));
 }
+
+/// A candle error (a 0-pixel input to a convolution) is one paragraph although
+/// RUST_BACKTRACE=1 is set; `--debug` adds the backtrace.
+#[test]
+fn errors_are_one_paragraph_unless_debug() {
+    let summary: [&dyn AsRef<std::ffi::OsStr>; 7] =
+        [&"summary", &"--arch", &"xresnet18", &"--n-out", &"2", &"--size", &"0"];
+    refused(&wick(&summary), &["conv2d", "larger than the padded input"]);
+    let mut debug: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--debug"];
+    debug.extend(summary);
+    let output = wick(&debug);
+    assert!(!output.status.success());
+    assert!(stderr(&output).lines().count() > 3, "{}", stderr(&output));
+}
