@@ -120,11 +120,16 @@ fn tensors(path: &Path) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
 /// Overwrites the first f32 of tensor `name` with NaN in place, header untouched (as a bit flip
 /// or a buggy tool would).
 fn poke_nan(path: &Path, name: &str) {
+    poke(path, name, f32::NAN);
+}
+
+/// Overwrites the first f32 of tensor `name` with `value` in place, header untouched.
+fn poke(path: &Path, name: &str, value: f32) {
     let mut bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
-    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    bytes[start..start + 4].copy_from_slice(&value.to_le_bytes());
     std::fs::write(path, bytes).unwrap();
 }
 
@@ -205,9 +210,12 @@ fn weights_are_checked_before_any_prediction() {
     refused(&wick(&[&"predict", &"--run", &run18, &image]), &["arch xresnet34", "arch xresnet18"]);
     refused(&wick(&[&"eval", &"--run", &run18]), &["arch xresnet34"]);
 
-    // One NaN written over a weight: the checksum no longer matches.
+    // One NaN written over a weight: named. One finite weight changed: the checksum.
     std::fs::write(&model, &good).unwrap();
     poke_nan(&model, "11.bias");
+    refused(&wick(&[&"eval", &"--run", &run18]), &["model.safetensors", "11.bias", "non-finite"]);
+    std::fs::write(&model, &good).unwrap();
+    poke(&model, "11.bias", 0.123);
     refused(&wick(&[&"eval", &"--run", &run18]), &["checksum mismatch", "model.safetensors"]);
     // The same NaN in a file without wick's metadata: refused naming the tensor.
     std::fs::write(&model, &good).unwrap();
@@ -251,7 +259,7 @@ fn a_non_finite_state_is_never_kept_or_resumed() {
         }
         // The kept checkpoint given a NaN: the rerun refuses it, naming the file.
         poke_nan(&checkpoint, "model.11.bias");
-        refused(&train(&wild, &data, &run, &[]), &["checkpoint.safetensors", "checksum mismatch"]);
+        refused(&train(&wild, &data, &run, &[]), &["model.11.bias", "non-finite"]);
     }
 }
 
@@ -314,6 +322,8 @@ fn a_resumed_run_is_exact_and_guarded() {
     let checkpoint = run.join("stage-0/checkpoint.safetensors");
     let saved = std::fs::read(&checkpoint).unwrap();
     poke_nan(&checkpoint, "model.11.bias");
+    refused(&train(&r, &data_a, &run, &[]), &["model.11.bias", "non-finite"]);
+    poke(&checkpoint, "model.11.bias", 0.123);
     refused(&train(&r, &data_a, &run, &[]), &["checksum mismatch"]);
     std::fs::write(&checkpoint, saved).unwrap();
     assert_eq!(std::fs::read_to_string(run.join("vocab.txt")).unwrap(), vocab);

@@ -227,6 +227,17 @@ pub fn load_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(),
     views.sort_by(|a, b| a.0.cmp(&b.0));
     let metadata = header.metadata().clone().unwrap_or_default();
 
+    // A NaN or infinity is named first: it is the most specific thing to say about a file.
+    for (name, view) in &views {
+        if let Some((count, total)) = non_finite(view.dtype(), view.data()) {
+            return Err(WeightsError::NonFinite {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                count,
+                total,
+            });
+        }
+    }
     if metadata.contains_key(FORMAT_KEY) {
         let recorded = metadata.get(CHECKSUM_KEY).ok_or_else(|| {
             fail_format(format!("written by wick but without its checksum ({CHECKSUM_KEY})"))
@@ -302,14 +313,6 @@ pub fn load_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(),
     let mut values = Vec::with_capacity(data.len());
     let mut count = None;
     for (name, view) in &views {
-        if let Some((bad, total)) = non_finite(view.dtype(), view.data()) {
-            return Err(WeightsError::NonFinite {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                count: bad,
-                total,
-            });
-        }
         if counters.contains(name) {
             if count.is_none() {
                 let tensor = view.load(&candle::Device::Cpu).map_err(candle_error)?;

@@ -140,6 +140,15 @@ impl Checkpoint {
                  another wick version: delete it to restart the stage)"
             )));
         }
+        for (name, view) in &views {
+            if (name.starts_with("model.") || name.starts_with("optimizer."))
+                && let Some((count, total)) = non_finite(view.dtype(), view.data())
+            {
+                return Err(fail(format!(
+                    "tensor {name} has {count} non-finite values (NaN or infinity) of {total}"
+                )));
+            }
+        }
         let actual = checksum(
             views
                 .iter()
@@ -154,15 +163,6 @@ impl Checkpoint {
                 )));
             }
             None => return Err(fail(format!("no checksum ({CHECKSUM_KEY}) in its metadata"))),
-        }
-        for (name, view) in &views {
-            if (name.starts_with("model.") || name.starts_with("optimizer."))
-                && let Some((count, total)) = non_finite(view.dtype(), view.data())
-            {
-                return Err(fail(format!(
-                    "tensor {name} has {count} non-finite values (NaN or infinity) of {total}"
-                )));
-            }
         }
         let position = reader.i64_vector("position", 6)?;
         let to_usize = |value: i64, what: &str| {
