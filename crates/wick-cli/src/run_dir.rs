@@ -10,8 +10,9 @@
 //! <out>/result.json            final metrics and every stage's epoch table
 //! <out>/stage-<i>/             metrics.jsonl, loss.png, schedule.png, checkpoint.safetensors,
 //!                              model.safetensors and done.json once the stage finished
-//! <out>/provenance.json        fingerprints of the data (the item list: paths, labels, sizes)
-//!                              and of the validation images, to refuse other data later
+//! <out>/provenance.json        fingerprints of the data (the item list: paths, labels, sizes),
+//!                              of the validation images and of the recipe, to refuse other
+//!                              data later
 //! <out>/.lock                  held (flock) by the one process writing the run; names it
 //! ```
 //!
@@ -155,9 +156,14 @@ impl RunDir {
         ))
     }
 
-    /// Records the data's fingerprint on the first run, or checks that a rerun (a resume) sees
-    /// the same data, saying what changed if not.
-    pub(crate) fn check_or_record_data(&self, data: &DataFingerprint) -> anyhow::Result<()> {
+    /// Records the data's fingerprint and the resolved recipe's SHA-256 on the first run, or
+    /// checks that a rerun (a resume) sees the same data, saying what changed if not (the
+    /// recipe itself is compared key by key against recipe.resolved.toml).
+    pub(crate) fn check_or_record_data(
+        &self,
+        data: &DataFingerprint,
+        recipe_text: &str,
+    ) -> anyhow::Result<()> {
         let mut provenance = self.provenance()?.unwrap_or_else(|| json!({}));
         if let Some(recorded) = provenance.get("data") {
             if recorded["fingerprint"] != data.fingerprint.as_str() {
@@ -172,6 +178,7 @@ impl RunDir {
             return Ok(());
         }
         provenance["data"] = data.to_json();
+        provenance["recipe"] = json!({ "sha256": sha256_hex(recipe_text.as_bytes()) });
         self.write("provenance.json", &serde_json::to_string_pretty(&provenance)?)
     }
 
@@ -297,7 +304,7 @@ impl DataFingerprint {
         }
         DataFingerprint {
             root: root.to_path_buf(),
-            fingerprint: hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect(),
+            fingerprint: hex(&hasher.finalize()),
             classes: vocab.classes().to_vec(),
             counts: splits.iter().map(|(name, items)| (name.to_string(), items.len())).collect(),
             missing,
@@ -347,6 +354,14 @@ impl DataFingerprint {
         let root = recorded["root"].as_str().unwrap_or("?");
         format!("recorded data {root}; {}", changes.join("; "))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Refuses an `--out` inside the data folder: the run's files would be listed as data (a folder

@@ -120,12 +120,16 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     }
     check_same_recipe(&run_dir, &resolved)?;
     if root {
-        run_dir.check_or_record_data(&crate::run_dir::DataFingerprint::of(
-            &data_root,
-            &splits.vocab,
-            &[("train", &splits.train), ("valid", &splits.valid)],
-        ))?;
-        run_dir.write("recipe.resolved.toml", &toml::to_string(&resolved)?)?;
+        let recipe_text = toml::to_string(&resolved)?;
+        run_dir.check_or_record_data(
+            &crate::run_dir::DataFingerprint::of(
+                &data_root,
+                &splits.vocab,
+                &[("train", &splits.train), ("valid", &splits.valid)],
+            ),
+            &recipe_text,
+        )?;
+        run_dir.write("recipe.resolved.toml", &recipe_text)?;
     }
     let info = json!({
         "recipe": args.recipe_path.display().to_string(),
