@@ -272,7 +272,9 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         }
         learner.set_interrupt_flag(Arc::clone(&interrupt));
         if checkpoint_path.is_file() {
-            let checkpoint = Checkpoint::load(&checkpoint_path)?;
+            let checkpoint = Checkpoint::load(&checkpoint_path).with_context(|| {
+                format!("stage {stage_idx} cannot resume (delete its checkpoint to restart it)")
+            })?;
             checkpoint
                 .check_identity(&extras.identity)
                 .and_then(|()| learner.resume(&checkpoint))
