@@ -28,6 +28,12 @@ fn valid_loader(
 ) -> anyhow::Result<DataLoader> {
     let root = run_data_root(run_dir, data)?;
     let items = run_dir.read_items("valid.txt", &root)?;
+    // The images must be the ones the run recorded (another --data, or files changed since).
+    run_dir.check_valid(&crate::run_dir::DataFingerprint::of(
+        &root,
+        &run_dir.read_vocab()?,
+        &[("valid", &items)],
+    ))?;
     let stage = plan::stage_data(recipe, recipe.stages.len().saturating_sub(1));
     let pipeline = ItemPipeline {
         item_size: stage.item_size,
@@ -54,6 +60,7 @@ fn valid_loader(
 pub(crate) fn eval(run: &Path, data: Option<&str>, device: &str) -> anyhow::Result<()> {
     let device = plan::device(device)?;
     let run_dir = RunDir::open(run)?;
+    let _lock = run_dir.lock("eval")?;
     let (recipe, model, _) = load_run(&run_dir, &device)?;
     let vocab = run_dir.read_vocab()?;
     let loader = valid_loader(&run_dir, &recipe, data, &device)?;
@@ -119,8 +126,18 @@ pub(crate) struct TtaArgs {
 /// `result.json` (TTA and plain accuracy) into `--out` (default: the run itself, as
 /// `tta.json`).
 pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
+    crate::recipe::check_beta(args.beta).context("--beta")?;
     let device = plan::device(&args.device)?;
     let run_dir = RunDir::open(&args.run)?;
+    // The folder tta writes into is locked; --out must not hold another run's files.
+    let out_dir = match &args.out {
+        Some(out) => {
+            check_tta_out(out)?;
+            Some(RunDir::create(out)?)
+        }
+        None => None,
+    };
+    let _lock = out_dir.as_ref().unwrap_or(&run_dir).lock("tta")?;
     let (recipe, model, _) = load_run(&run_dir, &device)?;
     let loader = valid_loader(&run_dir, &recipe, args.data.as_deref(), &device)?;
     let blend = if args.use_max { Blend::Max } else { Blend::Lerp { beta: args.beta } };
@@ -145,23 +162,47 @@ pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
     });
     let text = serde_json::to_string_pretty(&result)?;
-    match &args.out {
-        Some(out) => {
-            let out_dir = RunDir::create(out)?;
-            out_dir.write("result.json", &text)?;
-        }
+    match &out_dir {
+        Some(out_dir) => out_dir.write("result.json", &text)?,
         None => run_dir.write("tta.json", &text)?,
     }
     Ok(())
 }
 
-/// `wick predict --run DIR IMAGE...`: the top-k classes of each image with probabilities.
+/// Refuses a `tta --out` folder holding a training run (its result.json would be overwritten)
+/// or any result.json that is not an earlier TTA result.
+fn check_tta_out(out: &Path) -> anyhow::Result<()> {
+    if out.join("recipe.resolved.toml").is_file() {
+        bail!(
+            "--out {} is a training run's folder: tta would overwrite its result.json; choose \
+             another folder (without --out, tta writes tta.json in the run)",
+            out.display()
+        );
+    }
+    let result = out.join("result.json");
+    if result.is_file() {
+        let text = std::fs::read_to_string(&result)
+            .with_context(|| format!("reading {}", result.display()))?;
+        let previous: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if previous["name"] != "tta" {
+            bail!(
+                "--out {}: its result.json is not a tta result; choose another folder",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `wick predict --run DIR IMAGE...`: the top-k classes of each image with probabilities, or
+/// an error naming the image; returns how many images failed (a broken model fails them all
+/// before any is read).
 pub(crate) fn predict(
     run: &Path,
     images: &[PathBuf],
     top_k: usize,
     device: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let device = plan::device(device)?;
     let run_dir = RunDir::open(run)?;
     let (recipe, model, _) = load_run(&run_dir, &device)?;
@@ -175,7 +216,7 @@ pub(crate) fn predict(
     };
     let normalize =
         if recipe.data().normalize { Some(Normalize::imagenet(&device)?) } else { None };
-    for image in images {
+    let predict_one = |image: &Path| -> anyhow::Result<String> {
         let mut pixels = vec![0f32; pipeline.item_len()];
         pipeline.load_plain(image, &mut pixels)?;
         let size = stage.size as usize;
@@ -188,6 +229,9 @@ pub(crate) fn predict(
             .squeeze(0)?
             .to_device(&Device::Cpu)?
             .to_vec1::<f32>()?;
+        if probs.iter().any(|p| !p.is_finite()) {
+            bail!("the model's probabilities are not finite (NaN or infinity)");
+        }
         let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let shown: Vec<String> = ranked
@@ -197,9 +241,22 @@ pub(crate) fn predict(
                 format!("{} {:.4}", vocab.name(*class as u32).unwrap_or("(extra output)"), p)
             })
             .collect();
-        println!("{}: {}", image.display(), shown.join(", "));
+        Ok(shown.join(", "))
+    };
+    let mut failed = 0;
+    for image in images {
+        match predict_one(image) {
+            Ok(line) => println!("{}: {line}", image.display()),
+            Err(error) => {
+                failed += 1;
+                eprintln!("{}: error: {}", image.display(), crate::one_paragraph(&error));
+            }
+        }
     }
-    Ok(())
+    if failed > 0 {
+        eprintln!("{failed} of {} images failed", images.len());
+    }
+    Ok(failed)
 }
 
 /// `wick summary --arch NAME`: per-module output shapes and parameter counts.

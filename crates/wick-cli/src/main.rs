@@ -31,6 +31,9 @@ use clap::{Parser, Subcommand};
     about = "Train image classifiers the fastai way, in Rust on candle"
 )]
 struct Cli {
+    /// On an error, also print where it came from (candle and Rust backtraces).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -192,13 +195,41 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Library errors (candle's, anyhow's) capture a backtrace when RUST_BACKTRACE is set, and
+    // candle prints it inside the message: a user sees one clear paragraph unless --debug asks
+    // for the trace. RUST_LIB_BACKTRACE governs error backtraces only (panics keep
+    // RUST_BACKTRACE).
+    // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", if cli.debug { "1" } else { "0" }) };
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            if cli.debug {
+                eprintln!("error: {error:?}");
+            } else {
+                eprintln!("error: {}", one_paragraph(&error));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes as one paragraph: `outer: cause: root cause`, with any line breaks
+/// inside a message folded into spaces and a cause already quoted by its parent not repeated.
+pub(crate) fn one_paragraph(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        if message.is_empty() || text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -218,8 +249,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let interrupt = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&interrupt);
             ctrlc::set_handler(move || {
+                // Ctrl-C (SIGINT) and SIGTERM alike (ctrlc's `termination` feature).
                 if flag.swap(true, Ordering::SeqCst) {
-                    // A second Ctrl-C does not wait for the checkpoint.
+                    // A second signal does not wait for the checkpoint.
                     std::process::exit(130);
                 }
                 eprintln!(
@@ -259,7 +291,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             eval::lr_find(&recipe, &profile, &data, &out, &device).map(|()| ExitCode::SUCCESS)
         }
         Command::Predict { run, images, top_k, device } => {
-            eval::predict(&run, &images, top_k, &device).map(|()| ExitCode::SUCCESS)
+            let failed = eval::predict(&run, &images, top_k, &device)?;
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Export { run, format, out } => {
             export::export(&run, format, out.as_deref()).map(|()| ExitCode::SUCCESS)

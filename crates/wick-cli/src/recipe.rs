@@ -2,6 +2,12 @@
 //! with `deny_unknown_fields` so a misspelt key is an error that names it, and the profile
 //! mechanism: a recipe's `[profiles.<name>]` table is merged over the recipe before it is
 //! read (tables key by key, `[[stage]]` arrays element by element).
+//!
+//! Every value is validated before anything is written: a wrong type names its key path
+//! (`data.batch_size`, `stage[0].fit`), and a value out of range (epochs < 1, batch sizes < 1,
+//! label smoothing eps outside [0, 1), wd < 0, widen <= 0, TTA beta outside [0, 1], NaN
+//! anywhere) is refused naming the key and the allowed range. The seed is any u64: values above
+//! `i64::MAX` (TOML's integer range) are written and read as a decimal string.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +23,7 @@ pub(crate) struct Recipe {
     #[serde(default)]
     pub(crate) description: String,
     /// Seeds the split, the initialisation, the shuffles and every augmentation.
-    #[serde(default = "default_seed")]
+    #[serde(default = "default_seed", deserialize_with = "deserialize_seed")]
     pub(crate) seed: u64,
     /// Required unless `from` is set.
     pub(crate) data: Option<DataSection>,
@@ -40,6 +46,38 @@ pub(crate) struct Recipe {
 
 fn default_seed() -> u64 {
     42
+}
+
+/// The seed as a TOML value: an integer when it fits TOML's i64, else a decimal string.
+pub(crate) fn seed_value(seed: u64) -> toml::Value {
+    match i64::try_from(seed) {
+        Ok(value) => toml::Value::Integer(value),
+        Err(_) => toml::Value::String(seed.to_string()),
+    }
+}
+
+/// A seed written as a non-negative integer or as a decimal string (for values above i64::MAX).
+fn deserialize_seed<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = u64;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a seed from 0 to 18446744073709551615 (an integer, or a string)")
+        }
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<u64, E> {
+            u64::try_from(value)
+                .map_err(|_| E::custom(format!("seed = {value}: must be 0 or more")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<u64, E> {
+            Ok(value)
+        }
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<u64, E> {
+            value.trim().parse().map_err(|_| {
+                E::custom(format!("seed = {value:?}: not a number from 0 to {}", u64::MAX))
+            })
+        }
+    }
+    deserializer.deserialize_any(Visitor)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -335,9 +373,16 @@ pub(crate) fn parse(text: &str, profile: &str) -> anyhow::Result<(Recipe, toml::
             known.iter().map(|k| format!(", {k}")).collect::<String>()
         );
     }
-    let recipe: Recipe = toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|error: toml::de::Error| anyhow::anyhow!("{}", error.message()))?;
+    let recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+        .map_err(|error| {
+            let path = error.path().to_string();
+            let message = error.inner().message().to_string();
+            if path == "." || message.contains(&path) {
+                anyhow::anyhow!("{message}")
+            } else {
+                anyhow::anyhow!("{path}: {message}")
+            }
+        })?;
     validate(&recipe)?;
     Ok((recipe, table))
 }
@@ -402,8 +447,17 @@ fn validate(recipe: &Recipe) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&data.valid_pct) {
         bail!("data.valid_pct = {} is not in [0, 1)", data.valid_pct);
     }
-    if data.size == 0 || data.item_size < 2 || data.batch_size == 0 {
-        bail!("data.size, data.item_size and data.batch_size must be positive");
+    if data.batch_size == 0 {
+        bail!("data.batch_size = 0: must be at least 1");
+    }
+    if data.size == 0 {
+        bail!("data.size = 0: must be at least 1");
+    }
+    if data.item_size < 2 {
+        bail!("data.item_size = {}: must be at least 2", data.item_size);
+    }
+    if data.threads == Some(0) {
+        bail!("data.threads = 0: must be at least 1 (or absent: all cores)");
     }
     if let Some(subset) = data.subset
         && !(subset > 0.0 && subset <= 1.0)
@@ -426,9 +480,96 @@ fn validate(recipe: &Recipe) -> anyhow::Result<()> {
         );
     }
     if let Some(alpha) = recipe.train.mixup
-        && alpha <= 0.0
+        && !(alpha > 0.0 && alpha.is_finite())
     {
-        bail!("train.mixup = {alpha}: alpha must be positive");
+        bail!("train.mixup = {alpha}: alpha must be a finite number > 0");
+    }
+    // Widths are 64·widen ... 512·widen channels: below 1/64 a stage would have none.
+    if !(model.widen.is_finite() && model.widen * 64.0 >= 1.0) {
+        bail!("model.widen = {}: must be a finite number >= 1/64 (0.015625)", model.widen);
+    }
+    if !(0.0..1.0).contains(&model.dropout) {
+        bail!("model.dropout = {}: must be in [0, 1)", model.dropout);
+    }
+    let train = &recipe.train;
+    if !(0.0..1.0).contains(&train.label_smoothing_eps) {
+        bail!("train.label_smoothing_eps = {}: must be in [0, 1)", train.label_smoothing_eps);
+    }
+    if !(train.wd >= 0.0 && train.wd.is_finite()) {
+        bail!("train.wd = {}: weight decay must be a finite number >= 0", train.wd);
+    }
+    for (index, stage) in recipe.stages.iter().enumerate() {
+        validate_stage(index, stage)?;
+    }
+    if let Some(tta) = &recipe.tta {
+        check_beta(tta.beta).context("tta.beta")?;
+    }
+    Ok(())
+}
+
+/// TTA's `beta` (the plain pass's weight): a finite number in [0, 1].
+pub(crate) fn check_beta(beta: f64) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&beta) {
+        bail!("beta = {beta}: the plain pass's weight must be a number in [0, 1]");
+    }
+    Ok(())
+}
+
+fn validate_stage(index: usize, stage: &Stage) -> anyhow::Result<()> {
+    let key = |name: &str| format!("stage[{index}].{name}");
+    if stage.batch_size == Some(0) {
+        bail!("{} = 0: must be at least 1", key("batch_size"));
+    }
+    if stage.size == Some(0) {
+        bail!("{} = 0: must be at least 1", key("size"));
+    }
+    if let Some(item_size) = stage.item_size
+        && item_size < 2
+    {
+        bail!("{} = {item_size}: must be at least 2", key("item_size"));
+    }
+    let positive = |name: &str, value: f64| -> anyhow::Result<()> {
+        if !(value > 0.0 && value.is_finite()) {
+            bail!("{} = {value}: must be a finite number > 0", key(&format!("fit.{name}")));
+        }
+        Ok(())
+    };
+    let fraction = |name: &str, value: Option<f64>| -> anyhow::Result<()> {
+        if let Some(value) = value
+            && !(0.0..=1.0).contains(&value)
+        {
+            bail!("{} = {value}: must be in [0, 1]", key(&format!("fit.{name}")));
+        }
+        Ok(())
+    };
+    let epochs = match &stage.fit {
+        Fit::OneCycle { epochs, lr_max, div, div_final, pct_start } => {
+            positive("lr_max", *lr_max)?;
+            if let Some(div) = div {
+                positive("div", *div)?;
+            }
+            if let Some(div_final) = div_final {
+                positive("div_final", *div_final)?;
+            }
+            fraction("pct_start", *pct_start)?;
+            *epochs
+        }
+        Fit::FineTune { epochs, base_lr, .. } => {
+            positive("base_lr", *base_lr)?;
+            *epochs
+        }
+        Fit::FlatCos { epochs, lr, pct_start } => {
+            positive("lr", *lr)?;
+            fraction("pct_start", *pct_start)?;
+            *epochs
+        }
+        Fit::Constant { epochs, lr } => {
+            positive("lr", *lr)?;
+            *epochs
+        }
+    };
+    if epochs == 0 {
+        bail!("{} = 0: must be at least 1", key("fit.epochs"));
     }
     Ok(())
 }
@@ -503,6 +644,98 @@ stage = [{ fit = { kind = "one_cycle", epochs = 1, lr_max = 3e-3 } }, { size = 4
             format!("{error:#}").contains("n_out") || format!("{error:#}").contains("many"),
             "{error:#}"
         );
+    }
+}
+
+#[cfg(test)]
+mod validation {
+    use super::*;
+
+    const TINY: &str = r#"
+name = "t"
+seed = 7
+[data]
+split = "folders"
+item_size = 64
+size = 32
+batch_size = 16
+[model]
+arch = "xresnet18"
+n_out = "classes"
+widen = 0.25
+[train]
+checkpoint_every = 2
+[[stage]]
+fit = { kind = "one_cycle", epochs = 2, lr_max = 3e-3 }
+"#;
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", parse(text, "full").unwrap_err())
+    }
+
+    /// Values the run would crash on, train on silently, or record wrongly are refused with
+    /// their key named (reliability case 09).
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key() {
+        assert!(parse(TINY, "full").is_ok());
+        let cases = [
+            ("epochs = 2", "epochs = 0", "stage[0].fit.epochs = 0"),
+            ("lr_max = 3e-3", "lr_max = nan", "stage[0].fit.lr_max = NaN"),
+            ("lr_max = 3e-3", "lr_max = -1.0", "stage[0].fit.lr_max = -1"),
+            ("widen = 0.25", "widen = 0.0", "model.widen = 0"),
+            ("widen = 0.25", "widen = -1.0", "model.widen = -1"),
+            ("widen = 0.25", "widen = inf", "model.widen = inf"),
+            ("batch_size = 16", "batch_size = 0", "data.batch_size = 0"),
+            ("checkpoint_every = 2", "checkpoint_every = 2\nwd = -5.0", "train.wd = -5"),
+            ("checkpoint_every = 2", "checkpoint_every = 2\nwd = nan", "train.wd = NaN"),
+            (
+                "checkpoint_every = 2",
+                "checkpoint_every = 2\nloss = \"label_smoothing\"\nlabel_smoothing_eps = 5.0",
+                "train.label_smoothing_eps = 5",
+            ),
+            (
+                "checkpoint_every = 2",
+                "checkpoint_every = 2\nlabel_smoothing_eps = 1.0",
+                "train.label_smoothing_eps = 1",
+            ),
+            ("checkpoint_every = 2", "checkpoint_every = 2\nmixup = nan", "train.mixup = NaN"),
+            ("[[stage]]", "[[stage]]\nbatch_size = 0", "stage[0].batch_size = 0"),
+            ("[[stage]]", "[[stage]]\nsize = 0", "stage[0].size = 0"),
+            ("[[stage]]\nfit", "[tta]\nbeta = nan\n[[stage]]\nfit", "beta = NaN"),
+            ("[[stage]]\nfit", "[tta]\nbeta = 1.5\n[[stage]]\nfit", "beta = 1.5"),
+        ];
+        for (from, to, expected) in cases {
+            assert!(TINY.contains(from), "{from}");
+            let error = error_of(&TINY.replacen(from, to, 1));
+            assert!(error.contains(expected), "{to}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_key() {
+        for (from, to, key) in [
+            ("batch_size = 16", "batch_size = \"16\"", "data.batch_size"),
+            ("widen = 0.25", "widen = \"wide\"", "model.widen"),
+            ("checkpoint_every = 2", "checkpoint_every = 2.5", "train.checkpoint_every"),
+            ("epochs = 2", "epochs = \"two\"", "stage[0].fit"),
+        ] {
+            let error = error_of(&TINY.replacen(from, to, 1));
+            assert!(error.contains(key), "{to}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_seed_round_trips() {
+        for seed in [0, 7, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            let (_, mut resolved) = parse(TINY, "full").unwrap();
+            resolved.insert("seed".to_string(), seed_value(seed));
+            let text = toml::to_string(&resolved).unwrap();
+            let (recipe, again) = parse(&text, "full").unwrap();
+            assert_eq!(recipe.seed, seed, "{text}");
+            assert_eq!(again, resolved);
+        }
+        let error = error_of(&TINY.replace("seed = 7", "seed = -1"));
+        assert!(error.contains("seed"), "{error}");
     }
 }
 

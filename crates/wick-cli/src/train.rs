@@ -7,6 +7,7 @@
 //! takes rank 0's initial weights, trains on its shard of every batch with gradients averaged
 //! over the ranks, and writes files and progress only if it is rank 0.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -15,11 +16,13 @@ use anyhow::{Context, bail};
 use candle::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::json;
-use wick_models::{XResNet, load_weights, save_weights, seeded_var_builder, xresnet};
+use wick_models::{
+    XResNet, load_weights, save_weights, seeded_var_builder, weights_identity, xresnet,
+};
 use wick_train::{
-    Adam, AdamConfig, BatchSource, Checkpoint, CheckpointConfig, CheckpointSaver, FitOutcome,
-    Learner, LearnerConfig, Metric, MixUp, RunFiles, Sgd, SgdConfig, ShardedBatches, optim_params,
-    trainable_params,
+    Adam, AdamConfig, BatchSource, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver,
+    FitOutcome, Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd, SgdConfig,
+    ShardedBatches, optim_params, trainable_params,
 };
 
 use crate::distributed::RankSpec;
@@ -50,6 +53,27 @@ impl ModuleT for SharedModel {
     }
 }
 
+/// The model's BatchNorm step counter (PyTorch's `num_batches_tracked`), kept outside its
+/// `VarMap`: checkpointed so that a resumed run saves the same model, bit for bit.
+struct BatchNormCounter(Arc<XResNet>);
+
+impl ModelState for BatchNormCounter {
+    fn save_state(&self) -> candle::Result<HashMap<String, Tensor>> {
+        let count = Tensor::new(self.0.num_batches_tracked() as i64, &Device::Cpu)?;
+        Ok(HashMap::from([("num_batches_tracked".to_string(), count)]))
+    }
+
+    fn load_state(&self, tensors: &HashMap<String, Tensor>) -> candle::Result<()> {
+        let count = tensors
+            .get("num_batches_tracked")
+            .ok_or_else(|| candle::Error::Msg("num_batches_tracked is missing".to_string()))?
+            .to_dtype(DType::I64)?
+            .to_scalar::<i64>()?;
+        self.0.set_num_batches_tracked(u64::try_from(count).unwrap_or(0));
+        Ok(())
+    }
+}
+
 /// How a `wick train` ended.
 pub(crate) enum TrainOutcome {
     Finished,
@@ -67,15 +91,45 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     if let Some(seed) = args.seed {
         recipe.seed = seed;
     }
-    resolved.insert("seed".to_string(), toml::Value::Integer(recipe.seed as i64));
+    resolved.insert("seed".to_string(), crate::recipe::seed_value(recipe.seed));
     let device = plan::device(&args.device)?;
     // Rank 0 (or the only process) writes the run directory; other ranks only read it.
     let root = args.rank.is_none_or(|spec| spec.rank == 0);
     let data_root = plan::resolve_data(&args.data, &mut crate::download_progress())?;
+    crate::run_dir::check_out_outside_data(&args.out, &data_root)?;
+    // The data is listed, split and checked before anything is written in the run directory.
+    let mut splits = plan::splits(
+        &data_root,
+        &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
+        recipe.data().subset,
+        recipe.seed,
+    )?;
+    if splits.vocab.len() < 2 {
+        bail!(
+            "{} has {} class ({}): a classifier needs at least 2 classes (one folder per class)",
+            data_root.display(),
+            splits.vocab.len(),
+            splits.vocab.classes().join(", ")
+        );
+    }
     let run_dir = RunDir::create(&args.out)?;
+    // One writer per run: held until this function returns.
+    let _lock = if root { Some(run_dir.lock("train")?) } else { None };
+    if root {
+        run_dir.remove_stale_temporaries()?;
+    }
     check_same_recipe(&run_dir, &resolved)?;
     if root {
-        run_dir.write("recipe.resolved.toml", &toml::to_string(&resolved)?)?;
+        let recipe_text = toml::to_string(&resolved)?;
+        run_dir.check_or_record_data(
+            &crate::run_dir::DataFingerprint::of(
+                &data_root,
+                &splits.vocab,
+                &[("train", &splits.train), ("valid", &splits.valid)],
+            ),
+            &recipe_text,
+        )?;
+        run_dir.write("recipe.resolved.toml", &recipe_text)?;
     }
     let info = json!({
         "recipe": args.recipe_path.display().to_string(),
@@ -92,12 +146,6 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         run_dir.write("run.json", &serde_json::to_string_pretty(&info)?)?;
     }
 
-    let mut splits = plan::splits(
-        &data_root,
-        &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
-        recipe.data().subset,
-        recipe.seed,
-    )?;
     if root {
         run_dir.write_vocab(&splits.vocab)?;
     }
@@ -196,11 +244,18 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
             learner.add_callback(Box::new(MixUp::new(alpha)?));
         }
         let checkpoint_path = stage_dir.join("checkpoint.safetensors");
+        let extras = CheckpointExtras {
+            identity: weights_identity(model.config()),
+            model_state: Some(Arc::new(BatchNormCounter(Arc::clone(&model)))),
+        };
         if root {
-            learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
-                path: checkpoint_path.clone(),
-                every_n_batches: recipe.train.checkpoint_every,
-            })));
+            learner.add_callback(Box::new(
+                CheckpointSaver::new(CheckpointConfig {
+                    path: checkpoint_path.clone(),
+                    every_n_batches: recipe.train.checkpoint_every,
+                })
+                .with_extras(extras.clone()),
+            ));
             learner.add_callback(Box::new(RunFiles::new(&stage_dir)));
             let title = format!(
                 "stage {stage_idx}: {} epochs at {} px, batch size {}{}{}",
@@ -217,9 +272,15 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         }
         learner.set_interrupt_flag(Arc::clone(&interrupt));
         if checkpoint_path.is_file() {
-            let checkpoint = Checkpoint::load(&checkpoint_path)?;
-            learner
-                .resume(&checkpoint)
+            let checkpoint = Checkpoint::load(&checkpoint_path).with_context(|| {
+                format!("stage {stage_idx} cannot resume (delete its checkpoint to restart it)")
+            })?;
+            checkpoint
+                .check_identity(&extras.identity)
+                .and_then(|()| learner.resume(&checkpoint))
+                .and_then(|()| {
+                    checkpoint.restore_model_state(&BatchNormCounter(Arc::clone(&model)))
+                })
                 .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
             if root {
                 println!("stage {stage_idx}: resuming from {}", checkpoint_path.display());
@@ -261,6 +322,11 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     }
     save_weights(&model, &varmap, &run_dir.path("model.safetensors"))?;
     run_dir.write_items("valid.txt", &splits.valid, &data_root)?;
+    run_dir.record_valid(&crate::run_dir::DataFingerprint::of(
+        &data_root,
+        &splits.vocab,
+        &[("valid", &splits.valid)],
+    ))?;
     let last = stage_results.last().context("the recipe has no stage")?;
     let result = json!({
         "name": recipe.name,
@@ -359,8 +425,10 @@ fn check_same_recipe(run_dir: &RunDir, resolved: &toml::Table) -> anyhow::Result
     let previous: toml::Table = run_dir.read("recipe.resolved.toml")?.parse()?;
     if &previous != resolved {
         bail!(
-            "{} holds a run of a different recipe or profile; use another --out or delete it",
-            run_dir.root.display()
+            "{} holds a run of a different recipe or profile ({}); use another --out, or delete \
+             the folder to start over",
+            run_dir.root.display(),
+            crate::run_dir::recipe_changes(&previous, resolved).join("; ")
         );
     }
     Ok(())
@@ -380,9 +448,7 @@ pub(crate) fn load_run(
         recipe.seed,
         seeded_var_builder(&varmap, recipe.seed, DType::F32, device),
     )?;
-    let weights = run_dir.path("model.safetensors");
-    load_weights(&model, &varmap, &weights)
-        .with_context(|| format!("loading {}", weights.display()))?;
+    load_weights(&model, &varmap, &run_dir.path("model.safetensors"))?;
     Ok((recipe, model, varmap))
 }
 

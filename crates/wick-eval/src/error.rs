@@ -9,6 +9,14 @@ pub enum EvalError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle::Error),
+    /// The model's probabilities for an item hold a NaN or an infinity.
+    #[error(
+        "the model's prediction for {item} is not finite (NaN or infinity): the model is broken"
+    )]
+    NonFinite {
+        /// The item's file (or index).
+        item: String,
+    },
     /// Inputs that do not fit together (names the values).
     #[error("{0}")]
     Mismatch(String),

@@ -22,20 +22,25 @@ pub fn accuracy(preds: &Predictions) -> Result<f64> {
 }
 
 /// The fraction of rows whose target is among the `k` largest probabilities (ties at the
-/// k-th place count as a hit).
+/// k-th place count as a hit). A row holding a NaN or an infinity is never a hit.
+///
+/// # Errors
+/// No predictions, or a target that is not a column of the probabilities.
 pub fn top_k_accuracy(preds: &Predictions, k: usize) -> Result<f64> {
     let probs = rows(preds)?;
     if probs.is_empty() {
         return Err(EvalError::Mismatch("no predictions".to_string()));
     }
-    let hits = probs
-        .iter()
-        .zip(&preds.targets)
-        .filter(|(row, target)| {
-            let target_prob = row[**target as usize];
-            row.iter().filter(|p| **p > target_prob).count() < k
-        })
-        .count();
+    let mut hits = 0;
+    for (row, &target) in probs.iter().zip(&preds.targets) {
+        let target_prob = *row.get(target as usize).ok_or_else(|| {
+            EvalError::Mismatch(format!("target {target} is not below K = {}", row.len()))
+        })?;
+        if row.iter().all(|p| p.is_finite()) && row.iter().filter(|p| **p > target_prob).count() < k
+        {
+            hits += 1;
+        }
+    }
     Ok(hits as f64 / probs.len() as f64)
 }
 

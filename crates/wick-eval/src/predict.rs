@@ -23,6 +23,10 @@ pub struct Predictions {
 /// Runs `model` in eval mode over every batch of `loader`'s epoch `epoch` (the epoch only
 /// matters for a training-mode loader, whose augmentation it seeds) and returns the softmax
 /// probabilities sorted into dataset order.
+///
+/// # Errors
+/// [`EvalError::NonFinite`] naming the first file whose probabilities hold a NaN or an infinity
+/// (a broken model never yields a number); data and tensor errors.
 pub fn get_preds(model: &dyn ModuleT, loader: &DataLoader, epoch: u64) -> Result<Predictions> {
     let mut rows: Vec<(usize, Tensor, u32)> = Vec::with_capacity(loader.items().len());
     for batch in loader.epoch(epoch) {
@@ -37,7 +41,17 @@ pub fn get_preds(model: &dyn ModuleT, loader: &DataLoader, epoch: u64) -> Result
                 targets.len()
             )));
         }
+        let values: Vec<Vec<f32>> = probs.to_vec2()?;
         for (row, (&item, &target)) in batch.item_indices.iter().zip(&targets).enumerate() {
+            if values[row].iter().any(|p| !p.is_finite()) {
+                return Err(EvalError::NonFinite {
+                    item: loader
+                        .items()
+                        .paths
+                        .get(item)
+                        .map_or_else(|| format!("item {item}"), |path| path.display().to_string()),
+                });
+            }
             rows.push((item, probs.get(row)?, target));
         }
     }
@@ -79,11 +93,22 @@ impl Default for TtaConfig {
 /// Test-time augmentation over `valid`'s items: `config.n` passes with the training
 /// transforms (in item order, nothing dropped), one plain pass with `valid` itself, blended.
 /// Returns the blended predictions and the plain ones.
+///
+/// # Errors
+/// [`EvalError::Mismatch`] if `beta` is not a finite number in `[0, 1]`; whatever
+/// [`get_preds`] returns.
 pub fn tta(
     model: &dyn ModuleT,
     valid: &DataLoader,
     config: &TtaConfig,
 ) -> Result<(Predictions, Predictions)> {
+    if let Blend::Lerp { beta } = config.blend
+        && !(0.0..=1.0).contains(&beta)
+    {
+        return Err(EvalError::Mismatch(format!(
+            "tta beta is {beta}: the plain pass's weight must be a number in [0, 1]"
+        )));
+    }
     let plain = get_preds(model, valid, 0)?;
     if config.n == 0 {
         return Ok((plain.clone(), plain));

@@ -127,6 +127,39 @@ fn tta_blends_augmented_and_plain_passes_like_fastai() {
     assert_eq!(maxed.probs.to_vec2::<f32>().unwrap(), max_expected.to_vec2::<f32>().unwrap());
 }
 
+/// A "model" whose logits are NaN for every image.
+struct Broken;
+
+impl ModuleT for Broken {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> candle::Result<Tensor> {
+        MeanColour.forward_t(xs, false)? * f64::NAN
+    }
+}
+
+#[test]
+fn non_finite_predictions_are_errors_or_misses() {
+    let (_dir, splits) = dataset();
+    let valid = loader(&splits);
+    // get_preds and tta refuse a NaN prediction, naming the file.
+    let error = get_preds(&Broken, &valid, 0).unwrap_err().to_string();
+    assert!(error.contains("b/0.jpg") && error.contains("not finite"), "{error}");
+    let error = tta(&Broken, &valid, &TtaConfig::default()).unwrap_err().to_string();
+    assert!(error.contains("not finite"), "{error}");
+    // A NaN or out-of-range beta is refused before any pass.
+    for beta in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+        let config = TtaConfig { n: 1, blend: Blend::Lerp { beta }, ..TtaConfig::default() };
+        let error = tta(&MeanColour, &valid, &config).unwrap_err().to_string();
+        assert!(error.contains("beta") && error.contains("[0, 1]"), "{beta}: {error}");
+    }
+    // Predictions built elsewhere: a row with a NaN is never a hit, whatever k.
+    let probs =
+        Tensor::new(&[[f32::NAN, 0.1, 0.1], [0.2, 0.7, f32::NAN], [0.1, 0.1, 0.8]], &Device::Cpu)
+            .unwrap();
+    let preds = Predictions { probs, targets: vec![0, 1, 2], item_indices: vec![0, 1, 2] };
+    assert!((accuracy(&preds).unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    assert!((top_k_accuracy(&preds, 3).unwrap() - 1.0 / 3.0).abs() < 1e-12);
+}
+
 #[test]
 fn top_losses_and_pictures() {
     let probs =

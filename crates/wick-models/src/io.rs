@@ -2,21 +2,159 @@
 //! exported from a fastai/PyTorch `state_dict` loads directly and wick's files load in PyTorch
 //! (`model.load_state_dict(safetensors.torch.load_file(path))`). BatchNorm running statistics
 //! are included, and so is each BatchNorm's `num_batches_tracked` (an i64 scalar PyTorch
-//! expects). Writes are atomic: a temporary file renamed over the target.
+//! expects).
+//!
+//! Every file wick writes carries, in the safetensors header's `__metadata__`, the model's
+//! identity (`arch`, `n_out`, `widen`, `activation`, `self_attention`: see [`weights_identity`])
+//! and `wick.sha256`, a SHA-256 of the tensor data (names, dtypes, shapes and bytes, in name
+//! order). Loading checks both, refuses a tensor the model does not have and a missing one
+//! (naming them), and refuses NaN or infinite values (naming the tensor); saving refuses a
+//! non-finite model, so a NaN is never written as a model. A file without wick's metadata (an
+//! export from PyTorch) is still checked tensor by tensor, shape by shape and for finiteness.
+//!
+//! Writes are atomic and durable: a temporary sibling, fsynced, renamed over the target, then
+//! the folder fsynced.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
+use candle::safetensors::Load;
 use candle::{DType, Tensor};
 use candle_nn::VarMap;
+use safetensors::{Dtype, SafeTensors, View};
+use sha2::{Digest, Sha256};
 
-use crate::xresnet::XResNet;
+use crate::layers::Activation;
+use crate::xresnet::{XResNet, XResNetConfig};
 
-fn io_error(path: &Path, what: impl std::fmt::Display) -> candle::Error {
-    candle::Error::Msg(format!("{}: {what}", path.display()))
+/// The metadata key of the tensor-data checksum.
+pub const CHECKSUM_KEY: &str = "wick.sha256";
+/// The metadata key marking a file written by wick (its value is the format's version).
+pub const FORMAT_KEY: &str = "wick.format";
+const FORMAT: &str = "weights-1";
+/// How many names an error lists before "and N more".
+const NAMES_SHOWN: usize = 8;
+
+/// Why weights could not be saved or loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// Reading or writing the file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The weights file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a readable safetensors file.
+    #[error("{}: not a valid safetensors file: {reason}", path.display())]
+    Format {
+        /// The weights file.
+        path: PathBuf,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The tensor data does not hash to the checksum the file records: it changed after it was
+    /// written.
+    #[error(
+        "{}: checksum mismatch: the tensor data hashes to {actual}, the file records {recorded} \
+         (the file is corrupted or was edited)",
+        path.display()
+    )]
+    Checksum {
+        /// The weights file.
+        path: PathBuf,
+        /// The checksum in the file's metadata.
+        recorded: String,
+        /// The checksum of the data read.
+        actual: String,
+    },
+    /// The file was written for another architecture.
+    #[error("{}: holds weights of {found}, but this model is {expected}", path.display())]
+    Architecture {
+        /// The weights file.
+        path: PathBuf,
+        /// The identity recorded in the file (the differing keys).
+        found: String,
+        /// This model's identity (the same keys).
+        expected: String,
+    },
+    /// The file's tensors are not the model's: some are missing, or some are not the model's.
+    #[error("{}: tensors do not match the model: {details}", path.display())]
+    Tensors {
+        /// The weights file.
+        path: PathBuf,
+        /// Tensors of the model absent from the file (sorted).
+        missing: Vec<String>,
+        /// Tensors of the file the model does not have (sorted).
+        unexpected: Vec<String>,
+        /// Both lists, in words.
+        details: String,
+    },
+    /// A tensor's shape is not the model's.
+    #[error("{}: tensor {name} has shape {found:?}, the model expects {expected:?}", path.display())]
+    Shape {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Its shape in the file.
+        found: Vec<usize>,
+        /// The model's shape.
+        expected: Vec<usize>,
+    },
+    /// A tensor holds NaN or infinite values.
+    #[error(
+        "{}: tensor {name} has {count} non-finite values (NaN or infinity) of {total}",
+        path.display()
+    )]
+    NonFinite {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// How many values are not finite.
+        count: usize,
+        /// Values in the tensor.
+        total: usize,
+    },
+    /// A tensor operation failed.
+    #[error("{}: {source}", path.display())]
+    Candle {
+        /// The weights file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: candle::Error,
+    },
+}
+
+/// The identity a weights file records: `arch` (`xresnet18` ... or `custom`), `n_out`,
+/// `widen`, `activation` and `self_attention`.
+pub fn weights_identity(config: &XResNetConfig) -> BTreeMap<String, String> {
+    let arch = config.arch_name().map_or_else(
+        || format!("custom(expansion {}, layers {:?})", config.expansion, config.layers),
+        str::to_string,
+    );
+    let activation = match config.activation {
+        Activation::Relu => "relu",
+        Activation::Mish => "mish",
+    };
+    BTreeMap::from([
+        ("arch".to_string(), arch),
+        ("n_out".to_string(), config.n_out.to_string()),
+        ("widen".to_string(), config.widen.to_string()),
+        ("activation".to_string(), activation.to_string()),
+        ("self_attention".to_string(), config.self_attention.to_string()),
+    ])
 }
 
 /// Every tensor of the model under its PyTorch name.
+///
+/// # Errors
+/// A poisoned variable map or a failed tensor operation.
 pub fn state_dict(model: &XResNet, varmap: &VarMap) -> candle::Result<HashMap<String, Tensor>> {
     let data =
         varmap.data().lock().map_err(|_| candle::Error::Msg("varmap lock poisoned".to_string()))?;
@@ -31,51 +169,308 @@ pub fn state_dict(model: &XResNet, varmap: &VarMap) -> candle::Result<HashMap<St
     Ok(tensors)
 }
 
-/// Writes the model's weights, running statistics and `num_batches_tracked` to `path`.
-pub fn save_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> candle::Result<()> {
-    let tensors = state_dict(model, varmap)?;
-    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    candle::safetensors::save(&tensors, &temporary).map_err(|error| io_error(path, error))?;
-    std::fs::rename(&temporary, path).map_err(|error| {
-        let _ = std::fs::remove_file(&temporary);
-        io_error(path, error)
-    })
+/// Writes the model's weights, running statistics and `num_batches_tracked` to `path`, with the
+/// model's identity and the data's checksum in the metadata.
+///
+/// # Errors
+/// [`WeightsError::NonFinite`] (nothing is written) if a tensor holds NaN or infinity; I/O
+/// errors naming the file.
+pub fn save_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(), WeightsError> {
+    let candle_error = |source| WeightsError::Candle { path: path.to_path_buf(), source };
+    let tensors = state_dict(model, varmap).map_err(candle_error)?;
+    let mut blobs = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let blob = Blob::of(&tensor);
+        if let Some((count, total)) = blob.non_finite() {
+            return Err(WeightsError::NonFinite { path: path.to_path_buf(), name, count, total });
+        }
+        blobs.push((name, blob));
+    }
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut metadata: HashMap<String, String> =
+        weights_identity(model.config()).into_iter().collect();
+    metadata.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+    metadata.insert(
+        CHECKSUM_KEY.to_string(),
+        checksum(
+            blobs
+                .iter()
+                .map(|(name, blob)| (name.as_str(), blob.dtype, &blob.shape[..], &blob.bytes[..])),
+        ),
+    );
+    let bytes = safetensors::serialize(blobs.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
+        .map_err(|error| WeightsError::Format {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+    let bytes = canonical_header(bytes)
+        .map_err(|reason| WeightsError::Format { path: path.to_path_buf(), reason })?;
+    write_durably(path, &bytes)
 }
 
-/// Loads every variable of `varmap` from the safetensors file at `path` (extra tensors in the
-/// file are ignored; a missing or mis-shaped one is an error naming it).
-pub fn load_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> candle::Result<()> {
-    let data =
-        varmap.data().lock().map_err(|_| candle::Error::Msg("varmap lock poisoned".to_string()))?;
-    let device =
-        data.values().next().map(|var| var.device().clone()).unwrap_or(candle::Device::Cpu);
-    let tensors =
-        candle::safetensors::load(path, &device).map_err(|error| io_error(path, error))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
-        let tensor = tensors
-            .get(name.as_str())
-            .ok_or_else(|| io_error(path, format!("tensor {name} is missing")))?;
-        if tensor.shape() != var.shape() {
-            return Err(io_error(
-                path,
-                format!(
-                    "tensor {name} has shape {:?}, the model expects {:?}",
-                    tensor.shape(),
-                    var.shape()
-                ),
-            ));
+/// Loads every variable of `varmap` (and the BatchNorm step counter) from the safetensors file at
+/// `path`, after checking the file's checksum and identity against the model.
+///
+/// # Errors
+/// [`WeightsError::Checksum`], [`WeightsError::Architecture`], [`WeightsError::Tensors`] (a
+/// missing tensor, or one the model does not have), [`WeightsError::Shape`],
+/// [`WeightsError::NonFinite`]; I/O and format errors naming the file. The model is unchanged
+/// unless every check passed.
+pub fn load_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(), WeightsError> {
+    let fail_format = |reason: String| WeightsError::Format { path: path.to_path_buf(), reason };
+    let candle_error = |source| WeightsError::Candle { path: path.to_path_buf(), source };
+    let bytes = std::fs::read(path)
+        .map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fail_format(e.to_string()))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| fail_format(e.to_string()))?;
+    let mut views = file.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata = header.metadata().clone().unwrap_or_default();
+
+    // A NaN or infinity is named first: it is the most specific thing to say about a file.
+    for (name, view) in &views {
+        if let Some((count, total)) = non_finite(view.dtype(), view.data()) {
+            return Err(WeightsError::NonFinite {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                count,
+                total,
+            });
         }
-        var.set(&tensor.to_dtype(var.dtype())?)?;
     }
-    if let Some(first) = model.batch_norm_names().first()
-        && let Some(count) = tensors.get(&format!("{first}.num_batches_tracked"))
-    {
-        let count = count.to_dtype(DType::I64)?.to_scalar::<i64>()?;
-        model.set_num_batches_tracked(count.max(0) as u64);
+    if metadata.contains_key(FORMAT_KEY) {
+        let recorded = metadata.get(CHECKSUM_KEY).ok_or_else(|| {
+            fail_format(format!("written by wick but without its checksum ({CHECKSUM_KEY})"))
+        })?;
+        let actual = checksum(
+            views
+                .iter()
+                .map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
+        );
+        if &actual != recorded {
+            return Err(WeightsError::Checksum {
+                path: path.to_path_buf(),
+                recorded: recorded.clone(),
+                actual,
+            });
+        }
+    }
+    let identity = weights_identity(model.config());
+    let differing: Vec<&String> = identity
+        .keys()
+        .filter(|key| metadata.get(*key).is_some_and(|value| value != &identity[*key]))
+        .collect();
+    if !differing.is_empty() {
+        let describe = |values: &dyn Fn(&String) -> String| {
+            differing
+                .iter()
+                .map(|key| format!("{key} {}", values(key)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(WeightsError::Architecture {
+            path: path.to_path_buf(),
+            found: describe(&|key| metadata[key].clone()),
+            expected: describe(&|key| identity[key].clone()),
+        });
+    }
+
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_error(candle::Error::Msg("varmap lock poisoned".into())))?;
+    let counters: BTreeSet<String> =
+        model.batch_norm_names().iter().map(|bn| format!("{bn}.num_batches_tracked")).collect();
+    let in_file: BTreeSet<&str> = views.iter().map(|(name, _)| name.as_str()).collect();
+    let missing: Vec<String> = data
+        .keys()
+        .filter(|name| !in_file.contains(name.as_str()))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let unexpected: Vec<String> = in_file
+        .iter()
+        .filter(|name| !data.contains_key(**name) && !counters.contains(**name))
+        .map(|name| name.to_string())
+        .collect();
+    if !missing.is_empty() || !unexpected.is_empty() {
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            parts.push(format!("{} missing ({})", missing.len(), shown(&missing)));
+        }
+        if !unexpected.is_empty() {
+            parts.push(format!("{} not in this model ({})", unexpected.len(), shown(&unexpected)));
+        }
+        return Err(WeightsError::Tensors {
+            path: path.to_path_buf(),
+            details: parts.join("; "),
+            missing,
+            unexpected,
+        });
+    }
+
+    let mut values = Vec::with_capacity(data.len());
+    let mut count = None;
+    for (name, view) in &views {
+        if counters.contains(name) {
+            if count.is_none() {
+                let tensor = view.load(&candle::Device::Cpu).map_err(candle_error)?;
+                let value = tensor
+                    .to_dtype(DType::I64)
+                    .and_then(|t| t.to_scalar::<i64>())
+                    .map_err(candle_error)?;
+                count = Some(value.max(0) as u64);
+            }
+            continue;
+        }
+        let var = &data[name];
+        if view.shape() != var.shape().dims() {
+            return Err(WeightsError::Shape {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                found: view.shape().to_vec(),
+                expected: var.shape().dims().to_vec(),
+            });
+        }
+        let tensor =
+            view.load(var.device()).and_then(|t| t.to_dtype(var.dtype())).map_err(candle_error)?;
+        values.push((var, tensor));
+    }
+    for (var, tensor) in values {
+        var.set(&tensor).map_err(candle_error)?;
+    }
+    if let Some(count) = count {
+        model.set_num_batches_tracked(count);
     }
     Ok(())
+}
+
+/// safetensors writes its `__metadata__` map in hash order, which changes from process to
+/// process: the header is re-serialised with sorted keys (serde_json's map is ordered) and
+/// padded to 8 bytes, so the same tensors and metadata always give the same file, byte for byte.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let length: [u8; 8] =
+        bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no safetensors header")?;
+    let end = 8 + usize::try_from(u64::from_le_bytes(length)).map_err(|e| e.to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..end).ok_or("short header")?)
+            .map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(&bytes[end..]);
+    Ok(out)
+}
+
+/// The first few names of a list, and how many more.
+fn shown(names: &[String]) -> String {
+    let mut text = names.iter().take(NAMES_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > NAMES_SHOWN {
+        text.push_str(&format!(", and {} more", names.len() - NAMES_SHOWN));
+    }
+    text
+}
+
+/// A tensor's bytes on the CPU, ready to hash and serialize.
+struct Blob {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn of(tensor: &Tensor) -> Self {
+        Blob {
+            dtype: View::dtype(tensor),
+            shape: tensor.dims().to_vec(),
+            bytes: View::data(tensor).into_owned(),
+        }
+    }
+
+    fn non_finite(&self) -> Option<(usize, usize)> {
+        non_finite(self.dtype, &self.bytes)
+    }
+}
+
+impl View for &Blob {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// `(non-finite count, total)` of a float tensor's little-endian bytes, or `None` if every value
+/// is finite (integer dtypes are always finite). A value is non-finite when its exponent bits
+/// are all ones (NaN or infinity), in every IEEE format.
+fn non_finite(dtype: Dtype, bytes: &[u8]) -> Option<(usize, usize)> {
+    let (width, mask): (usize, u64) = match dtype {
+        Dtype::F64 => (8, 0x7FF0_0000_0000_0000),
+        Dtype::F32 => (4, 0x7F80_0000),
+        Dtype::F16 => (2, 0x7C00),
+        Dtype::BF16 => (2, 0x7F80),
+        _ => return None,
+    };
+    let bad = bytes
+        .chunks_exact(width)
+        .filter(|chunk| {
+            let mut word = [0u8; 8];
+            word[..width].copy_from_slice(chunk);
+            u64::from_le_bytes(word) & mask == mask
+        })
+        .count();
+    (bad > 0).then_some((bad, bytes.len() / width))
+}
+
+/// SHA-256 (hex) over every tensor in the given (name-sorted) order: its name, dtype, shape and
+/// bytes, each length-prefixed.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+    let mut hasher = Sha256::new();
+    for (name, dtype, shape, bytes) in tensors {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        let dtype = format!("{dtype:?}");
+        hasher.update((dtype.len() as u64).to_le_bytes());
+        hasher.update(dtype.as_bytes());
+        hasher.update((shape.len() as u64).to_le_bytes());
+        for dim in shape {
+            hasher.update((*dim as u64).to_le_bytes());
+        }
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Writes `bytes` to a temporary sibling, fsyncs it, renames it over `path` and fsyncs the
+/// folder. The temporary file is removed on failure.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&temporary);
+        WeightsError::Io { path: path.to_path_buf(), source }
+    })
 }

@@ -18,7 +18,10 @@ mod summary;
 mod xresnet;
 
 pub use init::{draw_init, seeded_var_builder};
-pub use io::{load_weights, save_weights, state_dict};
+pub use io::{
+    CHECKSUM_KEY, FORMAT_KEY, WeightsError, load_weights, save_weights, state_dict,
+    weights_identity,
+};
 pub use layers::Activation;
 pub use summary::{ModuleSummary, count_params, is_buffer, summary};
 pub use xresnet::{

@@ -100,6 +100,17 @@ impl XResNetConfig {
             .map(|(depth, ..)| XResNetConfig::depth(*depth, n_out))
     }
 
+    /// The table name (`xresnet18` ... `xresnet152`) of this configuration's depth, if its
+    /// blocks and stage lengths are one of the named ones.
+    pub fn arch_name(&self) -> Option<&'static str> {
+        DEPTHS
+            .iter()
+            .find(|(_, _, expansion, layers)| {
+                *expansion == self.expansion && layers.as_slice() == self.layers.as_slice()
+            })
+            .map(|(_, name, ..)| *name)
+    }
+
     /// The names [`XResNetConfig::named`] accepts.
     pub fn names() -> Vec<&'static str> {
         DEPTHS.iter().map(|(_, name, ..)| *name).collect()

@@ -293,10 +293,133 @@ fn save_then_load_gives_identical_outputs() {
         expected.to_vec2::<f32>().unwrap()
     );
     assert_eq!(fresh.num_batches_tracked(), 1);
-    // A file for another architecture is refused with the tensor's name.
+    // A file for another width is refused naming the file and what differs.
     let (other, other_map) = build(&XResNetConfig::depth(Depth::D18, 10), 0);
     let error = load_weights(&other, &other_map, &path).unwrap_err().to_string();
-    assert!(error.contains("model.safetensors") && error.contains("shape"), "{error}");
+    assert!(
+        error.contains("model.safetensors")
+            && error.contains("widen 0.125")
+            && error.contains("widen 1"),
+        "{error}"
+    );
+}
+
+/// Rewrites a safetensors file with `edit` applied to its tensors and metadata (as another tool
+/// would: the metadata is kept as it was unless `edit` changes it).
+fn rewrite(
+    path: &std::path::Path,
+    edit: impl FnOnce(&mut HashMap<String, Tensor>, &mut HashMap<String, String>),
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    let mut tensors = candle::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+    edit(&mut tensors, &mut metadata);
+    let mut sorted: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    std::fs::write(path, safetensors::serialize(sorted, Some(metadata)).unwrap()).unwrap();
+}
+
+#[test]
+fn weights_carry_their_architecture_and_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let (model18, map18) = build(&narrow_config(), 1);
+    save_weights(&model18, &map18, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = header.metadata().clone().unwrap();
+    assert_eq!(metadata["arch"], "xresnet18");
+    assert_eq!((metadata["n_out"].as_str(), metadata["widen"].as_str()), ("10", "0.125"));
+    assert_eq!(metadata[wick_models::CHECKSUM_KEY].len(), 64);
+    // No temporary file is left beside it, and saving again gives the same bytes (the
+    // metadata's order does not depend on the process's hash seed).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    for _ in 0..3 {
+        save_weights(&model18, &map18, &dir.path().join("again.safetensors")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("again.safetensors")).unwrap(), bytes);
+    }
+    std::fs::remove_file(dir.path().join("again.safetensors")).unwrap();
+
+    // xresnet34's tensor names are a superset of xresnet18's: its file into an xresnet18 is
+    // refused by the identity check, naming both architectures...
+    let path34 = dir.path().join("model34.safetensors");
+    let (model34, map34) =
+        build(&XResNetConfig { widen: 0.125, ..XResNetConfig::depth(Depth::D34, 10) }, 1);
+    save_weights(&model34, &map34, &path34).unwrap();
+    let error = load_weights(&model18, &map18, &path34).unwrap_err().to_string();
+    assert!(error.contains("arch xresnet34") && error.contains("arch xresnet18"), "{error}");
+    // ... and, without the metadata (a foreign export), by the tensor check, naming the extras.
+    rewrite(&path34, |_, metadata| metadata.clear());
+    let error = load_weights(&model18, &map18, &path34).unwrap_err();
+    match &error {
+        wick_models::WeightsError::Tensors { missing, unexpected, .. } => {
+            assert!(missing.is_empty(), "{missing:?}");
+            assert!(unexpected.iter().any(|name| name.starts_with("4.2.")), "{unexpected:?}");
+        }
+        other => panic!("expected a tensor mismatch, got {other}"),
+    }
+    assert!(error.to_string().contains("not in this model"), "{error}");
+
+    // A missing tensor is named.
+    let stripped = dir.path().join("stripped.safetensors");
+    std::fs::copy(&path, &stripped).unwrap();
+    rewrite(&stripped, |tensors, metadata| {
+        tensors.remove("11.bias");
+        metadata.clear();
+    });
+    let error = load_weights(&model18, &map18, &stripped).unwrap_err().to_string();
+    assert!(error.contains("1 missing (11.bias)"), "{error}");
+
+    // One changed weight (still finite) breaks the checksum; the model is left unchanged.
+    let before = map18.data().lock().unwrap()["11.bias"].to_vec1::<f32>().unwrap();
+    let flipped = dir.path().join("flipped.safetensors");
+    std::fs::copy(&path, &flipped).unwrap();
+    rewrite(&flipped, |tensors, _| {
+        let bias = tensors["11.bias"].to_vec1::<f32>().unwrap();
+        let changed: Vec<f32> = bias.iter().map(|v| v + 0.5).collect();
+        tensors.insert("11.bias".into(), Tensor::new(changed, &Device::Cpu).unwrap());
+    });
+    let error = load_weights(&model18, &map18, &flipped).unwrap_err().to_string();
+    assert!(error.contains("checksum mismatch"), "{error}");
+    assert_eq!(map18.data().lock().unwrap()["11.bias"].to_vec1::<f32>().unwrap(), before);
+}
+
+#[test]
+fn non_finite_weights_are_never_saved_nor_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let (model, varmap) = build(&narrow_config(), 1);
+    save_weights(&model, &varmap, &path).unwrap();
+    let saved = std::fs::read(&path).unwrap();
+
+    // Saving a model with one NaN is refused, naming the tensor, and the old file stays.
+    let bias = varmap.data().lock().unwrap()["11.bias"].clone();
+    let mut values = bias.to_vec1::<f32>().unwrap();
+    values[3] = f32::NAN;
+    bias.set(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap();
+    let error = save_weights(&model, &varmap, &path).unwrap_err().to_string();
+    assert!(error.contains("11.bias") && error.contains("1 non-finite values"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), saved);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    // A file given an infinity is refused when loaded, naming the tensor, whether it kept wick's
+    // metadata (and so a checksum that no longer matches) or not.
+    for keep_metadata in [false, true] {
+        let edited = dir.path().join(format!("edited-{keep_metadata}.safetensors"));
+        std::fs::write(&edited, &saved).unwrap();
+        rewrite(&edited, |tensors, metadata| {
+            let mut weight = tensors["0.1.weight"].to_vec1::<f32>().unwrap();
+            weight[0] = f32::INFINITY;
+            tensors.insert("0.1.weight".into(), Tensor::new(weight, &Device::Cpu).unwrap());
+            if !keep_metadata {
+                metadata.clear();
+            }
+        });
+        let (fresh, fresh_map) = build(&narrow_config(), 2);
+        let error = load_weights(&fresh, &fresh_map, &edited).unwrap_err().to_string();
+        assert!(error.contains("0.1.weight") && error.contains("1 non-finite values"), "{error}");
+    }
 }
 
 #[test]

@@ -1,38 +1,93 @@
 //! Checkpoints: everything needed to continue a recipe exactly where it stopped, in one
-//! safetensors file written atomically.
+//! safetensors file written atomically and durably.
 //!
 //! Contents (tensor names):
 //! - `model.<name>`: every variable of the model's `VarMap`, parameters and BatchNorm running
 //!   statistics alike;
+//! - `state.<name>`: state the model keeps outside its `VarMap` that its arithmetic or its export
+//!   depends on (for example PyTorch's BatchNorm `num_batches_tracked`), supplied by a
+//!   [`ModelState`] in the [`CheckpointExtras`] and restored with
+//!   [`Checkpoint::restore_model_state`];
 //! - `optimizer.<key>`: the optimizer's `state_dict()` (hyper-parameters, moving averages, step
 //!   counts);
 //! - `position`: i64 `[fit_index, epoch, batch, data_epoch, n_epoch, n_train_batches]`, the next
 //!   training batch to run and the shape of the fit it belongs to;
-//! - `seed`: the run's seed (an i64 holding the u64's bits); `format_version`: 1;
+//! - `seed`: the run's seed (an i64 holding the u64's bits); `format_version`: 2;
 //! - `recorder.*`: the smoothed-loss accumulator (f32 average and count, bit for bit), the
 //!   seconds already spent in the current epoch, and the history (per-batch and per-epoch
 //!   records as f64 tables; f32 values widen exactly).
 //!
-//! What is not in it: state a model keeps outside its `VarMap` (for example a BatchNorm step
-//! counter such as PyTorch's `num_batches_tracked`, kept by some models for export only and not
-//! used by the arithmetic), and the callbacks' own state: wick's callbacks have none that a
-//! resume needs (schedules are functions of the position; MixUp/CutMix draw from a stream derived
-//! from the position).
+//! The header's `__metadata__` holds the caller's identity of the model
+//! ([`CheckpointExtras::identity`], e.g. arch, n_out, widen; checked on resume with
+//! [`Checkpoint::check_identity`]) and `wick.sha256`, a SHA-256 of every tensor's name, dtype,
+//! shape and bytes in name order; [`Checkpoint::load`] refuses a file whose data does not match
+//! it, and a model or optimizer tensor holding NaN or infinity (naming it).
 //!
-//! Atomicity: the file is written to a temporary sibling, flushed to disk, then renamed over the
-//! target, so a crash mid-write leaves the previous checkpoint intact.
+//! What is not in it: the callbacks' own state: wick's callbacks have none that a resume needs
+//! (schedules are functions of the position; MixUp/CutMix draw from a stream derived from the
+//! position).
+//!
+//! Never a non-finite state: [`save_checkpoint`] refuses to write when a model or optimizer
+//! tensor holds NaN or infinity ([`TrainError::NonFiniteState`]), so the file on disk stays the
+//! last finite state.
+//!
+//! Atomicity: the file is written to a temporary sibling `.<name>.tmp-<pid>`, fsynced, renamed
+//! over the target, then the folder is fsynced, so a crash mid-write leaves the previous
+//! checkpoint intact (a killed process can leave its temporary file behind; whoever owns the
+//! folder next may delete such files).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use candle::safetensors::Load;
 use candle::{DType, Device, Tensor};
+use safetensors::{Dtype, SafeTensors, View};
+use sha2::{Digest, Sha256};
 
 use crate::callback::{EventContext, FitPosition};
 use crate::error::TrainError;
 use crate::learner::{Learner, PendingResume};
 use crate::recorder::{BatchRecord, EpochRecord, FitRecord, ValidRecord};
 
-const FORMAT_VERSION: i64 = 1;
+const FORMAT_VERSION: i64 = 2;
+/// The metadata key of the tensor-data checksum.
+const CHECKSUM_KEY: &str = "wick.sha256";
+
+/// State a model keeps outside its `VarMap` that an exact resume needs (for example the
+/// BatchNorm step counter PyTorch calls `num_batches_tracked`).
+pub trait ModelState: Send + Sync {
+    /// The state as named tensors (names without the `state.` prefix).
+    ///
+    /// # Errors
+    /// A tensor operation failed.
+    fn save_state(&self) -> candle::Result<HashMap<String, Tensor>>;
+    /// Restores what [`ModelState::save_state`] returned.
+    ///
+    /// # Errors
+    /// A tensor is missing or malformed.
+    fn load_state(&self, tensors: &HashMap<String, Tensor>) -> candle::Result<()>;
+}
+
+/// What a checkpoint stores beyond the loop's own state.
+#[derive(Clone, Default)]
+pub struct CheckpointExtras {
+    /// Written into the file's metadata and compared on resume (e.g. `arch`, `n_out`, `widen`).
+    pub identity: BTreeMap<String, String>,
+    /// The model's state outside its `VarMap`, if it has any.
+    pub model_state: Option<Arc<dyn ModelState>>,
+}
+
+impl std::fmt::Debug for CheckpointExtras {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CheckpointExtras")
+            .field("identity", &self.identity)
+            .field("model_state", &self.model_state.is_some())
+            .finish()
+    }
+}
 const BATCH_COLUMNS: usize = 6;
 const EPOCH_COLUMNS: usize = 8;
 
@@ -45,7 +100,9 @@ pub struct Checkpoint {
     n_train_batches: usize,
     seed: u64,
     model: HashMap<String, Tensor>,
+    model_state: HashMap<String, Tensor>,
     optimizer: HashMap<String, Tensor>,
+    identity: BTreeMap<String, String>,
     fits: Vec<FitRecord>,
     smooth: (f32, u32),
     epoch_elapsed: f64,
@@ -54,26 +111,71 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Reads a checkpoint (tensors land on the CPU; resuming moves them to the model's device).
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] naming the file and the reason: unreadable, another format
+    /// version, a checksum that does not match the data, a model or optimizer tensor holding
+    /// NaN or infinity (named), a missing or malformed entry.
     pub fn load(path: &Path) -> Result<Self, TrainError> {
         let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
-        let tensors =
-            candle::safetensors::load(path, &Device::Cpu).map_err(|e| fail(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+        let file = SafeTensors::deserialize(&bytes)
+            .map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+        let mut views = file.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut identity: BTreeMap<String, String> =
+            header.metadata().clone().unwrap_or_default().into_iter().collect();
+        let recorded = identity.remove(CHECKSUM_KEY);
+        let mut tensors = HashMap::with_capacity(views.len());
+        for (name, view) in &views {
+            tensors.insert(name.clone(), view.load(&Device::Cpu).map_err(|e| fail(e.to_string()))?);
+        }
         let reader = Reader { tensors: &tensors, path };
         let version = reader.i64_scalar("format_version")?;
         if version != FORMAT_VERSION {
             return Err(fail(format!(
-                "format version {version}, this build reads {FORMAT_VERSION}"
+                "format version {version}, this build reads {FORMAT_VERSION} (a checkpoint of \
+                 another wick version: delete it to restart the stage)"
             )));
+        }
+        for (name, view) in &views {
+            if (name.starts_with("model.") || name.starts_with("optimizer."))
+                && let Some((count, total)) = non_finite(view.dtype(), view.data())
+            {
+                return Err(fail(format!(
+                    "tensor {name} has {count} non-finite values (NaN or infinity) of {total}"
+                )));
+            }
+        }
+        let actual = checksum(
+            views
+                .iter()
+                .map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
+        );
+        match recorded {
+            Some(recorded) if recorded == actual => {}
+            Some(recorded) => {
+                return Err(fail(format!(
+                    "checksum mismatch: the tensor data hashes to {actual}, the file records \
+                     {recorded} (the file is corrupted or was edited)"
+                )));
+            }
+            None => return Err(fail(format!("no checksum ({CHECKSUM_KEY}) in its metadata"))),
         }
         let position = reader.i64_vector("position", 6)?;
         let to_usize = |value: i64, what: &str| {
             usize::try_from(value).map_err(|_| fail(format!("{what} is {value}")))
         };
         let mut model = HashMap::new();
+        let mut model_state = HashMap::new();
         let mut optimizer = HashMap::new();
         for (key, tensor) in &tensors {
             if let Some(name) = key.strip_prefix("model.") {
                 model.insert(name.to_string(), tensor.clone());
+            } else if let Some(name) = key.strip_prefix("state.") {
+                model_state.insert(name.to_string(), tensor.clone());
             } else if let Some(name) = key.strip_prefix("optimizer.") {
                 optimizer.insert(name.to_string(), tensor.clone());
             }
@@ -91,7 +193,9 @@ impl Checkpoint {
             n_train_batches: to_usize(position[5], "n_train_batches")?,
             seed: reader.i64_scalar("seed")? as u64,
             model,
+            model_state,
             optimizer,
+            identity,
             fits: reader.history()?,
             smooth: (
                 reader.f64_scalar("recorder.smooth_average")? as f32,
@@ -126,6 +230,50 @@ impl Checkpoint {
     /// The optimizer's state dict as saved.
     pub fn optimizer_state(&self) -> &HashMap<String, Tensor> {
         &self.optimizer
+    }
+
+    /// The model's identity recorded by the saver ([`CheckpointExtras::identity`]).
+    pub fn identity(&self) -> &BTreeMap<String, String> {
+        &self.identity
+    }
+
+    /// Checks that the checkpoint was taken of a model with identity `expected` (every key of
+    /// either side must agree).
+    ///
+    /// # Errors
+    /// [`TrainError::ResumeMismatch`] naming the first key that differs and both values.
+    pub fn check_identity(&self, expected: &BTreeMap<String, String>) -> Result<(), TrainError> {
+        let keys: std::collections::BTreeSet<&String> =
+            self.identity.keys().chain(expected.keys()).collect();
+        for key in keys {
+            let (saved, current) = (self.identity.get(key), expected.get(key));
+            if saved != current {
+                let show =
+                    |value: Option<&String>| value.cloned().unwrap_or_else(|| "(none)".into());
+                return Err(TrainError::ResumeMismatch {
+                    what: "model",
+                    checkpoint: format!("{key} {}", show(saved)),
+                    current: format!("{key} {}", show(current)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The model's state outside its `VarMap` as saved (names without `state.`).
+    pub fn model_state(&self) -> &HashMap<String, Tensor> {
+        &self.model_state
+    }
+
+    /// Restores the model's state outside its `VarMap` through `state`.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] if the state cannot be applied.
+    pub fn restore_model_state(&self, state: &dyn ModelState) -> Result<(), TrainError> {
+        state.load_state(&self.model_state).map_err(|e| TrainError::Checkpoint {
+            path: self.path.clone(),
+            reason: format!("model state: {e}"),
+        })
     }
 }
 
@@ -191,11 +339,17 @@ impl Learner {
     }
 }
 
-/// Writes a checkpoint of the fit seen by `context`, to continue at `position`, atomically.
+/// Writes a checkpoint of the fit seen by `context`, to continue at `position`, atomically and
+/// durably, with `extras`' identity in the metadata and its model state as `state.*`.
+///
+/// # Errors
+/// [`TrainError::NonFiniteState`] (nothing is written: the previous checkpoint stays) if a model
+/// or optimizer tensor holds NaN or infinity; [`TrainError::Checkpoint`] if writing fails.
 pub fn save_checkpoint(
     path: &Path,
     context: &EventContext<'_>,
     position: FitPosition,
+    extras: &CheckpointExtras,
 ) -> Result<(), TrainError> {
     let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
     let state = context.state;
@@ -209,6 +363,11 @@ pub fn save_checkpoint(
     }
     for (key, tensor) in context.optimizer.state_dict()? {
         tensors.insert(format!("optimizer.{key}"), tensor);
+    }
+    if let Some(state) = &extras.model_state {
+        for (key, tensor) in state.save_state().map_err(|e| fail(format!("model state: {e}")))? {
+            tensors.insert(format!("state.{key}"), tensor);
+        }
     }
     let cpu = &Device::Cpu;
     let scalar_error = |e: candle::Error| fail(e.to_string());
@@ -240,20 +399,152 @@ pub fn save_checkpoint(
     insert_history(&mut tensors, context.recorder.fits(), context.recorder.metrics().len())
         .map_err(scalar_error)?;
 
+    let mut blobs = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let blob = Blob::of(&tensor);
+        if (name.starts_with("model.") || name.starts_with("optimizer."))
+            && let Some((count, total)) = non_finite(blob.dtype, &blob.bytes)
+        {
+            return Err(TrainError::NonFiniteState {
+                path: path.to_path_buf(),
+                tensor: name,
+                count,
+                total,
+            });
+        }
+        blobs.push((name, blob));
+    }
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut metadata: HashMap<String, String> = extras.identity.clone().into_iter().collect();
+    metadata.insert(
+        CHECKSUM_KEY.to_string(),
+        checksum(
+            blobs
+                .iter()
+                .map(|(name, blob)| (name.as_str(), blob.dtype, &blob.shape[..], &blob.bytes[..])),
+        ),
+    );
+    let bytes = safetensors::serialize(blobs.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
+        .map_err(|e| fail(e.to_string()))?;
+    let bytes = canonical_header(bytes).map_err(fail)?;
+    write_durably(path, &bytes).map_err(|e| fail(e.to_string()))
+}
+
+/// safetensors writes its `__metadata__` map in hash order, which changes from process to
+/// process: the header is re-serialised with sorted keys (serde_json's map is ordered) and
+/// padded to 8 bytes, so the same tensors and metadata always give the same file, byte for byte.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let length: [u8; 8] =
+        bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no safetensors header")?;
+    let end = 8 + usize::try_from(u64::from_le_bytes(length)).map_err(|e| e.to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..end).ok_or("short header")?)
+            .map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(&bytes[end..]);
+    Ok(out)
+}
+
+/// Writes `bytes` to the temporary sibling `.<name>.tmp-<pid>`, fsyncs it, renames it over
+/// `path` and fsyncs the folder; the temporary file is removed on failure.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name =
         path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let write = || -> Result<(), String> {
-        candle::safetensors::save(&tensors, &temporary).map_err(|e| e.to_string())?;
-        std::fs::File::open(&temporary)
-            .and_then(|file| file.sync_all())
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&temporary, path).map_err(|e| e.to_string())
-    };
-    write().map_err(|reason| {
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
         let _ = std::fs::remove_file(&temporary);
-        fail(reason)
-    })
+    }
+    result
+}
+
+/// A tensor's bytes on the CPU, ready to check, hash and serialize.
+struct Blob {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn of(tensor: &Tensor) -> Self {
+        Blob {
+            dtype: View::dtype(tensor),
+            shape: tensor.dims().to_vec(),
+            bytes: View::data(tensor).into_owned(),
+        }
+    }
+}
+
+impl View for &Blob {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// `(non-finite count, total)` of a float tensor's little-endian bytes, or `None` if every value
+/// is finite (integer dtypes always are). A value is NaN or infinite exactly when its exponent
+/// bits are all ones, in every IEEE format.
+fn non_finite(dtype: Dtype, bytes: &[u8]) -> Option<(usize, usize)> {
+    let (width, mask): (usize, u64) = match dtype {
+        Dtype::F64 => (8, 0x7FF0_0000_0000_0000),
+        Dtype::F32 => (4, 0x7F80_0000),
+        Dtype::F16 => (2, 0x7C00),
+        Dtype::BF16 => (2, 0x7F80),
+        _ => return None,
+    };
+    let bad = bytes
+        .chunks_exact(width)
+        .filter(|chunk| {
+            let mut word = [0u8; 8];
+            word[..width].copy_from_slice(chunk);
+            u64::from_le_bytes(word) & mask == mask
+        })
+        .count();
+    (bad > 0).then_some((bad, bytes.len() / width))
+}
+
+/// SHA-256 (hex) over every tensor in the given (name-sorted) order: its name, dtype, shape and
+/// bytes, each length-prefixed.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+    let mut hasher = Sha256::new();
+    for (name, dtype, shape, bytes) in tensors {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        let dtype = format!("{dtype:?}");
+        hasher.update((dtype.len() as u64).to_le_bytes());
+        hasher.update(dtype.as_bytes());
+        hasher.update((shape.len() as u64).to_le_bytes());
+        for dim in shape {
+            hasher.update((*dim as u64).to_le_bytes());
+        }
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The history as two f64 tables. Batches: `[fit, iteration, lr, mom, loss, smooth_loss]`.

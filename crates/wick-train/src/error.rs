@@ -149,6 +149,23 @@ pub enum TrainError {
         /// What went wrong.
         reason: String,
     },
+    /// A checkpoint was not written because the model or optimizer state holds NaN or infinity:
+    /// the fit diverged, and the file on disk keeps the last finite state.
+    #[error(
+        "the model diverged: {tensor} has {count} non-finite values (NaN or infinity) of {total}; \
+         checkpoint {} not written, it keeps the last finite state",
+        path.display()
+    )]
+    NonFiniteState {
+        /// The checkpoint file that was not written.
+        path: PathBuf,
+        /// The first non-finite tensor (`model.<name>` or `optimizer.<key>`).
+        tensor: String,
+        /// How many of its values are not finite.
+        count: usize,
+        /// Values in the tensor.
+        total: usize,
+    },
     /// A checkpoint does not belong to the run it is resumed into.
     #[error("cannot resume: checkpoint has {what} {checkpoint}, this run has {current}")]
     ResumeMismatch {

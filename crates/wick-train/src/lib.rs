@@ -55,7 +55,7 @@ pub use callbacks::{
     CheckpointConfig, CheckpointSaver, CutMix, LrFinder, MixUp, ParamScheduler, RunFiles, batch_rng,
 };
 pub use chart::{AxisScale, LineChart, Series, VerticalMarker, encode_png};
-pub use checkpoint::{Checkpoint, save_checkpoint};
+pub use checkpoint::{Checkpoint, CheckpointExtras, ModelState, save_checkpoint};
 pub use data::{BatchIter, BatchSource, InMemoryBatches};
 pub use distributed::{AllReduce, DataParallel, ShardedBatches, ThreadGroup};
 pub use error::TrainError;

@@ -19,12 +19,19 @@ use crate::loss::check_logits_labels;
 pub const FASTAI_TOP_K: usize = 5;
 
 /// How many samples' argmax class equals their label (ties: the first maximal class, as torch).
-/// Logits `(B,K)`, labels `(B,)`.
+/// A sample whose logits hold a NaN or an infinity counts as wrong: a broken prediction is never
+/// a hit. Logits `(B,K)`, labels `(B,)`.
 pub fn correct_count(logits: &Tensor, labels: &Tensor) -> candle::Result<usize> {
     let labels = check_and_convert_labels(logits, labels, "accuracy")?;
     let predicted = logits.argmax(D::Minus1)?;
-    let hits = predicted.eq(&labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
-    Ok(hits as usize)
+    let hits = (predicted.eq(&labels)?.to_dtype(DType::U32)? * finite_rows(logits)?)?;
+    Ok(hits.sum_all()?.to_scalar::<u32>()? as usize)
+}
+
+/// `(B,)` u32: 1 where every logit of the row is finite, 0 where one is NaN or infinite
+/// (`|x| <= f64::MAX` is false exactly for those).
+fn finite_rows(logits: &Tensor) -> candle::Result<Tensor> {
+    logits.to_dtype(DType::F64)?.abs()?.le(f64::MAX)?.to_dtype(DType::U32)?.min(D::Minus1)
 }
 
 /// fastai `accuracy`: the fraction of samples whose argmax class is their label.
@@ -42,7 +49,8 @@ pub fn error_rate(logits: &Tensor, labels: &Tensor) -> candle::Result<f64> {
 
 /// How many samples have their label among the `k` highest logits. A label counts as a hit when
 /// fewer than `k` classes score strictly higher, so a tie at the k-th place counts in its favour
-/// (torch's `topk` breaks such ties arbitrarily). Logits `(B,K)`, labels `(B,)`, `1 <= k <= K`.
+/// (torch's `topk` breaks such ties arbitrarily); a row holding a NaN or an infinity counts as
+/// wrong. Logits `(B,K)`, labels `(B,)`, `1 <= k <= K`.
 pub fn top_k_correct_count(logits: &Tensor, labels: &Tensor, k: usize) -> candle::Result<usize> {
     let labels = check_and_convert_labels(logits, labels, "top_k_accuracy")?;
     let n_classes = logits.dim(1)?;
@@ -51,8 +59,8 @@ pub fn top_k_correct_count(logits: &Tensor, labels: &Tensor, k: usize) -> candle
     }
     let label_scores = logits.gather(&labels.unsqueeze(1)?, 1)?;
     let n_higher = logits.broadcast_gt(&label_scores)?.to_dtype(DType::U32)?.sum(1)?;
-    let hits = n_higher.lt(k as u32)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
-    Ok(hits as usize)
+    let hits = (n_higher.lt(k as u32)?.to_dtype(DType::U32)? * finite_rows(logits)?)?;
+    Ok(hits.sum_all()?.to_scalar::<u32>()? as usize)
 }
 
 /// fastai `top_k_accuracy(k)`: the fraction of samples with their label among the top `k`.

@@ -1,12 +1,14 @@
 //! [`CheckpointSaver`] (order 80, after the Recorder): writes a checkpoint every N training
 //! batches, at the end of every epoch, and when the fit stops on the interrupt flag. It never
-//! writes after an error (a NaN loss stops the fit before `after_batch`), so the file on disk is
-//! always the last good state. The file format is `checkpoint.rs`.
+//! writes after an error (a NaN loss stops the fit before `after_batch`), and a save whose model
+//! or optimizer state holds NaN or infinity is refused (the fit stops with
+//! `TrainError::NonFiniteState`), so the file on disk is always the last good, finite state. The
+//! file format is `checkpoint.rs`.
 
 use std::path::PathBuf;
 
 use crate::callback::{Callback, CallbackResult, Event, EventContext, FitKind, Flow, Phase, order};
-use crate::checkpoint::save_checkpoint;
+use crate::checkpoint::{CheckpointExtras, save_checkpoint};
 
 /// Where and how often to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,13 +24,20 @@ pub struct CheckpointConfig {
 #[derive(Debug, Clone)]
 pub struct CheckpointSaver {
     config: CheckpointConfig,
+    extras: CheckpointExtras,
     saves: usize,
 }
 
 impl CheckpointSaver {
     /// A saver writing to `config.path`.
     pub fn new(config: CheckpointConfig) -> Self {
-        CheckpointSaver { config, saves: 0 }
+        CheckpointSaver { config, extras: CheckpointExtras::default(), saves: 0 }
+    }
+
+    /// Also records `extras` (the model's identity and its state outside the `VarMap`).
+    pub fn with_extras(mut self, extras: CheckpointExtras) -> Self {
+        self.extras = extras;
+        self
     }
 
     /// Checkpoints written so far.
@@ -65,7 +74,7 @@ impl Callback for CheckpointSaver {
             _ => None,
         };
         if let Some(position) = position {
-            save_checkpoint(&self.config.path, context, position)?;
+            save_checkpoint(&self.config.path, context, position, &self.extras)?;
             self.saves += 1;
         }
         Ok(Flow::Continue)

@@ -28,6 +28,24 @@ fn accuracy_by_hand() {
 }
 
 #[test]
+fn a_non_finite_prediction_is_never_a_hit() {
+    // Row 0 holds a NaN at its label, row 1 an infinity elsewhere, row 2 a NaN in another
+    // class: all three would count as hits if NaN compared like a number (nothing is greater
+    // than a NaN label score; argmax may pick any class). Row 3 is finite and right.
+    let logits = Tensor::new(
+        &[[f32::NAN, 0.0, 0.0], [1.0, f32::INFINITY, 0.0], [0.0, 5.0, f32::NAN], [0.0, 0.0, 1.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let labels = Tensor::new(&[0u32, 1, 1, 2], &Device::Cpu).unwrap();
+    assert_eq!(correct_count(&logits, &labels).unwrap(), 1);
+    assert_close1("accuracy", accuracy(&logits, &labels).unwrap(), 0.25, EXACT);
+    for k in 1..=3 {
+        assert_close1("top-k", top_k_accuracy(&logits, &labels, k).unwrap(), 0.25, EXACT);
+    }
+}
+
+#[test]
 fn metrics_equal_fastai() {
     // Reference (metrics.safetensors): logits (8,10) randn, labels; fastai `accuracy`,
     // `error_rate`, `top_k_accuracy` (k=5) and `top_k_accuracy(k=3)`.

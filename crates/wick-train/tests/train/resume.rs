@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle::{DType, Device};
+use candle::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use image::{Rgb, RgbImage};
 use wick_data::{DataLoader, ItemPipeline, Items, LoaderConfig};
@@ -297,4 +297,168 @@ fn nan_loss_stops_with_its_position_and_keeps_the_last_checkpoint() {
         }
     }
     assert_eq!(checkpoint.history()[0].batches.len(), 6);
+}
+
+/// Sets the first value of parameter `name` to NaN after the `at`-th optimizer step, as a
+/// diverging step would.
+struct PoisonAfterStep {
+    name: &'static str,
+    at: usize,
+    steps: usize,
+}
+
+impl wick_train::Callback for PoisonAfterStep {
+    fn name(&self) -> &'static str {
+        "poison"
+    }
+
+    fn order(&self) -> i32 {
+        0
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        context: &wick_train::EventContext<'_>,
+    ) -> wick_train::CallbackResult {
+        if event == Event::AfterStep {
+            self.steps += 1;
+            if self.steps == self.at {
+                let var = context.varmap.data().lock().unwrap()[self.name].clone();
+                let mut values: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
+                values[0] = f32::NAN;
+                let tensor = Tensor::from_vec(values, var.shape(), var.device()).unwrap();
+                var.set(&tensor).unwrap();
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+#[test]
+fn a_non_finite_state_is_never_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let mut learner = crate::tiny::tiny_learner(bright_dark_batches(5, 4, 1), vec![], 0);
+    let name =
+        var_values(learner.varmap()).into_iter().find(|(n, _)| n.contains("weight")).unwrap().0;
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+        path: path.clone(),
+        every_n_batches: 1,
+    })));
+    learner.add_callback(Box::new(PoisonAfterStep { name, at: 3, steps: 0 }));
+    let error = learner.fit(1, 1e-3).unwrap_err();
+    match &error {
+        TrainError::NonFiniteState { tensor, count, .. } => {
+            assert_eq!((tensor.as_str(), *count), (format!("model.{name}").as_str(), 1));
+        }
+        other => panic!("expected NonFiniteState, got {other}"),
+    }
+    assert!(error.to_string().contains("keeps the last finite state"), "{error}");
+    // The file on disk is the checkpoint after the 2nd batch, every tensor finite; no temporary
+    // file is left.
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    assert_eq!(checkpoint.history()[0].batches.len(), 2);
+    for (tensor_name, tensor) in checkpoint.model_tensors() {
+        let values: Vec<f32> = tensor.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()), "{tensor_name}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+/// SHA-256 over `(name, dtype, shape, bytes)` in name order, each length-prefixed: the layout
+/// `checkpoint.rs` documents, recomputed here as an outside tool would.
+fn recompute_checksum(tensors: &[(String, Tensor)]) -> String {
+    use safetensors::View;
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for (name, tensor) in tensors {
+        let dtype = format!("{:?}", View::dtype(tensor));
+        let bytes = View::data(tensor);
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((dtype.len() as u64).to_le_bytes());
+        hasher.update(dtype.as_bytes());
+        hasher.update((tensor.dims().len() as u64).to_le_bytes());
+        for dim in tensor.dims() {
+            hasher.update((*dim as u64).to_le_bytes());
+        }
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Rewrites a checkpoint with one model value changed to `value`, keeping the metadata (and
+/// with it the old checksum) or recomputing the checksum.
+fn edit_checkpoint(path: &Path, value: f32, recompute: bool) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    let mut tensors: Vec<(String, Tensor)> =
+        candle::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let (name, tensor) = tensors.iter_mut().find(|(name, _)| name.starts_with("model.")).unwrap();
+    let mut values: Vec<f32> = tensor.flatten_all().unwrap().to_vec1().unwrap();
+    values[0] = value;
+    *tensor = Tensor::from_vec(values, tensor.shape(), &Device::Cpu).unwrap();
+    let name = name.clone();
+    if recompute {
+        metadata.insert("wick.sha256".into(), recompute_checksum(&tensors));
+    }
+    std::fs::write(path, safetensors::serialize(tensors, Some(metadata)).unwrap()).unwrap();
+    name
+}
+
+#[test]
+fn a_checkpoint_is_checked_for_its_checksum_identity_and_finiteness() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let mut learner = crate::tiny::tiny_learner(bright_dark_batches(2, 4, 1), vec![], 0);
+    let identity = std::collections::BTreeMap::from([
+        ("arch".to_string(), "tiny".to_string()),
+        ("n_out".to_string(), "2".to_string()),
+    ]);
+    learner.add_callback(Box::new(
+        CheckpointSaver::new(CheckpointConfig { path: path.clone(), every_n_batches: 1 })
+            .with_extras(wick_train::CheckpointExtras {
+                identity: identity.clone(),
+                model_state: None,
+            }),
+    ));
+    learner.fit(1, 1e-3).unwrap();
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    assert_eq!(checkpoint.identity(), &identity);
+    checkpoint.check_identity(&identity).unwrap();
+    let other = std::collections::BTreeMap::from([
+        ("arch".to_string(), "tiny".to_string()),
+        ("n_out".to_string(), "3".to_string()),
+    ]);
+    assert_eq!(
+        checkpoint.check_identity(&other).unwrap_err().to_string(),
+        "cannot resume: checkpoint has model n_out 2, this run has n_out 3"
+    );
+    let saved = std::fs::read(&path).unwrap();
+    // The checksum in the file matches the documented layout.
+    let tensors = {
+        let mut t: Vec<(String, Tensor)> =
+            candle::safetensors::load_buffer(&saved, &Device::Cpu).unwrap().into_iter().collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&saved).unwrap();
+    assert_eq!(header.metadata().as_ref().unwrap()["wick.sha256"], recompute_checksum(&tensors));
+
+    // A finite edit with the old checksum: refused as corrupted.
+    edit_checkpoint(&path, 0.5, false);
+    let error = Checkpoint::load(&path).unwrap_err().to_string();
+    assert!(error.contains("checksum mismatch"), "{error}");
+    // A NaN, with the old or a recomputed checksum: refused, naming the tensor.
+    for recompute in [false, true] {
+        std::fs::write(&path, &saved).unwrap();
+        let name = edit_checkpoint(&path, f32::NAN, recompute);
+        let error = Checkpoint::load(&path).unwrap_err().to_string();
+        assert!(error.contains(&format!("tensor {name} has 1 non-finite values")), "{error}");
+    }
 }
