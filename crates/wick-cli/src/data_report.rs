@@ -73,13 +73,20 @@ impl DataReport {
         }
     }
 
-    /// The bad files (those a bad-file policy applies to).
+    /// The bad files (those a bad-file policy applies to), sorted by path.
     pub(crate) fn bad_files(&self) -> Vec<&Excluded> {
-        self.excluded.iter().filter(|excluded| excluded.kind.is_bad_file()).collect()
+        let mut bad: Vec<&Excluded> =
+            self.excluded.iter().filter(|excluded| excluded.kind.is_bad_file()).collect();
+        bad.sort_by(|a, b| a.path.cmp(&b.path));
+        bad
     }
 
+    /// The entries left out by rule, sorted by path.
     fn ignored(&self) -> Vec<&Excluded> {
-        self.excluded.iter().filter(|excluded| !excluded.kind.is_bad_file()).collect()
+        let mut ignored: Vec<&Excluded> =
+            self.excluded.iter().filter(|excluded| !excluded.kind.is_bad_file()).collect();
+        ignored.sort_by(|a, b| a.path.cmp(&b.path));
+        ignored
     }
 
     fn relative(&self, path: &Path) -> String {
@@ -182,7 +189,11 @@ impl DataReport {
             bad.len(),
             if bad.len() == 1 { "" } else { "s" }
         ));
-        line.push_str(&format!("; {} other entr{} ignored", ignored.len(), plural_y(ignored.len())));
+        line.push_str(&format!(
+            "; {} other entr{} ignored",
+            ignored.len(),
+            plural_y(ignored.len())
+        ));
         let extensions = self.ignored_extensions();
         if !extensions.is_empty() {
             let shown: Vec<String> =

@@ -107,13 +107,7 @@ pub(crate) fn eval(run: &Path, data: Option<&str>, device: &str) -> anyhow::Resu
         &run_dir.path("confusion.png"),
     )?;
     let losses = top_losses(&preds, 9)?;
-    plot_top_losses(
-        &losses,
-        loader.items(),
-        &vocab,
-        128,
-        &run_dir.path("top_losses.png"),
-    )?;
+    plot_top_losses(&losses, loader.items(), &vocab, 128, &run_dir.path("top_losses.png"))?;
     let result = json!({
         "accuracy": acc,
         "top5_accuracy": top5,

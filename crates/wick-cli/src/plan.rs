@@ -140,14 +140,18 @@ pub(crate) fn dataset(
         .with_context(|| format!("reading the dataset {}", root.display()))?;
     let mut report = DataReport::new(root, data.bad_files, listing.files.len());
     report.add(listing.excluded);
-    let (files, bad) = wick_data::scan_files(&listing.files, &scan_config(self::threads(data, threads)))?;
+    let (files, bad) =
+        wick_data::scan_files(&listing.files, &scan_config(self::threads(data, threads)))?;
     report.add(bad);
     Ok(Dataset { root: root.to_path_buf(), files, report })
 }
 
 /// Under `bad_files = "fail"`, any bad file is an error naming the files (and `report_path`,
 /// where they are all listed); under `"skip"` they are already out of the item lists.
-pub(crate) fn check_bad_files(report: &DataReport, report_path: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn check_bad_files(
+    report: &DataReport,
+    report_path: Option<&Path>,
+) -> anyhow::Result<()> {
     if report.policy == BadFiles::Fail && !report.bad_files().is_empty() {
         bail!("{}", crate::data_report::fail_message(report, report_path));
     }

@@ -147,7 +147,12 @@ fn unknown_format(bytes: &[u8], path: &Path) -> DataError {
 }
 
 /// Refuses a zero side or more pixels than `config.max_pixels`.
-pub(crate) fn check_limit(path: &Path, width: u32, height: u32, config: &DecodeConfig) -> Result<()> {
+pub(crate) fn check_limit(
+    path: &Path,
+    width: u32,
+    height: u32,
+    config: &DecodeConfig,
+) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(DataError::decode(path, format!("image has a zero side ({width}x{height})")));
     }

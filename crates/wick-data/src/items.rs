@@ -255,7 +255,9 @@ impl Walker {
                 self.exclude(
                     path,
                     Exclusion::LinkOutsideRoot,
-                    format!("symbolic link to the folder {shown}, outside the data root; not followed"),
+                    format!(
+                        "symbolic link to the folder {shown}, outside the data root; not followed"
+                    ),
                 );
                 return Ok(());
             }
@@ -264,20 +266,27 @@ impl Walker {
                 self.exclude(
                     path,
                     Exclusion::LinkLoop,
-                    format!("symbolic link to {shown}, a folder that contains it (a loop); not followed"),
+                    format!(
+                        "symbolic link to {shown}, a folder that contains it (a loop); not followed"
+                    ),
                 );
                 return Ok(());
             }
         }
         if let Some(first) = self.visited.get(&canonical) {
-            let reason = format!("the same folder as {}, already listed; not walked twice", first.display());
+            let reason =
+                format!("the same folder as {}, already listed; not walked twice", first.display());
             self.exclude(path, Exclusion::DuplicateFolder, reason);
             return Ok(());
         }
         self.visited.insert(canonical, path.to_path_buf());
         match self.walk(path) {
             Err(DataError::Io { source, .. }) => {
-                self.exclude(path, Exclusion::Unreadable, format!("cannot list the folder: {source}"));
+                self.exclude(
+                    path,
+                    Exclusion::Unreadable,
+                    format!("cannot list the folder: {source}"),
+                );
                 Ok(())
             }
             other => other,

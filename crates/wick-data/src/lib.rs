@@ -43,7 +43,7 @@ pub use items::{
     list_image_files, list_images, parent_label,
 };
 pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, SkipLog};
-pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};
 pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 pub use pipeline::{ItemPipeline, Mode};
+pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};
 pub use show::{ImageGrid, show_batch};

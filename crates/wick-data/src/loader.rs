@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use candle::{Device, Tensor};
-use rand::{Rng, SeedableRng};
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -370,7 +370,12 @@ impl BatchJob {
     /// Fills one batch slot: the item at `position`, or under [`BadFilePolicy::Skip`] its
     /// seeded replacement (shuffled loaders) or nothing (ordered loaders). Returns the item
     /// that filled the slot.
-    fn load_slot(&self, position: usize, item_idx: usize, out: &mut [f32]) -> Result<Option<usize>> {
+    fn load_slot(
+        &self,
+        position: usize,
+        item_idx: usize,
+        out: &mut [f32],
+    ) -> Result<Option<usize>> {
         let error = match self.load_one(position, item_idx, out) {
             Ok(()) => return Ok(Some(item_idx)),
             Err(error) => error,
@@ -439,7 +444,7 @@ impl BatchJob {
 }
 
 /// Separates the replacement draws' seeds from the augmentation seeds.
-const REPLACEMENT_SALT: u64 = 0x5EED_0F_BAD_F11E;
+const REPLACEMENT_SALT: u64 = 0x0005_EED0_FBAD_F11E;
 
 /// The batches of one epoch, in order. Dropping it stops the background thread.
 pub struct EpochBatches {

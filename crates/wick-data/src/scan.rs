@@ -104,7 +104,10 @@ fn verdicts(files: &[PathBuf], config: &ScanConfig) -> Result<Vec<Option<Exclude
         .num_threads(config.n_threads.max(1))
         .thread_name(|index| format!("wick-scan-{index}"))
         .build()
-        .map_err(|error| DataError::InvalidConfig { name: "n_threads", reason: error.to_string() })?;
+        .map_err(|error| DataError::InvalidConfig {
+            name: "n_threads",
+            reason: error.to_string(),
+        })?;
     Ok(pool.install(|| {
         files
             .par_iter()

@@ -21,12 +21,8 @@ fn save_as(path: &Path, image: &image::RgbImage, format: image::ImageFormat) {
 }
 
 fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
-    let total: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
+    let total: u64 =
+        a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
     total as f64 / a.as_raw().len() as f64
 }
 
