@@ -5,7 +5,9 @@
 //! <out>/recipe.resolved.toml   the recipe with its profile merged and the seed fixed
 //! <out>/run.json               seed, profile, device, data folder, git commit, command line
 //! <out>/vocab.txt              class names, one per line, in index order
-//! <out>/valid.txt              the validation images of the last stage (relative to the data)
+//! <out>/valid.txt              the validation images of the last stage (relative to the data;
+//!                              `\`, tab, CR, LF escaped, so every UTF-8 name reads back exactly)
+//! <out>/data_report.json       every file used, ignored or skipped, with its reason
 //! <out>/model.safetensors      the final weights (PyTorch state-dict names)
 //! <out>/result.json            final metrics and every stage's epoch table
 //! <out>/stage-<i>/             metrics.jsonl, loss.png, schedule.png, checkpoint.safetensors,
@@ -62,13 +64,23 @@ impl RunDir {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// Writes the class names one per line, escaped as paths are ([`escape_path`]).
     pub(crate) fn write_vocab(&self, vocab: &Vocab) -> anyhow::Result<()> {
-        self.write("vocab.txt", &(vocab.classes().join("\n") + "\n"))
+        let mut text = String::new();
+        for class in vocab.classes() {
+            text.push_str(&escape_path(Path::new(class))?);
+            text.push('\n');
+        }
+        self.write("vocab.txt", &text)
     }
 
     pub(crate) fn read_vocab(&self) -> anyhow::Result<Vocab> {
         let text = self.read("vocab.txt")?;
-        Ok(Vocab::new(text.lines().filter(|line| !line.is_empty()).map(str::to_string)))
+        let classes = text
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| unescape_path(line).into_os_string().into_string().unwrap_or_default());
+        Ok(Vocab::new(classes))
     }
 
     /// Writes the validation images as `<class index>\t<path relative to data_root>`, the path
@@ -211,5 +223,8 @@ mod tests {
         };
         run.write_items("valid.txt", &items, root).unwrap();
         assert_eq!(run.read_items("valid.txt", root).unwrap(), items);
+        let vocab = Vocab::new(["a\nb".to_string(), "c\\d".to_string(), "e\tf".to_string()]);
+        run.write_vocab(&vocab).unwrap();
+        assert_eq!(run.read_vocab().unwrap(), vocab);
     }
 }
