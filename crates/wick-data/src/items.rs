@@ -225,7 +225,14 @@ impl Walker {
         if metadata.is_dir() {
             return self.folder(path, is_link);
         }
-        if has_image_extension(path) {
+        if !metadata.is_file() {
+            // A FIFO, socket or device: reading it could block or never end.
+            self.exclude(
+                path,
+                Exclusion::Unreadable,
+                "not a regular file (a pipe, socket or device)",
+            );
+        } else if has_image_extension(path) {
             self.listing.files.push(path.to_path_buf());
         } else {
             let extension = path
