@@ -3,6 +3,10 @@
 //! `GrandparentSplitter` / `RandomSplitter` + `CategoryBlock`, with one deliberate
 //! difference: file lists are sorted, so results never depend on the filesystem's order
 //! (fastai keeps `os.walk` order, which makes its splits unrepeatable across machines).
+//! Nothing is dropped silently: the listing returns every entry it leaves out (other
+//! extensions, hidden names, dangling links, link loops, links out of the root, names that are
+//! not UTF-8, pipes) with its [`Exclusion`] kind and reason, and the split says which files no
+//! split takes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
