@@ -440,7 +440,7 @@ pub fn label_and_split(
     if files.is_empty() {
         return Err(DataError::BadDataset {
             path: root.to_path_buf(),
-            reason: format!("no usable image files ({}) found", IMAGE_EXTENSIONS.join(", ")),
+            reason: format!("no image files ({}) found", IMAGE_EXTENSIONS.join(", ")),
         });
     }
     let all = files.clone();
