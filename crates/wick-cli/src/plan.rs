@@ -167,6 +167,13 @@ pub(crate) fn splits(
     seed: u64,
 ) -> anyhow::Result<Splits> {
     let root = dataset.root.clone();
+    if dataset.files.is_empty() && dataset.report.listed > 0 {
+        bail!(
+            "{}: none of its {} image files is usable (every one is a bad file)",
+            root.display(),
+            dataset.report.listed
+        );
+    }
     let (mut splits, outside) = wick_data::label_and_split(&root, dataset.files.clone(), rule)
         .with_context(|| format!("reading the dataset {}", root.display()))?;
     dataset.report.add(outside);
