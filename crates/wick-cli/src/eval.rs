@@ -13,19 +13,21 @@ use wick_eval::{
     plot_confusion_matrix, plot_top_losses, top_k_accuracy, top_losses, tta,
 };
 
+use crate::data_report::{DataReport, path_text};
 use crate::plan;
 use crate::recipe::Recipe;
 use crate::run_dir::RunDir;
 use crate::train::{load_run, run_data_root};
 
 /// The validation loader of a finished run: its recorded validation images at the last
-/// stage's size.
+/// stage's size, pre-scanned under the run's `bad_files` policy like training was, with the
+/// report of what was left out (printed; the caller stores it with its results).
 fn valid_loader(
     run_dir: &RunDir,
     recipe: &Recipe,
     data: Option<&str>,
     device: &Device,
-) -> anyhow::Result<DataLoader> {
+) -> anyhow::Result<(DataLoader, DataReport)> {
     let root = run_data_root(run_dir, data)?;
     let items = run_dir.read_items("valid.txt", &root)?;
     // The images must be the ones the run recorded (another --data, or files changed since).
@@ -34,6 +36,16 @@ fn valid_loader(
         &run_dir.read_vocab()?,
         &[("valid", &items)],
     ))?;
+    let threads = plan::threads(recipe.data(), None);
+    let (items, bad) = wick_data::scan_items(&items, &plan::scan_config(threads))?;
+    let mut report = DataReport::new(&root, recipe.data().bad_files, items.len() + bad.len());
+    report.add(bad);
+    plan::check_bad_files(&report, None)?;
+    if items.is_empty() {
+        bail!("none of the run's {} validation images is usable", report.listed);
+    }
+    report.set_splits(&run_dir.read_vocab()?, &[("valid", &items)]);
+    println!("{}", report.summary(5));
     let stage = plan::stage_data(recipe, recipe.stages.len().saturating_sub(1));
     let pipeline = ItemPipeline {
         item_size: stage.item_size,
@@ -46,13 +58,21 @@ fn valid_loader(
         decode: wick_data::DecodeConfig::default(),
     };
     let normalize = if recipe.data().normalize { Some(Normalize::imagenet(device)?) } else { None };
-    let loader = DataLoader::new(
-        items,
-        pipeline,
-        LoaderConfig::valid(stage.batch_size, recipe.seed),
-        device.clone(),
-    )?;
-    Ok(loader.with_normalize(normalize))
+    let config = LoaderConfig {
+        n_threads: threads,
+        bad_files: plan::bad_file_policy(recipe.data().bad_files),
+        ..LoaderConfig::valid(stage.batch_size, recipe.seed)
+    };
+    let loader = DataLoader::new(items, pipeline, config, device.clone())?;
+    Ok((loader.with_normalize(normalize), report))
+}
+
+/// The files an evaluation left out (pre-scan and mid-pass), as JSON entries.
+fn skipped_json(report: &mut DataReport, loader: &DataLoader) -> serde_json::Value {
+    for failed in report.add_batch_failures(&[loader.skip_log()]) {
+        println!("skipped while loading: {} ({})", failed.path.display(), failed.reason);
+    }
+    report.to_json()["skipped"].clone()
 }
 
 /// `wick eval --run DIR`: accuracy, top-5, per-class accuracy, the confusion matrix and the top
@@ -63,7 +83,7 @@ pub(crate) fn eval(run: &Path, data: Option<&str>, device: &str) -> anyhow::Resu
     let _lock = run_dir.lock("eval")?;
     let (recipe, model, _) = load_run(&run_dir, &device)?;
     let vocab = run_dir.read_vocab()?;
-    let loader = valid_loader(&run_dir, &recipe, data, &device)?;
+    let (loader, mut report) = valid_loader(&run_dir, &recipe, data, &device)?;
     let preds = get_preds(&model, &loader, 0)?;
     let matrix = confusion_matrix(&preds, model.config().n_out)?;
     let per_class = per_class_accuracy(&matrix);
@@ -93,17 +113,19 @@ pub(crate) fn eval(run: &Path, data: Option<&str>, device: &str) -> anyhow::Resu
         &vocab,
         &run_dir.path("confusion.png"),
     )?;
-    plot_top_losses(
-        &top_losses(&preds, 9)?,
-        loader.items(),
-        &vocab,
-        128,
-        &run_dir.path("top_losses.png"),
-    )?;
+    let losses = top_losses(&preds, 9)?;
+    plot_top_losses(&losses, loader.items(), &vocab, 128, &run_dir.path("top_losses.png"))?;
     let result = json!({
         "accuracy": acc,
         "top5_accuracy": top5,
         "n_images": preds.targets.len(),
+        "skipped": skipped_json(&mut report, &loader),
+        "top_losses": losses.iter().map(|row| json!({
+            "path": path_text(loader.items().paths[row.item].strip_prefix(&report.root).unwrap_or(&loader.items().paths[row.item])),
+            "actual": vocab.name(row.actual),
+            "predicted": vocab.name(row.predicted),
+            "loss": row.loss,
+        })).collect::<Vec<_>>(),
         "per_class": per_class.iter().map(|r| json!({"class": vocab.name(r.class), "correct": r.correct, "total": r.total})).collect::<Vec<_>>(),
     });
     run_dir.write("eval.json", &serde_json::to_string_pretty(&result)?)?;
@@ -139,7 +161,7 @@ pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
     };
     let _lock = out_dir.as_ref().unwrap_or(&run_dir).lock("tta")?;
     let (recipe, model, _) = load_run(&run_dir, &device)?;
-    let loader = valid_loader(&run_dir, &recipe, args.data.as_deref(), &device)?;
+    let (loader, mut report) = valid_loader(&run_dir, &recipe, args.data.as_deref(), &device)?;
     let blend = if args.use_max { Blend::Max } else { Blend::Lerp { beta: args.beta } };
     let started = std::time::Instant::now();
     let (blended, plain) =
@@ -159,6 +181,8 @@ pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
         "n": args.n,
         "beta": args.beta,
         "use_max": args.use_max,
+        "n_images": plain.targets.len(),
+        "skipped": skipped_json(&mut report, &loader),
         "seconds": started.elapsed().as_secs_f64(),
     });
     let text = serde_json::to_string_pretty(&result)?;
@@ -216,9 +240,17 @@ pub(crate) fn predict(
     };
     let normalize =
         if recipe.data().normalize { Some(Normalize::imagenet(&device)?) } else { None };
-    let predict_one = |image: &Path| -> anyhow::Result<String> {
+    // One image: its top classes, `None` when the run's bad-file policy skips it, or an error.
+    let predict_one = |image: &Path| -> anyhow::Result<Option<String>> {
         let mut pixels = vec![0f32; pipeline.item_len()];
-        pipeline.load_plain(image, &mut pixels)?;
+        // The run's bad-file policy, as in training: fail, or report the file and go on.
+        if let Err(error) = pipeline.load_plain(image, &mut pixels) {
+            if recipe.data().bad_files == crate::recipe::BadFiles::Fail {
+                return Err(error.into());
+            }
+            println!("{}: skipped (bad_files = \"skip\"): {error}", image.display());
+            return Ok(None);
+        }
         let size = stage.size as usize;
         let mut xs =
             Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?.to_device(&device)?;
@@ -241,17 +273,21 @@ pub(crate) fn predict(
                 format!("{} {:.4}", vocab.name(*class as u32).unwrap_or("(extra output)"), p)
             })
             .collect();
-        Ok(shown.join(", "))
+        Ok(Some(shown.join(", ")))
     };
-    let mut failed = 0;
+    let (mut failed, mut skipped) = (0, 0);
     for image in images {
         match predict_one(image) {
-            Ok(line) => println!("{}: {line}", image.display()),
+            Ok(Some(line)) => println!("{}: {line}", image.display()),
+            Ok(None) => skipped += 1,
             Err(error) => {
                 failed += 1;
                 eprintln!("{}: error: {}", image.display(), crate::one_paragraph(&error));
             }
         }
+    }
+    if skipped > 0 {
+        println!("{skipped} of {} images skipped as bad files", images.len());
     }
     if failed > 0 {
         eprintln!("{failed} of {} images failed", images.len());
@@ -300,8 +336,11 @@ pub(crate) fn lr_find(
     }
     let device = plan::device(device)?;
     let root = plan::resolve_data(data, &mut crate::download_progress())?;
+    let mut dataset = plan::dataset(&root, recipe.data(), None)?;
+    println!("{}", dataset.report.summary(5));
+    plan::check_bad_files(&dataset.report, None)?;
     let splits = plan::splits(
-        &root,
+        &mut dataset,
         &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
         recipe.data().subset,
         recipe.seed,

@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench_step;
+mod data_report;
 mod device_check;
 mod distributed;
 mod eval;

@@ -10,11 +10,12 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use wick_data::{
     AugTransforms, BadFilePolicy, DataLoader, ItemPipeline, Items, LoaderConfig, Normalize,
-    ResizeMethod, SplitRule, Splits,
+    ResizeMethod, ScanConfig, ScanDepth, SplitRule, Splits,
 };
 use wick_models::{Activation, XResNetConfig};
 use wick_train::{FineTune, FlatCos, Loss, OneCycle, Precision};
 
+use crate::data_report::DataReport;
 use crate::recipe::{
     ActivationName, BadFiles, DataSection, Fit, LossName, NOut, PrecisionName, Recipe, SplitKind,
     Stage,
@@ -144,24 +145,89 @@ pub(crate) fn split_rule(
     }
 }
 
-/// Lists, labels and splits the dataset, then keeps a seeded `subset` fraction of each split.
-pub(crate) fn splits(
+/// A dataset folder after the listing and the pre-scan: the usable image files and the report
+/// of everything else.
+#[derive(Debug, Clone)]
+pub(crate) struct Dataset {
+    pub(crate) root: PathBuf,
+    /// Image files that passed the pre-scan, sorted.
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) report: DataReport,
+}
+
+/// Decode threads: `--threads`, else the recipe's, else every core.
+pub(crate) fn threads(data: &DataSection, threads: Option<usize>) -> usize {
+    threads
+        .or(data.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1))
+}
+
+/// The pre-scan's settings: a full strict decode of every file, with the pipeline's limits.
+pub(crate) fn scan_config(n_threads: usize) -> ScanConfig {
+    ScanConfig { depth: ScanDepth::Decode, decode: wick_data::DecodeConfig::default(), n_threads }
+}
+
+/// Lists `root` and checks every image file once (the pre-scan), before any epoch is built.
+/// The bad files found are recorded in the report; [`check_bad_files`] applies the policy.
+pub(crate) fn dataset(
     root: &Path,
+    data: &DataSection,
+    threads: Option<usize>,
+) -> anyhow::Result<Dataset> {
+    let listing = wick_data::list_images(root)
+        .with_context(|| format!("reading the dataset {}", root.display()))?;
+    let mut report = DataReport::new(root, data.bad_files, listing.files.len());
+    report.add(listing.excluded);
+    let (files, bad) =
+        wick_data::scan_files(&listing.files, &scan_config(self::threads(data, threads)))?;
+    report.add(bad);
+    Ok(Dataset { root: root.to_path_buf(), files, report })
+}
+
+/// Under `bad_files = "fail"`, any bad file is an error naming the files (and `report_path`,
+/// where they are all listed); under `"skip"` they are already out of the item lists.
+pub(crate) fn check_bad_files(
+    report: &DataReport,
+    report_path: Option<&Path>,
+) -> anyhow::Result<()> {
+    if report.policy == BadFiles::Fail && !report.bad_files().is_empty() {
+        bail!("{}", crate::data_report::fail_message(report, report_path));
+    }
+    Ok(())
+}
+
+/// Labels and splits the dataset's usable files, then keeps a seeded `subset` fraction of each
+/// split; files no split takes and the split counts go into the dataset's report.
+pub(crate) fn splits(
+    dataset: &mut Dataset,
     rule: &SplitRule,
     subset: Option<f64>,
     seed: u64,
 ) -> anyhow::Result<Splits> {
-    let mut splits = wick_data::image_folder(root, rule)
+    let root = dataset.root.clone();
+    if dataset.files.is_empty() && dataset.report.listed > 0 {
+        bail!(
+            "{}: none of its {} image files is usable (every one is a bad file)",
+            root.display(),
+            dataset.report.listed
+        );
+    }
+    let (mut splits, outside) = wick_data::label_and_split(&root, dataset.files.clone(), rule)
         .with_context(|| format!("reading the dataset {}", root.display()))?;
+    dataset.report.add(outside);
     if let Some(fraction) = subset {
+        let (train, valid) = (splits.train.len(), splits.valid.len());
         splits.train = keep_fraction(&splits.train, fraction, seed);
         splits.valid = keep_fraction(&splits.valid, fraction, seed.wrapping_add(1));
+        dataset.report.subset_left_out =
+            Some((train - splits.train.len(), valid - splits.valid.len()));
     }
     for (name, items) in [("training", &splits.train), ("validation", &splits.valid)] {
         if items.is_empty() {
             bail!("{}: the {name} split is empty", root.display());
         }
     }
+    dataset.report.set_splits(&splits.vocab, &[("train", &splits.train), ("valid", &splits.valid)]);
     Ok(splits)
 }
 
@@ -218,13 +284,8 @@ pub(crate) fn loaders(
         augment,
         decode: wick_data::DecodeConfig::default(),
     };
-    let bad_files = match data.bad_files {
-        BadFiles::Fail => BadFilePolicy::Fail,
-        BadFiles::Skip => BadFilePolicy::Skip,
-    };
-    let threads = threads
-        .or(data.threads)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+    let bad_files = bad_file_policy(data.bad_files);
+    let threads = self::threads(data, threads);
     let train_config = LoaderConfig {
         n_threads: threads,
         bad_files,
@@ -248,6 +309,14 @@ pub(crate) fn loaders(
         );
     }
     Ok((train, valid))
+}
+
+/// The loader's policy for a recipe's `bad_files`.
+pub(crate) fn bad_file_policy(bad_files: BadFiles) -> BadFilePolicy {
+    match bad_files {
+        BadFiles::Fail => BadFilePolicy::Fail,
+        BadFiles::Skip => BadFilePolicy::Skip,
+    }
 }
 
 /// The model's configuration for `n_classes` classes.

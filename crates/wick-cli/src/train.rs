@@ -25,6 +25,7 @@ use wick_train::{
     ShardedBatches, optim_params, trainable_params,
 };
 
+use crate::data_report;
 use crate::distributed::RankSpec;
 use crate::plan::{self, FitPlan};
 use crate::progress::Progress;
@@ -97,14 +98,19 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     let root = args.rank.is_none_or(|spec| spec.rank == 0);
     let data_root = plan::resolve_data(&args.data, &mut crate::download_progress())?;
     crate::run_dir::check_out_outside_data(&args.out, &data_root)?;
-    // The data is listed, split and checked before anything is written in the run directory.
-    let mut splits = plan::splits(
-        &data_root,
+    // Every file accounted for before the first epoch: listed, pre-scanned and split, and
+    // checked before anything is written in the run directory (a bad-file refusal writes only
+    // data_report.json, which names every file).
+    let mut dataset = plan::dataset(&data_root, recipe.data(), args.threads)?;
+    let first_splits = plan::splits(
+        &mut dataset,
         &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
         recipe.data().subset,
         recipe.seed,
-    )?;
-    if splits.vocab.len() < 2 {
+    );
+    if let Ok(splits) = &first_splits
+        && splits.vocab.len() < 2
+    {
         bail!(
             "{} has {} class ({}): a classifier needs at least 2 classes (one folder per class)",
             data_root.display(),
@@ -118,6 +124,13 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     if root {
         run_dir.remove_stale_temporaries()?;
     }
+    let report_path = run_dir.path(data_report::REPORT_FILE);
+    if root {
+        dataset.report.write(&run_dir)?;
+        println!("{}", dataset.report.summary(5));
+    }
+    plan::check_bad_files(&dataset.report, Some(&report_path))?;
+    let mut splits = first_splits?;
     check_same_recipe(&run_dir, &resolved)?;
     if root {
         let recipe_text = toml::to_string(&resolved)?;
@@ -185,7 +198,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         let stage_dir = run_dir.stage(stage_idx)?;
         if stage_idx > 0 && stage.new_split {
             splits = plan::splits(
-                &data_root,
+                &mut dataset,
                 &plan::split_rule(recipe.data(), recipe.seed, stage_idx, &recipe.stages),
                 recipe.data().subset,
                 recipe.seed,
@@ -209,6 +222,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         let stage_seed = recipe.seed.wrapping_add(stage_idx as u64);
         let (train, valid) =
             plan::loaders(recipe.data(), stage_data, &splits, stage_seed, args.threads, &device)?;
+        let skip_logs = [train.skip_log(), valid.skip_log()];
         // Every rank loads the same global batches and trains on its slice of each.
         let train: Box<dyn BatchSource> = match &data_parallel {
             Some(dp) => {
@@ -287,11 +301,28 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
             }
         }
         let outcome = match fit {
-            FitPlan::OneCycle { epochs, schedule } => learner.fit_one_cycle(epochs, schedule)?,
-            FitPlan::FineTune(fine_tune) => learner.fine_tune(fine_tune)?,
-            FitPlan::FlatCos { epochs, schedule } => learner.fit_flat_cos(epochs, schedule)?,
-            FitPlan::Constant { epochs, lr } => learner.fit(epochs, lr)?,
+            FitPlan::OneCycle { epochs, schedule } => learner.fit_one_cycle(epochs, schedule),
+            FitPlan::FineTune(fine_tune) => learner.fine_tune(fine_tune),
+            FitPlan::FlatCos { epochs, schedule } => learner.fit_flat_cos(epochs, schedule),
+            FitPlan::Constant { epochs, lr } => learner.fit(epochs, lr),
         };
+        // Files that passed the pre-scan but failed in a batch (replaced or left out).
+        let failed = dataset.report.add_batch_failures(&skip_logs);
+        if root && !failed.is_empty() {
+            dataset.report.write(&run_dir)?;
+            println!(
+                "stage {stage_idx}: {} file(s) failed while their batch was built (bad_files = \"skip\"): {}; see {}",
+                failed.len(),
+                failed
+                    .iter()
+                    .take(5)
+                    .map(|e| format!("{} ({})", e.path.display(), e.reason))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                report_path.display()
+            );
+        }
+        let outcome = outcome?;
         match outcome {
             FitOutcome::Completed => {}
             FitOutcome::Interrupted { .. } if !root => return Ok(TrainOutcome::Interrupted),
@@ -327,6 +358,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         &splits.vocab,
         &[("valid", &splits.valid)],
     ))?;
+    dataset.report.write(&run_dir)?;
     let last = stage_results.last().context("the recipe has no stage")?;
     let result = json!({
         "name": recipe.name,
@@ -337,6 +369,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         "seconds": stage_results.iter().filter_map(|s| s["seconds"].as_f64()).sum::<f64>(),
         "stages": stage_results,
         "book": recipe.book.as_ref().map(|b| json!({"accuracy": b.accuracy, "source": b.source})),
+        "data": dataset.report.result_summary(),
     });
     run_dir.write("result.json", &serde_json::to_string_pretty(&result)?)?;
     println!(

@@ -1,5 +1,7 @@
-//! Decoding image files (JPEG: baseline, progressive, grayscale, CMYK/YCCK; PNG) to RGB u8,
-//! as fastai's `PILImage.create(...).convert('RGB')` does. Owns the format sniffing, the size
+//! Decoding image files (JPEG: baseline, progressive, grayscale, CMYK/YCCK; PNG, BMP, GIF (first
+//! frame), TIFF, WebP) to RGB u8, as fastai's `PILImage.create(...).convert('RGB')` does. The
+//! decoder is chosen by the file's first bytes, never by its name, so a WebP saved as `.jpg`
+//! decodes as WebP. Owns the format sniffing, the size
 //! limit against decompression bombs, and DCT-domain downscaling: a JPEG whose target is at
 //! least four times smaller than the file is decoded at 1/4 or 1/8 scale by `jpeg-decoder`;
 //! otherwise the faster `zune-jpeg` decodes at full scale. Measured on 200 photo-like 500x375
@@ -41,12 +43,35 @@ pub struct Decoded {
     pub scale_denominator: u32,
 }
 
-/// The formats wick reads, sniffed from the first bytes rather than the file name.
+/// The formats wick reads (those fastai's `get_image_files` lists and PIL opens), sniffed from
+/// the first bytes rather than the file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
     Jpeg,
     Png,
+    Bmp,
+    /// The first frame of a (possibly animated) GIF, as PIL's `open` gives.
+    Gif,
+    Tiff,
+    WebP,
 }
+
+impl ImageFormat {
+    /// The `image` crate's format, for the decoders wick does not drive itself.
+    fn codec(self) -> image::ImageFormat {
+        match self {
+            ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+            ImageFormat::Png => image::ImageFormat::Png,
+            ImageFormat::Bmp => image::ImageFormat::Bmp,
+            ImageFormat::Gif => image::ImageFormat::Gif,
+            ImageFormat::Tiff => image::ImageFormat::Tiff,
+            ImageFormat::WebP => image::ImageFormat::WebP,
+        }
+    }
+}
+
+/// The names of the formats [`decode_rgb`] reads, for messages.
+pub const FORMAT_NAMES: &str = "JPEG, PNG, BMP, GIF, TIFF or WebP";
 
 /// The format of `bytes` from its magic number, or `None`.
 pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
@@ -54,6 +79,14 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
         Some(ImageFormat::Jpeg)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         Some(ImageFormat::Png)
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some(ImageFormat::Gif)
+    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        Some(ImageFormat::Tiff)
+    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        Some(ImageFormat::WebP)
+    } else if bytes.len() >= 14 && bytes.starts_with(b"BM") {
+        Some(ImageFormat::Bmp)
     } else {
         None
     }
@@ -69,9 +102,8 @@ pub fn image_size(bytes: &[u8], path: &Path) -> Result<(u32, u32)> {
                 decoder.info().ok_or_else(|| DataError::decode(path, "no JPEG frame header"))?;
             Ok((u32::from(info.width), u32::from(info.height)))
         }
-        Some(ImageFormat::Png) => {
-            let reader =
-                image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Png);
+        Some(format) => {
+            let reader = image::ImageReader::with_format(Cursor::new(bytes), format.codec());
             reader.into_dimensions().map_err(|error| DataError::decode(path, error))
         }
         None => Err(unknown_format(bytes, path)),
@@ -98,7 +130,7 @@ pub fn decode_rgb(
 ) -> Result<Decoded> {
     match sniff_format(bytes) {
         Some(ImageFormat::Jpeg) => decode_jpeg(bytes, path, min_size, config),
-        Some(ImageFormat::Png) => decode_png(bytes, path, config),
+        Some(format) => decode_with_image(bytes, path, format, config),
         None => Err(unknown_format(bytes, path)),
     }
 }
@@ -110,11 +142,17 @@ fn unknown_format(bytes: &[u8], path: &Path) -> DataError {
     let head: Vec<String> = bytes.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
     DataError::decode(
         path,
-        format!("not a JPEG or PNG file (starts with bytes {})", head.join(" ")),
+        format!("not a {FORMAT_NAMES} file (starts with bytes {})", head.join(" ")),
     )
 }
 
-fn check_limit(path: &Path, width: u32, height: u32, config: &DecodeConfig) -> Result<()> {
+/// Refuses a zero side or more pixels than `config.max_pixels`.
+pub(crate) fn check_limit(
+    path: &Path,
+    width: u32,
+    height: u32,
+    config: &DecodeConfig,
+) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(DataError::decode(path, format!("image has a zero side ({width}x{height})")));
     }
@@ -215,12 +253,19 @@ fn decode_jpeg_scaled(
     Ok(Decoded { image, original_size, scale_denominator })
 }
 
-fn decode_png(bytes: &[u8], path: &Path, config: &DecodeConfig) -> Result<Decoded> {
-    let reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Png);
+/// PNG, BMP, GIF, TIFF and WebP through the `image` crate's decoders, the size checked from the
+/// header before any pixel is decoded.
+fn decode_with_image(
+    bytes: &[u8],
+    path: &Path,
+    format: ImageFormat,
+    config: &DecodeConfig,
+) -> Result<Decoded> {
+    let reader = image::ImageReader::with_format(Cursor::new(bytes), format.codec());
     let (width, height) =
         reader.into_dimensions().map_err(|error| DataError::decode(path, error))?;
     check_limit(path, width, height, config)?;
-    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Png);
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format.codec());
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(config.max_pixels.saturating_mul(8));
     reader.limits(limits);

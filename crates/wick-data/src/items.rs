@@ -3,8 +3,12 @@
 //! `GrandparentSplitter` / `RandomSplitter` + `CategoryBlock`, with one deliberate
 //! difference: file lists are sorted, so results never depend on the filesystem's order
 //! (fastai keeps `os.walk` order, which makes its splits unrepeatable across machines).
+//! Nothing is dropped silently: the listing returns every entry it leaves out (other
+//! extensions, hidden names, dangling links, link loops, links out of the root, names that are
+//! not UTF-8, pipes) with its [`Exclusion`] kind and reason, and the split says which files no
+//! split takes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
@@ -13,14 +17,120 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, Result};
 
-/// File extensions (compared lower-cased) that [`list_image_files`] keeps: the formats
-/// [`crate::decode`] can read.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png"];
+/// File extensions (compared lower-cased) that [`list_image_files`] keeps: those of the formats
+/// fastai's `get_image_files` lists and PIL opens. The extension only decides what is listed;
+/// [`crate::decode`] picks the decoder from the file's bytes.
+pub const IMAGE_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "jpe", "jfif", "png", "bmp", "gif", "tif", "tiff", "webp"];
 
-/// Every image file under `root`, recursively, sorted by path. Hidden files and folders
-/// (names starting with `.`) are skipped, as fastai's `get_image_files` does; symbolic links
-/// to folders are followed once (a link cycle is not walked twice).
+/// Why a file (or folder) under a data root is not used. [`Exclusion::is_bad_file`] tells the
+/// files a bad-file policy applies to (something that should have been an image and is not
+/// usable) from those left out by rule (other extensions, hidden names, outside the splits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Exclusion {
+    /// The extension is not one of [`IMAGE_EXTENSIONS`].
+    OtherExtension,
+    /// The name starts with `.` (fastai's `get_image_files` skips these too).
+    Hidden,
+    /// Under neither the training nor the validation folder of a grandparent split.
+    OutsideSplits,
+    /// A symbolic link to a folder outside the data root: listing never leaves the root.
+    LinkOutsideRoot,
+    /// A symbolic link to a folder that is already listed under another name.
+    DuplicateFolder,
+    /// A symbolic link whose target does not exist.
+    DanglingLink,
+    /// A symbolic link that leads back to itself or to a folder that contains it.
+    LinkLoop,
+    /// The name is not valid UTF-8, so it could not be stored and read back exactly.
+    NameNotUtf8,
+    /// The file or folder could not be read (permissions, I/O error).
+    Unreadable,
+    /// Not a decodable image (empty, truncated, not an image, over the pixel limit), found by
+    /// the pre-scan ([`crate::scan`]).
+    BadImage,
+    /// Passed the pre-scan but failed while its batch was built; replaced or left out by the
+    /// loader ([`crate::loader::BadFilePolicy::Skip`]).
+    FailedInBatch,
+}
+
+impl Exclusion {
+    /// Whether a bad-file policy applies: `true` for files that should be images and cannot be
+    /// used, `false` for files left out by the listing rules.
+    pub fn is_bad_file(self) -> bool {
+        !matches!(
+            self,
+            Exclusion::OtherExtension
+                | Exclusion::Hidden
+                | Exclusion::OutsideSplits
+                | Exclusion::LinkOutsideRoot
+                | Exclusion::DuplicateFolder
+        )
+    }
+
+    /// A short snake_case name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Exclusion::OtherExtension => "other_extension",
+            Exclusion::Hidden => "hidden",
+            Exclusion::OutsideSplits => "outside_splits",
+            Exclusion::LinkOutsideRoot => "link_outside_root",
+            Exclusion::DuplicateFolder => "duplicate_folder",
+            Exclusion::DanglingLink => "dangling_link",
+            Exclusion::LinkLoop => "link_loop",
+            Exclusion::NameNotUtf8 => "name_not_utf8",
+            Exclusion::Unreadable => "unreadable",
+            Exclusion::BadImage => "bad_image",
+            Exclusion::FailedInBatch => "failed_in_batch",
+        }
+    }
+}
+
+/// A file or folder under a data root that is not used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    pub path: PathBuf,
+    pub kind: Exclusion,
+    /// A sentence for people (the decoder's error, the link's target, ...).
+    pub reason: String,
+}
+
+impl Excluded {
+    pub(crate) fn new(path: &Path, kind: Exclusion, reason: impl Into<String>) -> Self {
+        Excluded { path: path.to_path_buf(), kind, reason: reason.into() }
+    }
+}
+
+/// Everything under a data root: the image files, sorted, and every entry left out with its
+/// reason (nothing is dropped silently).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    /// Image files by extension, sorted by path.
+    pub files: Vec<PathBuf>,
+    /// Entries not listed, sorted by path.
+    pub excluded: Vec<Excluded>,
+}
+
+/// Every image file under `root`, recursively, sorted by path (see [`list_images`], which also
+/// says what was left out and why).
+///
+/// # Errors
+/// `root` is missing or not a folder, or a folder cannot be read.
 pub fn list_image_files(root: &Path) -> Result<Vec<PathBuf>> {
+    Ok(list_images(root)?.files)
+}
+
+/// Lists `root` recursively, in sorted order. Files with an extension in [`IMAGE_EXTENSIONS`]
+/// are listed; everything else is recorded in [`Listing::excluded`] with its reason: hidden
+/// entries (names starting with `.`, skipped as fastai's `get_image_files` does, contents not
+/// walked), other extensions, names that are not UTF-8, dangling symbolic links and link loops,
+/// links to folders outside `root` (listing never leaves the root) or to folders already listed.
+/// Symbolic links to files are listed wherever they point (a dataset made of links to another
+/// copy is common); links to folders are followed only inside the root, once.
+///
+/// # Errors
+/// `root` is missing or not a folder, or a folder inside it cannot be read.
+pub fn list_images(root: &Path) -> Result<Listing> {
     let metadata = std::fs::metadata(root).map_err(|error| DataError::io(root, error))?;
     if !metadata.is_dir() {
         return Err(DataError::BadDataset {
@@ -28,34 +138,171 @@ pub fn list_image_files(root: &Path) -> Result<Vec<PathBuf>> {
             reason: "is not a folder".to_string(),
         });
     }
-    let mut files = Vec::new();
-    let mut visited = BTreeSet::new();
-    walk(root, &mut files, &mut visited)?;
-    files.sort();
-    Ok(files)
+    let canonical_root = root.canonicalize().map_err(|error| DataError::io(root, error))?;
+    let mut walker = Walker {
+        canonical_root: canonical_root.clone(),
+        listing: Listing::default(),
+        visited: BTreeMap::new(),
+    };
+    walker.visited.insert(canonical_root, root.to_path_buf());
+    walker.walk(root)?;
+    let mut listing = walker.listing;
+    listing.files.sort();
+    listing.excluded.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(listing)
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>, visited: &mut BTreeSet<PathBuf>) -> Result<()> {
-    let canonical = dir.canonicalize().map_err(|error| DataError::io(dir, error))?;
-    if !visited.insert(canonical) {
-        return Ok(());
+struct Walker {
+    canonical_root: PathBuf,
+    listing: Listing,
+    /// Canonical folder -> the path it was first listed under.
+    visited: BTreeMap<PathBuf, PathBuf>,
+}
+
+impl Walker {
+    fn exclude(&mut self, path: &Path, kind: Exclusion, reason: impl Into<String>) {
+        self.listing.excluded.push(Excluded::new(path, kind, reason));
     }
-    let entries = std::fs::read_dir(dir).map_err(|error| DataError::io(dir, error))?;
-    for entry in entries {
-        let entry = entry.map_err(|error| DataError::io(dir, error))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
+
+    fn walk(&mut self, dir: &Path) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|error| DataError::io(dir, error))?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            paths.push(entry.map_err(|error| DataError::io(dir, error))?.path());
         }
-        let path = entry.path();
-        // `metadata` follows symbolic links, so a linked folder is walked and a linked file kept.
-        let Ok(metadata) = std::fs::metadata(&path) else { continue };
+        // Sorted, so that which of two names for one folder is walked never depends on the
+        // filesystem's order.
+        paths.sort();
+        for path in paths {
+            self.entry(&path)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, path: &Path) -> Result<()> {
+        let Some(name) = path.file_name() else { return Ok(()) };
+        if name.as_encoded_bytes().starts_with(b".") {
+            self.exclude(path, Exclusion::Hidden, "hidden (the name starts with '.')");
+            return Ok(());
+        }
+        if name.to_str().is_none() {
+            self.exclude(
+                path,
+                Exclusion::NameNotUtf8,
+                "the name is not valid UTF-8, so the run could not store it exactly; rename it",
+            );
+            return Ok(());
+        }
+        let is_link = match std::fs::symlink_metadata(path) {
+            Ok(link) => link.file_type().is_symlink(),
+            Err(error) => {
+                self.exclude(path, Exclusion::Unreadable, error.to_string());
+                return Ok(());
+            }
+        };
+        // `metadata` follows symbolic links.
+        let metadata = match std::fs::metadata(path) {
+            Ok(metadata) => metadata,
+            Err(error) if is_link => {
+                let target = std::fs::read_link(path)
+                    .map(|target| target.display().to_string())
+                    .unwrap_or_else(|_| "?".to_string());
+                // ELOOP: a chain of links that comes back to itself.
+                let (kind, reason) = if error.raw_os_error() == Some(40) {
+                    (Exclusion::LinkLoop, format!("symbolic link loop (-> {target})"))
+                } else if error.kind() == std::io::ErrorKind::NotFound {
+                    (
+                        Exclusion::DanglingLink,
+                        format!("dangling symbolic link: its target {target} does not exist"),
+                    )
+                } else {
+                    (Exclusion::Unreadable, format!("symbolic link to {target}: {error}"))
+                };
+                self.exclude(path, kind, reason);
+                return Ok(());
+            }
+            Err(error) => {
+                self.exclude(path, Exclusion::Unreadable, error.to_string());
+                return Ok(());
+            }
+        };
         if metadata.is_dir() {
-            walk(&path, files, visited)?;
-        } else if metadata.is_file() && has_image_extension(&path) {
-            files.push(path);
+            return self.folder(path, is_link);
+        }
+        if !metadata.is_file() {
+            // A FIFO, socket or device: reading it could block or never end.
+            self.exclude(
+                path,
+                Exclusion::Unreadable,
+                "not a regular file (a pipe, socket or device)",
+            );
+        } else if has_image_extension(path) {
+            self.listing.files.push(path.to_path_buf());
+        } else {
+            let extension = path
+                .extension()
+                .map(|extension| format!(".{}", extension.to_string_lossy().to_lowercase()))
+                .unwrap_or_else(|| "no extension".to_string());
+            self.exclude(
+                path,
+                Exclusion::OtherExtension,
+                format!("not an image file by its extension ({extension})"),
+            );
+        }
+        Ok(())
+    }
+
+    fn folder(&mut self, path: &Path, is_link: bool) -> Result<()> {
+        let canonical = match path.canonicalize() {
+            Ok(canonical) => canonical,
+            Err(error) => {
+                self.exclude(path, Exclusion::Unreadable, error.to_string());
+                return Ok(());
+            }
+        };
+        if is_link {
+            let shown = canonical.display();
+            if !canonical.starts_with(&self.canonical_root) {
+                self.exclude(
+                    path,
+                    Exclusion::LinkOutsideRoot,
+                    format!(
+                        "symbolic link to the folder {shown}, outside the data root; not followed"
+                    ),
+                );
+                return Ok(());
+            }
+            let real_parent = path.parent().and_then(|parent| parent.canonicalize().ok());
+            if real_parent.is_some_and(|parent| parent.starts_with(&canonical)) {
+                self.exclude(
+                    path,
+                    Exclusion::LinkLoop,
+                    format!(
+                        "symbolic link to {shown}, a folder that contains it (a loop); not followed"
+                    ),
+                );
+                return Ok(());
+            }
+        }
+        if let Some(first) = self.visited.get(&canonical) {
+            let reason =
+                format!("the same folder as {}, already listed; not walked twice", first.display());
+            self.exclude(path, Exclusion::DuplicateFolder, reason);
+            return Ok(());
+        }
+        self.visited.insert(canonical, path.to_path_buf());
+        match self.walk(path) {
+            Err(DataError::Io { source, .. }) => {
+                self.exclude(
+                    path,
+                    Exclusion::Unreadable,
+                    format!("cannot list the folder: {source}"),
+                );
+                Ok(())
+            }
+            other => other,
         }
     }
-    Ok(())
 }
 
 fn has_image_extension(path: &Path) -> bool {
@@ -167,16 +414,45 @@ pub struct Splits {
 
 /// Lists the images under `root`, labels them by parent folder and splits them by `rule`.
 /// Errors name the folder when no images are found or a split is empty, and the file when a
-/// validation label does not occur in the training set.
+/// validation label does not occur in the training set. What the listing leaves out is
+/// dropped here; [`list_images`] and [`label_and_split`] give the same result with every
+/// left-out entry and its reason.
+///
+/// # Errors
+/// See above; also any error of [`list_images`].
 pub fn image_folder(root: &Path, rule: &SplitRule) -> Result<Splits> {
-    let files = list_image_files(root)?;
+    let listing = list_images(root)?;
+    Ok(label_and_split(root, listing.files, rule)?.0)
+}
+
+/// Labels `files` (image files under `root`, sorted) by parent folder and splits them by
+/// `rule`. Returns the splits and the files no split takes (under neither folder of a
+/// grandparent split), each with its reason.
+///
+/// # Errors
+/// No files, an empty split, or a validation label missing from the training split (naming
+/// the file).
+pub fn label_and_split(
+    root: &Path,
+    files: Vec<PathBuf>,
+    rule: &SplitRule,
+) -> Result<(Splits, Vec<Excluded>)> {
     if files.is_empty() {
         return Err(DataError::BadDataset {
             path: root.to_path_buf(),
             reason: format!("no image files ({}) found", IMAGE_EXTENSIONS.join(", ")),
         });
     }
+    let all = files.clone();
     let (train_paths, valid_paths) = split_paths(files, rule)?;
+    let mut outside = Vec::new();
+    if let SplitRule::Grandparent { train, valid } = rule {
+        let taken: BTreeSet<&PathBuf> = train_paths.iter().chain(&valid_paths).collect();
+        for path in all.iter().filter(|path| !taken.contains(path)) {
+            let reason = format!("not in a class folder under {train}/ or {valid}/");
+            outside.push(Excluded::new(path, Exclusion::OutsideSplits, reason));
+        }
+    }
     for (name, paths) in [("training", &train_paths), ("validation", &valid_paths)] {
         if paths.is_empty() {
             return Err(DataError::BadDataset {
@@ -202,7 +478,7 @@ pub fn image_folder(root: &Path, rule: &SplitRule) -> Result<Splits> {
     };
     let train = label_items(train_paths)?;
     let valid = label_items(valid_paths)?;
-    Ok(Splits { train, valid, vocab })
+    Ok((Splits { train, valid, vocab }, outside))
 }
 
 /// Divides sorted paths into (train, valid) by `rule`; both halves stay sorted.

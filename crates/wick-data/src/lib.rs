@@ -4,7 +4,8 @@
 //! The path of one image: [`acquire`] puts the dataset on disk; [`items`] lists and labels the
 //! files and splits them; [`decode`] turns bytes into RGB (DCT-scaled when that loses
 //! nothing); [`augment`] draws fastai's `Resize` + `aug_transforms` parameters per image;
-//! [`geometry`] composes all of them into one resampling pass; [`pipeline`] runs those steps
+//! [`geometry`] composes all of them into one resampling pass; [`scan`] checks every file once
+//! before training; [`pipeline`] runs those steps
 //! for one file; [`loader`] batches many in parallel onto a device; [`normalize`] is the batch
 //! transform; [`show`] draws batches.
 //!
@@ -25,6 +26,7 @@ pub mod items;
 pub mod loader;
 pub mod normalize;
 pub mod pipeline;
+pub mod scan;
 pub mod show;
 
 pub use acquire::{
@@ -38,8 +40,12 @@ pub use decode::{DecodeConfig, Decoded, decode_rgb, image_size, read_rgb};
 pub use error::{DataError, Result};
 pub use fsutil::write_atomic;
 pub use geometry::ResizeMethod;
-pub use items::{Items, SplitRule, Splits, Vocab, image_folder, list_image_files, parent_label};
-pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, SkippedFile};
+pub use items::{
+    Excluded, Exclusion, Items, Listing, SplitRule, Splits, Vocab, image_folder, label_and_split,
+    list_image_files, list_images, parent_label,
+};
+pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, SkipLog};
 pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 pub use pipeline::{ItemPipeline, Mode};
+pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};
 pub use show::{ImageGrid, show_batch};

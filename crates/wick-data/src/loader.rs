@@ -1,26 +1,27 @@
 //! The `DataLoader`: a seeded shuffle per epoch, batches of decoded and augmented images built
 //! in parallel on a rayon pool, a bounded prefetch so batch N+1 is built while the model works
-//! on batch N, and the bad-file policy. Batches are candle tensors on the requested device:
-//! images `(B, 3, S, S)` f32 in [0, 1] and labels `(B,)` u32.
+//! on batch N, and the bad-file policy for files that fail while their batch is built (the
+//! pre-scan, [`crate::scan`], takes out the files known bad before the loader is made).
+//! Batches are candle tensors on the requested device: images `(B, 3, S, S)` f32 in [0, 1] and
+//! labels `(B,)` u32.
 //!
 //! Determinism: the epoch's order comes from `(seed, epoch)` and each image's augmentation
 //! from `(seed, epoch, position in the epoch)`, so the same seed gives the same batches
-//! whatever the number of threads.
+//! whatever the number of threads; so does the replacement of a file that fails mid-epoch.
 
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use candle::{Device, Tensor};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::items::Items;
+use crate::items::{Excluded, Exclusion, Items};
 use crate::normalize::Normalize;
 use crate::pipeline::{ItemPipeline, Mode};
 
@@ -36,23 +37,36 @@ pub struct Batch {
     pub item_indices: Vec<usize>,
 }
 
-/// What the loader does with a file that cannot be read or decoded.
+/// What the loader does with a file that cannot be read or decoded when its batch is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BadFilePolicy {
     /// The batch that contains it is an error naming the file (the fit stops).
     #[default]
     Fail,
-    /// The file is left out of its batch and recorded in [`DataLoader::skipped`], which the
-    /// caller reports; the batch is one image shorter.
+    /// The file is recorded in [`DataLoader::skipped`], which the caller reports. A shuffled
+    /// (training) loader replaces it by another item drawn from a generator seeded by
+    /// `(seed, epoch, position)`, so every batch keeps its size and the run stays
+    /// reproducible; an ordered (validation) loader, where each item counts once, leaves it
+    /// out of its batch and never yields an empty batch.
     Skip,
 }
 
-/// A file the loader left out under [`BadFilePolicy::Skip`], and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedFile {
-    pub path: PathBuf,
-    pub reason: String,
+/// The files a loader skipped, shared with the loader (see [`DataLoader::skip_log`]).
+#[derive(Debug, Clone, Default)]
+pub struct SkipLog(Arc<Mutex<Vec<Excluded>>>);
+
+impl SkipLog {
+    /// Each failed file once (its first failure), sorted by path.
+    pub fn list(&self) -> Vec<Excluded> {
+        let mut list = self.0.lock().map(|skipped| skipped.clone()).unwrap_or_default();
+        list.sort_by(|a, b| a.path.cmp(&b.path));
+        list.dedup_by(|a, b| a.path == b.path);
+        list
+    }
 }
+
+/// Draws tried to replace a failing file in a shuffled loader before the batch is an error.
+pub const MAX_REPLACEMENT_DRAWS: u64 = 16;
 
 /// How a [`DataLoader`] batches its items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +124,7 @@ pub struct DataLoader {
     config: LoaderConfig,
     device: Device,
     pool: Arc<rayon::ThreadPool>,
-    skipped: Arc<Mutex<Vec<SkippedFile>>>,
+    skipped: Arc<Mutex<Vec<Excluded>>>,
     normalize: Option<Normalize>,
 }
 
@@ -227,9 +241,16 @@ impl DataLoader {
         self.len() == 0
     }
 
-    /// Files left out so far under [`BadFilePolicy::Skip`].
-    pub fn skipped(&self) -> Vec<SkippedFile> {
-        self.skipped.lock().map(|skipped| skipped.clone()).unwrap_or_default()
+    /// Files that failed so far under [`BadFilePolicy::Skip`], once each (the first failure's
+    /// reason), sorted by path; their kind is [`Exclusion::FailedInBatch`].
+    pub fn skipped(&self) -> Vec<Excluded> {
+        self.skip_log().list()
+    }
+
+    /// A handle on [`DataLoader::skipped`] that outlives a move of the loader (into a
+    /// Learner, say).
+    pub fn skip_log(&self) -> SkipLog {
+        SkipLog(Arc::clone(&self.skipped))
     }
 
     /// The order in which epoch `epoch` visits the items.
@@ -268,7 +289,11 @@ impl DataLoader {
                     let end = (start + batch_size).min(order.len());
                     let positions: Vec<(usize, usize)> =
                         (start..end).map(|position| (position, order[position])).collect();
-                    if sender.send(job.build(&positions)).is_err() {
+                    let batch = job.build(&positions);
+                    if matches!(&batch, Ok(host) if host.labels.is_empty()) {
+                        continue; // Every file of an ordered batch failed: no empty batch.
+                    }
+                    if sender.send(batch).is_err() {
                         return; // The consumer stopped early.
                     }
                 }
@@ -308,7 +333,7 @@ struct BatchJob {
     pipeline: ItemPipeline,
     config: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
-    skipped: Arc<Mutex<Vec<SkippedFile>>>,
+    skipped: Arc<Mutex<Vec<Excluded>>>,
     epoch: u64,
 }
 
@@ -317,35 +342,21 @@ impl BatchJob {
     fn build(&self, positions: &[(usize, usize)]) -> Result<HostBatch> {
         let item_len = self.pipeline.item_len();
         let mut images = vec![0f32; positions.len() * item_len];
-        let outcomes: Vec<Result<()>> = self.pool.install(|| {
+        let outcomes: Vec<Result<Option<usize>>> = self.pool.install(|| {
             images
                 .par_chunks_mut(item_len)
                 .zip(positions.par_iter())
-                .map(|(out, &(position, item_idx))| self.load_one(position, item_idx, out))
+                .map(|(out, &(position, item_idx))| self.load_slot(position, item_idx, out))
                 .collect()
         });
         let mut kept_images = Vec::with_capacity(images.len());
         let mut labels = Vec::with_capacity(positions.len());
         let mut item_indices = Vec::with_capacity(positions.len());
-        for ((outcome, &(_, item_idx)), image) in
-            outcomes.into_iter().zip(positions).zip(images.chunks(item_len))
-        {
-            match (outcome, self.config.bad_files) {
-                (Ok(()), _) => {
-                    kept_images.extend_from_slice(image);
-                    labels.push(self.items.labels[item_idx]);
-                    item_indices.push(item_idx);
-                }
-                (Err(error), BadFilePolicy::Fail) => return Err(error),
-                (Err(error), BadFilePolicy::Skip) => {
-                    let skipped = SkippedFile {
-                        path: self.items.paths[item_idx].clone(),
-                        reason: error.to_string(),
-                    };
-                    if let Ok(mut list) = self.skipped.lock() {
-                        list.push(skipped);
-                    }
-                }
+        for (outcome, image) in outcomes.into_iter().zip(images.chunks(item_len)) {
+            if let Some(item_idx) = outcome? {
+                kept_images.extend_from_slice(image);
+                labels.push(self.items.labels[item_idx]);
+                item_indices.push(item_idx);
             }
         }
         Ok(HostBatch {
@@ -354,6 +365,70 @@ impl BatchJob {
             item_indices,
             size: self.pipeline.output_size as usize,
         })
+    }
+
+    /// Fills one batch slot: the item at `position`, or under [`BadFilePolicy::Skip`] its
+    /// seeded replacement (shuffled loaders) or nothing (ordered loaders). Returns the item
+    /// that filled the slot.
+    fn load_slot(
+        &self,
+        position: usize,
+        item_idx: usize,
+        out: &mut [f32],
+    ) -> Result<Option<usize>> {
+        let error = match self.load_one(position, item_idx, out) {
+            Ok(()) => return Ok(Some(item_idx)),
+            Err(error) => error,
+        };
+        if self.config.bad_files == BadFilePolicy::Fail {
+            return Err(error);
+        }
+        self.record(item_idx, &error);
+        if !self.config.shuffle {
+            return Ok(None);
+        }
+        let seed = mix(self.config.seed ^ REPLACEMENT_SALT, self.epoch, position as u64);
+        let mut draws = ChaCha8Rng::seed_from_u64(seed);
+        for _ in 0..MAX_REPLACEMENT_DRAWS {
+            let candidate = draws.random_range(0..self.items.len());
+            match self.load_one(position, candidate, out) {
+                Ok(()) => {
+                    self.note_replacement(item_idx, candidate);
+                    return Ok(Some(candidate));
+                }
+                Err(error) => self.record(candidate, &error),
+            }
+        }
+        Err(DataError::BadDataset {
+            path: self.items.paths[item_idx].clone(),
+            reason: format!(
+                "failed to load, and so did {MAX_REPLACEMENT_DRAWS} seeded replacements in a row: \
+                 too many bad files ({error})"
+            ),
+        })
+    }
+
+    fn record(&self, item_idx: usize, error: &DataError) {
+        let mut excluded = crate::scan::excluded(&self.items.paths[item_idx], error);
+        excluded.kind = Exclusion::FailedInBatch;
+        if let Ok(mut list) = self.skipped.lock() {
+            list.push(excluded);
+        }
+    }
+
+    /// Adds which item replaced `item_idx` to its (first) record.
+    fn note_replacement(&self, item_idx: usize, replacement: usize) {
+        let path = &self.items.paths[item_idx];
+        if let Ok(mut list) = self.skipped.lock()
+            && let Some(record) = list.iter_mut().find(|record| &record.path == path)
+            && !record.reason.contains("(replaced by")
+        {
+            record.reason.push_str(&format!(
+                " (replaced by {} in epoch {})",
+                self.items.paths[replacement].display(),
+                self.epoch
+            ));
+        }
     }
 
     fn load_one(&self, position: usize, item_idx: usize, out: &mut [f32]) -> Result<()> {
@@ -367,6 +442,9 @@ impl BatchJob {
         .unwrap_or_else(|_| Err(DataError::decode(path, "the decoder panicked")))
     }
 }
+
+/// Separates the replacement draws' seeds from the augmentation seeds.
+const REPLACEMENT_SALT: u64 = 0x0005_EED0_FBAD_F11E;
 
 /// The batches of one epoch, in order. Dropping it stops the background thread.
 pub struct EpochBatches {

@@ -138,7 +138,7 @@ fn bad_files_fail_with_the_file_name() {
     let error = decode_error(&[], "empty.JPEG");
     assert!(error.to_string().contains("empty"), "{error}");
     let error = decode_error(b"this is not an image, just text\n", "text.JPEG");
-    assert!(error.to_string().contains("not a JPEG or PNG"), "{error}");
+    assert!(error.to_string().contains("not a JPEG, PNG, BMP, GIF, TIFF or WebP"), "{error}");
     decode_error(&good[..good.len() * 6 / 10], "truncated.JPEG");
     decode_error(&good[..40], "header_only.JPEG");
 
