@@ -31,11 +31,12 @@ fn valid_loader(
     let root = run_data_root(run_dir, data)?;
     let items = run_dir.read_items("valid.txt", &root)?;
     // The images must be the ones the run recorded (another --data, or files changed since).
-    run_dir.check_valid(&crate::run_dir::DataFingerprint::of(
-        &root,
-        &run_dir.read_vocab()?,
-        &[("valid", &items)],
-    ))?;
+    let fingerprint =
+        crate::run_dir::DataFingerprint::of(&root, &run_dir.read_vocab()?, &[("valid", &items)]);
+    let skip = recipe.data().bad_files == crate::recipe::BadFiles::Skip;
+    if let Some(note) = run_dir.check_valid(&fingerprint, skip)? {
+        println!("{note}");
+    }
     let threads = plan::threads(recipe.data(), None);
     let (items, bad) = wick_data::scan_items(&items, &plan::scan_config(threads))?;
     let mut report = DataReport::new(&root, recipe.data().bad_files, items.len() + bad.len());
@@ -96,8 +97,8 @@ pub(crate) fn eval(run: &Path, data: Option<&str>, device: &str) -> anyhow::Resu
     );
     for report in per_class.iter().filter(|r| r.total > 0) {
         println!(
-            "  {:<12} {:.4} ({}/{})",
-            vocab.name(report.class).unwrap_or("?"),
+            "  {:<30} {:.4} ({}/{})",
+            vocab.name(report.class).map_or_else(|| "?".to_string(), wick_data::display_name),
             report.accuracy(),
             report.correct,
             report.total
@@ -270,7 +271,10 @@ pub(crate) fn predict(
             .iter()
             .take(top_k)
             .map(|(class, p)| {
-                format!("{} {:.4}", vocab.name(*class as u32).unwrap_or("(extra output)"), p)
+                let name = vocab
+                    .name(*class as u32)
+                    .map_or_else(|| "(extra output)".to_string(), wick_data::display_name);
+                format!("{name} {p:.4}")
             })
             .collect();
         Ok(Some(shown.join(", ")))

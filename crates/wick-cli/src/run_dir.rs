@@ -192,12 +192,31 @@ impl RunDir {
     }
 
     /// Checks that the validation images `eval`/`tta` are about to read are the ones the run
-    /// recorded (runs from before provenance.json are not checked).
-    pub(crate) fn check_valid(&self, valid: &DataFingerprint) -> anyhow::Result<()> {
+    /// recorded (runs from before provenance.json are not checked). With
+    /// `changed_files_allowed` (the run's `bad_files = "skip"`), the same list of files whose
+    /// contents changed since training passes, with a note to print: those files are decoded
+    /// again and skipped, by name, if they no longer decode.
+    pub(crate) fn check_valid(
+        &self,
+        valid: &DataFingerprint,
+        changed_files_allowed: bool,
+    ) -> anyhow::Result<Option<String>> {
         let Some(recorded) = self.provenance()?.and_then(|p| p.get("valid").cloned()) else {
-            return Ok(());
+            return Ok(None);
         };
-        if recorded["fingerprint"] != valid.fingerprint.as_str() {
+        if recorded["fingerprint"] == valid.fingerprint.as_str() {
+            return Ok(None);
+        }
+        if changed_files_allowed
+            && valid.missing.is_empty()
+            && recorded["listing"] == valid.listing.as_str()
+        {
+            return Ok(Some(format!(
+                "note: some validation files under {} changed since training (same names and                  classes); bad_files = \"skip\" decodes them again and skips those that fail",
+                valid.root.display()
+            )));
+        }
+        {
             bail!(
                 "the validation images under {} are not the ones {} was validated on: {}; pass \
                  --data with the run's dataset",
@@ -206,7 +225,6 @@ impl RunDir {
                 valid.difference(&recorded)
             );
         }
-        Ok(())
     }
 
     pub(crate) fn read(&self, name: &str) -> anyhow::Result<String> {
@@ -334,6 +352,10 @@ pub(crate) fn git_commit() -> String {
 pub(crate) struct DataFingerprint {
     pub(crate) root: PathBuf,
     pub(crate) fingerprint: String,
+    /// The same over split, class and path only (what the item list is, not what the files
+    /// hold): a run whose `bad_files = "skip"` evaluates files changed since training, and
+    /// skips and names those that no longer decode.
+    pub(crate) listing: String,
     pub(crate) classes: Vec<String>,
     pub(crate) counts: Vec<(String, usize)>,
     pub(crate) missing: Vec<PathBuf>,
@@ -343,6 +365,7 @@ impl DataFingerprint {
     /// Fingerprints `splits` (name, items) labelled with `vocab`, under `root`.
     pub(crate) fn of(root: &Path, vocab: &Vocab, splits: &[(&str, &Items)]) -> Self {
         let mut hasher = Sha256::new();
+        let mut listing = Sha256::new();
         let mut missing = Vec::new();
         for (split, items) in splits {
             for (path, label) in items.paths.iter().zip(&items.labels) {
@@ -364,11 +387,18 @@ impl DataFingerprint {
                     hasher.update((field.len() as u64).to_le_bytes());
                     hasher.update(field);
                 }
+                for field in
+                    [split.as_bytes(), class.as_bytes(), relative.as_os_str().as_encoded_bytes()]
+                {
+                    listing.update((field.len() as u64).to_le_bytes());
+                    listing.update(field);
+                }
             }
         }
         DataFingerprint {
             root: root.to_path_buf(),
             fingerprint: hex(&hasher.finalize()),
+            listing: hex(&listing.finalize()),
             classes: vocab.classes().to_vec(),
             counts: splits.iter().map(|(name, items)| (name.to_string(), items.len())).collect(),
             missing,
@@ -378,6 +408,7 @@ impl DataFingerprint {
     fn to_json(&self) -> serde_json::Value {
         json!({
             "fingerprint": self.fingerprint,
+            "listing": self.listing,
             "root": self.root.display().to_string(),
             "classes": self.classes,
             "counts": self.counts.iter().map(|(name, n)| (name.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
