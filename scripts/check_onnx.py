@@ -3,15 +3,17 @@
 
 Usage:
     python scripts/check_onnx.py runs/mine/model.onnx IMAGE [IMAGE ...]
-    python scripts/check_onnx.py runs/mine/model.onnx --logits-of-seeded-images N SEED
+    python scripts/check_onnx.py runs/mine/model.onnx --against-pytorch runs/mine/export
 
 The first form prints each image's top-3 classes: the image is resized so that its shorter
 side is the model's input size and centre-cropped (fastai's validation transform), as the
 model's metadata says; everything after that (byte/255, Normalize, NHWC->NCHW) is inside the
-graph. The second form prints the logits of N seeded random uint8 images as JSON, for a
-comparison with `wick`'s own (tests and docs/export.md use it).
+graph. The second form feeds the same 8 seeded random uint8 images to onnxruntime and to
+fastai's xresnet loaded from `wick export --format safetensors` (scripts/load_export_fastai.py,
+preprocessing in PyTorch), prints the largest logit difference and exits 1 above 1e-4
+(relative to the largest logit, at least 1).
 
-Needs: onnxruntime, numpy, pillow.
+Needs: onnxruntime, numpy, pillow; the second form also torch, fastai, safetensors.
 """
 import json
 import sys
@@ -45,12 +47,22 @@ def main(argv):
     session, meta = load(argv[1])
     size = int(meta["input_size"])
     classes = json.loads(meta["classes"])
-    if argv[2] == "--logits-of-seeded-images":
-        n, seed = int(argv[3]), int(argv[4])
-        images = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-        logits, _ = session.run(None, {"image": images})
-        print(json.dumps(logits.tolist()))
-        return 0
+    if argv[2] == "--against-pytorch":
+        import torch
+        from load_export_fastai import load_model
+
+        model, torch_prepare = load_model(argv[3])
+        images = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+        onnx_logits, _ = session.run(None, {"image": images})
+        with torch.no_grad():
+            torch_logits = model(torch.stack([torch_prepare(image) for image in images])).numpy()
+        difference = float(np.abs(onnx_logits - torch_logits).max())
+        scale = max(1.0, float(np.abs(torch_logits).max()))
+        print(
+            f"onnxruntime {ort.__version__} vs fastai's xresnet in torch {torch.__version__}: "
+            f"largest logit difference {difference:.2e} over 8 images (largest logit {scale:.2f})"
+        )
+        return 0 if difference <= 1e-4 * scale else 1
     batch = np.stack([prepare(path, size) for path in argv[2:]])
     _, probabilities = session.run(None, {"image": batch})
     for path, p in zip(argv[2:], probabilities):

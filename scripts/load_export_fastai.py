@@ -22,6 +22,25 @@ from fastai.vision.models import xresnet
 from safetensors.torch import load_file
 
 
+def load_model(folder):
+    """fastai's xresnet with the exported weights (eval mode), and the preprocessing of one
+    HWC uint8 image into a CHW float tensor."""
+    folder = Path(folder)
+    meta = json.loads((folder / "model.json").read_text())
+    build = getattr(xresnet, meta["arch"])
+    model = build(n_out=meta["n_out"], widen=meta["widen"]).eval()
+    model.load_state_dict(load_file(str(folder / meta["weights"])), strict=True)
+    norm = meta["preprocessing"]["normalize"]
+
+    def prepare(pixels):
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255
+        if norm is not None:
+            x = (x - torch.tensor(norm["mean"]).view(3, 1, 1)) / torch.tensor(norm["std"]).view(3, 1, 1)
+        return x
+
+    return model, prepare
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
