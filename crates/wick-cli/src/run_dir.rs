@@ -544,6 +544,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn numbers_read_back_from_run_files_keep_their_digits() {
+        // The train losses of reliability/10's reference run (f32 widened to f64, as
+        // result.json stores them): a finished stage's done.json is read and written back into
+        // result.json, which must then equal the uninterrupted run's byte for byte. Without
+        // serde_json's float_roundtrip, 1.6475884914398193 came back as ...191.
+        for text in
+            ["1.6475884914398193", "1.3618651628494263", "1.2418403625488281", "1.0828375816345215"]
+        {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(value.to_string(), text);
+        }
+    }
+
+    #[test]
     fn stored_paths_round_trip_whatever_the_name() {
         let names = [
             "train/a/plain.jpg",
