@@ -16,6 +16,7 @@ mod plan;
 mod progress;
 mod recipe;
 mod run_dir;
+mod show_batch;
 mod train;
 
 use std::path::PathBuf;
@@ -133,6 +134,25 @@ enum Command {
         top_k: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// fastai's show_batch: the first batch a recipe's stage trains (or validates) on, augmented
+    /// as the loader makes it, as a captioned PNG grid.
+    ShowBatch {
+        #[arg(long)]
+        recipe: PathBuf,
+        #[arg(long)]
+        data: String,
+        #[arg(long, default_value = "full")]
+        profile: String,
+        /// The stage whose data to show (progressive resizing has two: 0 and 1).
+        #[arg(long, default_value_t = 0)]
+        stage: usize,
+        /// The validation batch instead of the training batch.
+        #[arg(long)]
+        valid: bool,
+        /// The PNG to write (default: show_batch-<recipe>-stage<N>-<train|valid>.png).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Export a finished run's model: a standard ONNX model (opset 17, preprocessing inside,
     /// checked against wick's logits with an ONNX runtime before it is written), or PyTorch
@@ -294,6 +314,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Predict { run, images, top_k, device } => {
             let failed = eval::predict(&run, &images, top_k, &device)?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::ShowBatch { recipe, data, profile, stage, valid, out } => {
+            let args = show_batch::ShowBatchArgs { recipe, profile, data, stage, valid, out };
+            show_batch::run(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::Export { run, format, out } => {
             export::export(&run, format, out.as_deref()).map(|()| ExitCode::SUCCESS)

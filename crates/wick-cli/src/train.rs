@@ -222,6 +222,16 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         let stage_seed = recipe.seed.wrapping_add(stage_idx as u64);
         let (train, valid) =
             plan::loaders(recipe.data(), stage_data, &splits, stage_seed, args.threads, &device)?;
+        if root {
+            // fastai's show_batch of what this stage trains on, to check the augmentation.
+            let picture = stage_dir.join("show_batch.png");
+            crate::show_batch::draw_first_batch(
+                &train,
+                &splits.vocab,
+                recipe.data().normalize,
+                &picture,
+            )?;
+        }
         let skip_logs = [train.skip_log(), valid.skip_log()];
         // Every rank loads the same global batches and trains on its slice of each.
         let train: Box<dyn BatchSource> = match &data_parallel {

@@ -1,0 +1,92 @@
+//! `wick show-batch`: fastai's `dls.show_batch()` from the command line — the first batch a
+//! recipe's stage would train on (or validate on, with `--valid`), augmented exactly as the
+//! loader makes it, drawn as a captioned grid PNG, so a user can check the augmentation
+//! before training. `wick train` writes the same picture for every stage of a run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle::Device;
+use wick_data::{DataLoader, Normalize, Vocab};
+
+use crate::plan;
+
+/// fastai's `show_batch` default, `max_n = 9`.
+pub(crate) const MAX_ITEMS: usize = 9;
+
+/// What `wick show-batch` was asked for.
+pub(crate) struct ShowBatchArgs {
+    pub(crate) recipe: PathBuf,
+    pub(crate) profile: String,
+    pub(crate) data: String,
+    pub(crate) stage: usize,
+    pub(crate) valid: bool,
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// Draws the first batch of `loader` (its epoch 0, as the first epoch of the fit sees it) into
+/// `path`, undoing `Normalize` for display. Returns the number of images drawn.
+pub(crate) fn draw_first_batch(
+    loader: &DataLoader,
+    vocab: &Vocab,
+    normalize: bool,
+    path: &Path,
+) -> anyhow::Result<usize> {
+    let batch = loader.epoch(0).next().context("the loader has no batch to show")??;
+    let normalize = if normalize { Some(Normalize::imagenet(&Device::Cpu)?) } else { None };
+    let batch = wick_data::Batch {
+        xs: batch.xs.to_device(&Device::Cpu)?,
+        ys: batch.ys.to_device(&Device::Cpu)?,
+        ..batch
+    };
+    wick_data::show_batch(&batch, vocab, normalize.as_ref(), MAX_ITEMS, path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(batch.ys.dims1()?.min(MAX_ITEMS))
+}
+
+/// `wick show-batch --recipe R --data D [--stage N] [--valid] [--out FILE]`.
+pub(crate) fn run(args: &ShowBatchArgs) -> anyhow::Result<()> {
+    let (recipe, _) = crate::recipe::load(&args.recipe, &args.profile)?;
+    if recipe.from.is_some() {
+        bail!(
+            "{} trains nothing (`from`): show the batch of its source recipe",
+            args.recipe.display()
+        );
+    }
+    if args.stage >= recipe.stages.len() {
+        bail!(
+            "--stage {}: the recipe has {} stage(s), numbered from 0",
+            args.stage,
+            recipe.stages.len()
+        );
+    }
+    let data_root = plan::resolve_data(&args.data, &mut crate::download_progress())?;
+    let mut dataset = plan::dataset(&data_root, recipe.data(), None)?;
+    plan::check_bad_files(&dataset.report, None)?;
+    // The split the stage trains on: the first stage's, or the last new split before it.
+    let split_stage = (1..=args.stage).rev().find(|&i| recipe.stages[i].new_split).unwrap_or(0);
+    let splits = plan::splits(
+        &mut dataset,
+        &plan::split_rule(recipe.data(), recipe.seed, split_stage, &recipe.stages),
+        recipe.data().subset,
+        recipe.seed,
+    )?;
+    let stage_data = plan::stage_data(&recipe, args.stage);
+    let stage_seed = recipe.seed.wrapping_add(args.stage as u64);
+    let (train, valid) =
+        plan::loaders(recipe.data(), stage_data, &splits, stage_seed, None, &Device::Cpu)?;
+    let split = if args.valid { "valid" } else { "train" };
+    let path = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("show_batch-{}-stage{}-{split}.png", recipe.name, args.stage))
+    });
+    let loader = if args.valid { &valid } else { &train };
+    let shown = draw_first_batch(loader, &splits.vocab, recipe.data().normalize, &path)?;
+    println!(
+        "wrote {}: {shown} {split} images of stage {} at {} px, as the first batch of the fit \
+         sees them",
+        path.display(),
+        args.stage,
+        stage_data.size
+    );
+    Ok(())
+}
