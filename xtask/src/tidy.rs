@@ -3,7 +3,9 @@
 //! what it owns; no test is ignored or expected to panic; no debugging leftovers.
 //!
 //! Printing in library crates is forbidden by the workspace lints (`print_stdout`,
-//! `print_stderr`), which clippy enforces; this file checks what lints cannot.
+//! `print_stderr`), which clippy enforces; this file checks what lints cannot, including the
+//! crate graph of docs/ARCHITECTURE.md (which workspace crates each crate may depend on) and
+//! that the training loop and evaluation never name a model or a dataset.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,87 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Violation {
     pub(crate) path: PathBuf,
     pub(crate) message: String,
+}
+
+/// The workspace crates each crate's `[dependencies]` may name (docs/ARCHITECTURE.md,
+/// "Invariants"): dependencies run one way, from the binary down to data and ops; dev-
+/// dependencies are free. `None`: any (the CLI joins everything).
+const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 8] = [
+    ("wick-data", Some(&[])),
+    ("wick-nn", Some(&[])),
+    ("wick-models", Some(&["wick-nn"])),
+    ("wick-train", Some(&["wick-data"])),
+    ("wick-eval", Some(&["wick-data"])),
+    ("wick-export", Some(&["wick-models"])),
+    ("wick-cli", None),
+    ("xtask", Some(&[])),
+];
+
+/// External crates a crate must not depend on: wick-data never imports candle-nn.
+const FORBIDDEN_EXTERNAL_DEPENDENCIES: [(&str, &str); 1] = [("wick-data", "candle-nn")];
+
+/// Crates whose code (comments aside) never names a model or a dataset: the loop and the
+/// evaluation are model- and dataset-agnostic.
+const AGNOSTIC_CRATES: [&str; 2] = ["wick-train", "wick-eval"];
+const MODEL_AND_DATASET_NAMES: [&str; 3] = ["xresnet", "imagenette", "imagewoof"];
+
+/// The dependency rules over every `crates/*/Cargo.toml` and `xtask/Cargo.toml`.
+pub(crate) fn check_dependency_rules(root: &Path) -> Vec<Violation> {
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))
+        .map(|entries| entries.flatten().map(|e| e.path().join("Cargo.toml")).collect())
+        .unwrap_or_default();
+    manifests.push(root.join("xtask/Cargo.toml"));
+    manifests.retain(|path| path.is_file());
+    manifests.sort();
+    let mut violations = Vec::new();
+    for path in manifests {
+        let violation = |message: String| Violation { path: path.clone(), message };
+        let manifest: toml::Table = match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| text.parse().map_err(|e: toml::de::Error| e.to_string()))
+        {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                violations.push(violation(format!("unreadable manifest: {error}")));
+                continue;
+            }
+        };
+        let name = manifest
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let dependencies: Vec<String> = manifest
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .map(|table| table.keys().cloned().collect())
+            .unwrap_or_default();
+        let Some((_, allowed)) = ALLOWED_WORKSPACE_DEPENDENCIES.iter().find(|(c, _)| *c == name)
+        else {
+            violations.push(violation(format!(
+                "crate {name} has no entry in tidy's ALLOWED_WORKSPACE_DEPENDENCIES: add it \
+                 there and to docs/ARCHITECTURE.md"
+            )));
+            continue;
+        };
+        for dependency in &dependencies {
+            let workspace = dependency.starts_with("wick-");
+            if let Some(allowed) = allowed
+                && workspace
+                && !allowed.contains(&dependency.as_str())
+            {
+                violations.push(violation(format!(
+                    "{name} depends on {dependency}; it may depend on {allowed:?} only \
+                     (docs/ARCHITECTURE.md)"
+                )));
+            }
+            if FORBIDDEN_EXTERNAL_DEPENDENCIES.contains(&(name.as_str(), dependency.as_str())) {
+                violations.push(violation(format!("{name} must not depend on {dependency}")));
+            }
+        }
+    }
+    violations
 }
 
 /// Checks every `.rs` file under the workspace's `crates/`, `xtask/` and `tests/` folders.
@@ -33,8 +116,33 @@ pub(crate) fn check_workspace(root: &Path) -> Vec<Violation> {
         for message in check_file(&text) {
             violations.push(Violation { path: path.clone(), message });
         }
+        let relative = path.strip_prefix(root).unwrap_or(&path);
+        let agnostic = AGNOSTIC_CRATES
+            .iter()
+            .any(|krate| relative.starts_with(Path::new("crates").join(krate).join("src")));
+        if agnostic {
+            for message in check_agnostic(&text) {
+                violations.push(Violation { path: path.clone(), message });
+            }
+        }
     }
+    violations.extend(check_dependency_rules(root));
     violations
+}
+
+/// Code lines (comments aside) that name a model or a dataset.
+fn check_agnostic(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (line_idx, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or_default().to_lowercase();
+        if let Some(name) = MODEL_AND_DATASET_NAMES.iter().find(|name| code.contains(*name)) {
+            problems.push(format!(
+                "line {}: names {name}: this crate is model- and dataset-agnostic",
+                line_idx + 1
+            ));
+        }
+    }
+    problems
 }
 
 fn collect_rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -90,6 +198,36 @@ mod tests {
             .map(|violation| format!("{}: {}", violation.path.display(), violation.message))
             .collect();
         assert!(report.is_empty(), "tidy violations:\n{}", report.join("\n"));
+    }
+
+    #[test]
+    fn dependency_rules_catch_a_backward_dependency() {
+        let dir = std::env::temp_dir().join(format!("wick-tidy-{}", std::process::id()));
+        let manifest = |name: &str, deps: &str| {
+            let crate_dir = dir.join("crates").join(name);
+            std::fs::create_dir_all(&crate_dir).unwrap();
+            let text = format!("[package]\nname = \"{name}\"\n\n[dependencies]\n{deps}\n");
+            std::fs::write(crate_dir.join("Cargo.toml"), text).unwrap();
+        };
+        manifest("wick-nn", "candle = \"1\"\n");
+        manifest("wick-models", "wick-nn.workspace = true\n");
+        assert!(check_dependency_rules(&dir).is_empty());
+        // wick-data reaching up to the loop, and importing candle-nn; an unknown crate.
+        manifest("wick-data", "wick-train.workspace = true\ncandle-nn = \"0.11\"\n");
+        manifest("wick-new", "");
+        let messages: Vec<String> =
+            check_dependency_rules(&dir).into_iter().map(|v| v.message).collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(messages[0], "wick-data must not depend on candle-nn");
+        assert!(messages[1].starts_with("wick-data depends on wick-train"), "{messages:?}");
+        assert!(messages[2].starts_with("crate wick-new has no entry"), "{messages:?}");
+        assert_eq!(
+            check_agnostic(
+                "//! about xresnet\nlet x = 1; // an xresnet\nlet m = XResNet::new();\n"
+            ),
+            ["line 3: names xresnet: this crate is model- and dataset-agnostic"]
+        );
     }
 
     #[test]
