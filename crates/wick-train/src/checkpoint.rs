@@ -37,14 +37,13 @@
 //! folder next may delete such files).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle::safetensors::Load;
 use candle::{DType, Device, Tensor};
-use safetensors::{Dtype, SafeTensors, View};
-use sha2::{Digest, Sha256};
+use safetensors::SafeTensors;
+use wick_io::{Blob, canonical_header, checksum, non_finite, write_durably};
 
 use crate::callback::{EventContext, FitPosition};
 use crate::error::TrainError;
@@ -428,123 +427,6 @@ pub fn save_checkpoint(
         .map_err(|e| fail(e.to_string()))?;
     let bytes = canonical_header(bytes).map_err(fail)?;
     write_durably(path, &bytes).map_err(|e| fail(e.to_string()))
-}
-
-/// safetensors writes its `__metadata__` map in hash order, which changes from process to
-/// process: the header is re-serialised with sorted keys (serde_json's map is ordered) and
-/// padded to 8 bytes, so the same tensors and metadata always give the same file, byte for byte.
-fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-    let length: [u8; 8] =
-        bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no safetensors header")?;
-    let end = 8 + usize::try_from(u64::from_le_bytes(length)).map_err(|e| e.to_string())?;
-    let header: serde_json::Value =
-        serde_json::from_slice(bytes.get(8..end).ok_or("short header")?)
-            .map_err(|e| e.to_string())?;
-    let mut text = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
-    while text.len() % 8 != 0 {
-        text.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
-    out.extend((text.len() as u64).to_le_bytes());
-    out.extend(text);
-    out.extend(&bytes[end..]);
-    Ok(out)
-}
-
-/// Writes `bytes` to the temporary sibling `.<name>.tmp-<pid>`, fsyncs it, renames it over
-/// `path` and fsyncs the folder; the temporary file is removed on failure.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let file_name =
-        path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result
-}
-
-/// A tensor's bytes on the CPU, ready to check, hash and serialize.
-struct Blob {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl Blob {
-    fn of(tensor: &Tensor) -> Self {
-        Blob {
-            dtype: View::dtype(tensor),
-            shape: tensor.dims().to_vec(),
-            bytes: View::data(tensor).into_owned(),
-        }
-    }
-}
-
-impl View for &Blob {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-/// `(non-finite count, total)` of a float tensor's little-endian bytes, or `None` if every value
-/// is finite (integer dtypes always are). A value is NaN or infinite exactly when its exponent
-/// bits are all ones, in every IEEE format.
-fn non_finite(dtype: Dtype, bytes: &[u8]) -> Option<(usize, usize)> {
-    let (width, mask): (usize, u64) = match dtype {
-        Dtype::F64 => (8, 0x7FF0_0000_0000_0000),
-        Dtype::F32 => (4, 0x7F80_0000),
-        Dtype::F16 => (2, 0x7C00),
-        Dtype::BF16 => (2, 0x7F80),
-        _ => return None,
-    };
-    let bad = bytes
-        .chunks_exact(width)
-        .filter(|chunk| {
-            let mut word = [0u8; 8];
-            word[..width].copy_from_slice(chunk);
-            u64::from_le_bytes(word) & mask == mask
-        })
-        .count();
-    (bad > 0).then_some((bad, bytes.len() / width))
-}
-
-/// SHA-256 (hex) over every tensor in the given (name-sorted) order: its name, dtype, shape and
-/// bytes, each length-prefixed.
-fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
-    let mut hasher = Sha256::new();
-    for (name, dtype, shape, bytes) in tensors {
-        hasher.update((name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
-        let dtype = format!("{dtype:?}");
-        hasher.update((dtype.len() as u64).to_le_bytes());
-        hasher.update(dtype.as_bytes());
-        hasher.update((shape.len() as u64).to_le_bytes());
-        for dim in shape {
-            hasher.update((*dim as u64).to_le_bytes());
-        }
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    }
-    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The history as two f64 tables. Batches: `[fit, iteration, lr, mom, loss, smooth_loss]`.
