@@ -7,12 +7,47 @@
 //!   names, dtypes, shapes and bytes) and [`canonical_header`] (sorted metadata, so the same
 //!   contents always give the same bytes).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
 use candle::Tensor;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, View};
 use sha2::{Digest, Sha256};
+
+/// The metadata key under which a checked safetensors file keeps its [`checksum`].
+pub const CHECKSUM_KEY: &str = "wick.sha256";
+
+/// A checked safetensors file's bytes: `tensors` in name order, `metadata` plus the
+/// [`checksum`] of the tensors under [`CHECKSUM_KEY`], the header canonical, so equal
+/// contents always give equal bytes.
+///
+/// # Errors
+/// safetensors' serialisation error, as text.
+pub fn serialize_checked(
+    mut tensors: Vec<(String, Blob)>,
+    mut metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let sum = checksum(
+        tensors
+            .iter()
+            .map(|(name, blob)| (name.as_str(), blob.dtype, &blob.shape[..], &blob.bytes[..])),
+    );
+    metadata.insert(CHECKSUM_KEY.to_string(), sum);
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
+            .map_err(|error| error.to_string())?;
+    canonical_header(bytes)
+}
+
+/// The [`checksum`] of a file's tensors as read back, `views` sorted by name.
+pub fn checksum_of_views(views: &[(String, TensorView<'_>)]) -> String {
+    checksum(
+        views.iter().map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
+    )
+}
 
 /// Writes `bytes` to the temporary sibling `.<name>.tmp-<pid>`, fsyncs it, renames it over
 /// `path` and fsyncs the folder; the temporary file is removed on failure.
@@ -179,6 +214,27 @@ mod tests {
         assert_ne!(base, sum("w", Dtype::F32, &[1, 1], &[0, 0, 128, 63]));
         assert_ne!(base, sum("w", Dtype::F32, &[1], &[0, 0, 128, 64]));
         assert_eq!(base, sum("w", Dtype::F32, &[1], &[0, 0, 128, 63]));
+    }
+
+    #[test]
+    fn a_checked_file_reads_back_with_its_checksum_and_is_the_same_bytes_every_time() {
+        let tensor = |values: &[f32]| Blob {
+            dtype: Dtype::F32,
+            shape: vec![values.len()],
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let tensors =
+            vec![("b".to_string(), tensor(&[1.0, 2.0])), ("a".to_string(), tensor(&[3.0]))];
+        let metadata: HashMap<String, String> =
+            (0..20).map(|i| (format!("key{i}"), i.to_string())).collect();
+        let bytes = serialize_checked(tensors.clone(), metadata.clone()).unwrap();
+        assert_eq!(serialize_checked(tensors, metadata).unwrap(), bytes);
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut views = file.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        let recorded = header.metadata().as_ref().unwrap()[CHECKSUM_KEY].clone();
+        assert_eq!(checksum_of_views(&views), recorded);
     }
 
     #[test]

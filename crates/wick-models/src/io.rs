@@ -22,13 +22,13 @@ use candle::safetensors::Load;
 use candle::{DType, Tensor};
 use candle_nn::VarMap;
 use safetensors::SafeTensors;
-use wick_io::{Blob, canonical_header, checksum, non_finite};
+use wick_io::{Blob, checksum_of_views, non_finite, serialize_checked};
 
 use crate::layers::Activation;
 use crate::xresnet::{XResNet, XResNetConfig};
 
 /// The metadata key of the tensor-data checksum.
-pub const CHECKSUM_KEY: &str = "wick.sha256";
+pub const CHECKSUM_KEY: &str = wick_io::CHECKSUM_KEY;
 /// The metadata key marking a file written by wick (its value is the format's version).
 pub const FORMAT_KEY: &str = "wick.format";
 const FORMAT: &str = "weights-1";
@@ -185,24 +185,10 @@ pub fn save_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(),
         }
         blobs.push((name, blob));
     }
-    blobs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut metadata: HashMap<String, String> =
         weights_identity(model.config()).into_iter().collect();
     metadata.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
-    metadata.insert(
-        CHECKSUM_KEY.to_string(),
-        checksum(
-            blobs
-                .iter()
-                .map(|(name, blob)| (name.as_str(), blob.dtype, &blob.shape[..], &blob.bytes[..])),
-        ),
-    );
-    let bytes = safetensors::serialize(blobs.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
-        .map_err(|error| WeightsError::Format {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })?;
-    let bytes = canonical_header(bytes)
+    let bytes = serialize_checked(blobs, metadata)
         .map_err(|reason| WeightsError::Format { path: path.to_path_buf(), reason })?;
     write_durably(path, &bytes)
 }
@@ -241,11 +227,7 @@ pub fn load_weights(model: &XResNet, varmap: &VarMap, path: &Path) -> Result<(),
         let recorded = metadata.get(CHECKSUM_KEY).ok_or_else(|| {
             fail_format(format!("written by wick but without its checksum ({CHECKSUM_KEY})"))
         })?;
-        let actual = checksum(
-            views
-                .iter()
-                .map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
-        );
+        let actual = checksum_of_views(&views);
         if &actual != recorded {
             return Err(WeightsError::Checksum {
                 path: path.to_path_buf(),

@@ -43,7 +43,9 @@ use std::sync::Arc;
 use candle::safetensors::Load;
 use candle::{DType, Device, Tensor};
 use safetensors::SafeTensors;
-use wick_io::{Blob, canonical_header, checksum, non_finite, write_durably};
+use wick_io::{
+    Blob, CHECKSUM_KEY, checksum_of_views, non_finite, serialize_checked, write_durably,
+};
 
 use crate::callback::{EventContext, FitPosition};
 use crate::error::TrainError;
@@ -51,8 +53,6 @@ use crate::learner::{Learner, PendingResume};
 use crate::recorder::{BatchRecord, EpochRecord, FitRecord, ValidRecord};
 
 const FORMAT_VERSION: i64 = 2;
-/// The metadata key of the tensor-data checksum.
-const CHECKSUM_KEY: &str = "wick.sha256";
 
 /// State a model keeps outside its `VarMap` that an exact resume needs (for example the
 /// BatchNorm step counter PyTorch calls `num_batches_tracked`).
@@ -148,11 +148,7 @@ impl Checkpoint {
                 )));
             }
         }
-        let actual = checksum(
-            views
-                .iter()
-                .map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
-        );
+        let actual = checksum_of_views(&views);
         match recorded {
             Some(recorded) if recorded == actual => {}
             Some(recorded) => {
@@ -413,19 +409,8 @@ pub fn save_checkpoint(
         }
         blobs.push((name, blob));
     }
-    blobs.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut metadata: HashMap<String, String> = extras.identity.clone().into_iter().collect();
-    metadata.insert(
-        CHECKSUM_KEY.to_string(),
-        checksum(
-            blobs
-                .iter()
-                .map(|(name, blob)| (name.as_str(), blob.dtype, &blob.shape[..], &blob.bytes[..])),
-        ),
-    );
-    let bytes = safetensors::serialize(blobs.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
-        .map_err(|e| fail(e.to_string()))?;
-    let bytes = canonical_header(bytes).map_err(fail)?;
+    let metadata: HashMap<String, String> = extras.identity.clone().into_iter().collect();
+    let bytes = serialize_checked(blobs, metadata).map_err(fail)?;
     write_durably(path, &bytes).map_err(|e| fail(e.to_string()))
 }
 
