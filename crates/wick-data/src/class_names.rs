@@ -17,7 +17,7 @@ const SYNSET_NAMES: [(&str, &str); 20] = [
     ("n03417042", "garbage truck"),
     ("n03425413", "gas pump"),
     ("n03445777", "golf ball"),
-    ("n03888605", "parachute"),
+    ("n03888257", "parachute"),
     // Imagewoof.
     ("n02086240", "Shih-Tzu"),
     ("n02087394", "Rhodesian ridgeback"),
@@ -56,6 +56,21 @@ mod tests {
         assert_eq!(display_name("n01440764"), "tench (n01440764)");
         assert_eq!(readable_name("n03425413"), Some("gas pump"));
         assert_eq!(readable_name("n03445777"), Some("golf ball"));
+        // The ten folder names of imagenette2 (train/ and val/), each with a name.
+        let imagenette = [
+            "n01440764",
+            "n02102040",
+            "n02979186",
+            "n03000684",
+            "n03028079",
+            "n03394916",
+            "n03417042",
+            "n03425413",
+            "n03445777",
+            "n03888257",
+        ];
+        assert!(imagenette.iter().all(|id| readable_name(id).is_some()));
+        assert_eq!(readable_name("n03888257"), Some("parachute"));
         assert_eq!(display_name("chats_tigrés"), "chats_tigrés");
         assert_eq!(display_name("猫"), "猫");
         let ids: std::collections::BTreeSet<_> = SYNSET_NAMES.iter().map(|(id, _)| id).collect();

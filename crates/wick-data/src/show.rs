@@ -168,7 +168,10 @@ pub fn show_batch(
     let mut grid = ImageGrid::new(columns, height.max(width) as u32, 1);
     for (index, label) in labels.iter().enumerate() {
         let values = &images[index * 3 * height * width..(index + 1) * 3 * height * width];
-        let name = vocab.name(*label).unwrap_or("?").to_string();
+        // The readable name of a catalogue class (`tench`, not `n01440764`), else the folder's.
+        let name =
+            vocab.name(*label).map_or("?", |class| crate::readable_name(class).unwrap_or(class));
+        let name = name.to_string();
         grid.push(planar_to_rgb(values, height, width), vec![name]);
     }
     grid.save_png(path)

@@ -226,7 +226,11 @@ pub fn plot_top_losses(
             EvalError::Mismatch(format!("item {} is not in the items", loss.item))
         })?;
         pipeline.load_plain(file, &mut pixels)?;
-        let name = |class: u32| vocab.name(class).unwrap_or("?").to_string();
+        // Readable names of catalogue classes (`gas pump`, not `n03425413`), else the folder's.
+        let name = |class: u32| {
+            let class = vocab.name(class).unwrap_or("?");
+            wick_data::readable_name(class).unwrap_or(class).to_string()
+        };
         grid.push(
             planar_to_rgb(&pixels, tile_size as usize, tile_size as usize),
             vec![
