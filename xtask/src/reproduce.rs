@@ -42,6 +42,8 @@ struct Experiment {
     tta: Option<toml::Table>,
     book_accuracy: Option<f64>,
     book_source: String,
+    /// One sentence on what the experiment does (the recipe's `description`).
+    description: String,
 }
 
 fn experiments(dir: &Path) -> anyhow::Result<Vec<Experiment>> {
@@ -69,6 +71,11 @@ fn experiments(dir: &Path) -> anyhow::Result<Vec<Experiment>> {
             book_accuracy: book.and_then(|b| b.get("accuracy")).and_then(toml::Value::as_float),
             book_source: book
                 .and_then(|b| b.get("source"))
+                .and_then(toml::Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            description: table
+                .get("description")
                 .and_then(toml::Value::as_str)
                 .unwrap_or("")
                 .to_string(),
@@ -378,7 +385,8 @@ fn write_report(
     }
     writeln!(
         md,
-        "\nBook numbers: fastbook's stored notebook outputs (spec §10.1), made on a GPU with xresnet50 at 224 px; \
+        "\nBook numbers: the stored outputs of fastbook's chapter 7 notebook, \"Training a State-of-the-Art Model\" \
+        ([07_sizing_and_tta.ipynb](https://github.com/fastai/fastbook/blob/master/07_sizing_and_tta.ipynb)), made on a GPU with xresnet50 at 224 px; \
         only the `full` profile is comparable with them. Bands come from `recipes/{}/expected.toml` (measured over several seeds).",
         options.chapter
     )?;
@@ -386,6 +394,9 @@ fn write_report(
         let dir = out.join(&experiment.name);
         let Some(result) = read_json(&dir.join("result.json")) else { continue };
         writeln!(md, "\n## {}\n", experiment.name)?;
+        if !experiment.description.is_empty() {
+            writeln!(md, "{}\n", experiment.description)?;
+        }
         if let Some(source) = Some(&experiment.book_source).filter(|s| !s.is_empty()) {
             writeln!(md, "Book: {source}.\n")?;
         }
