@@ -31,8 +31,8 @@ fn valid_loader(
     let root = run_data_root(run_dir, data)?;
     let items = run_dir.read_items("valid.txt", &root)?;
     // The images must be the ones the run recorded (another --data, or files changed since).
-    let fingerprint =
-        crate::run_dir::DataFingerprint::of(&root, &run_dir.read_vocab()?, &[("valid", &items)]);
+    let vocab = run_dir.read_vocab()?;
+    let fingerprint = crate::run_dir::DataFingerprint::of(&root, &vocab, &[("valid", &items)]);
     let skip = recipe.data().bad_files == crate::recipe::BadFiles::Skip;
     if let Some(note) = run_dir.check_valid(&fingerprint, skip)? {
         println!("{note}");
@@ -45,7 +45,7 @@ fn valid_loader(
     if items.is_empty() {
         bail!("none of the run's {} validation images is usable", report.listed);
     }
-    report.set_splits(&run_dir.read_vocab()?, &[("valid", &items)]);
+    report.set_splits(&vocab, &[("valid", &items)]);
     println!("{}", report.summary(5));
     let stage = plan::stage_data(recipe, recipe.stages.len().saturating_sub(1));
     let pipeline = ItemPipeline {
