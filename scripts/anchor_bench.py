@@ -524,13 +524,19 @@ def run_child(case):
     return r
 
 
+def model_case(c):
+    """`train50_128` -> ("xresnet50", 128); only the depths both sides build."""
+    depth, _, size = c[5:].partition("_")
+    if depth not in ("18", "50") or not size.isdigit():
+        raise SystemExit(f"unknown case {c!r}: expected train|infer + 18|50 + _<size>")
+    return f"xresnet{depth}", int(size)
+
+
 def run_case(c, args):
     if c.startswith("train"):
-        arch = "xresnet50" if c[5:7] == "50" else "xresnet18"
-        return bench_train(arch, int(c.split("_")[1]), args)
+        return bench_train(*model_case(c), args)
     if c.startswith("infer"):
-        arch = "xresnet50" if c[5:7] == "50" else "xresnet18"
-        return bench_infer(arch, int(c.split("_")[1]), args)
+        return bench_infer(*model_case(c), args)
     if c.startswith("jpeg_"):
         return bench_jpeg(c[5:], args)
     raise SystemExit(f"unknown case {c!r}; known: {','.join(ALL_CASES)}")

@@ -1,6 +1,6 @@
 //! `cargo xtask bench <suite>`: runs wick's benchmark binaries (release profile, via
 //! `cargo bench`) and, in the same command, the Python reference stack
-//! (`../shared/bench/anchor_bench.py` or the suite's own torch script), then prints one table
+//! (`scripts/anchor_bench.py`, wick's copy of `../shared/bench/anchor_bench.py`, or the suite's own torch script), then prints one table
 //! with the ratios and writes it into `docs/performance.md` between the suite's markers.
 //! Ratios are only ever computed between numbers measured in this one run.
 
@@ -16,7 +16,7 @@ use serde_json::Value;
 pub(crate) struct BenchOptions {
     /// Python with torch/torchvision/fastai/Pillow; `None` skips the reference side.
     pub(crate) python: Option<PathBuf>,
-    /// `../shared/bench/anchor_bench.py`.
+    /// `scripts/anchor_bench.py` (wick's copy of `../shared/bench/anchor_bench.py`).
     pub(crate) anchor: PathBuf,
     /// Imagenette folder for the data suite.
     pub(crate) data: PathBuf,
@@ -282,22 +282,82 @@ pub(crate) fn nn(root: &Path, options: &BenchOptions, quick: bool) -> anyhow::Re
     Ok(table)
 }
 
-/// The models suite: xresnet train steps and inference, wick beside PyTorch + the reference
-/// xresnet (`anchor_bench.py`), each case in its own process so peak memory is its own.
-pub(crate) fn models(root: &Path, options: &BenchOptions, steps: usize) -> anyhow::Result<String> {
-    let cases = [
-        "train50_128",
-        "train50_224",
-        "train18_64",
-        "train18_128",
-        "infer50_128",
-        "infer50_224",
-        "infer18_64",
-        "infer18_128",
-    ];
-    let steps_text = steps.to_string();
-    let mut wick: BTreeMap<String, Value> = BTreeMap::new();
-    let mut ops: Vec<Value> = Vec::new();
+/// What `cargo xtask bench models` measures.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelsOptions {
+    /// `train<depth>_<size>` / `infer<depth>_<size>`.
+    pub(crate) cases: Vec<String>,
+    pub(crate) batches: Vec<usize>,
+    /// Timed steps per process.
+    pub(crate) steps: usize,
+    /// Untimed steps per process before them.
+    pub(crate) warmup: usize,
+    /// Times each (case, batch) runs on each side, alternating wick and PyTorch.
+    pub(crate) rounds: usize,
+    /// Skip (case, batch) pairs whose images × pixels exceed this (memory).
+    pub(crate) max_batch_pixels: usize,
+    /// Also one separate profiled step of this case (batch 32), by kernel.
+    pub(crate) profile: Option<String>,
+}
+
+/// The step times of one (case, batch) on one side, over every round.
+#[derive(Debug, Default, Clone)]
+struct Side {
+    times: Vec<f64>,
+    peak_mb: Option<f64>,
+}
+
+impl Side {
+    fn add(&mut self, times: &[f64], peak_mb: Option<f64>) {
+        self.times.extend_from_slice(times);
+        self.peak_mb = match (self.peak_mb, peak_mb) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// (median, first quartile, third quartile) of the step times, in images/s for `batch`.
+    fn rates(&self, batch: usize) -> Option<(f64, f64, f64)> {
+        let mut times = self.times.clone();
+        if times.is_empty() {
+            return None;
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let position = q * (times.len() - 1) as f64;
+            let (low, high) = (position.floor() as usize, position.ceil() as usize);
+            times[low] + (times[high] - times[low]) * (position - low as f64)
+        };
+        let rate = |t: f64| batch as f64 / t;
+        // A slower quartile of times is a lower rate.
+        Some((rate(at(0.5)), rate(at(0.75)), rate(at(0.25))))
+    }
+}
+
+fn step_times(line: &Value) -> Vec<f64> {
+    line["step_times_s"]
+        .as_array()
+        .map(|times| times.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+fn case_pixels(case: &str) -> Option<usize> {
+    case.rsplit_once('_').and_then(|(_, size)| size.parse::<usize>().ok()).map(|s| s * s)
+}
+
+/// The models suite: xresnet training steps (forward, loss, backward, Adam) and inference,
+/// wick beside PyTorch running the same architecture (`anchor_bench.py`). Every (case, batch)
+/// runs `rounds` times on each side in its own process, wick and PyTorch alternating (A B A
+/// B), so drift of a shared machine falls on both; each process warms up, then times `steps`
+/// steps; the table gives the median and the interquartile range of all timed steps and each
+/// side's peak resident memory. The per-kernel profile is a separate, untimed run.
+pub(crate) fn models(
+    root: &Path,
+    options: &BenchOptions,
+    models: &ModelsOptions,
+) -> anyhow::Result<String> {
+    let steps = models.steps.to_string();
+    let warmup = models.warmup.to_string();
     // Build once, then one process per case.
     json_lines(cargo().current_dir(root).args([
         "bench",
@@ -308,8 +368,96 @@ pub(crate) fn models(root: &Path, options: &BenchOptions, steps: usize) -> anyho
         "models",
         "--no-run",
     ]))?;
-    for case in cases {
-        let mut args = vec![
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for case in &models.cases {
+        let pixels = case_pixels(case).with_context(|| {
+            format!("case {case}: expected train<depth>_<size> or infer<depth>_<size>")
+        })?;
+        for &batch in &models.batches {
+            if batch * pixels > models.max_batch_pixels {
+                skipped.push(format!("{case} at batch {batch}"));
+            } else {
+                runs.push((case.clone(), batch));
+            }
+        }
+    }
+    let mut wick: BTreeMap<(String, usize), Side> = BTreeMap::new();
+    let mut torch: BTreeMap<(String, usize), Side> = BTreeMap::new();
+    for round in 0..models.rounds {
+        for (case, batch) in &runs {
+            eprintln!("round {}/{}: {case} batch {batch}", round + 1, models.rounds);
+            let batch_text = batch.to_string();
+            let lines = json_lines(cargo().current_dir(root).args([
+                "bench",
+                "--quiet",
+                "-p",
+                "wick-train",
+                "--bench",
+                "models",
+                "--",
+                "--case",
+                case,
+                "--batch",
+                &batch_text,
+                "--steps",
+                &steps,
+                "--warmup",
+                &warmup,
+            ]))?;
+            for line in lines.iter().filter(|l| l["bench"] == "models") {
+                wick.entry((case.clone(), *batch))
+                    .or_default()
+                    .add(&step_times(line), line["peak_rss_mb"].as_f64());
+            }
+            if let Some(python) = &options.python {
+                let (times, peak) =
+                    anchor_case(python, &options.anchor, case, *batch, &steps, &warmup)?;
+                torch.entry((case.clone(), *batch)).or_default().add(&times, peak);
+            }
+        }
+    }
+    let mut table = format!(
+        "Each side: {} process(es) per row, alternating wick and PyTorch, {} warm-up + {} timed steps each; \
+         images/s of the median step, [interquartile range]. A training step is forward, \
+         cross-entropy, backward and Adam (fastai's defaults) on both sides.\n\n\
+         | case | batch | wick img/s | PyTorch img/s | wick/PyTorch | wick peak MB | PyTorch peak MB |\n|---|---|---|---|---|---|---|\n",
+        models.rounds, models.warmup, models.steps
+    );
+    let dash = || "–".to_string();
+    for (case, batch) in &runs {
+        let key = (case.clone(), *batch);
+        let w = wick.get(&key).and_then(|side| side.rates(*batch));
+        let t = torch.get(&key).and_then(|side| side.rates(*batch));
+        let cell = |rates: Option<(f64, f64, f64)>| {
+            rates.map(|(m, lo, hi)| format!("{m:.2} [{lo:.2}–{hi:.2}]")).unwrap_or_else(dash)
+        };
+        let ratio = match (w, t) {
+            (Some((w, ..)), Some((t, ..))) => format!("{:.2}x", w / t),
+            _ => dash(),
+        };
+        let peak = |map: &BTreeMap<(String, usize), Side>| {
+            map.get(&key)
+                .and_then(|side| side.peak_mb)
+                .map(|p| format!("{p:.0}"))
+                .unwrap_or_else(dash)
+        };
+        table.push_str(&format!(
+            "| {case} | {batch} | {} | {} | {ratio} | {} | {} |\n",
+            cell(w),
+            cell(t),
+            peak(&wick),
+            peak(&torch)
+        ));
+    }
+    if !skipped.is_empty() {
+        table.push_str(&format!(
+            "\nNot run (over --max-batch-pixels, memory): {}.\n",
+            skipped.join(", ")
+        ));
+    }
+    if let Some(case) = &models.profile {
+        let lines = json_lines(cargo().current_dir(root).args([
             "bench",
             "--quiet",
             "-p",
@@ -319,87 +467,15 @@ pub(crate) fn models(root: &Path, options: &BenchOptions, steps: usize) -> anyho
             "--",
             "--case",
             case,
-            "--steps",
-            &steps_text,
-        ];
-        if case == "train50_128" {
-            args.push("--profile");
-        }
-        for line in json_lines(cargo().current_dir(root).args(&args))? {
-            match line["bench"].as_str() {
-                Some("models") => {
-                    wick.insert(case.to_string(), line);
-                }
-                Some("models-ops") => ops.push(line),
-                _ => {}
-            }
-        }
-    }
-    // The anchor's cases (it has no train18_64 / infer50_128 / infer18_*).
-    let mut torch: BTreeMap<String, (f64, Option<f64>)> = BTreeMap::new();
-    if let Some(python) = &options.python {
-        for (case, anchor_case) in [
-            ("train50_128", "train50_128"),
-            ("train50_224", "train50_224"),
-            ("train18_128", "train18_128"),
-            ("infer50_224", "infer50_224"),
-            ("train50_64", "train50_64"),
-        ] {
-            let mut command = Command::new("/usr/bin/time");
-            command.args(["-f", "peak_rss_kb=%M"]).arg(python).arg(&options.anchor).args([
-                "--cases",
-                anchor_case,
-                "--no-isolate",
-                "--no-env",
-                "--steps",
-                &steps_text,
-            ]);
-            let output = command
-                .stderr(std::process::Stdio::piped())
-                .output()
-                .with_context(|| format!("running {command:?}"))?;
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let peak = stderr
-                .lines()
-                .find_map(|l| l.strip_prefix("peak_rss_kb="))
-                .and_then(|kb| kb.trim().parse::<f64>().ok())
-                .map(|kb| kb / 1024.0);
-            for line in stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
-                if let Some(rate) = line["images_per_s"].as_f64() {
-                    torch.insert(case.to_string(), (rate, peak));
-                }
-            }
-        }
-    }
-    let mut table = String::from(
-        "| case | wick img/s (fwd+bwd) | wick img/s (+Adam step) | PyTorch img/s (+Adam step) | wick/PyTorch | wick peak MB | PyTorch peak MB |\n|---|---|---|---|---|---|---|\n",
-    );
-    for case in cases {
-        let Some(line) = wick.get(case) else { continue };
-        let train = case.starts_with("train");
-        let fwdbwd = line["images_per_s"].as_f64().unwrap_or(f64::NAN);
-        let with_adam = if train { line["with_adam_images_per_s"].as_f64() } else { None };
-        let comparable = if train { with_adam } else { Some(fwdbwd) };
-        let reference = torch.get(case);
-        let ratio = match (comparable, reference) {
-            (Some(w), Some((t, _))) => format!("{:.2}x", w / t),
-            _ => "–".to_string(),
-        };
+            "--warmup",
+            &warmup,
+            "--profile",
+        ]))?;
         table.push_str(&format!(
-            "| {case} | {fwdbwd:.2} | {} | {} | {ratio} | {:.0} | {} |\n",
-            with_adam.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".to_string()),
-            reference.map(|(t, _)| format!("{t:.2}")).unwrap_or_else(|| "–".to_string()),
-            line["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-            reference
-                .and_then(|(_, p)| *p)
-                .map(|p| format!("{p:.0}"))
-                .unwrap_or_else(|| "–".to_string()),
+            "\nOne training step of {case}, batch 32, by wick-nn kernel, from a separate profiled \
+             run (the profiler's own cost is in it; it is not timed above):\n\n| op | ms | calls |\n|---|---|---|\n"
         ));
-    }
-    if !ops.is_empty() {
-        table.push_str("\nOne training step of xresnet50 at 128 px, batch 32, by wick-nn kernel (wall clock; kernels run on both cores):\n\n| op | ms | calls |\n|---|---|---|\n");
-        for op in &ops {
+        for op in lines.iter().filter(|l| l["bench"] == "models-ops") {
             table.push_str(&format!(
                 "| {} | {:.1} | {} |\n",
                 op["op"].as_str().unwrap_or("?"),
@@ -409,4 +485,56 @@ pub(crate) fn models(root: &Path, options: &BenchOptions, steps: usize) -> anyho
         }
     }
     Ok(table)
+}
+
+/// One case of the PyTorch reference in its own process: its timed step times and its peak
+/// resident memory in MB (from `/usr/bin/time`, so the interpreter and torch's libraries are
+/// in it, as they are in a user's process).
+fn anchor_case(
+    python: &Path,
+    anchor: &Path,
+    case: &str,
+    batch: usize,
+    steps: &str,
+    warmup: &str,
+) -> anyhow::Result<(Vec<f64>, Option<f64>)> {
+    let mut command = Command::new("/usr/bin/time");
+    command.args(["-f", "peak_rss_kb=%M"]).arg(python).arg(anchor).args([
+        "--cases",
+        case,
+        "--no-isolate",
+        "--no-env",
+        "--bs",
+        &batch.to_string(),
+        "--steps",
+        steps,
+        "--min-steps",
+        steps,
+        "--warmup",
+        warmup,
+        "--budget",
+        "1e9",
+    ]);
+    eprintln!("$ {command:?}");
+    let output = command
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("{command:?} failed with {}:\n{stderr}", output.status);
+    }
+    let peak = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kb="))
+        .and_then(|kb| kb.trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let times = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|line| line["images_per_s"].is_number())
+        .map(|line| step_times(&line))
+        .with_context(|| format!("{command:?} printed no case result"))?;
+    Ok((times, peak))
 }

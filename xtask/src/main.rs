@@ -92,8 +92,8 @@ enum Task {
         /// Skip the Python reference.
         #[arg(long)]
         no_python: bool,
-        /// The reference script.
-        #[arg(long, default_value = "../shared/bench/anchor_bench.py")]
+        /// The reference script (wick's copy of ../shared/bench/anchor_bench.py).
+        #[arg(long, default_value = "scripts/anchor_bench.py")]
         anchor: PathBuf,
         /// Images per source (data suite).
         #[arg(long, default_value_t = 300)]
@@ -104,9 +104,33 @@ enum Task {
         /// Fewer shapes (nn suite).
         #[arg(long)]
         quick: bool,
-        /// Timed steps per case (models suite).
+        /// Timed steps per process (models suite).
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// Untimed warm-up steps per process (models suite).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Processes per (case, batch) on each side, wick and PyTorch alternating (models suite).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Cases, comma-separated (models suite): train<18|50>_<size>, infer<18|50>_<size>.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "train18_64,train18_128,train50_64,train50_128,train50_224,infer18_128,infer50_224"
+        )]
+        cases: Vec<String>,
+        /// Batch sizes, comma-separated (models suite): the recipes train at 32, 64 and 128.
+        #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
+        batches: Vec<usize>,
+        /// Skip (case, batch) pairs above this many batch × pixels (models suite; the default
+        /// keeps xresnet50 at 224 px to batch 64 within 24 GiB).
+        #[arg(long, default_value_t = 64 * 224 * 224)]
+        max_batch_pixels: usize,
+        /// Also profile one step of this case by kernel, in a separate untimed run (models
+        /// suite).
+        #[arg(long)]
+        profile: Option<String>,
     },
 }
 
@@ -167,7 +191,23 @@ fn run(task: Task) -> anyhow::Result<()> {
             };
             determinism::determinism(&project_root(), &options)
         }
-        Task::Bench { suite, data, python, no_python, anchor, count, no_write, quick, steps } => {
+        Task::Bench {
+            suite,
+            data,
+            python,
+            no_python,
+            anchor,
+            count,
+            no_write,
+            quick,
+            steps,
+            warmup,
+            rounds,
+            cases,
+            batches,
+            max_batch_pixels,
+            profile,
+        } => {
             let root = project_root();
             let python =
                 if no_python { None } else { python.or_else(|| bench::find_python(&root)) };
@@ -184,7 +224,18 @@ fn run(task: Task) -> anyhow::Result<()> {
             let (name, table) = match suite {
                 BenchSuite::Data => ("data", bench::data(&root, &options)?),
                 BenchSuite::Nn => ("nn", bench::nn(&root, &options, quick)?),
-                BenchSuite::Models => ("models", bench::models(&root, &options, steps)?),
+                BenchSuite::Models => {
+                    let models = bench::ModelsOptions {
+                        cases,
+                        batches,
+                        steps,
+                        warmup,
+                        rounds,
+                        max_batch_pixels,
+                        profile,
+                    };
+                    ("models", bench::models(&root, &options, &models)?)
+                }
             };
             let body = format!("{}{table}", bench::provenance(&options, options.python.is_some()));
             println!("{body}");

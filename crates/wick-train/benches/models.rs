@@ -1,14 +1,18 @@
-//! `cargo bench -p wick-train --bench models -- --case NAME [--steps N] [--profile]`: the
-//! throughput of one xresnet case, for `cargo xtask bench models` to put beside PyTorch
-//! running the same architecture (`../shared/bench/anchor_bench.py`). One case per process, so
-//! the peak resident memory it reports (`VmHWM`) is the case's own.
+//! `cargo bench -p wick-train --bench models -- --case NAME [--batch B] [--steps N] [--warmup W]
+//! [--profile]`: the throughput of one xresnet case, for `cargo xtask bench models` to put
+//! beside PyTorch running the same architecture (`scripts/anchor_bench.py`), alternating the
+//! two process by process. One case per process, so the peak resident memory it reports
+//! (`VmHWM`) is the case's own.
 //!
-//! Cases (batch 32, n_out 10, f32, random inputs from a seeded generator):
-//! `train50_128`, `train50_224`, `train18_64`, `train18_128` — a training step: forward in
-//! train mode, cross-entropy, backward, and (reported separately) fastai's Adam step;
-//! `infer50_128`, `infer50_224`, `infer18_64`, `infer18_128` — an eval-mode forward.
-//! The median over the timed steps after one warm-up step. `--profile` also prints the time
-//! of each wick-nn kernel in the last step (`"bench":"models-ops"` lines).
+//! Cases (batch `B`, default 32; n_out 10, f32, random inputs from a seeded generator):
+//! `train<depth>_<size>` — a training step as PyTorch's bench times it: forward in train mode,
+//! cross-entropy, backward and fastai's Adam step, all inside the timed interval;
+//! `infer<depth>_<size>` — an eval-mode forward. `W` untimed warm-up steps (default 1), then
+//! `N` timed ones (default 5): one JSON line with every step time, the median, min and max.
+//!
+//! `--profile` is a different run: after the warm-up it times ONE step with wick-nn's per-op
+//! profiler on and prints only `"bench":"models-ops"` lines (the profiler's own cost makes that
+//! step slower, so it never yields a throughput).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -23,23 +27,26 @@ use wick_train::{Adam, AdamConfig, Optimizer, cross_entropy, optim_params, train
 
 fn main() {
     let mut case = None;
-    let mut steps = 5usize;
+    let (mut batch, mut steps, mut warmup) = (32usize, 5usize, 1usize);
     let mut profile = false;
     let mut args = std::env::args().skip(1);
+    let number = |value: Option<String>, flag: &str| -> usize {
+        value.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"))
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--case" => case = args.next(),
-            "--steps" => {
-                steps = args.next().and_then(|n| n.parse().ok()).expect("--steps needs a number")
-            }
+            "--batch" => batch = number(args.next(), "--batch"),
+            "--steps" => steps = number(args.next(), "--steps"),
+            "--warmup" => warmup = number(args.next(), "--warmup"),
             "--profile" => profile = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
+    assert!(batch > 0 && steps > 0, "--batch and --steps must be at least 1");
     let case = case.expect("--case NAME (train50_128, infer18_64, ...)");
     let (train, depth, size) = parse_case(&case).unwrap_or_else(|| panic!("unknown case {case}"));
-    let batch = 32;
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let model = xresnet(
@@ -58,63 +65,66 @@ fn main() {
         Adam::new(optim_params(trainable_params(&varmap)), AdamConfig::fastai_defaults(1e-3))
             .expect("adam");
 
-    let mut forward_backward = Vec::new();
-    let mut optimizer_steps = Vec::new();
-    for step in 0..=steps {
-        let last = step == steps;
-        wick_nn::profile::set_enabled(profile && last);
+    // One step; returns (whole step, forward + backward) seconds.
+    let mut step = || -> (f64, f64) {
         let start = Instant::now();
         if train {
             let loss =
                 cross_entropy(&model.forward_t(&xs, true).expect("forward"), &ys).expect("loss");
             let grads = loss.backward().expect("backward");
-            let middle = Instant::now();
+            let middle = start.elapsed().as_secs_f64();
             optimizer.step(&grads).expect("adam step");
-            if step > 0 {
-                forward_backward.push((middle - start).as_secs_f64());
-                optimizer_steps.push(middle.elapsed().as_secs_f64());
-            }
+            (start.elapsed().as_secs_f64(), middle)
         } else {
-            let logits = model.forward_t(&xs, false).expect("forward").detach();
-            std::hint::black_box(logits);
-            if step > 0 {
-                forward_backward.push(start.elapsed().as_secs_f64());
-            }
+            std::hint::black_box(model.forward_t(&xs, false).expect("forward").detach());
+            let all = start.elapsed().as_secs_f64();
+            (all, all)
         }
-        if profile && last {
-            let total = forward_backward.last().copied().unwrap_or(0.0);
-            let mut measured = 0.0;
-            for op in wick_nn::profile::take() {
-                measured += op.seconds;
-                println!(
-                    "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"op\":\"{}\",\"ms\":{:.1},\"calls\":{}}}",
-                    op.op,
-                    op.seconds * 1000.0,
-                    op.calls
-                );
-            }
-            println!(
-                "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"op\":\"other (candle ops: head, mean, adds, autograd bookkeeping)\",\"ms\":{:.1},\"calls\":1}}",
-                (total - measured) * 1000.0
-            );
-            if train {
-                println!(
-                    "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"op\":\"fastai Adam step (fused)\",\"ms\":{:.1},\"calls\":1}}",
-                    optimizer_steps.last().copied().unwrap_or(0.0) * 1000.0
-                );
-            }
-        }
+    };
+    for _ in 0..warmup {
+        step();
     }
+    if profile {
+        wick_nn::profile::set_enabled(true);
+        let (total, forward_backward) = step();
+        wick_nn::profile::set_enabled(false);
+        let mut measured = 0.0;
+        for op in wick_nn::profile::take() {
+            measured += op.seconds;
+            println!(
+                "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"{}\",\"ms\":{:.1},\"calls\":{}}}",
+                op.op,
+                op.seconds * 1000.0,
+                op.calls
+            );
+        }
+        println!(
+            "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"other (candle ops: head, mean, adds, autograd bookkeeping)\",\"ms\":{:.1},\"calls\":1}}",
+            (forward_backward - measured) * 1000.0
+        );
+        if train {
+            println!(
+                "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"fastai Adam step (fused)\",\"ms\":{:.1},\"calls\":1}}",
+                (total - forward_backward) * 1000.0
+            );
+        }
+        return;
+    }
+    let (mut times, mut forward_backward): (Vec<f64>, Vec<f64>) =
+        (0..steps).map(|_| step()).unzip();
+    let step_list = times.iter().map(|t| format!("{t:.4}")).collect::<Vec<_>>().join(",");
     let median = |times: &mut Vec<f64>| -> f64 {
         times.sort_by(f64::total_cmp);
-        times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
+        let n = times.len();
+        if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 }
     };
-    let step_median = median(&mut forward_backward);
-    let adam_median = if optimizer_steps.is_empty() { 0.0 } else { median(&mut optimizer_steps) };
+    let step_median = median(&mut times);
+    let forward_backward_median = median(&mut forward_backward);
     println!(
-        "{{\"bench\":\"models\",\"impl\":\"wick\",\"case\":\"{case}\",\"batch\":{batch},\"steps\":{steps},\"median_s\":{step_median:.4},\"images_per_s\":{:.2},\"adam_s\":{adam_median:.4},\"with_adam_images_per_s\":{:.2},\"peak_rss_mb\":{:.0}}}",
+        "{{\"bench\":\"models\",\"impl\":\"wick\",\"case\":\"{case}\",\"batch\":{batch},\"warmup\":{warmup},\"steps\":{steps},\"step_times_s\":[{step_list}],\"median_s\":{step_median:.4},\"min_s\":{:.4},\"max_s\":{:.4},\"images_per_s\":{:.2},\"forward_backward_median_s\":{forward_backward_median:.4},\"peak_rss_mb\":{:.0}}}",
+        times[0],
+        times[times.len() - 1],
         batch as f64 / step_median,
-        batch as f64 / (step_median + adam_median),
         peak_rss_mb()
     );
 }
