@@ -39,7 +39,6 @@ struct Experiment {
     recipe: PathBuf,
     /// `from = "..."`: an evaluation of another experiment's model (TTA).
     from: Option<String>,
-    tta: Option<toml::Table>,
     book_accuracy: Option<f64>,
     book_source: String,
     /// One sentence on what the experiment does (the recipe's `description`).
@@ -67,7 +66,6 @@ fn experiments(dir: &Path) -> anyhow::Result<Vec<Experiment>> {
         found.push(Experiment {
             name,
             from: table.get("from").and_then(toml::Value::as_str).map(str::to_string),
-            tta: table.get("tta").and_then(toml::Value::as_table).cloned(),
             book_accuracy: book.and_then(|b| b.get("accuracy")).and_then(toml::Value::as_float),
             book_source: book
                 .and_then(|b| b.get("source"))
@@ -143,7 +141,7 @@ pub(crate) fn reproduce(root: &Path, options: &ReproduceOptions) -> anyhow::Resu
         eprintln!("== {}", experiment.name);
         let status = match &experiment.from {
             Some(from) => {
-                let tta = experiment.tta.clone().unwrap_or_default();
+                // `wick tta` reads the recipe's [tta] section itself.
                 let mut command = Command::new(&wick);
                 command
                     .arg("tta")
@@ -151,17 +149,10 @@ pub(crate) fn reproduce(root: &Path, options: &ReproduceOptions) -> anyhow::Resu
                     .arg(out.join(from))
                     .arg("--out")
                     .arg(&dir)
+                    .arg("--recipe")
+                    .arg(&experiment.recipe)
                     .arg("--device")
                     .arg(&options.device);
-                if let Some(n) = tta.get("n").and_then(toml::Value::as_integer) {
-                    command.arg("--n").arg(n.to_string());
-                }
-                if let Some(beta) = tta.get("beta").and_then(toml::Value::as_float) {
-                    command.arg("--beta").arg(beta.to_string());
-                }
-                if tta.get("use_max").and_then(toml::Value::as_bool) == Some(true) {
-                    command.arg("--use-max");
-                }
                 run(&mut command)?
             }
             None => {

@@ -140,16 +140,51 @@ pub(crate) struct TtaArgs {
     pub(crate) out: Option<PathBuf>,
     pub(crate) data: Option<String>,
     pub(crate) device: String,
-    pub(crate) n: usize,
-    pub(crate) beta: f64,
+    /// A recipe whose `[tta]` section gives the settings the flags leave unset.
+    pub(crate) recipe: Option<PathBuf>,
+    pub(crate) n: Option<usize>,
+    pub(crate) beta: Option<f64>,
+    /// `true` forces the max blend; `false` leaves it to the recipe.
     pub(crate) use_max: bool,
+}
+
+/// The TTA settings: each from the flag if given, else the recipe's `[tta]`, else fastai's
+/// default (`TtaConfig::default()`: n 4, beta 0.25, no max).
+///
+/// # Errors
+/// A `--recipe` that does not load or has no `[tta]` section; a beta outside [0, 1].
+fn tta_config(args: &TtaArgs) -> anyhow::Result<TtaConfig> {
+    let section = match &args.recipe {
+        Some(path) => {
+            let (recipe, _) = crate::recipe::load(path, "full")?;
+            Some(recipe.tta.with_context(|| {
+                format!("{}: no [tta] section (n, beta, use_max) to run", path.display())
+            })?)
+        }
+        None => None,
+    };
+    let defaults = TtaConfig::default();
+    let default_beta = match defaults.blend {
+        Blend::Lerp { beta } => beta,
+        Blend::Max => unreachable!("fastai's default blend is the lerp"),
+    };
+    let n = args.n.or(section.as_ref().and_then(|s| s.n)).unwrap_or(defaults.n);
+    let beta = args.beta.or(section.as_ref().and_then(|s| s.beta)).unwrap_or(default_beta);
+    crate::recipe::check_beta(beta).context(if args.beta.is_some() {
+        "--beta"
+    } else {
+        "tta.beta"
+    })?;
+    let use_max = args.use_max || section.as_ref().and_then(|s| s.use_max).unwrap_or(false);
+    let blend = if use_max { Blend::Max } else { Blend::Lerp { beta } };
+    Ok(TtaConfig { n, blend, ..defaults })
 }
 
 /// `wick tta --run DIR`: fastai's `learn.tta()` on a finished run's validation images; writes
 /// `result.json` (TTA and plain accuracy) into `--out` (default: the run itself, as
 /// `tta.json`).
 pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
-    crate::recipe::check_beta(args.beta).context("--beta")?;
+    let config = tta_config(args)?;
     let device = plan::device(&args.device)?;
     let run_dir = RunDir::open(&args.run)?;
     // The folder tta writes into is locked; --out must not hold another run's files.
@@ -163,15 +198,13 @@ pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
     let _lock = out_dir.as_ref().unwrap_or(&run_dir).lock("tta")?;
     let (recipe, model, _) = load_run(&run_dir, &device)?;
     let (loader, mut report) = valid_loader(&run_dir, &recipe, args.data.as_deref(), &device)?;
-    let blend = if args.use_max { Blend::Max } else { Blend::Lerp { beta: args.beta } };
     let started = std::time::Instant::now();
-    let (blended, plain) =
-        tta(&model, &loader, &TtaConfig { n: args.n, blend, ..TtaConfig::default() })?;
+    let (blended, plain) = tta(&model, &loader, &config)?;
     let (tta_accuracy, plain_accuracy) = (accuracy(&blended)?, accuracy(&plain)?);
     println!(
         "{}: TTA accuracy {tta_accuracy:.4} (plain {plain_accuracy:.4}), {} passes + 1 plain over {} images",
         recipe.name,
-        args.n,
+        config.n,
         plain.targets.len()
     );
     let result = json!({
@@ -179,9 +212,9 @@ pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
         "from": args.run.display().to_string(),
         "accuracy": tta_accuracy,
         "plain_accuracy": plain_accuracy,
-        "n": args.n,
-        "beta": args.beta,
-        "use_max": args.use_max,
+        "n": config.n,
+        "beta": match config.blend { Blend::Lerp { beta } => json!(beta), Blend::Max => json!(null) },
+        "use_max": config.blend == Blend::Max,
         "n_images": plain.targets.len(),
         "skipped": skipped_json(&mut report, &loader),
         "seconds": started.elapsed().as_secs_f64(),
@@ -401,4 +434,68 @@ pub(crate) fn lr_find(
         run_dir.path("lr_find.png").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(
+        recipe: Option<PathBuf>,
+        n: Option<usize>,
+        beta: Option<f64>,
+        use_max: bool,
+    ) -> TtaArgs {
+        TtaArgs {
+            run: PathBuf::from("run"),
+            out: None,
+            data: None,
+            device: "cpu".to_string(),
+            recipe,
+            n,
+            beta,
+            use_max,
+        }
+    }
+
+    fn recipe(dir: &Path, tta: &str) -> PathBuf {
+        let path = dir.join("tta.toml");
+        std::fs::write(&path, format!("name = \"tta\"\nfrom = \"progressive\"\n{tta}")).unwrap();
+        path
+    }
+
+    #[test]
+    fn tta_settings_come_from_flags_then_the_recipe_then_fastai() {
+        let dir = tempfile::tempdir().unwrap();
+        // Neither: fastai's tta(n=4, beta=0.25, use_max=False).
+        let config = tta_config(&args(None, None, None, false)).unwrap();
+        assert_eq!((config.n, config.blend), (4, Blend::Lerp { beta: 0.25 }));
+        // The recipe's [tta] (the chapter's recipes/chapter7/tta.toml reads like this).
+        let path = recipe(dir.path(), "[tta]\nn = 8\nbeta = 0.5\n");
+        let config = tta_config(&args(Some(path.clone()), None, None, false)).unwrap();
+        assert_eq!((config.n, config.blend), (8, Blend::Lerp { beta: 0.5 }));
+        // A flag wins over the recipe, the rest still comes from it.
+        let config = tta_config(&args(Some(path), Some(2), None, false)).unwrap();
+        assert_eq!((config.n, config.blend), (2, Blend::Lerp { beta: 0.5 }));
+        // use_max from the recipe; n unset there falls back to fastai's.
+        let path = recipe(dir.path(), "[tta]\nuse_max = true\n");
+        let config = tta_config(&args(Some(path), None, None, false)).unwrap();
+        assert_eq!((config.n, config.blend), (4, Blend::Max));
+    }
+
+    #[test]
+    fn tta_settings_refuse_a_bad_beta_and_a_recipe_without_tta() {
+        let error = tta_config(&args(None, None, Some(1.5), false)).unwrap_err();
+        assert!(format!("{error:#}").contains("--beta"), "{error:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baseline.toml");
+        std::fs::write(
+            &path,
+            "name = \"b\"\n[data]\nsplit = \"random\"\nitem_size = 8\nsize = 8\nbatch_size = 2\n\
+             [model]\narch = \"xresnet18\"\nn_out = \"classes\"\n[[stage]]\nfit = { kind = \"one_cycle\", epochs = 1, lr_max = 1e-3 }\n",
+        )
+        .unwrap();
+        let error = tta_config(&args(Some(path), None, None, false)).unwrap_err();
+        assert!(format!("{error:#}").contains("no [tta] section"), "{error:#}");
+    }
 }

@@ -100,13 +100,17 @@ enum Command {
         data: Option<String>,
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Augmented passes.
-        #[arg(long, default_value_t = 4)]
-        n: usize,
-        /// Weight of the plain pass.
-        #[arg(long, default_value_t = 0.25)]
-        beta: f64,
-        /// Element-wise max instead of the blend.
+        /// A TTA recipe (e.g. recipes/chapter7/tta.toml): its [tta] section sets n, beta and
+        /// use_max; the flags below override it; unset values are fastai's (n 4, beta 0.25).
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        /// Augmented passes [default: the recipe's, else 4].
+        #[arg(long)]
+        n: Option<usize>,
+        /// Weight of the plain pass [default: the recipe's, else 0.25].
+        #[arg(long)]
+        beta: Option<f64>,
+        /// Element-wise max instead of the blend [default: the recipe's, else off].
         #[arg(long)]
         use_max: bool,
     },
@@ -304,8 +308,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval { run, data, device } => {
             eval::eval(&run, data.as_deref(), &device).map(|()| ExitCode::SUCCESS)
         }
-        Command::Tta { run, out, data, device, n, beta, use_max } => {
-            eval::run_tta(&eval::TtaArgs { run, out, data, device, n, beta, use_max })
+        Command::Tta { run, out, data, device, recipe, n, beta, use_max } => {
+            eval::run_tta(&eval::TtaArgs { run, out, data, device, recipe, n, beta, use_max })
                 .map(|()| ExitCode::SUCCESS)
         }
         Command::LrFind { recipe, data, out, profile, device } => {

@@ -323,19 +323,12 @@ pub(crate) enum Fit {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TtaSection {
-    #[serde(default = "default_tta_n")]
-    pub(crate) n: usize,
-    #[serde(default = "default_beta")]
-    pub(crate) beta: f64,
-    #[serde(default)]
-    pub(crate) use_max: bool,
-}
-
-fn default_tta_n() -> usize {
-    4
-}
-fn default_beta() -> f64 {
-    0.25
+    /// Augmented passes (unset: fastai's 4, from `wick_eval::TtaConfig::default()`).
+    pub(crate) n: Option<usize>,
+    /// The plain pass's weight (unset: fastai's 0.25).
+    pub(crate) beta: Option<f64>,
+    /// Element-wise max instead of the blend (unset: false).
+    pub(crate) use_max: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -501,8 +494,8 @@ fn validate(recipe: &Recipe) -> anyhow::Result<()> {
     for (index, stage) in recipe.stages.iter().enumerate() {
         validate_stage(index, stage)?;
     }
-    if let Some(tta) = &recipe.tta {
-        check_beta(tta.beta).context("tta.beta")?;
+    if let Some(beta) = recipe.tta.as_ref().and_then(|tta| tta.beta) {
+        check_beta(beta).context("tta.beta")?;
     }
     Ok(())
 }
