@@ -44,7 +44,7 @@ pub use items::{
     Excluded, Exclusion, Items, Listing, SplitRule, Splits, Vocab, image_folder, label_and_split,
     list_image_files, list_images, parent_label,
 };
-pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, SkipLog};
+pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, Shard, SkipLog};
 pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 pub use pipeline::{ItemPipeline, Mode};
 pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};

@@ -8,6 +8,10 @@
 //! Determinism: the epoch's order comes from `(seed, epoch)` and each image's augmentation
 //! from `(seed, epoch, position in the epoch)`, so the same seed gives the same batches
 //! whatever the number of threads; so does the replacement of a file that fails mid-epoch.
+//!
+//! Data parallelism: a loader with a [`Shard`] builds only its rank's contiguous share of each
+//! global batch, and because every draw is keyed by the position in the epoch, the shards of
+//! all ranks, put side by side, are bit for bit the global batch.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -85,6 +89,32 @@ pub struct LoaderConfig {
     /// Batches built ahead of the one being consumed (at least 1).
     pub prefetch: usize,
     pub bad_files: BadFilePolicy,
+    /// Which share of every batch this loader builds (data parallelism); [`Shard::WHOLE`]
+    /// builds all of it.
+    pub shard: Shard,
+}
+
+/// Rank `rank` of `world` data-parallel ranks: it builds items `[rank·B/world,
+/// (rank+1)·B/world)` of every global batch of `B` (the per-batch counterpart of PyTorch's
+/// `DistributedSampler`, which shards the epoch instead). Every rank reports the same
+/// [`DataLoader::len`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole batch: one rank of one.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// The `(start, end)` positions of this rank's share of the global batch
+    /// `[start, end)`.
+    fn of(self, start: usize, end: usize) -> (usize, usize) {
+        let per_rank = (end - start) / self.world;
+        let first = start + self.rank * per_rank;
+        (first, first + per_rank)
+    }
 }
 
 impl LoaderConfig {
@@ -99,6 +129,7 @@ impl LoaderConfig {
             n_threads: default_threads(),
             prefetch: 2,
             bad_files: BadFilePolicy::Fail,
+            shard: Shard::WHOLE,
         }
     }
 
@@ -110,6 +141,41 @@ impl LoaderConfig {
             mode: Mode::Valid,
             ..LoaderConfig::train(batch_size, seed)
         }
+    }
+}
+
+impl LoaderConfig {
+    /// # Errors
+    /// [`DataError::InvalidConfig`] for a zero batch size, a rank outside its world, or a
+    /// sharded loader whose batches would not split evenly (it must drop the last partial
+    /// batch, and the batch size must be a multiple of the number of ranks).
+    fn validate(&self) -> Result<()> {
+        let invalid = |name, reason: String| Err(DataError::InvalidConfig { name, reason });
+        if self.batch_size == 0 {
+            return invalid("batch_size", "must be at least 1".to_string());
+        }
+        let Shard { rank, world } = self.shard;
+        if world == 0 || rank >= world {
+            return invalid("shard", format!("rank {rank} is not one of {world} ranks"));
+        }
+        if world > 1 && !self.drop_last {
+            return invalid(
+                "shard",
+                "a sharded loader must drop the last partial batch (it would not split evenly)"
+                    .to_string(),
+            );
+        }
+        if !self.batch_size.is_multiple_of(world) {
+            return invalid(
+                "batch_size",
+                format!(
+                    "a batch of {} does not split into {world} equal shards: make the batch size \
+                     a multiple of the number of ranks",
+                    self.batch_size
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -149,12 +215,7 @@ impl DataLoader {
         device: Device,
     ) -> Result<Self> {
         pipeline.validate()?;
-        if config.batch_size == 0 {
-            return Err(DataError::InvalidConfig {
-                name: "batch_size",
-                reason: "must be at least 1".to_string(),
-            });
-        }
+        config.validate()?;
         if items.paths.len() != items.labels.len() {
             return Err(DataError::InvalidConfig {
                 name: "items",
@@ -219,6 +280,7 @@ impl DataLoader {
             return Ok(loader.with_normalize(self.normalize.clone()));
         }
         pipeline.validate()?;
+        config.validate()?;
         Ok(DataLoader {
             items: Arc::clone(&self.items),
             pipeline,
@@ -273,6 +335,7 @@ impl DataLoader {
         let order = self.epoch_order(epoch);
         let n_batches = self.len();
         let batch_size = self.config.batch_size;
+        let shard = self.config.shard;
         let (sender, receiver) = sync_channel(self.config.prefetch.max(1));
         let job = BatchJob {
             items: Arc::clone(&self.items),
@@ -285,8 +348,9 @@ impl DataLoader {
         let producer =
             std::thread::Builder::new().name("wick-data-prefetch".to_string()).spawn(move || {
                 for batch_idx in first_batch..n_batches {
-                    let start = batch_idx * batch_size;
-                    let end = (start + batch_size).min(order.len());
+                    let global_start = batch_idx * batch_size;
+                    let global_end = (global_start + batch_size).min(order.len());
+                    let (start, end) = shard.of(global_start, global_end);
                     let positions: Vec<(usize, usize)> =
                         (start..end).map(|position| (position, order[position])).collect();
                     let batch = job.build(&positions);

@@ -5,8 +5,8 @@ mod common;
 
 use candle::{Device, Tensor};
 use wick_data::{
-    BadFilePolicy, DataLoader, ItemPipeline, LoaderConfig, Normalize, SplitRule, image_folder,
-    show_batch,
+    BadFilePolicy, DataLoader, ItemPipeline, LoaderConfig, Normalize, Shard, SplitRule,
+    image_folder, show_batch,
 };
 
 fn dataset(per_class: usize) -> (tempfile::TempDir, wick_data::Splits) {
@@ -199,4 +199,69 @@ fn show_batch_writes_a_png_grid() {
     let picture = image::open(&path).unwrap();
     // 2x2 tiles of 32 px + 4 px margins each side, plus one 10 px caption line per row.
     assert_eq!((picture.width(), picture.height()), (2 * 40, 2 * (40 + 10)));
+}
+
+#[test]
+fn shards_build_only_their_share_and_together_are_the_global_batch() {
+    // 3 ranks, global batch 6: rank r builds items [2r, 2r + 2) of every batch.
+    let (dir, _) = dataset(8);
+    let bad = dir.path().join("train/b/zz_bad.JPEG");
+    std::fs::write(&bad, b"not really a jpeg").unwrap();
+    let splits = image_folder(dir.path(), &SplitRule::official()).unwrap();
+    assert_eq!(splits.train.len(), 17);
+    let make = |shard: Shard| {
+        let config = LoaderConfig {
+            shard,
+            bad_files: BadFilePolicy::Skip,
+            n_threads: 2,
+            ..LoaderConfig::train(6, 4)
+        };
+        DataLoader::new(splits.train.clone(), ItemPipeline::chapter7(20), config, Device::Cpu)
+            .unwrap()
+    };
+    let global = make(Shard::WHOLE);
+    let ranks: Vec<DataLoader> = (0..3).map(|rank| make(Shard { rank, world: 3 })).collect();
+    for epoch in [0, 1] {
+        let whole = all_batches(&global, epoch);
+        let shards: Vec<Vec<wick_data::Batch>> =
+            ranks.iter().map(|loader| all_batches(loader, epoch)).collect();
+        assert_eq!(whole.len(), 2, "17 items in batches of 6, the partial one dropped");
+        for (index, batch) in whole.iter().enumerate() {
+            let parts: Vec<&wick_data::Batch> = shards.iter().map(|s| &s[index]).collect();
+            let indices: Vec<usize> =
+                parts.iter().flat_map(|part| part.item_indices.clone()).collect();
+            assert_eq!(indices, batch.item_indices, "epoch {epoch} batch {index}");
+            let xs = Tensor::cat(&parts.iter().map(|part| part.xs.clone()).collect::<Vec<_>>(), 0)
+                .unwrap();
+            let same: Vec<f32> = xs.flatten_all().unwrap().to_vec1().unwrap();
+            let expected: Vec<f32> = batch.xs.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(same == expected, "epoch {epoch} batch {index}: the images differ");
+            assert!(parts.iter().all(|part| part.xs.dims() == [2, 3, 20, 20]));
+        }
+    }
+    // A rank decodes only its share: the bad file shows up in the skip list of the global
+    // loader and of exactly the ranks whose shares held it (replaced there by the same seeded
+    // draw), never of the others.
+    let holders: Vec<usize> =
+        (0..3).filter(|&rank| ranks[rank].skipped().iter().any(|s| s.path == bad)).collect();
+    assert!(global.skipped().iter().any(|s| s.path == bad));
+    assert!(!holders.is_empty() && holders.len() < 3, "ranks holding the bad file: {holders:?}");
+}
+
+#[test]
+fn a_shard_that_cannot_split_evenly_is_refused() {
+    let (_dir, splits) = dataset(4);
+    let make = |config: LoaderConfig| {
+        DataLoader::new(splits.train.clone(), ItemPipeline::chapter7(16), config, Device::Cpu)
+    };
+    let uneven =
+        make(LoaderConfig { shard: Shard { rank: 0, world: 3 }, ..LoaderConfig::train(4, 0) });
+    let error = uneven.err().unwrap().to_string();
+    assert!(error.contains("batch of 4") && error.contains("3 equal shards"), "{error}");
+    let partial =
+        make(LoaderConfig { shard: Shard { rank: 1, world: 2 }, ..LoaderConfig::valid(4, 0) });
+    assert!(partial.err().unwrap().to_string().contains("drop the last partial batch"));
+    let outside =
+        make(LoaderConfig { shard: Shard { rank: 2, world: 2 }, ..LoaderConfig::train(4, 0) });
+    assert!(outside.err().unwrap().to_string().contains("rank 2 is not one of 2 ranks"));
 }
