@@ -16,13 +16,14 @@ use anyhow::{Context, bail};
 use candle::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::json;
+use wick_data::{LoaderConfig, Shard};
 use wick_models::{
     XResNet, load_weights, save_weights, seeded_var_builder, weights_identity, xresnet,
 };
 use wick_train::{
-    Adam, AdamConfig, BatchSource, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver,
-    FitOutcome, Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd, SgdConfig,
-    ShardedBatches, optim_params, trainable_params,
+    Adam, AdamConfig, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, FitOutcome,
+    Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd, SgdConfig, optim_params,
+    trainable_params,
 };
 
 use crate::data_report;
@@ -232,27 +233,26 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
                 &picture,
             )?;
         }
-        let skip_logs = [train.skip_log(), valid.skip_log()];
-        // Every rank loads the same global batches and trains on its slice of each.
-        let train: Box<dyn BatchSource> = match &data_parallel {
+        // Each rank builds only its share of every global batch: the same images, bit for bit,
+        // as that share of a single-process run.
+        let train = match &data_parallel {
             Some(dp) => {
-                if !stage_data.batch_size.is_multiple_of(dp.world_size()) {
-                    bail!(
-                        "batch size {} does not split evenly over {} GPUs",
-                        stage_data.batch_size,
-                        dp.world_size()
-                    );
-                }
-                Box::new(ShardedBatches::new(Box::new(train), dp.rank(), dp.world_size())?)
+                let shard = Shard { rank: dp.rank(), world: dp.world_size() };
+                train
+                    .with(*train.pipeline(), LoaderConfig { shard, ..*train.config() })
+                    .with_context(|| {
+                        format!("sharding the training data over {} GPUs", dp.world_size())
+                    })?
             }
-            None => Box::new(train),
+            None => train,
         };
+        let skip_logs = [train.skip_log(), valid.skip_log()];
         let fit = plan::fit_plan(&stage.fit);
         let mut learner = Learner::new(
             Box::new(SharedModel(Arc::clone(&model))),
             varmap.clone(),
             optimizer(&recipe, &varmap)?,
-            train,
+            Box::new(train),
             Box::new(valid),
             LearnerConfig {
                 loss: plan::loss(&recipe),
