@@ -24,7 +24,7 @@ const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 9] = [
     ("wick-data", Some(&["wick-io"])),
     ("wick-nn", Some(&[])),
     ("wick-models", Some(&["wick-nn", "wick-io"])),
-    ("wick-train", Some(&["wick-data", "wick-io"])),
+    ("wick-train", Some(&["wick-data", "wick-io", "wick-nn"])),
     ("wick-eval", Some(&["wick-data"])),
     ("wick-export", Some(&["wick-models"])),
     ("wick-cli", None),

@@ -15,17 +15,16 @@
 //! networks where that is not true (for example a learnable scalar gain of shape `(1,)`, which fastai
 //! would decay but the rank rule exempts).
 //!
-//! Two update paths compute the same arithmetic (see [`StepKernel`]): a fused in-place loop over
-//! the CPU `f32` storage of each parameter (one pass, no temporaries: the path that matters for
-//! ~25M parameters per batch), and a device-generic path made of candle tensor ops used for every
-//! other device or dtype. Both follow torch's float32 operation order; neither is bit-identical to
+//! Two update paths compute the same arithmetic (see [`StepKernel`]): wick-nn's fused in-place
+//! loop over each parameter's storage (`wick_nn::ops::adam_step`/`sgd_step`: one pass, no
+//! temporaries, the path that matters for ~25M parameters per batch; CPU `f32` today), and a
+//! device-generic path made of candle tensor ops used for every other device or dtype. Both follow torch's float32 operation order; neither is bit-identical to
 //! torch's vectorised kernels (which use fused multiply-adds), so agreement is to float32 rounding.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use candle::backprop::GradStore;
-use candle::{CpuStorage, DType, Device, InplaceOp2, Layout, Shape, Tensor, Var};
+use candle::{DType, Device, Shape, Tensor, Var};
 use candle_nn::VarMap;
 
 /// Names of the VarMap entries that are BatchNorm buffers, never optimised.
@@ -305,7 +304,7 @@ impl Optimizer for Adam {
                 sqr_avg: Buffer::Empty,
             });
             state.step += 1;
-            let scalars = AdamScalars::new(&config, param.do_wd, state.step);
+            let scalars = adam_scalars(&config, param.do_wd, state.step);
             match path {
                 UpdatePath::Fused => {
                     let grad_avg = state.grad_avg.host_mut(&param.var)?;
@@ -357,37 +356,23 @@ impl Optimizer for Adam {
 }
 
 /// The per-step scalars of one Adam update, as fastai computes them (in f64, then used in f32).
-#[derive(Debug, Clone, Copy)]
-struct AdamScalars {
-    /// `1 − lr·wd`, or `None` when this parameter is not decayed (or wd is 0).
-    decay_factor: Option<f64>,
-    mom: f64,
-    grad_damp: f64,
-    sqr_mom: f64,
-    sqr_damp: f64,
-    /// `sqr_damp·(1 − sqr_momᵗ)/(1 − sqr_mom)`, fastai's `debias2`.
-    debias2: f64,
-    /// `−lr / debias1`.
-    step_size: f64,
-    eps: f64,
-}
+type AdamScalars = wick_nn::ops::AdamStep;
 
-impl AdamScalars {
-    fn new(config: &AdamConfig, do_wd: bool, step: u64) -> Self {
-        let grad_damp = 1.0 - config.mom;
-        let sqr_damp = 1.0 - config.sqr_mom;
-        let debias1 = debias(config.mom, grad_damp, step);
-        let debias2 = debias(config.sqr_mom, sqr_damp, step);
-        Self {
-            decay_factor: decay_factor(config.lr, config.wd, do_wd),
-            mom: config.mom,
-            grad_damp,
-            sqr_mom: config.sqr_mom,
-            sqr_damp,
-            debias2,
-            step_size: -config.lr / debias1,
-            eps: config.eps,
-        }
+/// fastai's scalars for one Adam step of a parameter.
+fn adam_scalars(config: &AdamConfig, do_wd: bool, step: u64) -> AdamScalars {
+    let grad_damp = 1.0 - config.mom;
+    let sqr_damp = 1.0 - config.sqr_mom;
+    let debias1 = debias(config.mom, grad_damp, step);
+    let debias2 = debias(config.sqr_mom, sqr_damp, step);
+    AdamScalars {
+        decay_factor: decay_factor(config.lr, config.wd, do_wd),
+        mom: config.mom,
+        grad_damp,
+        sqr_mom: config.sqr_mom,
+        sqr_damp,
+        debias2,
+        step_size: -config.lr / debias1,
+        eps: config.eps,
     }
 }
 
@@ -430,54 +415,7 @@ fn fused_adam(
     sqr_avg: &mut [f32],
     scalars: AdamScalars,
 ) -> candle::Result<()> {
-    apply_fused(var, grad, &FusedAdamStep { buffers: RefCell::new((grad_avg, sqr_avg)), scalars })
-}
-
-/// One Adam update of a CPU f32 parameter, in place, in a single pass over p, g, m and v.
-struct FusedAdamStep<'a> {
-    buffers: RefCell<(&'a mut [f32], &'a mut [f32])>,
-    scalars: AdamScalars,
-}
-
-impl InplaceOp2 for FusedAdamStep<'_> {
-    fn name(&self) -> &'static str {
-        "wick-fused-adam"
-    }
-
-    fn cpu_fwd(
-        &self,
-        param: &mut CpuStorage,
-        param_layout: &Layout,
-        grad: &CpuStorage,
-        grad_layout: &Layout,
-    ) -> candle::Result<()> {
-        let (param, grad) = f32_slices(param, param_layout, grad, grad_layout)?;
-        let mut buffers = self.buffers.borrow_mut();
-        let (grad_avg, sqr_avg) = &mut *buffers;
-        check_len(grad_avg.len(), param.len())?;
-        check_len(sqr_avg.len(), param.len())?;
-        let s = self.scalars;
-        // torch casts each Python-float scalar to the tensor's float32 before the element loop.
-        let mom = s.mom as f32;
-        let grad_damp = s.grad_damp as f32;
-        let sqr_mom = s.sqr_mom as f32;
-        let sqr_damp = s.sqr_damp as f32;
-        let debias2 = s.debias2 as f32;
-        let step_size = s.step_size as f32;
-        let eps = s.eps as f32;
-        let decay = s.decay_factor.map(|f| f as f32);
-        let elements = param.iter_mut().zip(grad).zip(grad_avg.iter_mut().zip(sqr_avg.iter_mut()));
-        for ((p, &g), (m, v)) in elements {
-            if let Some(factor) = decay {
-                *p *= factor;
-            }
-            *m = *m * mom + grad_damp * g;
-            *v = *v * sqr_mom + sqr_damp * g * g;
-            let denominator = (*v / debias2).sqrt() + eps;
-            *p += step_size * *m / denominator;
-        }
-        Ok(())
-    }
+    wick_nn::ops::adam_step(var.as_tensor(), grad, grad_avg, sqr_avg, scalars)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,13 +515,7 @@ impl Optimizer for Sgd {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct SgdScalars {
-    decay_factor: Option<f64>,
-    mom: f64,
-    /// `−lr`.
-    step_size: f64,
-}
+type SgdScalars = wick_nn::ops::SgdStep;
 
 fn tensor_ops_sgd(
     var: &Var,
@@ -612,54 +544,7 @@ fn fused_sgd(
     grad_avg: Option<&mut [f32]>,
     scalars: SgdScalars,
 ) -> candle::Result<()> {
-    apply_fused(var, grad, &FusedSgdStep { grad_avg: RefCell::new(grad_avg), scalars })
-}
-
-/// One SGD update of a CPU f32 parameter, in place.
-struct FusedSgdStep<'a> {
-    grad_avg: RefCell<Option<&'a mut [f32]>>,
-    scalars: SgdScalars,
-}
-
-impl InplaceOp2 for FusedSgdStep<'_> {
-    fn name(&self) -> &'static str {
-        "wick-fused-sgd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        param: &mut CpuStorage,
-        param_layout: &Layout,
-        grad: &CpuStorage,
-        grad_layout: &Layout,
-    ) -> candle::Result<()> {
-        let (param, grad) = f32_slices(param, param_layout, grad, grad_layout)?;
-        let decay = self.scalars.decay_factor.map(|f| f as f32);
-        let mom = self.scalars.mom as f32;
-        let step_size = self.scalars.step_size as f32;
-        let mut grad_avg = self.grad_avg.borrow_mut();
-        match grad_avg.as_deref_mut() {
-            Some(grad_avg) => {
-                check_len(grad_avg.len(), param.len())?;
-                for ((p, &g), m) in param.iter_mut().zip(grad).zip(grad_avg.iter_mut()) {
-                    if let Some(factor) = decay {
-                        *p *= factor;
-                    }
-                    *m = *m * mom + g;
-                    *p += step_size * *m;
-                }
-            }
-            None => {
-                for (p, &g) in param.iter_mut().zip(grad) {
-                    if let Some(factor) = decay {
-                        *p *= factor;
-                    }
-                    *p += step_size * g;
-                }
-            }
-        }
-        Ok(())
-    }
+    wick_nn::ops::sgd_step(var.as_tensor(), grad, grad_avg, scalars)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -817,7 +702,7 @@ enum UpdatePath {
 
 impl UpdatePath {
     fn choose(kernel: StepKernel, var: &Var) -> Self {
-        let fusable = var.device().is_cpu() && var.dtype() == DType::F32 && var.is_contiguous();
+        let fusable = wick_nn::ops::fused_step_supported(var.as_tensor());
         match kernel {
             StepKernel::FusedCpu if fusable => UpdatePath::Fused,
             StepKernel::FusedCpu | StepKernel::TensorOps => UpdatePath::TensorOps,
@@ -860,41 +745,6 @@ fn tensor_ops_inputs(
         None => param,
     };
     Ok((decayed, grad))
-}
-
-/// Runs a fused update `op` on a CPU f32 parameter, with the gradient made a contiguous CPU f32
-/// tensor first (a no-op for the usual case).
-fn apply_fused(var: &Var, grad: &Tensor, op: &impl InplaceOp2) -> candle::Result<()> {
-    let grad = grad.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
-    var.as_tensor().inplace_op2(&grad, op)
-}
-
-fn f32_slices<'a>(
-    param: &'a mut CpuStorage,
-    param_layout: &Layout,
-    grad: &'a CpuStorage,
-    grad_layout: &Layout,
-) -> candle::Result<(&'a mut [f32], &'a [f32])> {
-    let (CpuStorage::F32(param), CpuStorage::F32(grad)) = (param, grad) else {
-        candle::bail!("fused optimizer step needs f32 parameter and gradient");
-    };
-    let Some((param_start, param_end)) = param_layout.contiguous_offsets() else {
-        candle::bail!("fused optimizer step needs a contiguous parameter");
-    };
-    let Some((grad_start, grad_end)) = grad_layout.contiguous_offsets() else {
-        candle::bail!("fused optimizer step needs a contiguous gradient");
-    };
-    let param = &mut param[param_start..param_end];
-    let grad = &grad[grad_start..grad_end];
-    check_len(grad.len(), param.len())?;
-    Ok((param, grad))
-}
-
-fn check_len(actual: usize, expected: usize) -> candle::Result<()> {
-    if actual != expected {
-        candle::bail!("optimizer buffer has {actual} elements, parameter has {expected}");
-    }
-    Ok(())
 }
 
 fn hyper_dict(hypers: &[(&str, f64)]) -> Result<HashMap<String, Tensor>, OptimError> {

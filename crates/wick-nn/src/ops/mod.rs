@@ -1,7 +1,8 @@
 //! Differentiable tensor ops that candle 0.11 lacks or runs slowly on CPU: a gemm-based
 //! [`conv2d`] with gemm-based gradients, pooling with PyTorch's padding / ceil_mode
 //! semantics and a backward for any kernel and stride, and a fused train-mode batch norm
-//! (+ ReLU) with a fused backward.
+//! (+ ReLU) with a fused backward; plus the fused in-place optimizer updates
+//! ([`adam_step`], [`sgd_step`]) that wick-train's optimizers run on CPU parameters.
 //!
 //! Each op is a candle custom op (`CustomOp1`/`2`/`3`) whose `bwd` applies further
 //! custom ops without tracking (no second-order gradients). With the `cuda` feature the same
@@ -13,6 +14,7 @@ mod conv;
 mod conv_cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod optim;
 mod pool;
 mod storage;
 
@@ -24,6 +26,7 @@ pub use conv::{
     Conv2dBackwardInputOp, Conv2dBackwardWeightOp, Conv2dConfig, Conv2dOp, conv2d,
     cudnn_allow_tf32, set_cudnn_allow_tf32,
 };
+pub use optim::{AdamStep, SgdStep, adam_step, fused_step_supported, sgd_step};
 pub use pool::{
     AvgPool2dBackwardOp, AvgPool2dConfig, AvgPool2dOp, MaxPool2dBackwardOp, MaxPool2dConfig,
     MaxPool2dOp, avg_pool2d, max_pool2d,
