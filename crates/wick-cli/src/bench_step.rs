@@ -3,7 +3,7 @@
 //! forward, cross-entropy, backward and fastai's Adam step; the device synchronised at the
 //! end of every step; images/s from the median step). Prints one JSON line.
 
-use candle::{DType, Device, ModuleT, Tensor};
+use candle::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_models::{XResNetConfig, seeded_var_builder, xresnet};
@@ -40,9 +40,7 @@ pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
 
     let mut step = || -> anyhow::Result<f64> {
         let started = std::time::Instant::now();
-        let logits = args
-            .precision
-            .cast_logits(&model.forward_t(&args.precision.cast_input(&xs)?, true)?)?;
+        let logits = args.precision.forward_t(&model, &xs, true)?;
         let loss = wick_train::cross_entropy(&logits, &ys)?;
         let grads = loss.backward()?;
         optimizer.step(&grads)?;

@@ -382,7 +382,6 @@ pub(crate) fn lr_find(
             loss: plan::loss(&recipe),
             metrics: vec![wick_train::Metric::Accuracy],
             seed: recipe.seed,
-            precision: wick_train::Precision::F32,
         },
     );
     learner.add_callback(Box::new(crate::progress::Progress::new(format!(

@@ -20,9 +20,9 @@ use wick_models::{
     XResNet, load_weights, save_weights, seeded_var_builder, weights_identity, xresnet,
 };
 use wick_train::{
-    Adam, AdamConfig, BatchSource, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver,
-    FitOutcome, Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd, SgdConfig,
-    ShardedBatches, optim_params, trainable_params,
+    Adam, AdamConfig, Autocast, BatchSource, Checkpoint, CheckpointConfig, CheckpointExtras,
+    CheckpointSaver, FitOutcome, Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd,
+    SgdConfig, ShardedBatches, optim_params, trainable_params,
 };
 
 use crate::data_report;
@@ -249,7 +249,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         };
         let fit = plan::fit_plan(&stage.fit);
         let mut learner = Learner::new(
-            Box::new(SharedModel(Arc::clone(&model))),
+            Box::new(Autocast::new(SharedModel(Arc::clone(&model)), precision)),
             varmap.clone(),
             optimizer(&recipe, &varmap)?,
             train,
@@ -258,11 +258,10 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
                 loss: plan::loss(&recipe),
                 metrics: vec![Metric::Accuracy],
                 seed: stage_seed,
-                precision,
             },
         );
         if let Some(dp) = &data_parallel {
-            learner.set_data_parallel(dp.clone());
+            learner.add_gradient_hook(Box::new(dp.clone()));
         }
         if let Some(alpha) = recipe.train.mixup {
             learner.add_callback(Box::new(MixUp::new(alpha)?));

@@ -65,7 +65,7 @@ fn train(seed: u64, rank: Option<(DataParallel, usize)>) -> Vec<Vec<f64>> {
     );
     if let Some((dp, _)) = rank {
         dp.broadcast_vars(&trainable_params(&varmap)).unwrap();
-        learner.set_data_parallel(dp);
+        learner.add_gradient_hook(Box::new(dp));
     }
     learner.fit(2, 1e-2).unwrap();
     trainable_params(&varmap).iter().map(|(_, var)| values(var.as_tensor())).collect()

@@ -15,7 +15,7 @@ use candle_nn::VarMap;
 use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
 use wick_train::{
     Adam, AdamConfig, BatchRecord, FitOutcome, FitRecord, InMemoryBatches, Learner, LearnerConfig,
-    Loss, Metric, OneCycle, Precision, optim_params, trainable_params,
+    Loss, Metric, OneCycle, optim_params, trainable_params,
 };
 
 use crate::common::{
@@ -95,12 +95,7 @@ fn train_like_fastai(fx: &HashMap<String, Tensor>) -> FitRecord {
         Box::new(optimizer),
         Box::new(InMemoryBatches::new(train)),
         Box::new(InMemoryBatches::new(valid)),
-        LearnerConfig {
-            loss: Loss::CrossEntropy,
-            metrics: vec![Metric::Accuracy],
-            seed: 0,
-            precision: Precision::F32,
-        },
+        LearnerConfig { loss: Loss::CrossEntropy, metrics: vec![Metric::Accuracy], seed: 0 },
     );
     // fastai: learn.fit_one_cycle(1, 1e-3).
     let outcome = learner.fit_one_cycle(1, OneCycle::fastai_defaults(1e-3)).unwrap();
