@@ -28,8 +28,10 @@ pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--arch {}: not an xresnet name", args.arch))?;
     let varmap = VarMap::new();
     let model = xresnet(&config, 0, seeded_var_builder(&varmap, 0, DType::F32, &device))?;
-    let mut optimizer =
-        Adam::new(optim_params(trainable_params(&varmap)), AdamConfig::fastai_defaults(1e-3))?;
+    let mut optimizer = Adam::new(
+        optim_params(trainable_params(&varmap, wick_models::is_buffer)),
+        AdamConfig::fastai_defaults(1e-3),
+    )?;
     let n = args.batch_size * 3 * args.size * args.size;
     let pixels: Vec<f32> =
         (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -144,7 +144,7 @@ fn train_step(
         .to_device(device)?;
     let labels: Vec<u32> = (0..args.batch_size as u32).map(|i| i % 10).collect();
     let ys = Tensor::from_vec(labels, args.batch_size, &Device::Cpu)?.to_device(device)?;
-    let params = trainable_params(&varmap);
+    let params = trainable_params(&varmap, wick_models::is_buffer);
     let before: Vec<Tensor> =
         params.iter().map(|(_, var)| var.as_tensor().copy()).collect::<candle::Result<_>>()?;
     let mut optimizer = Adam::new(optim_params(params.clone()), AdamConfig::fastai_defaults(1e-3))?;

@@ -400,7 +400,7 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 }
 
 fn optimizer(recipe: &Recipe, varmap: &VarMap) -> anyhow::Result<Box<dyn wick_train::Optimizer>> {
-    let params = optim_params(trainable_params(varmap));
+    let params = optim_params(trainable_params(varmap, wick_models::is_buffer));
     Ok(match recipe.train.optimizer {
         OptimizerName::Adam => Box::new(Adam::new(
             params,

@@ -82,8 +82,8 @@ pub use mixup::{
     sample_folded_lambdas, sample_mixup,
 };
 pub use optim::{
-    Adam, AdamConfig, BUFFER_NAMES, OptimError, OptimParam, Optimizer, Sgd, SgdConfig, StepKernel,
-    is_buffer_name, is_norm_or_bias, optim_params, optim_params_with_rule, trainable_params,
+    Adam, AdamConfig, OptimError, OptimParam, Optimizer, Sgd, SgdConfig, StepKernel,
+    is_norm_or_bias, optim_params, optim_params_with_rule, trainable_params,
 };
 pub use output::{
     loss_chart, lr_find_chart, metrics_jsonl, schedule_charts, write_loss_plot, write_lr_find_plot,

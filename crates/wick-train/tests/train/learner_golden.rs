@@ -86,9 +86,11 @@ fn train_like_fastai(fx: &HashMap<String, Tensor>) -> FitRecord {
     assert_eq!((train.len(), valid.len()), (10, 1));
     // fastai: Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy) with its
     // default opt_func=Adam (mom 0.9, sqr_mom 0.99, eps 1e-5, wd 0.01, no wd on BN and bias).
-    let optimizer =
-        Adam::new(optim_params(trainable_params(&varmap)), AdamConfig::fastai_defaults(1e-3))
-            .unwrap();
+    let optimizer = Adam::new(
+        optim_params(trainable_params(&varmap, wick_models::is_buffer)),
+        AdamConfig::fastai_defaults(1e-3),
+    )
+    .unwrap();
     let mut learner = Learner::new(
         Box::new(model),
         varmap,

@@ -37,7 +37,7 @@ fn bf16_logits_and_gradients_match_f32_within_bf16_tolerance() {
         assert_eq!(logits.dtype(), DType::F32);
         let grads = cross_entropy(&logits, &ys).unwrap().backward().unwrap();
         let mut param_grads = Vec::new();
-        for (name, var) in trainable_params(&varmap) {
+        for (name, var) in trainable_params(&varmap, wick_models::is_buffer) {
             let grad =
                 grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
             assert_eq!(grad.dtype(), DType::F32, "{name}: gradients reach the f32 master weights");
@@ -85,7 +85,10 @@ fn fit(precision: Precision) -> (Vec<Vec<f64>>, Vec<f32>, VarMap, Learner) {
         config(1),
     );
     learner.fit(1, 1e-3).unwrap();
-    let weights = trainable_params(&varmap).iter().map(|(_, v)| values(v.as_tensor())).collect();
+    let weights = trainable_params(&varmap, wick_models::is_buffer)
+        .iter()
+        .map(|(_, v)| values(v.as_tensor()))
+        .collect();
     let losses = learner.recorder().fits()[0].batches.iter().map(|b| b.loss).collect();
     (weights, losses, varmap, learner)
 }

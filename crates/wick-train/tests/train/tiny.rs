@@ -69,7 +69,7 @@ pub(crate) fn bright_dark_batches(
 
 /// fastai's `Adam` with its defaults over every trainable variable of `varmap`.
 pub(crate) fn adam(varmap: &VarMap) -> Box<Adam> {
-    let params = optim_params(trainable_params(varmap));
+    let params = optim_params(trainable_params(varmap, wick_models::is_buffer));
     Box::new(Adam::new(params, AdamConfig::fastai_defaults(1e-3)).unwrap())
 }
 
