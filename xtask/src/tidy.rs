@@ -4,8 +4,10 @@
 //!
 //! Printing in library crates is forbidden by the workspace lints (`print_stdout`,
 //! `print_stderr`), which clippy enforces; this file checks what lints cannot, including the
-//! crate graph of docs/ARCHITECTURE.md (which workspace crates each crate may depend on) and
-//! that the training loop and evaluation never name a model or a dataset.
+//! crate graph of docs/ARCHITECTURE.md (which workspace crates each crate may depend on),
+//! that the training loop and evaluation never name a model or a dataset, and that the loop
+//! itself (`learner.rs`) never names a training feature: MixUp, mixed precision and data
+//! parallelism plug in as a callback, a model wrapper and a gradient hook.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,13 @@ const FORBIDDEN_EXTERNAL_DEPENDENCIES: [(&str, &str); 1] = [("wick-data", "candl
 /// evaluation are model- and dataset-agnostic.
 const AGNOSTIC_CRATES: [&str; 2] = ["wick-train", "wick-eval"];
 const MODEL_AND_DATASET_NAMES: [&str; 3] = ["xresnet", "imagenette", "imagewoof"];
+
+/// The file of the training loop, and the features it must not name in code (comments aside),
+/// compared case-insensitively: each is a callback, a model wrapper or a gradient hook, so the
+/// loop has no `if mixup`-style branch (docs/ARCHITECTURE.md, "Invariants").
+const LOOP_FILE: &str = "crates/wick-train/src/learner.rs";
+const LOOP_FEATURE_NAMES: [&str; 7] =
+    ["mixup", "cutmix", "mixed", "precision", "bf16", "dataparallel", "data_parallel"];
 
 /// The dependency rules over every `crates/*/Cargo.toml` and `xtask/Cargo.toml`.
 pub(crate) fn check_dependency_rules(root: &Path) -> Vec<Violation> {
@@ -126,6 +135,11 @@ pub(crate) fn check_workspace(root: &Path) -> Vec<Violation> {
                 violations.push(Violation { path: path.clone(), message });
             }
         }
+        if relative == Path::new(LOOP_FILE) {
+            for message in check_loop(&text) {
+                violations.push(Violation { path: path.clone(), message });
+            }
+        }
     }
     violations.extend(check_dependency_rules(root));
     violations
@@ -139,6 +153,22 @@ fn check_agnostic(text: &str) -> Vec<String> {
         if let Some(name) = MODEL_AND_DATASET_NAMES.iter().find(|name| code.contains(*name)) {
             problems.push(format!(
                 "line {}: names {name}: this crate is model- and dataset-agnostic",
+                line_idx + 1
+            ));
+        }
+    }
+    problems
+}
+
+/// Code lines (comments aside) of the loop that name a training feature.
+fn check_loop(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (line_idx, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or_default().to_lowercase();
+        if let Some(name) = LOOP_FEATURE_NAMES.iter().find(|name| code.contains(*name)) {
+            problems.push(format!(
+                "line {}: names {name}: the loop has no feature branches (make it a callback, \
+                 a model wrapper or a gradient hook)",
                 line_idx + 1
             ));
         }
@@ -229,6 +259,22 @@ mod tests {
             ),
             ["line 3: names xresnet: this crate is model- and dataset-agnostic"]
         );
+    }
+
+    #[test]
+    fn loop_rule_catches_a_feature_branch() {
+        let loop_text = concat!(
+            "//! The loop; MixUp is a callback.\n",
+            "let loss = self.loss.forward_targets(&logits, &ys);\n",
+            "if let Some(m) = &batch.mixed_labels {}\n",
+            "let x = self.config.precision.cast_input(&xs); // Precision\n",
+            "if let Some(dp) = &self.data_parallel {}\n",
+        );
+        let problems = check_loop(loop_text);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("line 3: names mixed"), "{problems:?}");
+        assert!(problems[1].starts_with("line 4: names precision"), "{problems:?}");
+        assert!(problems[2].starts_with("line 5: names data_parallel"), "{problems:?}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! forward, cross-entropy, backward and fastai's Adam step; the device synchronised at the
 //! end of every step; images/s from the median step). Prints one JSON line.
 
-use candle::{DType, Device, ModuleT, Tensor};
+use candle::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_models::{XResNetConfig, seeded_var_builder, xresnet};
@@ -28,8 +28,10 @@ pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--arch {}: not an xresnet name", args.arch))?;
     let varmap = VarMap::new();
     let model = xresnet(&config, 0, seeded_var_builder(&varmap, 0, DType::F32, &device))?;
-    let mut optimizer =
-        Adam::new(optim_params(trainable_params(&varmap)), AdamConfig::fastai_defaults(1e-3))?;
+    let mut optimizer = Adam::new(
+        optim_params(trainable_params(&varmap, wick_models::is_buffer)),
+        AdamConfig::fastai_defaults(1e-3),
+    )?;
     let n = args.batch_size * 3 * args.size * args.size;
     let pixels: Vec<f32> =
         (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
@@ -40,9 +42,7 @@ pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
 
     let mut step = || -> anyhow::Result<f64> {
         let started = std::time::Instant::now();
-        let logits = args
-            .precision
-            .cast_logits(&model.forward_t(&args.precision.cast_input(&xs)?, true)?)?;
+        let logits = args.precision.forward_t(&model, &xs, true)?;
         let loss = wick_train::cross_entropy(&logits, &ys)?;
         let grads = loss.backward()?;
         optimizer.step(&grads)?;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle::{DType, Device, ModuleT, Tensor};
+use candle::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
@@ -144,11 +144,11 @@ fn train_step(
         .to_device(device)?;
     let labels: Vec<u32> = (0..args.batch_size as u32).map(|i| i % 10).collect();
     let ys = Tensor::from_vec(labels, args.batch_size, &Device::Cpu)?.to_device(device)?;
-    let params = trainable_params(&varmap);
+    let params = trainable_params(&varmap, wick_models::is_buffer);
     let before: Vec<Tensor> =
         params.iter().map(|(_, var)| var.as_tensor().copy()).collect::<candle::Result<_>>()?;
     let mut optimizer = Adam::new(optim_params(params.clone()), AdamConfig::fastai_defaults(1e-3))?;
-    let logits = precision.cast_logits(&model.forward_t(&precision.cast_input(&xs)?, true)?)?;
+    let logits = precision.forward_t(&model, &xs, true)?;
     let loss = wick_train::cross_entropy(&logits, &ys)?;
     let grads = loss.backward()?;
     let mut grad_list = Vec::new();

@@ -397,7 +397,8 @@ pub(crate) fn lr_find(
         recipe.seed,
         wick_models::seeded_var_builder(&varmap, recipe.seed, DType::F32, &device),
     )?;
-    let params = wick_train::optim_params(wick_train::trainable_params(&varmap));
+    let params =
+        wick_train::optim_params(wick_train::trainable_params(&varmap, wick_models::is_buffer));
     let optimizer = wick_train::Adam::new(
         params,
         wick_train::AdamConfig {
@@ -415,7 +416,6 @@ pub(crate) fn lr_find(
             loss: plan::loss(&recipe),
             metrics: vec![wick_train::Metric::Accuracy],
             seed: recipe.seed,
-            precision: wick_train::Precision::F32,
         },
     );
     learner.add_callback(Box::new(crate::progress::Progress::new(format!(

@@ -21,9 +21,9 @@ use wick_models::{
     XResNet, load_weights, save_weights, seeded_var_builder, weights_identity, xresnet,
 };
 use wick_train::{
-    Adam, AdamConfig, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, FitOutcome,
-    Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd, SgdConfig, optim_params,
-    trainable_params,
+    Adam, AdamConfig, Autocast, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver,
+    FitOutcome, Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd, SgdConfig,
+    optim_params, trainable_params,
 };
 
 use crate::data_report;
@@ -249,7 +249,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         let skip_logs = [train.skip_log(), valid.skip_log()];
         let fit = plan::fit_plan(&stage.fit);
         let mut learner = Learner::new(
-            Box::new(SharedModel(Arc::clone(&model))),
+            Box::new(Autocast::new(SharedModel(Arc::clone(&model)), precision)),
             varmap.clone(),
             optimizer(&recipe, &varmap)?,
             Box::new(train),
@@ -258,11 +258,10 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
                 loss: plan::loss(&recipe),
                 metrics: vec![Metric::Accuracy],
                 seed: stage_seed,
-                precision,
             },
         );
         if let Some(dp) = &data_parallel {
-            learner.set_data_parallel(dp.clone());
+            learner.add_gradient_hook(Box::new(dp.clone()));
         }
         if let Some(alpha) = recipe.train.mixup {
             learner.add_callback(Box::new(MixUp::new(alpha)?));
@@ -401,7 +400,7 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 }
 
 fn optimizer(recipe: &Recipe, varmap: &VarMap) -> anyhow::Result<Box<dyn wick_train::Optimizer>> {
-    let params = optim_params(trainable_params(varmap));
+    let params = optim_params(trainable_params(varmap, wick_models::is_buffer));
     Ok(match recipe.train.optimizer {
         OptimizerName::Adam => Box::new(Adam::new(
             params,

@@ -1,7 +1,8 @@
 //! The building blocks of xresnet in fastai's terms: `ConvLayer` (conv → BatchNorm →
 //! activation), the activations (ReLU, Mish), seeded `Dropout`, and `SimpleSelfAttention`.
 //! Each is a struct of tensors with a lowercase constructor taking a `VarBuilder`, and
-//! `ModuleT::forward_t(xs, train)`, so train/eval is always explicit.
+//! `ModuleT::forward_t(xs, train)`, so train/eval is always explicit. [`is_buffer`] says which
+//! variables are buffers, from the layers that own them.
 
 use std::sync::Mutex;
 
@@ -191,6 +192,22 @@ pub struct SimpleSelfAttention {
     gamma: Tensor,
     symmetric: bool,
     channels: usize,
+}
+
+impl SimpleSelfAttention {
+    /// The spectral norm's power-iteration vectors: buffers, not parameters (PyTorch's
+    /// `spectral_norm` registers them with `register_buffer`; they get no gradient and are
+    /// updated by the layer's own training forward).
+    pub const BUFFERS: [&'static str; 2] = ["weight_u", "weight_v"];
+}
+
+/// Whether a `VarMap` entry of a wick-models network is a buffer (state a layer updates itself:
+/// BatchNorm's running statistics, self-attention's spectral-norm vectors) rather than a
+/// trainable parameter: its last path segment is one of [`BatchNorm2d::BUFFERS`] or
+/// [`SimpleSelfAttention::BUFFERS`]. PyTorch's `parameters()` is every other variable.
+pub fn is_buffer(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    BatchNorm2d::BUFFERS.contains(&last) || SimpleSelfAttention::BUFFERS.contains(&last)
 }
 
 /// Builds a [`SimpleSelfAttention`] over `channels` under `vb`.

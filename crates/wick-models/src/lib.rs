@@ -22,8 +22,8 @@ pub use io::{
     CHECKSUM_KEY, FORMAT_KEY, WeightsError, load_weights, save_weights, state_dict,
     weights_identity,
 };
-pub use layers::Activation;
-pub use summary::{ModuleSummary, count_params, is_buffer, summary};
+pub use layers::{Activation, is_buffer};
+pub use summary::{ModuleSummary, count_params, summary};
 pub use xresnet::{
     BlockPlan, ConvLayerPlan, Depth, ModuleOutput, XResNet, XResNetConfig, XResNetPlan, xresnet,
 };

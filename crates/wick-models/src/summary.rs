@@ -1,10 +1,11 @@
 //! `wick summary`-style model inspection: each top-level module's output shape for an input
-//! size and its number of trainable parameters (BatchNorm running statistics are buffers, not
+//! size and its number of trainable parameters (buffers, [`crate::is_buffer`], are not
 //! parameters, as in PyTorch's `numel` over `parameters()`).
 
 use candle::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
+use crate::layers::is_buffer;
 use crate::xresnet::XResNet;
 
 /// One row of a summary.
@@ -17,14 +18,6 @@ pub struct ModuleSummary {
     pub output_shape: Vec<usize>,
     /// Trainable parameters under this index.
     pub params: usize,
-}
-
-/// Whether a `VarMap` entry is a buffer rather than a trainable parameter.
-pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean")
-        || name.ends_with("running_var")
-        || name.ends_with("weight_u")
-        || name.ends_with("weight_v")
 }
 
 /// Trainable parameters in `varmap` whose name starts with `prefix` followed by a dot (all of

@@ -186,6 +186,11 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    /// PyTorch's buffer names of a BatchNorm layer: state the layer updates itself, saved with
+    /// the weights but never optimised. `running_mean` and `running_var` are this layer's
+    /// variables; `num_batches_tracked` is kept by the model that owns the layer.
+    pub const BUFFERS: [&'static str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+
     pub fn new(
         running_mean: Var,
         running_var: Var,

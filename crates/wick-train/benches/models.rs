@@ -61,9 +61,11 @@ fn main() {
     let xs = Tensor::from_vec(pixels, (batch, 3, size, size), &device).expect("input");
     let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10)).collect();
     let ys = Tensor::from_vec(labels, batch, &device).expect("labels");
-    let mut optimizer =
-        Adam::new(optim_params(trainable_params(&varmap)), AdamConfig::fastai_defaults(1e-3))
-            .expect("adam");
+    let mut optimizer = Adam::new(
+        optim_params(trainable_params(&varmap, wick_models::is_buffer)),
+        AdamConfig::fastai_defaults(1e-3),
+    )
+    .expect("adam");
 
     // One step; returns (whole step, forward + backward) seconds.
     let mut step = || -> (f64, f64) {

@@ -2,7 +2,8 @@
 //! cancel part of it, the [`Callback`] trait with its explicit [`Callback::order`], and the views
 //! a callback gets: read-only [`FitState`] and [`EventContext`] for observers, and the narrow
 //! mutable [`BatchHooks`] (the batch's [`BatchState`] and the optimizer's lr/mom through
-//! [`OptControl`]) for the few mutators, at `before_batch` only.
+//! [`OptControl`]) for the few mutators, at `before_batch` only; and [`GradientHook`], the one
+//! thing that may rewrite the gradients (between `loss.backward()` and `after_backward`).
 //!
 //! The loop that emits these events is `learner.rs`; the event order is documented there.
 
@@ -13,7 +14,8 @@ use candle::backprop::GradStore;
 use candle_nn::VarMap;
 
 use crate::error::TrainError;
-use crate::optim::Optimizer;
+use crate::loss::Targets;
+use crate::optim::{OptimParam, Optimizer};
 use crate::recorder::Recorder;
 
 /// Callback orders of wick's own callbacks (fastai's `order`): lower runs first, ties run in
@@ -197,6 +199,21 @@ pub trait Callback {
     fn before_batch(&mut self, hooks: &mut BatchHooks<'_>) -> CallbackResult {
         self.on_event(Event::BeforeBatch, &hooks.context())
     }
+}
+
+/// Rewrites the gradients right after `loss.backward()`, before `after_backward`'s callbacks
+/// see them (PyTorch DDP's communication hook): data parallelism averages them over the ranks
+/// here. Hooks run in the order they were added ([`crate::Learner::add_gradient_hook`]).
+pub trait GradientHook {
+    /// What the hook does, for errors (`"averaging gradients over the ranks"`).
+    fn name(&self) -> &'static str;
+    /// Rewrites `grads`, the gradients of the optimizer's `params` (sorted by name) for this
+    /// batch.
+    ///
+    /// # Errors
+    ///
+    /// A failing tensor op or collective; the fit stops with it.
+    fn after_backward(&self, params: &[OptimParam], grads: &mut GradStore) -> candle::Result<()>;
 }
 
 /// Where a fit stands: what callbacks read (fastai's `learn.epoch`, `learn.iter`, `pct_train`, …).
@@ -402,28 +419,16 @@ impl<'a> OptControl<'a> {
     }
 }
 
-/// A MixUp-style loss: each sample's loss is `λᵢ·L(ŷᵢ, yᵢ) + (1 − λᵢ)·L(ŷᵢ, y_π(i))` with the
-/// Learner's loss L, then the batch mean (fastai `MixHandler.lf`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MixedLabels {
-    /// π: the partner of each sample.
-    pub permutation: Vec<u32>,
-    /// λᵢ: the weight of each sample's own label.
-    pub lambdas: Vec<f32>,
-}
-
-/// One batch as it goes through the loop. Mutators change `xs`, `ys` and `mixed_labels` at
-/// `before_batch`; the loop fills in the logits and the loss.
+/// One batch as it goes through the loop. Mutators change `xs` and `ys` at `before_batch`
+/// (MixUp/CutMix mix the inputs and turn `ys` into [`Targets::Mixed`]); the loop fills in the
+/// logits and the loss, which is the Learner's loss against `ys`.
 ///
-/// Shapes: `xs` `(B,C,H,W)`, `ys` `(B,)` u32, logits `(B,K)`.
+/// Shapes: `xs` `(B,C,H,W)`, labels `(B,)` u32, logits `(B,K)`.
 pub struct BatchState {
     /// The inputs.
     pub xs: Tensor,
-    /// The labels.
-    pub ys: Tensor,
-    /// When set, the loss mixes the per-sample losses against `ys` and against the permuted
-    /// labels (training batches; set by MixUp/CutMix).
-    pub mixed_labels: Option<MixedLabels>,
+    /// What the loss is computed against; [`Targets::labels`] are the batch's own labels.
+    pub ys: Targets,
     pub(crate) logits: Option<Tensor>,
     pub(crate) loss: Option<Tensor>,
     pub(crate) loss_value: Option<f32>,
@@ -431,11 +436,11 @@ pub struct BatchState {
 }
 
 impl BatchState {
+    /// A batch of inputs and hard labels.
     pub(crate) fn new(xs: Tensor, ys: Tensor) -> Self {
         BatchState {
             xs,
-            ys,
-            mixed_labels: None,
+            ys: Targets::Labels(ys),
             logits: None,
             loss: None,
             loss_value: None,

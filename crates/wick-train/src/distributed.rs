@@ -8,7 +8,8 @@
 //!   (the CPU tests, and any CPU experiment).
 //! - `NcclGroup` (feature `nccl`): NCCL over CUDA devices, one process per GPU; see
 //!   [`nccl`](self::nccl).
-//! - [`DataParallel`]: what the Learner calls ([`crate::Learner::set_data_parallel`]).
+//! - [`DataParallel`]: the weight broadcast, and the gradient averaging as the Learner's
+//!   [`GradientHook`] ([`crate::Learner::add_gradient_hook`]).
 //! - [`ShardedBatches`]: a [`BatchSource`] that gives each rank its contiguous slice of every
 //!   batch of the global order.
 //!
@@ -21,6 +22,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use candle::backprop::GradStore;
 use candle::{DType, Tensor, Var};
 
+use crate::callback::GradientHook;
 use crate::data::{BatchIter, BatchSource};
 use crate::optim::OptimParam;
 
@@ -209,6 +211,20 @@ impl DataParallel {
             }
         }
         Ok(())
+    }
+}
+
+/// DDP's gradient all-reduce: after every backward pass each gradient becomes its mean over the
+/// ranks, before `after_backward`. The caller gives each rank its shard of the data
+/// ([`ShardedBatches`]) and starts every rank from the same weights
+/// ([`DataParallel::broadcast_vars`]).
+impl GradientHook for DataParallel {
+    fn name(&self) -> &'static str {
+        "averaging gradients over the ranks"
+    }
+
+    fn after_backward(&self, params: &[OptimParam], grads: &mut GradStore) -> candle::Result<()> {
+        self.average_gradients(params, grads)
     }
 }
 

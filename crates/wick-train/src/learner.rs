@@ -1,7 +1,14 @@
 //! The [`Learner`] and the one training loop (fastai `Learner._do_fit` / `_do_epoch` /
-//! `_do_one_batch`). Every tweak (schedules, MixUp, checkpoints, files) is a callback; the loop
-//! only predicts, computes the loss, steps, and emits events around each stage through one
-//! helper, `Learner::with_events` (fastai `_with_events`).
+//! `_do_one_batch`). The loop only predicts, computes the loss against the batch's targets, runs
+//! backward and the optimizer step, and emits events around each stage through one helper,
+//! `Learner::with_events` (fastai `_with_events`). It has no feature branches; every tweak
+//! plugs in through one of three seams:
+//! - a [`Callback`] (schedules, checkpoints, files; input mixing rewrites the batch's inputs and
+//!   its [`Targets`](crate::Targets) at `before_batch`, and the loss accepts either kind of
+//!   targets);
+//! - the model itself (mixed precision is the [`Autocast`](crate::Autocast) wrapper around it);
+//! - a [`GradientHook`] (data parallelism's gradient averaging), run between `loss.backward()`
+//!   and `after_backward`.
 //!
 //! # Event order
 //!
@@ -14,10 +21,10 @@
 //!     before_epoch
 //!       before_train
 //!         for each training batch:
-//!           before_batch        mutators: MixUp rewrites xs / mixed_labels, the scheduler sets lr, mom
+//!           before_batch        mutators: MixUp rewrites xs and ys, the scheduler sets lr, mom
 //!           (forward, train = true)   after_pred
-//!           (loss, read back once)    after_loss
-//!           before_backward (loss.backward()) after_backward
+//!           (loss against ys, read back once) after_loss
+//!           before_backward (loss.backward(), then the gradient hooks) after_backward
 //!           before_step     (optimizer step)  after_step
 //!           after_batch         the Recorder updates the smoothed loss; checkpoints save
 //!       after_train
@@ -48,10 +55,6 @@
 //! Per batch the loop reads back the loss scalar and the largest label (to name an
 //! out-of-range label instead of indexing out of bounds); the second read follows the first, so
 //! the device is already synchronised.
-//!
-//! Under [`Precision::Bf16`] the images go into the model as bf16 and the logits come back to
-//! f32 before the loss; with [`Learner::set_data_parallel`] the gradients are averaged over the
-//! ranks at the end of the backward stage, before `after_backward`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,56 +62,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle::{DType, ModuleT, Tensor, Var};
 
-use crate::distributed::DataParallel;
 use candle_nn::VarMap;
 
 use crate::callback::{
     BatchHooks, BatchState, Callback, CallbackResult, Event, EventContext, FitKind, FitPosition,
-    FitState, Flow, OptControl, Phase, order,
+    FitState, Flow, GradientHook, OptControl, Phase, order,
 };
 use crate::data::BatchSource;
 use crate::error::TrainError;
 use crate::loss::Loss;
-use crate::mixup::mixed_loss;
 use crate::optim::Optimizer;
 use crate::recorder::{Metric, Recorder};
 use crate::schedule::{OptimizerStateAction, TrainPosition};
-
-/// Numeric precision of the forward pass.
-///
-/// With `Bf16` the loop casts `xs` to bf16 before the forward pass and the logits back to f32
-/// before the loss, while the master weights, BatchNorm parameters and statistics, gradients
-/// handed to the optimizer and optimizer state stay f32 (fastai `to_bf16()`: autocast, no loss
-/// scaling, which bf16's f32-sized exponent makes unnecessary). The model casts its weights to
-/// the activations' dtype where an op needs one dtype (wick-models' xresnet does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// Everything in float32.
-    #[default]
-    F32,
-    /// bf16 activations, f32 everything else.
-    Bf16,
-}
-
-impl Precision {
-    /// The dtype the forward pass runs in.
-    pub fn activation_dtype(self) -> DType {
-        match self {
-            Precision::F32 => DType::F32,
-            Precision::Bf16 => DType::BF16,
-        }
-    }
-
-    /// A batch's inputs in the activation dtype.
-    pub fn cast_input(self, xs: &Tensor) -> candle::Result<Tensor> {
-        xs.to_dtype(self.activation_dtype())
-    }
-
-    /// The model's output in f32, for the loss and the metrics.
-    pub fn cast_logits(self, logits: &Tensor) -> candle::Result<Tensor> {
-        logits.to_dtype(DType::F32)
-    }
-}
 
 /// How a Learner trains, apart from the model, optimizer and data.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,8 +85,6 @@ pub struct LearnerConfig {
     /// The run's seed: every callback's random stream derives from it (and the batch position),
     /// and checkpoints refuse to resume under another seed.
     pub seed: u64,
-    /// See [`Precision`].
-    pub precision: Precision,
 }
 
 /// How a fit (or a recipe) ended without error.
@@ -195,8 +158,8 @@ pub struct Learner {
     last_flow_event: Event,
     fit_cancelled: bool,
     after_fit_ran: bool,
-    /// Gradient averaging over the ranks of a data-parallel run.
-    data_parallel: Option<DataParallel>,
+    /// Run between `loss.backward()` and `after_backward`, in order.
+    gradient_hooks: Vec<Box<dyn GradientHook>>,
 }
 
 macro_rules! propagate {
@@ -238,16 +201,15 @@ impl Learner {
             last_flow_event: Event::BeforeFit,
             fit_cancelled: false,
             after_fit_ran: false,
-            data_parallel: None,
+            gradient_hooks: Vec::new(),
         }
     }
 
-    /// Makes this Learner one rank of a data-parallel run: after every backward pass each
-    /// gradient is replaced by its mean over the ranks (before `after_backward`). The caller
-    /// gives each rank its shard of the data ([`crate::ShardedBatches`]) and starts every rank
-    /// from the same weights ([`DataParallel::broadcast_vars`]).
-    pub fn set_data_parallel(&mut self, data_parallel: DataParallel) {
-        self.data_parallel = Some(data_parallel);
+    /// Adds a hook that rewrites the gradients after every backward pass, before
+    /// `after_backward` (for every following fit; hooks run in the order added). Data
+    /// parallelism is one: each gradient becomes its mean over the ranks.
+    pub fn add_gradient_hook(&mut self, hook: Box<dyn GradientHook>) {
+        self.gradient_hooks.push(hook);
     }
 
     /// Adds a callback for every following fit.
@@ -475,12 +437,8 @@ impl Learner {
         let Some(xs) = self.batch.as_ref().map(|batch| batch.xs.clone()) else {
             return Ok(Flow::Continue);
         };
-        let precision = self.config.precision;
-        let logits = precision
-            .cast_input(&xs)
-            .and_then(|xs| self.model.forward_t(&xs, training))
-            .and_then(|logits| precision.cast_logits(&logits))
-            .map_err(|e| self.tensor_error("forward", e))?;
+        let logits =
+            self.model.forward_t(&xs, training).map_err(|e| self.tensor_error("forward", e))?;
         // Validation keeps no graph: detaching drops every reference to the forward pass.
         let logits = if training { logits } else { logits.detach() };
         self.set_batch(|batch| batch.logits = Some(logits.clone()));
@@ -505,10 +463,9 @@ impl Learner {
     fn do_backward(&mut self) -> CallbackResult {
         if let Some(loss) = self.batch.as_ref().and_then(|batch| batch.loss.clone()) {
             let mut grads = loss.backward().map_err(|e| self.tensor_error("backward", e))?;
-            if let Some(data_parallel) = &self.data_parallel {
-                data_parallel
-                    .average_gradients(self.optimizer.params(), &mut grads)
-                    .map_err(|e| self.tensor_error("averaging gradients over the ranks", e))?;
+            for hook in &self.gradient_hooks {
+                hook.after_backward(self.optimizer.params(), &mut grads)
+                    .map_err(|e| self.tensor_error(hook.name(), e))?;
             }
             self.set_batch(|batch| batch.grads = Some(grads));
         }
@@ -522,8 +479,8 @@ impl Learner {
         Ok(Flow::Continue)
     }
 
-    /// The batch-mean loss (mixed when a MixUp-style callback set `mixed_labels`) and its value
-    /// read back, after checking the shapes, the label range and finiteness.
+    /// The batch-mean loss against the batch's targets and its value read back, after checking
+    /// the shapes, the label range and finiteness.
     fn compute_loss(&self, logits: &Tensor) -> Result<(Tensor, f32), TrainError> {
         let Some(batch) = self.batch.as_ref() else {
             return Err(TrainError::tensor(
@@ -531,31 +488,21 @@ impl Learner {
                 candle::Error::Msg("no batch".into()),
             ));
         };
-        let n_classes = self.check_shapes(logits, &batch.ys)?;
-        let loss = match &batch.mixed_labels {
-            None => self
-                .config
-                .loss
-                .forward(logits, &batch.ys)
-                .map_err(|e| self.tensor_error("loss", e)),
-            Some(mixed) => {
-                mixed_loss(&self.config.loss, logits, &batch.ys, &mixed.permutation, &mixed.lambdas)
-                    .map_err(TrainError::from)
-            }
-        };
-        let loss = match loss {
+        let labels = batch.ys.labels();
+        let n_classes = self.check_shapes(logits, labels)?;
+        let loss = match self.config.loss.forward_targets(logits, &batch.ys) {
             Ok(loss) => loss,
             Err(error) => {
                 // Name an out-of-range label rather than the indexing error it causes.
-                self.check_label_range(&batch.ys, n_classes)?;
-                return Err(error);
+                self.check_label_range(labels, n_classes)?;
+                return Err(self.tensor_error("loss", error));
             }
         };
         let value = loss
             .to_dtype(DType::F32)
             .and_then(|loss| loss.to_scalar::<f32>())
             .map_err(|e| self.tensor_error("reading the loss", e))?;
-        self.check_label_range(&batch.ys, n_classes)?;
+        self.check_label_range(labels, n_classes)?;
         if !value.is_finite() {
             return Err(TrainError::NonFiniteLoss {
                 phase: self.state.phase,

@@ -6,24 +6,27 @@
 //! - [`schedule`]: one-cycle, flat-cos, the lr finder's ramp, the `fine_tune` plan, and fastai's
 //!   training-position bookkeeping (no candle types).
 //! - [`optim`]: fastai's `Adam` and `SGD` over a name-sorted parameter list, with state save/load.
-//! - [`loss`]: cross-entropy, label smoothing, soft targets, per-sample forms, and [`Loss`].
+//! - [`loss`]: cross-entropy, label smoothing, soft targets, per-sample forms, [`Loss`] and the
+//!   [`Targets`] it is computed against (hard labels or MixUp's mixed pairs).
 //! - [`mixup`]: MixUp and CutMix draws (from a seeded RNG passed in) and mixing.
 //! - [`metrics`]: accuracy, top-k, error rate, weighted means and the smoothed train loss.
 //! - [`lr_find`]: the lr finder's stopping rule and its four suggestion rules.
+//! - [`precision`]: bf16 mixed precision as the [`Autocast`] model wrapper.
 //! - [`chart`]: a small line-chart renderer (bitmap font, no system dependencies).
 //!
 //! The Learner and what plugs into it:
 //! - [`learner`]: the [`Learner`] and the one training loop; its module docs list the event
 //!   order.
-//! - [`callback`]: events, [`Flow`], the [`Callback`] trait and the views callbacks get.
+//! - [`callback`]: events, [`Flow`], the [`Callback`] trait and the views callbacks get, and
+//!   the [`GradientHook`] trait.
 //! - [`callbacks`]: the scheduler, the lr finder, MixUp/CutMix, checkpoints, run files.
 //! - [`recorder`]: smoothed loss, validation metrics, history, fastai's epoch table.
 //! - [`recipes`]: `fit`, `fit_one_cycle`, `fit_flat_cos`, `fine_tune`, `lr_find`.
 //! - [`checkpoint`]: save and resume mid-fit, bit for bit.
 //! - [`output`]: `metrics.jsonl` and the PNG plots.
 //! - [`data`]: [`BatchSource`] for wick-data's `DataLoader` and in-memory batches.
-//! - [`distributed`]: data-parallel training ([`DataParallel`] over an [`AllReduce`] group:
-//!   threads in memory, or NCCL with the `nccl` feature).
+//! - [`distributed`]: data-parallel training ([`DataParallel`], a gradient hook over an
+//!   [`AllReduce`] group: threads in memory, or NCCL with the `nccl` feature).
 //!
 //! The library never prints: tables and JSON come back as strings, plots as files.
 //!
@@ -43,13 +46,14 @@ pub mod metrics;
 pub mod mixup;
 pub mod optim;
 pub mod output;
+pub mod precision;
 pub mod recipes;
 pub mod recorder;
 pub mod schedule;
 
 pub use callback::{
     BatchHooks, BatchState, Callback, CallbackResult, Event, EventContext, FitKind, FitPosition,
-    FitState, Flow, MixedLabels, OptControl, Phase, order,
+    FitState, Flow, GradientHook, OptControl, Phase, order,
 };
 pub use callbacks::{
     CheckpointConfig, CheckpointSaver, CutMix, LrFinder, MixUp, ParamScheduler, RunFiles, batch_rng,
@@ -59,10 +63,10 @@ pub use checkpoint::{Checkpoint, CheckpointExtras, ModelState, save_checkpoint};
 pub use data::{BatchIter, BatchSource, InMemoryBatches};
 pub use distributed::{AllReduce, DataParallel, ShardedBatches, ThreadGroup};
 pub use error::TrainError;
-pub use learner::{FitOutcome, Learner, LearnerConfig, Precision};
+pub use learner::{FitOutcome, Learner, LearnerConfig};
 pub use loss::{
-    Loss, Reduction, cross_entropy, cross_entropy_per_sample, label_smoothing_cross_entropy,
-    soft_target_cross_entropy, soft_target_cross_entropy_per_sample,
+    Loss, MixedLabels, Reduction, Targets, cross_entropy, cross_entropy_per_sample,
+    label_smoothing_cross_entropy, soft_target_cross_entropy, soft_target_cross_entropy_per_sample,
 };
 pub use lr_find::{
     DivergenceRule, LrFindControl, LrFindCurve, LrFindError, LrFindStopper, SlideConfig, minimum,
@@ -78,13 +82,14 @@ pub use mixup::{
     sample_folded_lambdas, sample_mixup,
 };
 pub use optim::{
-    Adam, AdamConfig, BUFFER_NAMES, OptimError, OptimParam, Optimizer, Sgd, SgdConfig, StepKernel,
-    is_buffer_name, is_norm_or_bias, optim_params, optim_params_with_rule, trainable_params,
+    Adam, AdamConfig, OptimError, OptimParam, Optimizer, Sgd, SgdConfig, StepKernel,
+    is_norm_or_bias, optim_params, optim_params_with_rule, trainable_params,
 };
 pub use output::{
     loss_chart, lr_find_chart, metrics_jsonl, schedule_charts, write_loss_plot, write_lr_find_plot,
     write_metrics_jsonl, write_png, write_schedule_plot,
 };
+pub use precision::{Autocast, Precision};
 pub use recipes::{LrFindConfig, LrFindResult};
 pub use recorder::{
     BatchRecord, EpochRecord, FitRecord, Metric, Recorder, ValidRecord, format_epoch_table,

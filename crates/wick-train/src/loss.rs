@@ -1,7 +1,8 @@
 //! Classification losses as differentiable candle tensor functions (fastai `losses.py`, spec §8):
 //! cross-entropy, label-smoothing cross-entropy, soft-target cross-entropy, their per-sample
-//! (unreduced) forms, and [`Loss`], the value a Learner holds as "the loss" and MixUp asks for the
-//! per-sample form.
+//! (unreduced) forms, [`Loss`], the value a Learner holds as "the loss" (MixUp asks it for the
+//! per-sample form), and [`Targets`], what a batch's loss is computed against: hard labels, or
+//! the mixed pairs a MixUp-style callback leaves (fastai `MixHandler.lf`).
 //!
 //! Shape legend: B batch, K classes. Logits `(B,K)` float; labels `(B,)` u32 (i64 accepted) with
 //! values in `0..K`; soft targets `(B,K)` float, each row a probability distribution. Reduced
@@ -10,6 +11,8 @@
 //! Not here: fastai's `weight` (per-class rescaling) and `ignore_index`, unused in chapter 7.
 
 use candle::{D, DType, Tensor};
+
+use crate::mixup::{MixError, mixed_loss};
 
 /// How per-sample losses are combined (PyTorch's `reduction`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,27 @@ impl Loss {
         }
     }
 
+    /// The batch-mean loss against a batch's [`Targets`], a scalar: [`Loss::forward`] for hard
+    /// labels, [`mixed_loss`] for mixed pairs. Logits `(B,K)`.
+    ///
+    /// # Errors
+    ///
+    /// Shapes that do not match (logits not `(B,K)`, labels not `(B,)`, a mixing draw without
+    /// one entry per sample) or a failing tensor op.
+    pub fn forward_targets(&self, logits: &Tensor, targets: &Targets) -> candle::Result<Tensor> {
+        match targets {
+            Targets::Labels(labels) => self.forward(logits, labels),
+            Targets::Mixed { labels, mixed } => {
+                mixed_loss(self, logits, labels, &mixed.permutation, &mixed.lambdas).map_err(
+                    |error| match error {
+                        MixError::Tensor(error) => error,
+                        other => candle::Error::wrap(other),
+                    },
+                )
+            }
+        }
+    }
+
     /// One loss per sample, `(B,)` (what MixUp mixes). Logits `(B,K)`, labels `(B,)`.
     pub fn per_sample(&self, logits: &Tensor, labels: &Tensor) -> candle::Result<Tensor> {
         match *self {
@@ -59,6 +83,49 @@ impl Loss {
             }
         }
     }
+}
+
+/// What a batch's loss is computed against (fastai's `yb`, with what `MixHandler` keeps beside
+/// it). The loop passes it to [`Loss::forward_targets`] without looking inside.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// Class indices `(B,)` u32.
+    Labels(Tensor),
+    /// The batch's own labels `(B,)` u32 and the MixUp/CutMix pairing: sample i's loss is
+    /// `λᵢ·L(ŷᵢ, yᵢ) + (1 − λᵢ)·L(ŷᵢ, y_π(i))`.
+    Mixed {
+        /// The batch's own labels `(B,)` u32.
+        labels: Tensor,
+        /// The partners π and weights λ.
+        mixed: MixedLabels,
+    },
+}
+
+impl Targets {
+    /// The batch's own labels `(B,)` (what metrics compare the predictions with).
+    pub fn labels(&self) -> &Tensor {
+        match self {
+            Targets::Labels(labels) | Targets::Mixed { labels, .. } => labels,
+        }
+    }
+
+    /// The mixing of these targets, if any.
+    pub fn mixed(&self) -> Option<&MixedLabels> {
+        match self {
+            Targets::Labels(_) => None,
+            Targets::Mixed { mixed, .. } => Some(mixed),
+        }
+    }
+}
+
+/// A MixUp-style pairing: each sample's loss is `λᵢ·L(ŷᵢ, yᵢ) + (1 − λᵢ)·L(ŷᵢ, y_π(i))` with
+/// the Learner's loss L, then the batch mean (fastai `MixHandler.lf`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixedLabels {
+    /// π: the partner of each sample.
+    pub permutation: Vec<u32>,
+    /// λᵢ: the weight of each sample's own label.
+    pub lambdas: Vec<f32>,
 }
 
 /// Mean cross-entropy `−log softmax(logits)[label]` over the batch, a scalar.

@@ -27,9 +27,6 @@ use candle::backprop::GradStore;
 use candle::{DType, Device, Shape, Tensor, Var};
 use candle_nn::VarMap;
 
-/// Names of the VarMap entries that are BatchNorm buffers, never optimised.
-pub const BUFFER_NAMES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
-
 /// An optimizer failure; each variant names the parameter or state key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
@@ -102,25 +99,21 @@ pub struct OptimParam {
     pub do_wd: bool,
 }
 
-/// The trainable parameters of `varmap` (everything except [`BUFFER_NAMES`]), sorted by name.
+/// The trainable parameters of `varmap`, sorted by name: every variable whose name `is_buffer`
+/// rejects (PyTorch's `parameters()`). Which variables are buffers is the model's to say (for
+/// wick-models' networks, `wick_models::is_buffer`), as fastai's `splitter` is the caller's.
 ///
 /// `VarMap` iterates in random order; sorting makes optimizer state and checkpoints deterministic.
-pub fn trainable_params(varmap: &VarMap) -> Vec<(String, Var)> {
+pub fn trainable_params(varmap: &VarMap, is_buffer: impl Fn(&str) -> bool) -> Vec<(String, Var)> {
     // A poisoned lock only means another thread panicked while holding it; the map is still valid.
     let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut params: Vec<(String, Var)> = data
         .iter()
-        .filter(|(name, _)| !is_buffer_name(name))
+        .filter(|(name, _)| !is_buffer(name))
         .map(|(name, var)| (name.clone(), var.clone()))
         .collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     params
-}
-
-/// Whether a VarMap name is a BatchNorm buffer (its last path segment is in [`BUFFER_NAMES`]).
-pub fn is_buffer_name(name: &str) -> bool {
-    let last = name.rsplit('.').next().unwrap_or(name);
-    BUFFER_NAMES.contains(&last)
 }
 
 /// fastai's no-decay rule for standard networks: norm-layer parameters and biases, i.e. rank ≤ 1.

@@ -199,7 +199,7 @@ impl Recorder {
                 self.valid_loss.accumulate(f64::from(loss), state.batch_size);
                 if let Some(logits) = &batch.logits {
                     for (metric, hits) in self.metrics.iter().zip(self.valid_hits.iter_mut()) {
-                        *hits += metric.hits(logits, &batch.ys).map_err(|source| {
+                        *hits += metric.hits(logits, batch.ys.labels()).map_err(|source| {
                             TrainError::tensor(
                                 format!("{}: {}", state.describe(), metric.name()),
                                 source,

@@ -1,6 +1,7 @@
 //! [`MixUp`] and [`CutMix`] as callbacks (fastai `MixUp`, `CutMix`, order 0): at `before_batch`
-//! of training batches only, they mix the inputs and set [`MixedLabels`] so the loop computes the
-//! mixed per-sample loss; validation batches are untouched and use the plain loss.
+//! of training batches only, they mix the inputs and turn the batch's targets into
+//! [`Targets::Mixed`], against which the Learner's loss is the mixed per-sample loss (fastai's
+//! `MixHandler.lf`); validation batches are untouched and keep their plain labels.
 //!
 //! Their random draws come from [`batch_rng`]: a ChaCha stream seeded from the run's seed, the
 //! callback's stream id, the data epoch and the batch index, so a run resumed mid-epoch draws
@@ -11,10 +12,9 @@ use rand_chacha::ChaCha8Rng;
 
 use candle::Tensor;
 
-use crate::callback::{
-    BatchHooks, Callback, CallbackResult, FitState, Flow, MixedLabels, Phase, order,
-};
+use crate::callback::{BatchHooks, Callback, CallbackResult, FitState, Flow, Phase, order};
 use crate::error::TrainError;
+use crate::loss::{MixedLabels, Targets};
 use crate::mixup::{MixError, cut_mix_images, mix_images, sample_cutmix, sample_mixup};
 
 const MIXUP_STREAM: u64 = 0x6d69_7875_7000_0001;
@@ -125,8 +125,8 @@ fn checked_alpha(alpha: f64) -> Result<f64, TrainError> {
 }
 
 /// What MixUp and CutMix do around their own draw: only on training batches, `mix(state, xs,
-/// rng)` with this batch's generator of `stream` returns the mixed inputs and labels, which
-/// replace the batch's inputs and set its [`MixedLabels`].
+/// rng)` with this batch's generator of `stream` returns the mixed inputs and the pairing, which
+/// replace the batch's inputs and targets (the batch's own labels kept).
 fn mix_training_batch(
     hooks: &mut BatchHooks<'_>,
     stream: u64,
@@ -137,8 +137,8 @@ fn mix_training_batch(
         return Ok(Flow::Continue);
     }
     let mut rng = batch_rng(state.seed, stream, state.data_epoch, state.iter);
-    let (xs, mixed_labels) = mix(state, &hooks.batch.xs, &mut rng)?;
+    let (xs, mixed) = mix(state, &hooks.batch.xs, &mut rng)?;
     hooks.batch.xs = xs;
-    hooks.batch.mixed_labels = Some(mixed_labels);
+    hooks.batch.ys = Targets::Mixed { labels: hooks.batch.ys.labels().clone(), mixed };
     Ok(Flow::Continue)
 }

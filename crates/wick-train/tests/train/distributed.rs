@@ -64,11 +64,14 @@ fn train(seed: u64, rank: Option<(DataParallel, usize)>) -> Vec<Vec<f64>> {
         config(1),
     );
     if let Some((dp, _)) = rank {
-        dp.broadcast_vars(&trainable_params(&varmap)).unwrap();
-        learner.set_data_parallel(dp);
+        dp.broadcast_vars(&trainable_params(&varmap, wick_models::is_buffer)).unwrap();
+        learner.add_gradient_hook(Box::new(dp));
     }
     learner.fit(2, 1e-2).unwrap();
-    trainable_params(&varmap).iter().map(|(_, var)| values(var.as_tensor())).collect()
+    trainable_params(&varmap, wick_models::is_buffer)
+        .iter()
+        .map(|(_, var)| values(var.as_tensor()))
+        .collect()
 }
 
 #[test]
@@ -93,7 +96,10 @@ fn two_ranks_on_half_batches_match_one_process_on_whole_batches() {
     let initial: Vec<Vec<f64>> = {
         let varmap = VarMap::new();
         let _ = model(&varmap, 11);
-        trainable_params(&varmap).iter().map(|(_, var)| values(var.as_tensor())).collect()
+        trainable_params(&varmap, wick_models::is_buffer)
+            .iter()
+            .map(|(_, var)| values(var.as_tensor()))
+            .collect()
     };
     assert_ne!(initial, single);
 }

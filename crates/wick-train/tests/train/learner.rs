@@ -352,7 +352,7 @@ impl wick_train::Callback for MixInspector {
                 .to_scalar::<f32>()
                 .unwrap()
                 > 0.0;
-            self.seen.borrow_mut().push((state.phase, changed, batch.mixed_labels.clone()));
+            self.seen.borrow_mut().push((state.phase, changed, batch.ys.mixed().cloned()));
         }
         Ok(Flow::Continue)
     }

@@ -15,7 +15,7 @@ use candle_nn::VarMap;
 use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
 use wick_train::{
     Adam, AdamConfig, BatchRecord, FitOutcome, FitRecord, InMemoryBatches, Learner, LearnerConfig,
-    Loss, Metric, OneCycle, Precision, optim_params, trainable_params,
+    Loss, Metric, OneCycle, optim_params, trainable_params,
 };
 
 use crate::common::{
@@ -86,21 +86,18 @@ fn train_like_fastai(fx: &HashMap<String, Tensor>) -> FitRecord {
     assert_eq!((train.len(), valid.len()), (10, 1));
     // fastai: Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy) with its
     // default opt_func=Adam (mom 0.9, sqr_mom 0.99, eps 1e-5, wd 0.01, no wd on BN and bias).
-    let optimizer =
-        Adam::new(optim_params(trainable_params(&varmap)), AdamConfig::fastai_defaults(1e-3))
-            .unwrap();
+    let optimizer = Adam::new(
+        optim_params(trainable_params(&varmap, wick_models::is_buffer)),
+        AdamConfig::fastai_defaults(1e-3),
+    )
+    .unwrap();
     let mut learner = Learner::new(
         Box::new(model),
         varmap,
         Box::new(optimizer),
         Box::new(InMemoryBatches::new(train)),
         Box::new(InMemoryBatches::new(valid)),
-        LearnerConfig {
-            loss: Loss::CrossEntropy,
-            metrics: vec![Metric::Accuracy],
-            seed: 0,
-            precision: Precision::F32,
-        },
+        LearnerConfig { loss: Loss::CrossEntropy, metrics: vec![Metric::Accuracy], seed: 0 },
     );
     // fastai: learn.fit_one_cycle(1, 1e-3).
     let outcome = learner.fit_one_cycle(1, OneCycle::fastai_defaults(1e-3)).unwrap();

@@ -279,13 +279,55 @@ fn trainable_params_skip_batchnorm_buffers_and_sort_by_name() {
     let _conv = candle_nn::conv2d_no_bias(3, 4, 3, Default::default(), vb.pp("0.0")).unwrap();
     let _bn = candle_nn::batch_norm(4, 1e-5, vb.pp("0.1")).unwrap();
     let _head = candle_nn::linear(4, 2, vb.pp("11")).unwrap();
-    let named = trainable_params(&varmap);
+    let named = trainable_params(&varmap, wick_models::is_buffer);
     let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["0.0.weight", "0.1.bias", "0.1.weight", "11.bias", "11.weight"]);
     let decayed: Vec<String> =
         optim_params(named).into_iter().filter(|p| p.do_wd).map(|p| p.name).collect();
     // fastai wd_bn_bias=False: only the conv and linear weights decay.
     assert_eq!(decayed, ["0.0.weight", "11.weight"]);
+}
+
+#[test]
+fn self_attention_vectors_are_buffers_and_get_no_optimizer_state() {
+    // PyTorch's spectral_norm registers weight_u and weight_v with register_buffer: they are not
+    // in parameters(), so fastai's optimizer never holds them (nor weight-decays them, nor
+    // all-reduces their zero gradients). One buffer rule (wick_models::is_buffer) serves the
+    // optimizer and the parameter count.
+    use candle::ModuleT;
+    use wick_models::{Depth, XResNetConfig, count_params, seeded_var_builder, xresnet};
+    let varmap = VarMap::new();
+    // fastai puts the attention in the last block of the fourth stage from the end.
+    let config = XResNetConfig {
+        layers: vec![1, 1, 1, 1],
+        widen: 0.25,
+        self_attention: true,
+        ..XResNetConfig::depth(Depth::D18, 2)
+    };
+    let model =
+        xresnet(&config, 3, seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu)).unwrap();
+    let all: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    let attention: Vec<&String> = all.iter().filter(|n| n.contains("weight_u")).collect();
+    assert!(!attention.is_empty(), "the model has self-attention: {all:?}");
+    let params = trainable_params(&varmap, wick_models::is_buffer);
+    let is_vector = |name: &str| name.ends_with("weight_u") || name.ends_with("weight_v");
+    let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!names.iter().any(|n| is_vector(n)), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("weight_orig"))
+            && names.iter().any(|n| n.ends_with("gamma"))
+    );
+    let counted: usize = params.iter().map(|(_, var)| var.elem_count()).sum();
+    assert_eq!(counted, count_params(&varmap, ""));
+
+    let mut adam = Adam::new(optim_params(params), AdamConfig::fastai_defaults(1e-3)).unwrap();
+    let xs = Tensor::ones((2, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
+    let loss = model.forward_t(&xs, true).unwrap().sqr().unwrap().mean_all().unwrap();
+    adam.step(&loss.backward().unwrap()).unwrap();
+    assert!(adam.params().iter().all(|p| !is_vector(&p.name)));
+    let state = adam.state_dict().unwrap();
+    assert!(state.keys().any(|k| k.ends_with("weight_orig.grad_avg")), "the step ran");
+    assert!(!state.keys().any(|k| k.contains("weight_u") || k.contains("weight_v")), "{state:?}");
 }
 
 #[test]

@@ -1,13 +1,11 @@
-//! bf16 mixed precision (`Precision::Bf16`, fastai's `to_bf16()`) on the CPU: a small xresnet's
+//! bf16 mixed precision (`Precision::Bf16` and the `Autocast` wrapper, fastai's `to_bf16()`) on the CPU: a small xresnet's
 //! logits and gradients in bf16 against f32 from the same weights, and a Learner in bf16 whose
 //! weights, gradients and optimizer state stay f32 and whose run tracks the f32 run.
 
 use candle::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use wick_models::{Depth, XResNet, XResNetConfig, seeded_var_builder, xresnet};
-use wick_train::{
-    InMemoryBatches, Learner, LearnerConfig, Precision, cross_entropy, trainable_params,
-};
+use wick_train::{Autocast, InMemoryBatches, Learner, Precision, cross_entropy, trainable_params};
 
 use crate::common::values;
 use crate::tiny::{adam, bright_dark_batches, config};
@@ -35,13 +33,11 @@ fn bf16_logits_and_gradients_match_f32_within_bf16_tolerance() {
     let (xs, ys) = bright_dark_batches(1, 8, 4).remove(0);
     let mut runs = Vec::new();
     for precision in [Precision::F32, Precision::Bf16] {
-        let logits = precision
-            .cast_logits(&model.forward_t(&precision.cast_input(&xs).unwrap(), true).unwrap())
-            .unwrap();
+        let logits = precision.forward_t(&model, &xs, true).unwrap();
         assert_eq!(logits.dtype(), DType::F32);
         let grads = cross_entropy(&logits, &ys).unwrap().backward().unwrap();
         let mut param_grads = Vec::new();
-        for (name, var) in trainable_params(&varmap) {
+        for (name, var) in trainable_params(&varmap, wick_models::is_buffer) {
             let grad =
                 grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
             assert_eq!(grad.dtype(), DType::F32, "{name}: gradients reach the f32 master weights");
@@ -81,15 +77,18 @@ fn fit(precision: Precision) -> (Vec<Vec<f64>>, Vec<f32>, VarMap, Learner) {
     let train = InMemoryBatches::new(bright_dark_batches(3, 8, 1));
     let valid = InMemoryBatches::new(bright_dark_batches(1, 8, 2));
     let mut learner = Learner::new(
-        Box::new(model),
+        Box::new(Autocast::new(model, precision)),
         varmap.clone(),
         adam(&varmap),
         Box::new(train),
         Box::new(valid),
-        LearnerConfig { precision, ..config(1) },
+        config(1),
     );
     learner.fit(1, 1e-3).unwrap();
-    let weights = trainable_params(&varmap).iter().map(|(_, v)| values(v.as_tensor())).collect();
+    let weights = trainable_params(&varmap, wick_models::is_buffer)
+        .iter()
+        .map(|(_, v)| values(v.as_tensor()))
+        .collect();
     let losses = learner.recorder().fits()[0].batches.iter().map(|b| b.loss).collect();
     (weights, losses, varmap, learner)
 }
@@ -138,4 +137,29 @@ fn precision_casts_inputs_and_logits() {
     let logits = Tensor::ones((1, 2), DType::BF16, &Device::Cpu).unwrap();
     assert_eq!(Precision::Bf16.cast_logits(&logits).unwrap().dtype(), DType::F32);
     assert_eq!(Precision::Bf16.activation_dtype(), DType::BF16);
+}
+
+#[test]
+fn autocast_runs_the_inner_model_in_its_precision() {
+    // Under F32 the wrapper is the model itself, bit for bit; under Bf16 the logits come back
+    // as f32 and equal the hand-cast forward pass exactly.
+    let varmap = VarMap::new();
+    let model = small_xresnet(&varmap, 7);
+    let (xs, _) = bright_dark_batches(1, 4, 9).remove(0);
+    let bare = values(&model.forward_t(&xs, false).unwrap());
+    let by_hand = values(
+        &model
+            .forward_t(&xs.to_dtype(DType::BF16).unwrap(), false)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap(),
+    );
+    let f32_wrapped = Autocast::new(model, Precision::F32);
+    assert_eq!(values(&f32_wrapped.forward_t(&xs, false).unwrap()), bare);
+    // The same seed draws the same weights.
+    let bf16_wrapped = Autocast::new(small_xresnet(&VarMap::new(), 7), Precision::Bf16);
+    let logits = bf16_wrapped.forward_t(&xs, false).unwrap();
+    assert_eq!(logits.dtype(), DType::F32);
+    assert_eq!(values(&logits), by_hand);
+    assert_ne!(by_hand, bare, "bf16 activations round the logits");
 }

@@ -13,8 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use wick_models::seeded_var_builder;
 use wick_train::{
     Adam, AdamConfig, Callback, CallbackResult, Event, EventContext, FitState, Flow,
-    InMemoryBatches, Learner, LearnerConfig, Loss, Metric, Precision, optim_params,
-    trainable_params,
+    InMemoryBatches, Learner, LearnerConfig, Loss, Metric, optim_params, trainable_params,
 };
 
 /// conv3x3(3→4) → BatchNorm → SiLU → mean over H, W → linear(4→K). Images `(B,3,H,W)`.
@@ -70,18 +69,13 @@ pub(crate) fn bright_dark_batches(
 
 /// fastai's `Adam` with its defaults over every trainable variable of `varmap`.
 pub(crate) fn adam(varmap: &VarMap) -> Box<Adam> {
-    let params = optim_params(trainable_params(varmap));
+    let params = optim_params(trainable_params(varmap, wick_models::is_buffer));
     Box::new(Adam::new(params, AdamConfig::fastai_defaults(1e-3)).unwrap())
 }
 
 /// The learner config the tests use: cross-entropy, accuracy, the given seed.
 pub(crate) fn config(seed: u64) -> LearnerConfig {
-    LearnerConfig {
-        loss: Loss::CrossEntropy,
-        metrics: vec![Metric::Accuracy],
-        seed,
-        precision: Precision::F32,
-    }
+    LearnerConfig { loss: Loss::CrossEntropy, metrics: vec![Metric::Accuracy], seed }
 }
 
 /// A learner over a [`TinyCnn`] (init seed `init_seed`, 2 classes) and in-memory batches.
