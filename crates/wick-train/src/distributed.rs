@@ -10,8 +10,9 @@
 //!   [`nccl`](self::nccl).
 //! - [`DataParallel`]: the weight broadcast, and the gradient averaging as the Learner's
 //!   [`GradientHook`] ([`crate::Learner::add_gradient_hook`]).
-//! - [`ShardedBatches`]: a [`BatchSource`] that gives each rank its contiguous slice of every
-//!   batch of the global order.
+//!
+//! Each rank's data is its share of every global batch, built by wick-data's loader
+//! (`LoaderConfig::shard`), so a rank decodes only the images it trains on.
 //!
 //! BatchNorm statistics are per rank (as DDP without SyncBatchNorm), so a model with
 //! BatchNorm trained on N ranks matches a one-process run only when N = 1; a model without
@@ -23,7 +24,6 @@ use candle::backprop::GradStore;
 use candle::{DType, Tensor, Var};
 
 use crate::callback::GradientHook;
-use crate::data::{BatchIter, BatchSource};
 use crate::optim::OptimParam;
 
 #[cfg(feature = "nccl")]
@@ -215,8 +215,8 @@ impl DataParallel {
 }
 
 /// DDP's gradient all-reduce: after every backward pass each gradient becomes its mean over the
-/// ranks, before `after_backward`. The caller gives each rank its shard of the data
-/// ([`ShardedBatches`]) and starts every rank from the same weights
+/// ranks, before `after_backward`. The caller gives each rank its share of the data
+/// (wick-data's `LoaderConfig::shard`) and starts every rank from the same weights
 /// ([`DataParallel::broadcast_vars`]).
 impl GradientHook for DataParallel {
     fn name(&self) -> &'static str {
@@ -253,55 +253,6 @@ fn unflatten(flat: &Tensor, like: &[Tensor]) -> candle::Result<Vec<Tensor>> {
         .collect()
 }
 
-/// Rank `rank`'s contiguous `1/world_size` of every batch of `inner` (which must produce the
-/// same global batches on every rank: same data, same seed). Every batch must split evenly.
-pub struct ShardedBatches {
-    inner: Box<dyn BatchSource>,
-    rank: usize,
-    world_size: usize,
-}
-
-impl ShardedBatches {
-    pub fn new(
-        inner: Box<dyn BatchSource>,
-        rank: usize,
-        world_size: usize,
-    ) -> candle::Result<Self> {
-        if world_size == 0 || rank >= world_size {
-            candle::bail!("sharded batches: rank {rank} is not a rank of {world_size}");
-        }
-        Ok(Self { inner, rank, world_size })
-    }
-
-    fn shard(&self, xs: Tensor, ys: Tensor) -> candle::Result<(Tensor, Tensor)> {
-        let batch = xs.dim(0)?;
-        if !batch.is_multiple_of(self.world_size) {
-            candle::bail!(
-                "a batch of {batch} does not split into {} equal shards: make the batch size a \
-                 multiple of the number of ranks",
-                self.world_size
-            );
-        }
-        let per_rank = batch / self.world_size;
-        let start = self.rank * per_rank;
-        Ok((xs.narrow(0, start, per_rank)?, ys.narrow(0, start, per_rank)?))
-    }
-}
-
-impl BatchSource for ShardedBatches {
-    fn n_batches(&self) -> usize {
-        self.inner.n_batches()
-    }
-
-    fn batches(&self, epoch: u64, first_batch: usize) -> BatchIter<'_> {
-        Box::new(
-            self.inner
-                .batches(epoch, first_batch)
-                .map(move |item| item.and_then(|(xs, ys)| self.shard(xs, ys))),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,19 +277,5 @@ mod tests {
             assert_eq!(sum, vec![3.0, 30.0]);
             assert_eq!(root, vec![2.0, 20.0]);
         }
-    }
-
-    #[test]
-    fn sharding_needs_an_even_split() {
-        let xs = Tensor::zeros((6, 1), DType::F32, &Device::Cpu).unwrap();
-        let ys = Tensor::zeros(6, DType::U32, &Device::Cpu).unwrap();
-        let source = crate::InMemoryBatches::new(vec![(xs, ys)]);
-        let sharded = ShardedBatches::new(Box::new(source.clone()), 1, 3).unwrap();
-        let (xs, _) = sharded.batches(0, 0).next().unwrap().unwrap();
-        assert_eq!(xs.dims(), [2, 1]);
-        let uneven = ShardedBatches::new(Box::new(source), 0, 4).unwrap();
-        let error = uneven.batches(0, 0).next().unwrap().unwrap_err().to_string();
-        assert!(error.contains("multiple of the number of ranks"), "{error}");
-        assert!(ShardedBatches::new(Box::new(crate::InMemoryBatches::new(vec![])), 2, 2).is_err());
     }
 }

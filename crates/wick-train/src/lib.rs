@@ -61,7 +61,7 @@ pub use callbacks::{
 pub use chart::{AxisScale, LineChart, Series, VerticalMarker, encode_png};
 pub use checkpoint::{Checkpoint, CheckpointExtras, ModelState, save_checkpoint};
 pub use data::{BatchIter, BatchSource, InMemoryBatches};
-pub use distributed::{AllReduce, DataParallel, ShardedBatches, ThreadGroup};
+pub use distributed::{AllReduce, DataParallel, ThreadGroup};
 pub use error::TrainError;
 pub use learner::{FitOutcome, Learner, LearnerConfig};
 pub use loss::{

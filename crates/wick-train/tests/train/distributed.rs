@@ -8,9 +8,7 @@ use std::sync::Arc;
 use candle::{DType, Device, ModuleT, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarMap};
 use wick_models::seeded_var_builder;
-use wick_train::{
-    DataParallel, InMemoryBatches, Learner, ShardedBatches, ThreadGroup, trainable_params,
-};
+use wick_train::{DataParallel, InMemoryBatches, Learner, ThreadGroup, trainable_params};
 
 use crate::common::{Tol, assert_close, values};
 use crate::tiny::{adam, bright_dark_batches, config};
@@ -47,14 +45,22 @@ impl ModuleT for NoBatchNorm {
 fn train(seed: u64, rank: Option<(DataParallel, usize)>) -> Vec<Vec<f64>> {
     let varmap = VarMap::new();
     let net = model(&varmap, seed);
-    let data = InMemoryBatches::new(bright_dark_batches(3, 8, 5));
+    let batches = bright_dark_batches(3, 8, 5);
     let valid = InMemoryBatches::new(bright_dark_batches(1, 8, 6));
-    let train: Box<dyn wick_train::BatchSource> = match &rank {
-        Some((dp, world)) => {
-            Box::new(ShardedBatches::new(Box::new(data), dp.rank(), *world).unwrap())
-        }
-        None => Box::new(data),
+    // A rank trains on its contiguous share of every batch (what wick-data's loader shard
+    // builds for real data).
+    let batches = match &rank {
+        Some((dp, world)) => batches
+            .into_iter()
+            .map(|(xs, ys)| {
+                let per_rank = xs.dim(0).unwrap() / world;
+                let start = dp.rank() * per_rank;
+                (xs.narrow(0, start, per_rank).unwrap(), ys.narrow(0, start, per_rank).unwrap())
+            })
+            .collect(),
+        None => batches,
     };
+    let train: Box<dyn wick_train::BatchSource> = Box::new(InMemoryBatches::new(batches));
     let mut learner = Learner::new(
         Box::new(net),
         varmap.clone(),
