@@ -48,6 +48,13 @@ const LOOP_FILE: &str = "crates/wick-train/src/learner.rs";
 const LOOP_FEATURE_NAMES: [&str; 7] =
     ["mixup", "cutmix", "mixed", "precision", "bf16", "dataparallel", "data_parallel"];
 
+/// Device code lives only in wick-nn (docs/ARCHITECTURE.md, "Only wick-nn holds device
+/// code"): no other crate's code (comments aside) reads a backend's storage, names cudarc or
+/// branches on the device kind. xtask's CUDA build tooling is not device code and is exempt.
+const DEVICE_CODE_CRATE: &str = "crates/wick-nn";
+const DEVICE_CODE_NAMES: [&str; 5] =
+    ["CpuStorage", "CudaStorage", "cudarc", "is_cpu()", "is_cuda()"];
+
 /// The dependency rules over every `crates/*/Cargo.toml` and `xtask/Cargo.toml`.
 pub(crate) fn check_dependency_rules(root: &Path) -> Vec<Violation> {
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))
@@ -135,6 +142,11 @@ pub(crate) fn check_workspace(root: &Path) -> Vec<Violation> {
                 violations.push(Violation { path: path.clone(), message });
             }
         }
+        if relative.starts_with("crates") && !relative.starts_with(DEVICE_CODE_CRATE) {
+            for message in check_device_code(&text) {
+                violations.push(Violation { path: path.clone(), message });
+            }
+        }
         if relative == Path::new(LOOP_FILE) {
             for message in check_loop(&text) {
                 violations.push(Violation { path: path.clone(), message });
@@ -153,6 +165,22 @@ fn check_agnostic(text: &str) -> Vec<String> {
         if let Some(name) = MODEL_AND_DATASET_NAMES.iter().find(|name| code.contains(*name)) {
             problems.push(format!(
                 "line {}: names {name}: this crate is model- and dataset-agnostic",
+                line_idx + 1
+            ));
+        }
+    }
+    problems
+}
+
+/// Code lines (comments aside) outside wick-nn that hold device code.
+fn check_device_code(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (line_idx, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or_default();
+        if let Some(name) = DEVICE_CODE_NAMES.iter().find(|name| code.contains(*name)) {
+            problems.push(format!(
+                "line {}: names {name}: device code lives only in wick-nn (an op or a collective \
+                 there, called from here)",
                 line_idx + 1
             ));
         }
@@ -259,6 +287,20 @@ mod tests {
             ),
             ["line 3: names xresnet: this crate is model- and dataset-agnostic"]
         );
+    }
+
+    #[test]
+    fn device_code_rule_catches_storage_and_device_branches() {
+        let text = concat!(
+            "//! An optimizer; its CpuStorage loop is in wick-nn.\n",
+            "let fusable = wick_nn::ops::fused_step_supported(&t);\n",
+            "let (CpuStorage::F32(p), _) = (a, b) else { return };\n",
+            "if var.device().is_cuda() { x } // is_cpu() in a comment is fine\n",
+        );
+        let problems = check_device_code(text);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("line 3: names CpuStorage"), "{problems:?}");
+        assert!(problems[1].starts_with("line 4: names is_cuda()"), "{problems:?}");
     }
 
     #[test]

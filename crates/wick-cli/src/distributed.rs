@@ -1,5 +1,5 @@
 //! `wick train --gpus N`: data-parallel training over NCCL, one process per GPU (feature
-//! `nccl`; wick-train's `distributed` module holds the algorithm). The command runs itself
+//! `nccl`; wick-train's `distributed` module holds the algorithm, wick-nn's `collective` the NCCL group). The command runs itself
 //! again as N rank processes (`--rank i --world-size N --device cuda:i`, the other flags
 //! unchanged) and waits for them. Rank 0 makes the NCCL id and writes its 128 bytes to
 //! `<out>/.nccl-id`; the other ranks wait for the file, as candle's `llama_multiprocess`
@@ -123,7 +123,7 @@ pub(crate) fn join(
     device: &candle::Device,
     out: &Path,
 ) -> anyhow::Result<wick_train::DataParallel> {
-    use wick_train::distributed::nccl::{NcclGroup, NcclId};
+    use wick_nn::collective::nccl::{NcclGroup, NcclId};
     let path = id_path(out);
     let id = if spec.rank == 0 {
         let id = NcclId::new()?;

@@ -25,6 +25,7 @@
 //! fused BatchNorm+ReLU and cut 1×1 convolutions' by about a quarter in `benches/nn.rs`.
 
 pub mod check;
+pub mod collective;
 pub mod gemm;
 mod layers;
 pub mod ops;
