@@ -6,7 +6,8 @@
 //! nothing); [`augment`] draws fastai's `Resize` + `aug_transforms` parameters per image;
 //! [`geometry`] composes all of them into one resampling pass; [`scan`] checks every file once
 //! before training; [`pipeline`] runs those steps
-//! for one file; [`loader`] batches many in parallel onto a device; [`normalize`] is the batch
+//! for one file; [`loader`] batches many in parallel onto a device; [`source`] is the seam the
+//! training loop and the evaluation read batches through; [`normalize`] is the batch
 //! transform; [`show`] draws batches.
 //!
 //! Shapes: images `(B, 3, H, W)` f32 with `H = W = S` (the output size), labels `(B,)` u32,
@@ -28,6 +29,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod scan;
 pub mod show;
+pub mod source;
 
 pub use acquire::{
     ARCHIVES, AcquireConfig, Archive, DownloadConfig, Expected, ExtractConfig, IMAGENETTE,
@@ -49,3 +51,4 @@ pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 pub use pipeline::{ItemPipeline, Mode};
 pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};
 pub use show::{ImageGrid, show_batch};
+pub use source::{BatchIter, BatchSource, InMemoryBatches};

@@ -1,11 +1,11 @@
-//! Predictions over a loader, in dataset order, and fastai's `Learner.tta` (spec §6): `n`
+//! Predictions over a batch source (wick-data's `BatchSource`), in item order, and fastai's `Learner.tta` (spec §6): `n`
 //! passes over the validation items with the full training augmentation (random `Resize`
 //! crop, flip, rotate, zoom, warp, random crop, lighting), the element-wise mean (or max) of
 //! their softmax probabilities, blended with one plain pass:
 //! `(1 - beta) * augmented + beta * plain`.
 
 use candle::{D, Device, ModuleT, Tensor};
-use wick_data::{DataLoader, LoaderConfig, Mode};
+use wick_data::{BatchSource, DataLoader, LoaderConfig, Mode};
 
 use crate::error::{EvalError, Result};
 
@@ -20,16 +20,16 @@ pub struct Predictions {
     pub item_indices: Vec<usize>,
 }
 
-/// Runs `model` in eval mode over every batch of `loader`'s epoch `epoch` (the epoch only
+/// Runs `model` in eval mode over every batch of `source`'s epoch `epoch` (the epoch only
 /// matters for a training-mode loader, whose augmentation it seeds) and returns the softmax
-/// probabilities sorted into dataset order.
+/// probabilities sorted into item order (fastai `Learner.get_preds`).
 ///
 /// # Errors
 /// [`EvalError::NonFinite`] naming the first file whose probabilities hold a NaN or an infinity
 /// (a broken model never yields a number); data and tensor errors.
-pub fn get_preds(model: &dyn ModuleT, loader: &DataLoader, epoch: u64) -> Result<Predictions> {
-    let mut rows: Vec<(usize, Tensor, u32)> = Vec::with_capacity(loader.items().len());
-    for batch in loader.epoch(epoch) {
+pub fn get_preds(model: &dyn ModuleT, source: &dyn BatchSource, epoch: u64) -> Result<Predictions> {
+    let mut rows: Vec<(usize, Tensor, u32)> = Vec::new();
+    for batch in source.batches(epoch, 0) {
         let batch = batch?;
         let logits = model.forward_t(&batch.xs.detach(), false)?.detach();
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_device(&Device::Cpu)?;
@@ -45,10 +45,8 @@ pub fn get_preds(model: &dyn ModuleT, loader: &DataLoader, epoch: u64) -> Result
         for (row, (&item, &target)) in batch.item_indices.iter().zip(&targets).enumerate() {
             if values[row].iter().any(|p| !p.is_finite()) {
                 return Err(EvalError::NonFinite {
-                    item: loader
-                        .items()
-                        .paths
-                        .get(item)
+                    item: source
+                        .item_path(item)
                         .map_or_else(|| format!("item {item}"), |path| path.display().to_string()),
                 });
             }
@@ -57,7 +55,7 @@ pub fn get_preds(model: &dyn ModuleT, loader: &DataLoader, epoch: u64) -> Result
     }
     rows.sort_by_key(|(item, ..)| *item);
     if rows.is_empty() {
-        return Err(EvalError::Mismatch("the loader produced no items".to_string()));
+        return Err(EvalError::Mismatch("the source produced no items".to_string()));
     }
     let item_indices = rows.iter().map(|(item, ..)| *item).collect();
     let targets = rows.iter().map(|(.., target)| *target).collect();

@@ -34,9 +34,9 @@ pub enum TrainError {
         phase: Phase,
         /// Batch index within the epoch's phase.
         batch: usize,
-        /// The loader's error.
+        /// The loader's error (naming the file when one failed).
         #[source]
-        source: candle::Error,
+        source: wick_data::DataError,
     },
     /// A batch loss was NaN or infinite: the fit stops before the optimizer step, so the weights
     /// and every checkpoint written so far are those of the last good batch.

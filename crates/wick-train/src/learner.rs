@@ -412,7 +412,7 @@ impl Learner {
         let first_batch = self.state.iter;
         for (iter, item) in (first_batch..).zip(data.batches(self.state.data_epoch, first_batch)) {
             self.state.iter = iter;
-            let (xs, ys) = item.map_err(|source| TrainError::Data {
+            let wick_data::Batch { xs, ys, .. } = item.map_err(|source| TrainError::Data {
                 epoch: self.state.epoch,
                 phase: self.state.phase,
                 batch: iter,

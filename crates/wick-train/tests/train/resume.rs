@@ -238,12 +238,11 @@ impl BatchSource for Poisoned {
         let (poison_epoch, poison_batch) = (self.epoch, self.batch);
         Box::new(self.inner.batches(epoch, first_batch).zip(first_batch..).map(
             move |(item, index)| {
-                let (xs, ys) = item?;
+                let mut batch = item?;
                 if (epoch, index) == (poison_epoch, poison_batch) {
-                    Ok(((xs * f64::NAN)?, ys))
-                } else {
-                    Ok((xs, ys))
+                    batch.xs = (batch.xs * f64::NAN)?;
                 }
+                Ok(batch)
             },
         ))
     }
