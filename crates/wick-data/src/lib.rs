@@ -7,7 +7,8 @@
 //! [`geometry`] composes all of them into one resampling pass; [`scan`] checks every file once
 //! before training; [`pipeline`] runs those steps
 //! for one file; [`loader`] batches many in parallel onto a device; [`normalize`] is the batch
-//! transform; [`show`] draws batches.
+//! transform; [`show`] draws batches. [`seed`] derives every random stream's seed (the
+//! loader's here, the training callbacks' in wick-train) from the run's seed and a position.
 //!
 //! Shapes: images `(B, 3, H, W)` f32 with `H = W = S` (the output size), labels `(B,)` u32,
 //! `K` classes in a [`Vocab`].
@@ -27,6 +28,7 @@ pub mod loader;
 pub mod normalize;
 pub mod pipeline;
 pub mod scan;
+pub mod seed;
 pub mod show;
 
 pub use acquire::{
