@@ -21,7 +21,7 @@ pub(crate) struct Violation {
 /// The workspace crates each crate's `[dependencies]` may name (docs/ARCHITECTURE.md,
 /// "Invariants"): dependencies run one way, from the binary down to data and ops; dev-
 /// dependencies are free. `None`: any (the CLI joins everything).
-const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 9] = [
+const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 10] = [
     ("wick-io", Some(&[])),
     ("wick-data", Some(&["wick-io"])),
     ("wick-nn", Some(&[])),
@@ -30,6 +30,7 @@ const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 9] = [
     ("wick-eval", Some(&["wick-data"])),
     ("wick-export", Some(&["wick-models"])),
     ("wick-cli", None),
+    ("wick-testing", Some(&[])),
     ("xtask", Some(&[])),
 ];
 
