@@ -21,15 +21,17 @@ pub(crate) struct Violation {
 /// The workspace crates each crate's `[dependencies]` may name (docs/ARCHITECTURE.md,
 /// "Invariants"): dependencies run one way, from the binary down to data and ops; dev-
 /// dependencies are free. `None`: any (the CLI joins everything).
-const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 9] = [
+const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 11] = [
     ("wick-io", Some(&[])),
     ("wick-data", Some(&["wick-io"])),
     ("wick-nn", Some(&[])),
+    ("wick-metrics", Some(&[])),
     ("wick-models", Some(&["wick-nn", "wick-io"])),
-    ("wick-train", Some(&["wick-data", "wick-io", "wick-nn"])),
-    ("wick-eval", Some(&["wick-data"])),
+    ("wick-train", Some(&["wick-data", "wick-io", "wick-nn", "wick-metrics"])),
+    ("wick-eval", Some(&["wick-data", "wick-metrics"])),
     ("wick-export", Some(&["wick-models"])),
     ("wick-cli", None),
+    ("wick-testing", Some(&[])),
     ("xtask", Some(&[])),
 ];
 

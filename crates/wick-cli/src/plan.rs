@@ -123,6 +123,12 @@ pub(crate) fn device(spec: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// The seed of stage `stage` of a run seeded with `seed`: its loaders' shuffles and
+/// augmentations and its Learner's streams (`wick train` and `wick show-batch` must agree).
+pub(crate) fn stage_seed(seed: u64, stage: usize) -> u64 {
+    seed.wrapping_add(stage as u64)
+}
+
 /// The split rule of a stage: the recipe's, with the random seed moved for a `new_split` stage.
 pub(crate) fn split_rule(
     data: &DataSection,

@@ -72,7 +72,7 @@ pub(crate) fn run(args: &ShowBatchArgs) -> anyhow::Result<()> {
         recipe.seed,
     )?;
     let stage_data = plan::stage_data(&recipe, args.stage);
-    let stage_seed = recipe.seed.wrapping_add(args.stage as u64);
+    let stage_seed = crate::plan::stage_seed(recipe.seed, args.stage);
     let (train, valid) =
         plan::loaders(recipe.data(), stage_data, &splits, stage_seed, None, &Device::Cpu)?;
     let split = if args.valid { "valid" } else { "train" };

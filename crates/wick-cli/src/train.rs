@@ -220,7 +220,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
             continue;
         }
         let stage_data = plan::stage_data(&recipe, stage_idx);
-        let stage_seed = recipe.seed.wrapping_add(stage_idx as u64);
+        let stage_seed = plan::stage_seed(recipe.seed, stage_idx);
         let (train, valid) =
             plan::loaders(recipe.data(), stage_data, &splits, stage_seed, args.threads, &device)?;
         if root {

@@ -8,7 +8,8 @@
 //! before training; [`pipeline`] runs those steps
 //! for one file; [`loader`] batches many in parallel onto a device; [`source`] is the seam the
 //! training loop and the evaluation read batches through; [`normalize`] is the batch
-//! transform; [`show`] draws batches.
+//! transform; [`show`] draws batches. [`seed`] derives every random stream's seed (the
+//! loader's here, the training callbacks' in wick-train) from the run's seed and a position.
 //!
 //! Shapes: images `(B, 3, H, W)` f32 with `H = W = S` (the output size), labels `(B,)` u32,
 //! `K` classes in a [`Vocab`].
@@ -28,6 +29,7 @@ pub mod loader;
 pub mod normalize;
 pub mod pipeline;
 pub mod scan;
+pub mod seed;
 pub mod show;
 pub mod source;
 

@@ -28,6 +28,7 @@ use crate::error::{DataError, Result};
 use crate::items::{Excluded, Exclusion, Items};
 use crate::normalize::Normalize;
 use crate::pipeline::{ItemPipeline, Mode};
+use crate::seed::position_seed;
 
 /// One batch on a device.
 #[derive(Debug, Clone)]
@@ -319,7 +320,11 @@ impl DataLoader {
     pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.items.len()).collect();
         if self.config.shuffle {
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(self.config.seed, epoch, u64::MAX)));
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(position_seed(
+                self.config.seed,
+                epoch,
+                u64::MAX,
+            )));
         }
         order
     }
@@ -451,7 +456,7 @@ impl BatchJob {
         if !self.config.shuffle {
             return Ok(None);
         }
-        let seed = mix(self.config.seed ^ REPLACEMENT_SALT, self.epoch, position as u64);
+        let seed = position_seed(self.config.seed ^ REPLACEMENT_SALT, self.epoch, position as u64);
         let mut draws = ChaCha8Rng::seed_from_u64(seed);
         for _ in 0..MAX_REPLACEMENT_DRAWS {
             let candidate = draws.random_range(0..self.items.len());
@@ -497,7 +502,8 @@ impl BatchJob {
 
     fn load_one(&self, position: usize, item_idx: usize, out: &mut [f32]) -> Result<()> {
         let path = &self.items.paths[item_idx];
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.config.seed, self.epoch, position as u64));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(position_seed(self.config.seed, self.epoch, position as u64));
         // A panic inside a decoder (a bug in a codec on a hostile file) must not take the
         // worker thread down: it becomes an error that names the file.
         std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -548,14 +554,4 @@ impl Drop for EpochBatches {
             let _ = handle.join();
         }
     }
-}
-
-/// SplitMix64-style mixing of (seed, epoch, position) into one well-spread 64-bit seed.
-fn mix(seed: u64, epoch: u64, position: u64) -> u64 {
-    let mut z = seed
-        ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ position.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -14,7 +14,7 @@ use wick_data::geometry::{
 use wick_data::pipeline::{ItemPipeline, Mode};
 use wick_data::{AugDraw, AugTransforms, lighting_texels};
 
-use common::assert_close;
+use wick_testing::{Tol, assert_close};
 
 fn fixture() -> Value {
     let text = include_str!("fixtures/fastai_augment.json");
@@ -58,10 +58,10 @@ fn the_identity_geometry_reproduces_the_image_exactly() {
             for channel in 0..3 {
                 let expected = f32::from(pixel.0[channel]) / 255.0;
                 assert_close(
+                    "identity",
                     f64::from(at(&out, 8, channel, x as usize, y as usize)),
                     f64::from(expected),
-                    1e-5,
-                    "identity",
+                    Tol::abs(1e-5),
                 );
             }
         }
@@ -77,7 +77,12 @@ fn a_flip_mirrors_the_image_exactly() {
     for (x, y, pixel) in image.enumerate_pixels() {
         for channel in 0..3 {
             let mirrored = at(&out, 8, channel, 7 - x as usize, y as usize);
-            assert_close(f64::from(mirrored), f64::from(pixel.0[channel]) / 255.0, 1e-5, "flip");
+            assert_close(
+                "flip",
+                f64::from(mirrored),
+                f64::from(pixel.0[channel]) / 255.0,
+                Tol::abs(1e-5),
+            );
         }
     }
 }
@@ -93,10 +98,10 @@ fn a_quarter_turn_rotates_pixels_and_reflection_pads() {
         for x in 0..8 {
             let source = image.get_pixel(y as u32, 7 - x as u32).0;
             assert_close(
+                "rotate 90",
                 f64::from(at(&out, 8, 0, x, y)),
                 f64::from(source[0]) / 255.0,
-                1e-5,
-                "rotate 90",
+                Tol::abs(1e-5),
             );
         }
     }
@@ -109,10 +114,10 @@ fn a_quarter_turn_rotates_pixels_and_reflection_pads() {
         .map(|&(x, y)| f64::from(image.get_pixel(x, y).0[0]))
         .sum();
     assert_close(
+        "zoom-out reflection",
         f64::from(at(&out, 8, 0, 0, 0)),
         middle / 4.0 / 255.0,
-        1e-5,
-        "zoom-out reflection",
+        Tol::abs(1e-5),
     );
 }
 
@@ -130,7 +135,7 @@ fn crop_areas_stay_within_min_scale_and_one() {
         assert!(crop.left + crop.side <= 460 && crop.top + crop.side <= 460);
         total += area;
     }
-    assert_close(total / 10_000.0, 0.875, 0.005, "mean crop area of U(0.75, 1)");
+    assert_close("mean crop area of U(0.75, 1)", total / 10_000.0, 0.875, Tol::abs(0.005));
 }
 
 #[test]
@@ -153,11 +158,11 @@ fn draws_follow_fastai_probabilities_and_ranges() {
         assert!((0.8 - 1e-12..=1.25 + 1e-12).contains(&draw.contrast));
     }
     let rate = |count: usize| count as f64 / n as f64;
-    assert_close(rate(flips), 0.5, 0.02, "flip rate");
+    assert_close("flip rate", rate(flips), 0.5, Tol::abs(0.02));
     for (count, what) in
         [(rotated, "rotate"), (zoomed, "zoom"), (warped_x, "warp x"), (lit, "brightness")]
     {
-        assert_close(rate(count), 0.75, 0.02, what);
+        assert_close(what, rate(count), 0.75, Tol::abs(0.02));
     }
 }
 
@@ -174,8 +179,8 @@ fn warp_moves_the_canvas_corners_back_to_the_corners() {
     let corners = [(-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0)];
     for (from, to) in moved.iter().zip(corners) {
         let (x, y) = warp.apply(from.0, from.1);
-        assert_close(x, to.0, 1e-12, "warp corner x");
-        assert_close(y, to.1, 1e-12, "warp corner y");
+        assert_close("warp corner x", x, to.0, Tol::abs(1e-12));
+        assert_close("warp corner y", y, to.1, Tol::abs(1e-12));
     }
     assert_eq!(warp_homography(0.0, 0.0), Mat3::IDENTITY);
 }
@@ -191,8 +196,8 @@ fn warp_matches_fastai() {
             let (x, y) = warp.apply(p[0], p[1]);
             // fastai: _WarpCoord(p=1, draw_x=x_t, draw_y=y_t) applied to the point. Its mask
             // tensors are float32, hence the 1e-6 tolerance.
-            assert_close(x, e[0], 1e-6, "warp x");
-            assert_close(y, e[1], 1e-6, "warp y");
+            assert_close("warp x", x, e[0], Tol::abs(1e-6));
+            assert_close("warp y", y, e[1], Tol::abs(1e-6));
         }
     }
 }
@@ -212,7 +217,7 @@ fn affine_matrix_matches_fastai() {
         // fastai: eye(3) @ flip_mat @ rotate_mat @ zoom_mat with those draws (float32).
         for (row, expected) in case["matrix"].as_array().unwrap().iter().enumerate() {
             for (col, value) in numbers(expected).into_iter().enumerate() {
-                assert_close(matrix.0[row][col], value, 1e-6, "affine entry");
+                assert_close("affine entry", matrix.0[row][col], value, Tol::abs(1e-6));
             }
         }
     }
@@ -225,15 +230,15 @@ fn lighting_matches_fastai() {
         for (x, expected) in numbers(&case["x"]).into_iter().zip(numbers(&case["y"])) {
             // fastai: Brightness(draw=b, p=1) + Contrast(draw=c, p=1) in one LightingTfm; its
             // draws pass through float32 tensors, hence the 1e-6 tolerance.
-            assert_close(lighting(x, b, c), expected, 1e-6, "lighting formula");
+            assert_close("lighting formula", lighting(x, b, c), expected, Tol::abs(1e-6));
         }
         let texels = lighting_texels(b, c);
         for byte in [0usize, 1, 64, 128, 200, 255] {
             assert_close(
+                "texel table",
                 f64::from(texels.0[byte]),
                 lighting(byte as f64 / 255.0, b, c),
-                1e-7,
-                "texel table",
+                Tol::abs(1e-7),
             );
         }
     }

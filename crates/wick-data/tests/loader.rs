@@ -8,6 +8,7 @@ use wick_data::{
     BadFilePolicy, DataLoader, ItemPipeline, LoaderConfig, Normalize, Shard, SplitRule,
     image_folder, show_batch,
 };
+use wick_testing::{Tol, assert_close};
 
 fn dataset(per_class: usize) -> (tempfile::TempDir, wick_data::Splits) {
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +169,7 @@ fn normalize_uses_imagenet_stats_and_inverts() {
     // (0.485-0.485)/0.229 = 0; (0.680-0.456)/0.224 = 1; (0-0.406)/0.225 = -1.80444.
     let expected = [0.0, 1.0, -1.804_444_4];
     for (y, e) in ys.iter().zip(expected) {
-        common::assert_close(f64::from(*y), e, 1e-5, "normalized value");
+        assert_close("normalized value", f64::from(*y), e, Tol::abs(1e-5));
     }
     let back: Vec<f32> = normalize
         .inverse(&normalize.forward(&xs).unwrap())
@@ -178,7 +179,7 @@ fn normalize_uses_imagenet_stats_and_inverts() {
         .to_vec1()
         .unwrap();
     for (b, x) in back.iter().zip([0.485, 0.68, 0.0]) {
-        common::assert_close(f64::from(*b), x, 1e-6, "round trip");
+        assert_close("round trip", f64::from(*b), x, Tol::abs(1e-6));
     }
     assert!(Normalize::new([0.0; 3], [1.0, 0.0, 1.0], &Device::Cpu).is_err());
 }

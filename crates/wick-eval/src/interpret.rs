@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use candle::Tensor;
 use image::{Rgb, RgbImage};
 use wick_data::show::{ImageGrid, draw_text, planar_to_rgb};
 use wick_data::{ItemPipeline, Items, Vocab};
@@ -16,32 +17,47 @@ fn rows(preds: &Predictions) -> Result<Vec<Vec<f32>>> {
     Ok(preds.probs.to_vec2::<f32>()?)
 }
 
-/// The fraction of rows whose argmax is the target (fastai's `accuracy`).
-pub fn accuracy(preds: &Predictions) -> Result<f64> {
-    top_k_accuracy(preds, 1)
-}
-
-/// The fraction of rows whose target is among the `k` largest probabilities (ties at the
-/// k-th place count as a hit). A row holding a NaN or an infinity is never a hit.
+/// fastai's `accuracy`: the fraction of rows whose argmax (the first maximal class, as torch)
+/// is the target, counted by `wick_metrics::correct_count`, the rule training's metric uses. A
+/// row holding a NaN or an infinity is never a hit.
 ///
 /// # Errors
-/// No predictions, or a target that is not a column of the probabilities.
+/// As [`top_k_accuracy`].
+pub fn accuracy(preds: &Predictions) -> Result<f64> {
+    let targets = checked_targets(preds)?;
+    let hits = wick_metrics::correct_count(&preds.probs, &targets)?;
+    Ok(hits as f64 / targets.elem_count() as f64)
+}
+
+/// fastai's `top_k_accuracy`: the fraction of rows whose target is among the `k` largest
+/// probabilities, counted by `wick_metrics::top_k_correct_count` (ties at the k-th place count
+/// as a hit; a row holding a NaN or an infinity is never a hit). `k = 0` hits nothing; `k >= K`
+/// hits every finite row.
+///
+/// # Errors
+/// No predictions, a target that is not a column of the probabilities, or targets and rows in
+/// different numbers.
 pub fn top_k_accuracy(preds: &Predictions, k: usize) -> Result<f64> {
-    let probs = rows(preds)?;
-    if probs.is_empty() {
+    let targets = checked_targets(preds)?;
+    if k == 0 {
+        return Ok(0.0);
+    }
+    let n_classes = preds.probs.dim(1)?;
+    let hits = wick_metrics::top_k_correct_count(&preds.probs, &targets, k.min(n_classes))?;
+    Ok(hits as f64 / targets.elem_count() as f64)
+}
+
+/// The targets as a `(N,)` u32 tensor beside the `(N, K)` probabilities, after checking that
+/// there are predictions and that every target is a column.
+fn checked_targets(preds: &Predictions) -> Result<Tensor> {
+    let (n_rows, n_classes) = preds.probs.dims2()?;
+    if n_rows == 0 {
         return Err(EvalError::Mismatch("no predictions".to_string()));
     }
-    let mut hits = 0;
-    for (row, &target) in probs.iter().zip(&preds.targets) {
-        let target_prob = *row.get(target as usize).ok_or_else(|| {
-            EvalError::Mismatch(format!("target {target} is not below K = {}", row.len()))
-        })?;
-        if row.iter().all(|p| p.is_finite()) && row.iter().filter(|p| **p > target_prob).count() < k
-        {
-            hits += 1;
-        }
+    if let Some(target) = preds.targets.iter().find(|&&target| target as usize >= n_classes) {
+        return Err(EvalError::Mismatch(format!("target {target} is not below K = {n_classes}")));
     }
-    Ok(hits as f64 / probs.len() as f64)
+    Ok(Tensor::from_slice(&preds.targets, preds.targets.len(), preds.probs.device())?)
 }
 
 /// Counts: `matrix[actual][predicted]`.

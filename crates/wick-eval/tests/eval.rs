@@ -7,6 +7,7 @@ use wick_eval::{
     Blend, Predictions, TtaConfig, accuracy, confusion_matrix, get_preds, per_class_accuracy,
     plot_confusion_matrix, plot_top_losses, top_k_accuracy, top_losses, tta,
 };
+use wick_testing::{Tol, assert_close};
 
 /// Logits = [mean red, mean green, mean blue] of the image, scaled by 10: a 3-class "model"
 /// that needs no parameters.
@@ -64,15 +65,15 @@ fn predictions_are_softmax_in_dataset_order() {
     let rows = preds.probs.to_vec2::<f32>().unwrap();
     for row in &rows {
         let sum: f32 = row.iter().sum();
-        assert!((sum - 1.0).abs() < 1e-5);
+        assert_close("probabilities' sum", sum, 1.0, Tol::abs(1e-5));
     }
     // Item 0 is val/b/0.jpg, a red image: logits 10*[0.863, 0.118, 0.118] (JPEG keeps solid
     // colours within a level), so its class-0 probability is e^8.63 / (e^8.63 + 2 e^1.18) =
     // 0.99884 — the model maps the red mean to class 0 ("b"), so this one is right.
-    assert!((rows[0][0] - 0.99884).abs() < 2e-3, "{:?}", rows[0]);
+    assert_close("item 0's class-0 probability", rows[0][0], 0.99884, Tol::abs(2e-3));
     // One image per class is right: accuracy 3/9.
-    assert!((accuracy(&preds).unwrap() - 1.0 / 3.0).abs() < 1e-12);
-    assert!((top_k_accuracy(&preds, 3).unwrap() - 1.0).abs() < 1e-12);
+    assert_close("accuracy", accuracy(&preds).unwrap(), 1.0 / 3.0, Tol::abs(1e-12));
+    assert_close("top-3 accuracy", top_k_accuracy(&preds, 3).unwrap(), 1.0, Tol::abs(1e-12));
     let matrix = confusion_matrix(&preds, 3).unwrap();
     // Rows = actual (b, g, r); columns = predicted. Each folder has one image of each colour.
     assert_eq!(matrix.counts, vec![vec![1, 1, 1], vec![1, 1, 1], vec![1, 1, 1]]);
@@ -156,8 +157,8 @@ fn non_finite_predictions_are_errors_or_misses() {
         Tensor::new(&[[f32::NAN, 0.1, 0.1], [0.2, 0.7, f32::NAN], [0.1, 0.1, 0.8]], &Device::Cpu)
             .unwrap();
     let preds = Predictions { probs, targets: vec![0, 1, 2], item_indices: vec![0, 1, 2] };
-    assert!((accuracy(&preds).unwrap() - 1.0 / 3.0).abs() < 1e-12);
-    assert!((top_k_accuracy(&preds, 3).unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    assert_close("accuracy", accuracy(&preds).unwrap(), 1.0 / 3.0, Tol::abs(1e-12));
+    assert_close("top-3 accuracy", top_k_accuracy(&preds, 3).unwrap(), 1.0 / 3.0, Tol::abs(1e-12));
 }
 
 #[test]
@@ -169,8 +170,8 @@ fn top_losses_and_pictures() {
     let worst = top_losses(&preds, 2).unwrap();
     // -ln 0.1 = 2.3026 (item 4, predicted 2), then -ln 0.7 = 0.3567 (item 3).
     assert_eq!((worst[0].item, worst[0].predicted, worst[0].actual), (4, 2, 1));
-    assert!((worst[0].loss - std::f64::consts::LN_10).abs() < 1e-5); // -ln 0.1 = ln 10
-    assert!((worst[1].loss - 0.356_675).abs() < 1e-5);
+    assert_close("worst loss", worst[0].loss, std::f64::consts::LN_10, Tol::abs(1e-5)); // -ln 0.1
+    assert_close("second loss", worst[1].loss, 0.356_675, Tol::abs(1e-5));
 
     let (dir, splits) = dataset();
     let preds = get_preds(&MeanColour, &loader(&splits), 0).unwrap();

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use wick_data::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 use wick_export::{ExportError, OnnxExportConfig, Preprocessing, run_onnx, xresnet_to_onnx};
 use wick_models::{Activation, Depth, XResNet, XResNetConfig, seeded_var_builder, xresnet};
+use wick_testing::{Tol, assert_close};
 
 /// xresnet18 at widen 0.125 with 3 outputs, whose BatchNorm parameters and running statistics
 /// are drawn away from their initial 1/0 (so that every BatchNorm term of the graph matters,
@@ -92,9 +93,12 @@ fn tract_reproduces_wicks_logits_from_uint8_images() {
     assert!(scale > 0.1, "the logits should not be trivially small: {expected:?}");
     for (row, (a, e)) in actual.iter().zip(&expected).enumerate() {
         assert_eq!(a.len(), 3);
-        for (k, (a, e)) in a.iter().zip(e).enumerate() {
-            assert!((a - e).abs() <= 1e-4, "image {row}, class {k}: tract {a}, wick {e}");
-        }
+        assert_close(
+            &format!("image {row}: tract vs wick"),
+            a.as_slice(),
+            e.as_slice(),
+            Tol::abs(1e-4),
+        );
     }
 
     // The metadata a consumer reads: opset, class names (UTF-8 kept), input size.

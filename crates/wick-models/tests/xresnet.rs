@@ -10,6 +10,7 @@ use wick_models::{
     Activation, Depth, XResNet, XResNetConfig, count_params, load_weights, save_weights,
     seeded_var_builder, state_dict, summary, xresnet,
 };
+use wick_testing::{Tol, assert_close};
 
 fn build(config: &XResNetConfig, seed: u64) -> (XResNet, VarMap) {
     let varmap = VarMap::new();
@@ -206,13 +207,9 @@ fn from_fixture(config: &XResNetConfig, fixture: &HashMap<String, Tensor>) -> (X
     (model, varmap)
 }
 
-/// Asserts `max |actual - expected| <= 1e-4 * max |expected|` (relative to the tensor's scale).
-fn assert_tensor_close(actual: &Tensor, expected: &Tensor, what: &str) {
-    let diff =
-        (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
-    assert!(diff <= 1e-4 * scale, "{what}: max diff {diff} vs scale {scale}");
-}
+/// `max |actual - expected| <= 1e-4 * max |expected|` (relative to the tensor's scale), with
+/// 1e-10 of slack for an all-zero reference.
+const SCALE_1E4: Tol = Tol { abs: 1e-10, rel: 0.0, of_scale: 1e-4 };
 
 #[test]
 fn forward_backward_and_running_stats_match_fastai() {
@@ -222,24 +219,26 @@ fn forward_backward_and_running_stats_match_fastai() {
             .unwrap();
     let (model, varmap) = from_fixture(&narrow_config(), &fixture);
     let xs = &fixture["input"];
-    assert_tensor_close(
-        &model.forward_t(xs, false).unwrap(),
-        &fixture["logits_eval"],
+    assert_close(
         "eval logits",
+        model.forward_t(xs, false).unwrap(),
+        &fixture["logits_eval"],
+        SCALE_1E4,
     );
     let logits = model.forward_t(xs, true).unwrap();
-    assert_tensor_close(&logits, &fixture["logits_train"], "train logits");
+    assert_close("train logits", &logits, &fixture["logits_train"], SCALE_1E4);
     let labels = fixture["labels"].to_dtype(DType::U32).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-    assert_tensor_close(&loss.reshape(1).unwrap(), &fixture["loss_train"], "cross-entropy");
+    assert_close("cross-entropy", loss.reshape(1).unwrap(), &fixture["loss_train"], SCALE_1E4);
     let data = varmap.data().lock().unwrap();
     for (name, expected) in
         fixture.iter().filter_map(|(k, v)| k.strip_prefix("after.").map(|n| (n, v)))
     {
-        assert_tensor_close(
+        assert_close(
+            &format!("running stat {name} after one train forward"),
             data[name].as_tensor(),
             expected,
-            &format!("running stat {name} after one train forward"),
+            SCALE_1E4,
         );
     }
     let grads = loss.backward().unwrap();
@@ -248,7 +247,7 @@ fn forward_backward_and_running_stats_match_fastai() {
     {
         let grad =
             grads.get(data[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        assert_tensor_close(grad, expected, &format!("gradient of {name}"));
+        assert_close(&format!("gradient of {name}"), grad, expected, SCALE_1E4);
     }
     assert_eq!(model.num_batches_tracked(), 1);
 }
@@ -260,10 +259,11 @@ fn mish_and_symmetric_self_attention_match_fastai() {
         candle::safetensors::load("tests/fixtures/xresnet18_sa_mish.safetensors", &Device::Cpu)
             .unwrap();
     let (model, _) = from_fixture(&sa_mish_config(), &fixture);
-    assert_tensor_close(
-        &model.forward_t(&fixture["input"], false).unwrap(),
-        &fixture["logits_eval"],
+    assert_close(
         "eval logits",
+        model.forward_t(&fixture["input"], false).unwrap(),
+        &fixture["logits_eval"],
+        SCALE_1E4,
     );
 }
 

@@ -5,8 +5,9 @@ mod common;
 
 use candle::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{assert_close, seeded_tensor, to_vec};
+use common::{seeded_tensor, to_vec};
 use wick_nn::{BatchNorm2dConfig, BatchNormActivation, batch_norm2d};
+use wick_testing::{Tol, assert_close};
 
 fn layers(
     channels: usize,
@@ -60,10 +61,20 @@ fn train_forward_backward_and_running_stats_match_candle_nn() -> candle::Result<
             let xv = Var::from_tensor(&x)?;
             let ys = ours.forward_t(xv.as_tensor(), true)?;
             let expected = reference(&theirs, xv.as_tensor(), activation, true)?;
-            assert_close(&ys, &expected, 1e-5, &format!("{activation:?} output, step {step}"));
+            assert_close(
+                &format!("{activation:?} output, step {step}"),
+                &ys,
+                &expected,
+                Tol::of_scale(1e-5),
+            );
             for name in ["running_mean", "running_var"] {
                 let (a, b) = (var(&ours_map, name), var(&theirs_map, name));
-                assert_close(a.as_tensor(), b.as_tensor(), 1e-6, &format!("{name}, step {step}"));
+                assert_close(
+                    &format!("{name}, step {step}"),
+                    a.as_tensor(),
+                    b.as_tensor(),
+                    Tol::of_scale(1e-6),
+                );
             }
             let g = seeded_tensor(ys.dims(), 20 + step);
             let ours_grads = (ys * &g)?.sum_all()?.backward()?;
@@ -72,25 +83,25 @@ fn train_forward_backward_and_running_stats_match_candle_nn() -> candle::Result<
                 store.get(t).expect("gradient exists").clone()
             };
             assert_close(
-                &grad(&ours_grads, xv.as_tensor()),
-                &grad(&their_grads, xv.as_tensor()),
-                1e-4,
                 &format!("{activation:?} grad input"),
+                grad(&ours_grads, xv.as_tensor()),
+                grad(&their_grads, xv.as_tensor()),
+                Tol::of_scale(1e-4),
             );
             for name in ["weight", "bias"] {
                 let (a, b) = (var(&ours_map, name), var(&theirs_map, name));
                 assert_close(
-                    &grad(&ours_grads, a.as_tensor()),
-                    &grad(&their_grads, b.as_tensor()),
-                    1e-5,
                     &format!("{activation:?} grad {name}"),
+                    grad(&ours_grads, a.as_tensor()),
+                    grad(&their_grads, b.as_tensor()),
+                    Tol::of_scale(1e-5),
                 );
             }
         }
         // Eval mode uses the (now updated) running statistics.
         let x = seeded_tensor(&[2, channels, 3, 3], 30);
         let ys = ours.forward_t(&x, false)?;
-        assert_close(&ys, &reference(&theirs, &x, activation, false)?, 1e-5, "eval");
+        assert_close("eval", &ys, &reference(&theirs, &x, activation, false)?, Tol::of_scale(1e-5));
     }
     Ok(())
 }
@@ -106,12 +117,12 @@ fn non_contiguous_and_f64_inputs_match_the_f32_path() -> candle::Result<()> {
     assert!(!x.is_contiguous());
     let (ys, _) = wick_nn::ops::batch_norm_train(&x, &w, &b, config)?;
     let (expected, _) = wick_nn::ops::batch_norm_train(&x.contiguous()?, &w, &b, config)?;
-    assert_close(&ys, &expected, 0.0, "transposed input");
+    assert_close("transposed input", &ys, &expected, Tol::of_scale(0.0));
     let to64 = |t: &Tensor| t.to_dtype(DType::F64);
     let (ys64, stats) = wick_nn::ops::batch_norm_train(&to64(&x)?, &to64(&w)?, &to64(&b)?, config)?;
     assert_eq!(ys64.dtype(), DType::F64);
     assert_eq!(stats.count, 2 * 5 * 4);
-    assert_close(&ys64.to_dtype(DType::F32)?, &expected, 1e-5, "f64 composed path");
+    assert_close("f64 composed path", &ys64.to_dtype(DType::F32)?, &expected, Tol::of_scale(1e-5));
     Ok(())
 }
 
@@ -155,7 +166,7 @@ fn eval_kernel_matches_the_formula_and_the_composed_path() -> candle::Result<()>
         };
         let expected = expected.to_dtype(DType::F32)?;
         let ys = wick_nn::ops::batch_norm_eval(&x, &w, &b, &mean, &var, config)?;
-        assert_close(&ys, &expected, 1e-6, &format!("{activation:?} fused f32"));
+        assert_close(&format!("{activation:?} fused f32"), &ys, &expected, Tol::of_scale(1e-6));
         let ys64 = wick_nn::ops::batch_norm_eval(
             &to64(&x)?,
             &to64(&w)?,
@@ -165,12 +176,17 @@ fn eval_kernel_matches_the_formula_and_the_composed_path() -> candle::Result<()>
             config,
         )?;
         assert_eq!(ys64.dtype(), DType::F64);
-        assert_close(&ys64.to_dtype(DType::F32)?, &expected, 1e-6, "f64 composed path");
+        assert_close(
+            "f64 composed path",
+            &ys64.to_dtype(DType::F32)?,
+            &expected,
+            Tol::of_scale(1e-6),
+        );
         let bf16 = x.to_dtype(DType::BF16)?;
         let ys16 = wick_nn::ops::batch_norm_eval(&bf16, &w, &b, &mean, &var, config)?;
         assert_eq!(ys16.dtype(), DType::BF16);
         // bf16 keeps 8 significant bits: relative rounding 2^-8 of each input and output.
-        assert_close(&ys16.to_dtype(DType::F32)?, &expected, 2e-2, "bf16 via f32");
+        assert_close("bf16 via f32", &ys16.to_dtype(DType::F32)?, &expected, Tol::of_scale(2e-2));
     }
     let bad = wick_nn::ops::batch_norm_eval(
         &x,

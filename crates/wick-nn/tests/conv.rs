@@ -5,10 +5,11 @@
 mod common;
 
 use candle::{DType, Device, Module, Tensor, Var};
-use common::{NaiveConv, assert_close, seeded_tensor};
+use common::{NaiveConv, seeded_tensor};
 use std::sync::Mutex;
 use wick_nn::ops::{self, Conv2dConfig};
 use wick_nn::{GemmBackend, set_gemm_backend};
+use wick_testing::{Tol, assert_close};
 
 /// The gemm backend is process-wide: tests that switch it hold this lock.
 static BACKEND_LOCK: Mutex<()> = Mutex::new(());
@@ -109,16 +110,16 @@ fn forward_matches_candle_and_naive_loops() -> candle::Result<()> {
             let ours = ops::conv2d(&x, &w, case.config)?;
             let what = format!("{backend:?} forward {case:?}");
             assert_close(
-                &ours,
-                &naive(case.config).forward(&x, &w),
-                1e-5,
                 &format!("{what} vs naive"),
+                &ours,
+                naive(case.config).forward(&x, &w),
+                Tol::of_scale(1e-5),
             );
             assert_close(
+                &format!("{what} vs candle"),
                 &ours,
                 &candle_conv(&x, &w, case.config)?,
-                1e-5,
-                &format!("{what} vs candle"),
+                Tol::of_scale(1e-5),
             );
         }
     }
@@ -140,8 +141,8 @@ fn gradients_match_naive_loops() -> candle::Result<()> {
             let what = format!("{backend:?} {case:?}");
             let ours_dx = grads.get(xv.as_tensor()).expect("input gradient");
             let ours_dw = grads.get(wv.as_tensor()).expect("weight gradient");
-            assert_close(ours_dx, &dx, 1e-5, &format!("grad input {what}"));
-            assert_close(ours_dw, &dw, 1e-5, &format!("grad weight {what}"));
+            assert_close(&format!("grad input {what}"), ours_dx, &dx, Tol::of_scale(1e-5));
+            assert_close(&format!("grad weight {what}"), ours_dw, &dw, Tol::of_scale(1e-5));
         }
     }
     set_gemm_backend(GemmBackend::default_for_this_cpu())
@@ -169,7 +170,7 @@ fn gradients_match_candle_autograd() -> candle::Result<()> {
         for (var, name) in [(&xv, "input"), (&wv, "weight")] {
             let ours = ours.get(var.as_tensor()).expect("our gradient");
             let theirs = reference.get(var.as_tensor()).expect("candle's gradient");
-            assert_close(ours, theirs, 1e-5, &format!("grad {name} {case:?}"));
+            assert_close(&format!("grad {name} {case:?}"), ours, theirs, Tol::of_scale(1e-5));
         }
     }
     Ok(())
@@ -187,10 +188,10 @@ fn non_contiguous_inputs_weights_and_grads() -> candle::Result<()> {
     assert!(!w.is_contiguous());
     let reference = NaiveConv { padding: 1, stride: 2, dilation: 1, groups: 1 };
     assert_close(
-        &ops::conv2d(&x, &w, config)?,
-        &reference.forward(&x.contiguous()?, &w.contiguous()?),
-        1e-5,
         "transposed",
+        &ops::conv2d(&x, &w, config)?,
+        reference.forward(&x.contiguous()?, &w.contiguous()?),
+        Tol::of_scale(1e-5),
     );
 
     // A narrowed input (a window of a wider image) and narrowed channels.
@@ -199,10 +200,10 @@ fn non_contiguous_inputs_weights_and_grads() -> candle::Result<()> {
     assert!(!x.is_contiguous());
     let w = seeded_tensor(&[4, 5, 3, 3], 4);
     assert_close(
-        &ops::conv2d(&x, &w, config)?,
-        &reference.forward(&x.contiguous()?, &w),
-        1e-5,
         "narrowed",
+        &ops::conv2d(&x, &w, config)?,
+        reference.forward(&x.contiguous()?, &w),
+        Tol::of_scale(1e-5),
     );
 
     // Gradients when the input is a view and the upstream gradient is non-contiguous.
@@ -215,8 +216,18 @@ fn non_contiguous_inputs_weights_and_grads() -> candle::Result<()> {
     let grads = (y * &g)?.sum_all()?.backward()?;
     let (dx, dw) = reference.gradients(&x.contiguous()?, &w, &g.contiguous()?);
     let ours_wide = grads.get(xv.as_tensor()).expect("input gradient");
-    assert_close(&ours_wide.narrow(3, 2, 9)?.narrow(1, 1, 5)?, &dx, 1e-5, "narrowed grad input");
-    assert_close(grads.get(wv.as_tensor()).expect("weight gradient"), &dw, 1e-5, "grad weight");
+    assert_close(
+        "narrowed grad input",
+        &ours_wide.narrow(3, 2, 9)?.narrow(1, 1, 5)?,
+        &dx,
+        Tol::of_scale(1e-5),
+    );
+    assert_close(
+        "grad weight",
+        grads.get(wv.as_tensor()).expect("weight gradient"),
+        &dw,
+        Tol::of_scale(1e-5),
+    );
     Ok(())
 }
 
@@ -228,10 +239,10 @@ fn other_dtypes_fall_back_to_candle() -> candle::Result<()> {
     let ours = ops::conv2d(&x, &w, config)?;
     assert_eq!(ours.dtype(), DType::F64);
     assert_close(
+        "f64",
         &ours.to_dtype(DType::F32)?,
         &candle_conv(&x, &w, config)?.to_dtype(DType::F32)?,
-        1e-6,
-        "f64",
+        Tol::of_scale(1e-6),
     );
     Ok(())
 }
@@ -272,9 +283,9 @@ fn conv2d_layer_loads_named_variables_and_adds_bias() -> candle::Result<()> {
     let x = seeded_tensor(&[2, 3, 6, 6], 9);
     let expected = candle_conv(&x, layer.weight(), config)?
         .broadcast_add(&layer.bias().expect("bias").reshape((1, 4, 1, 1))?)?;
-    assert_close(&layer.forward(&x)?, &expected, 1e-5, "layer with bias");
+    assert_close("layer with bias", &layer.forward(&x)?, &expected, Tol::of_scale(1e-5));
     let expected = candle_conv(&x, layer_no_bias.weight(), Conv2dConfig::default())?;
-    assert_close(&layer_no_bias.forward(&x)?, &expected, 1e-5, "layer without bias");
+    assert_close("layer without bias", &layer_no_bias.forward(&x)?, &expected, Tol::of_scale(1e-5));
     Ok(())
 }
 
@@ -295,10 +306,10 @@ fn gemm_backends_agree_on_a_matmul() -> candle::Result<()> {
         let mut c = vec![f32::NAN; m * n];
         wick_nn::gemm::matmul_row_major(backend, &a, &b, &mut c, (m, k, n))?;
         assert_close(
+            &format!("{backend:?}"),
             &Tensor::from_vec(c, (m, n), &Device::Cpu)?,
             &expected,
-            1e-5,
-            &format!("{backend:?}"),
+            Tol::of_scale(1e-5),
         );
     }
     Ok(())
@@ -316,6 +327,11 @@ fn input_that_tracks_nothing_gets_no_gradient() -> candle::Result<()> {
     assert!(grads.get(&x).is_none());
     let reference = NaiveConv { padding: 1, stride: 2, dilation: 1, groups: 1 };
     let (_, dw) = reference.gradients(&x, w.as_tensor(), &g);
-    assert_close(grads.get(w.as_tensor()).expect("weight gradient"), &dw, 1e-5, "weight gradient");
+    assert_close(
+        "weight gradient",
+        grads.get(w.as_tensor()).expect("weight gradient"),
+        &dw,
+        Tol::of_scale(1e-5),
+    );
     Ok(())
 }

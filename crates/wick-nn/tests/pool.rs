@@ -4,9 +4,10 @@
 mod common;
 
 use candle::{DType, Module, Tensor, Var};
-use common::{assert_close, distinct_tensor, seeded_tensor, to_vec};
+use common::{distinct_tensor, seeded_tensor, to_vec};
 use wick_nn::ops::{self, AvgPool2dConfig, MaxPool2dConfig};
 use wick_nn::{AvgPool2d, MaxPool2d};
+use wick_testing::{Tol, assert_close};
 
 fn max_config(kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> MaxPool2dConfig {
     MaxPool2dConfig { kernel, stride, padding, ceil_mode }
@@ -119,10 +120,10 @@ fn forward_matches_naive_loops() -> candle::Result<()> {
         let ours = ops::max_pool2d(&x, max_config(kernel, stride, padding, ceil_mode))?;
         let reference =
             naive_pool(&x, window, |v, _| v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)));
-        assert_close(&ours, &reference, 0.0, &format!("max {window:?}"));
+        assert_close(&format!("max {window:?}"), &ours, &reference, Tol::of_scale(0.0));
         let ours = ops::avg_pool2d(&x, avg_config(kernel, stride, padding, ceil_mode))?;
         let reference = naive_pool(&x, window, |v, divisor| v.iter().sum::<f32>() / divisor as f32);
-        assert_close(&ours, &reference, 1e-6, &format!("avg {window:?}"));
+        assert_close(&format!("avg {window:?}"), &ours, &reference, Tol::of_scale(1e-6));
     }
     Ok(())
 }
@@ -191,15 +192,20 @@ fn non_contiguous_and_f64_inputs() -> candle::Result<()> {
     let x = stored.transpose(1, 2)?;
     let config = max_config(3, 2, 1, false);
     assert_close(
+        "transposed max",
         &ops::max_pool2d(&x, config)?,
         &ops::max_pool2d(&x.contiguous()?, config)?,
-        0.0,
-        "transposed max",
+        Tol::of_scale(0.0),
     );
     let config64 = avg_config(2, 2, 0, true);
     let y64 = ops::avg_pool2d(&x.to_dtype(DType::F64)?, config64)?;
     assert_eq!(y64.dtype(), DType::F64);
-    assert_close(&y64.to_dtype(DType::F32)?, &ops::avg_pool2d(&x, config64)?, 1e-6, "f64 avg");
+    assert_close(
+        "f64 avg",
+        &y64.to_dtype(DType::F32)?,
+        &ops::avg_pool2d(&x, config64)?,
+        Tol::of_scale(1e-6),
+    );
     Ok(())
 }
 
@@ -207,9 +213,19 @@ fn non_contiguous_and_f64_inputs() -> candle::Result<()> {
 fn layers_apply_their_config() -> candle::Result<()> {
     let x = seeded_tensor(&[1, 2, 7, 7], 4);
     let max = MaxPool2d::new(max_config(3, 2, 1, false));
-    assert_close(&max.forward(&x)?, &ops::max_pool2d(&x, *max.config())?, 0.0, "MaxPool2d");
+    assert_close(
+        "MaxPool2d",
+        &max.forward(&x)?,
+        &ops::max_pool2d(&x, *max.config())?,
+        Tol::of_scale(0.0),
+    );
     let avg = AvgPool2d::new(avg_config(2, 2, 0, true));
-    assert_close(&avg.forward(&x)?, &ops::avg_pool2d(&x, *avg.config())?, 0.0, "AvgPool2d");
+    assert_close(
+        "AvgPool2d",
+        &avg.forward(&x)?,
+        &ops::avg_pool2d(&x, *avg.config())?,
+        Tol::of_scale(0.0),
+    );
     Ok(())
 }
 

@@ -6,9 +6,9 @@
 mod common;
 
 use candle::{Device, Tensor, Var};
-use common::assert_close;
 use std::collections::HashMap;
 use wick_nn::ops::{self, AvgPool2dConfig, Conv2dConfig, MaxPool2dConfig};
+use wick_testing::{Tol, assert_close};
 
 fn fixture() -> candle::Result<HashMap<String, Tensor>> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/torch_reference.safetensors");
@@ -28,12 +28,22 @@ fn check_conv(
     let x = Var::from_tensor(get(tensors, prefix, "x"))?;
     let w = Var::from_tensor(get(tensors, prefix, "w"))?;
     let y = ops::conv2d(x.as_tensor(), w.as_tensor(), config)?;
-    assert_close(&y, get(tensors, prefix, "y"), 1e-5, &format!("{prefix} forward"));
+    assert_close(&format!("{prefix} forward"), &y, get(tensors, prefix, "y"), Tol::of_scale(1e-5));
     let grads = (y * get(tensors, prefix, "g"))?.sum_all()?.backward()?;
     let dx = grads.get(x.as_tensor()).expect("input gradient");
     let dw = grads.get(w.as_tensor()).expect("weight gradient");
-    assert_close(dx, get(tensors, prefix, "dx"), 1e-5, &format!("{prefix} grad input"));
-    assert_close(dw, get(tensors, prefix, "dw"), 1e-5, &format!("{prefix} grad weight"));
+    assert_close(
+        &format!("{prefix} grad input"),
+        dx,
+        get(tensors, prefix, "dx"),
+        Tol::of_scale(1e-5),
+    );
+    assert_close(
+        &format!("{prefix} grad weight"),
+        dw,
+        get(tensors, prefix, "dw"),
+        Tol::of_scale(1e-5),
+    );
     Ok(())
 }
 
@@ -62,10 +72,15 @@ fn check_pool(
 ) -> candle::Result<()> {
     let x = Var::from_tensor(get(tensors, prefix, "x"))?;
     let y = pool(x.as_tensor())?;
-    assert_close(&y, get(tensors, prefix, "y"), 1e-6, &format!("{prefix} forward"));
+    assert_close(&format!("{prefix} forward"), &y, get(tensors, prefix, "y"), Tol::of_scale(1e-6));
     let grads = (y * get(tensors, prefix, "g"))?.sum_all()?.backward()?;
     let dx = grads.get(x.as_tensor()).expect("input gradient");
-    assert_close(dx, get(tensors, prefix, "dx"), 1e-6, &format!("{prefix} grad input"));
+    assert_close(
+        &format!("{prefix} grad input"),
+        dx,
+        get(tensors, prefix, "dx"),
+        Tol::of_scale(1e-6),
+    );
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 //!
 //! Not here: fastai's `weight` (per-class rescaling) and `ignore_index`, unused in chapter 7.
 
-use candle::{D, DType, Tensor};
+use candle::{D, Tensor};
+use wick_metrics::check_logits_labels;
 
 use crate::mixup::{MixError, mixed_loss};
 
@@ -189,27 +190,4 @@ pub fn soft_target_cross_entropy_per_sample(
 /// `−log_probs[i, labels[i]]`, `(B,)`.
 fn nll_per_sample(log_probs: &Tensor, labels: &Tensor) -> candle::Result<Tensor> {
     log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
-}
-
-/// Checks that `logits` are `(B,K)` and `labels` are `(B,)` u32 or i64 class indices; errors
-/// start with `op`.
-pub(crate) fn check_logits_labels(
-    logits: &Tensor,
-    labels: &Tensor,
-    op: &str,
-) -> candle::Result<()> {
-    if logits.rank() != 2 {
-        candle::bail!("{op}: logits must be (B,K), got {:?}", logits.shape());
-    }
-    if labels.rank() != 1 || labels.dim(0)? != logits.dim(0)? {
-        candle::bail!(
-            "{op}: labels must be (B,) with B = {}, got {:?}",
-            logits.dim(0)?,
-            labels.shape()
-        );
-    }
-    if !matches!(labels.dtype(), DType::U32 | DType::I64) {
-        candle::bail!("{op}: labels must be u32 or i64, got {:?}", labels.dtype());
-    }
-    Ok(())
 }

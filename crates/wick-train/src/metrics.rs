@@ -1,6 +1,6 @@
-//! Batch metrics (fastai `metrics.py`: `accuracy`, `error_rate`, `top_k_accuracy`) and the
-//! accumulators a Learner's recorder keeps across batches (fastai `learner.py`): the exact
-//! batch-size-weighted mean behind valid loss and accuracy ([`WeightedMean`], fastai `AvgMetric`
+//! Batch metrics (fastai `metrics.py`: `accuracy`, `error_rate`, `top_k_accuracy`, defined once
+//! in wick-metrics and re-exported here) and the accumulators a Learner's recorder keeps across
+//! batches (fastai `learner.py`): the exact batch-size-weighted mean behind valid loss and accuracy ([`WeightedMean`], fastai `AvgMetric`
 //! / `AvgLoss`), and the bias-corrected moving average shown as train loss ([`SmoothedLoss`],
 //! fastai `AvgSmoothLoss`, spec §2.3).
 //!
@@ -11,65 +11,9 @@
 //! [`WeightedMean`] sums in f64, so dataset accuracy is exactly `correct/N`. [`SmoothedLoss`]
 //! reproduces fastai's float32 arithmetic exactly.
 
-use candle::{D, DType, Tensor};
-
-use crate::loss::check_logits_labels;
-
-/// fastai `top_k_accuracy`'s default k.
-pub const FASTAI_TOP_K: usize = 5;
-
-/// How many samples' argmax class equals their label (ties: the first maximal class, as torch).
-/// A sample whose logits hold a NaN or an infinity counts as wrong: a broken prediction is never
-/// a hit. Logits `(B,K)`, labels `(B,)`.
-pub fn correct_count(logits: &Tensor, labels: &Tensor) -> candle::Result<usize> {
-    let labels = check_and_convert_labels(logits, labels, "accuracy")?;
-    let predicted = logits.argmax(D::Minus1)?;
-    let hits = (predicted.eq(&labels)?.to_dtype(DType::U32)? * finite_rows(logits)?)?;
-    Ok(hits.sum_all()?.to_scalar::<u32>()? as usize)
-}
-
-/// `(B,)` u32: 1 where every logit of the row is finite, 0 where one is NaN or infinite
-/// (`|x| <= f64::MAX` is false exactly for those).
-fn finite_rows(logits: &Tensor) -> candle::Result<Tensor> {
-    logits.to_dtype(DType::F64)?.abs()?.le(f64::MAX)?.to_dtype(DType::U32)?.min(D::Minus1)
-}
-
-/// fastai `accuracy`: the fraction of samples whose argmax class is their label.
-/// Logits `(B,K)`, labels `(B,)`; 0 for an empty batch.
-pub fn accuracy(logits: &Tensor, labels: &Tensor) -> candle::Result<f64> {
-    let batch_size = logits.dim(0)?;
-    let hits = correct_count(logits, labels)?;
-    Ok(fraction(hits, batch_size))
-}
-
-/// fastai `error_rate`: `1 − accuracy`. Logits `(B,K)`, labels `(B,)`.
-pub fn error_rate(logits: &Tensor, labels: &Tensor) -> candle::Result<f64> {
-    Ok(1.0 - accuracy(logits, labels)?)
-}
-
-/// How many samples have their label among the `k` highest logits. A label counts as a hit when
-/// fewer than `k` classes score strictly higher, so a tie at the k-th place counts in its favour
-/// (torch's `topk` breaks such ties arbitrarily); a row holding a NaN or an infinity counts as
-/// wrong. Logits `(B,K)`, labels `(B,)`, `1 <= k <= K`.
-pub fn top_k_correct_count(logits: &Tensor, labels: &Tensor, k: usize) -> candle::Result<usize> {
-    let labels = check_and_convert_labels(logits, labels, "top_k_accuracy")?;
-    let n_classes = logits.dim(1)?;
-    if k == 0 || k > n_classes {
-        candle::bail!("top_k_accuracy: k is {k}, must be in 1..={n_classes}");
-    }
-    let label_scores = logits.gather(&labels.unsqueeze(1)?, 1)?;
-    let n_higher = logits.broadcast_gt(&label_scores)?.to_dtype(DType::U32)?.sum(1)?;
-    let hits = (n_higher.lt(k as u32)?.to_dtype(DType::U32)? * finite_rows(logits)?)?;
-    Ok(hits.sum_all()?.to_scalar::<u32>()? as usize)
-}
-
-/// fastai `top_k_accuracy(k)`: the fraction of samples with their label among the top `k`.
-/// Logits `(B,K)`, labels `(B,)`; 0 for an empty batch.
-pub fn top_k_accuracy(logits: &Tensor, labels: &Tensor, k: usize) -> candle::Result<f64> {
-    let batch_size = logits.dim(0)?;
-    let hits = top_k_correct_count(logits, labels, k)?;
-    Ok(fraction(hits, batch_size))
-}
+pub use wick_metrics::{
+    FASTAI_TOP_K, accuracy, correct_count, error_rate, top_k_accuracy, top_k_correct_count,
+};
 
 /// A mean of per-batch values weighted by batch size (fastai `AvgMetric`, `AvgLoss`): the
 /// dataset mean of a per-sample quantity whose batch means are accumulated.
@@ -172,19 +116,5 @@ impl SmoothedLoss {
     pub fn restore(&mut self, average: f32, count: u32) {
         self.average = average;
         self.count = count;
-    }
-}
-
-fn fraction(hits: usize, batch_size: usize) -> f64 {
-    if batch_size == 0 { 0.0 } else { hits as f64 / batch_size as f64 }
-}
-
-/// Checks logits `(B,K)` and labels `(B,)` as the losses do, and returns the labels as u32.
-fn check_and_convert_labels(logits: &Tensor, labels: &Tensor, op: &str) -> candle::Result<Tensor> {
-    check_logits_labels(logits, labels, op)?;
-    match labels.dtype() {
-        DType::U32 => Ok(labels.clone()),
-        // I64, the only other dtype the check lets through.
-        _ => labels.to_dtype(DType::U32),
     }
 }

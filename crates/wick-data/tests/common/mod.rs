@@ -92,11 +92,3 @@ pub fn image_tree(root: &Path, classes: &[&str], per_class: usize, size: u32) ->
     }
     written
 }
-
-/// Asserts `|a - b| <= tolerance` with a message naming the quantity.
-pub fn assert_close(actual: f64, expected: f64, tolerance: f64, what: &str) {
-    assert!(
-        (actual - expected).abs() <= tolerance,
-        "{what}: got {actual}, expected {expected} (tolerance {tolerance})"
-    );
-}

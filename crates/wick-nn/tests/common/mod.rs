@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: seeded inputs, an error measure, and naive f64
+//! Helpers shared by the integration tests: seeded inputs and naive f64
 //! reference convolutions (forward and both gradients) written as the textbook loops.
 
 #![allow(dead_code)]
@@ -32,20 +32,6 @@ pub(crate) fn distinct_tensor(dims: &[usize], seed: u64, spacing: f32, offset: f
 
 pub(crate) fn to_vec(t: &Tensor) -> Vec<f32> {
     t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("an f32 tensor")
-}
-
-/// max |a - b| / max |b|: the error relative to the scale of the reference.
-pub(crate) fn relative_error(actual: &Tensor, expected: &Tensor) -> f32 {
-    assert_eq!(actual.dims(), expected.dims(), "shapes differ");
-    let (a, b) = (to_vec(actual), to_vec(expected));
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
-    let worst = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    worst / scale
-}
-
-pub(crate) fn assert_close(actual: &Tensor, expected: &Tensor, tolerance: f32, what: &str) {
-    let error = relative_error(actual, expected);
-    assert!(error <= tolerance, "{what}: relative error {error:e} > {tolerance:e}");
 }
 
 /// Convolution parameters for the naive reference.

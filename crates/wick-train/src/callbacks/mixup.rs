@@ -4,13 +4,14 @@
 //! `MixHandler.lf`); validation batches are untouched and keep their plain labels.
 //!
 //! Their random draws come from [`batch_rng`]: a ChaCha stream seeded from the run's seed, the
-//! callback's stream id, the data epoch and the batch index, so a run resumed mid-epoch draws
+//! callback's stream id, the data epoch and the batch index (`wick_data::seed::stream_seed`), so a run resumed mid-epoch draws
 //! exactly what the uninterrupted run drew. The draws and the mixing are `mixup.rs`.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use candle::Tensor;
+use wick_data::seed::stream_seed;
 
 use crate::callback::{BatchHooks, Callback, CallbackResult, FitState, Flow, Phase, order};
 use crate::error::TrainError;
@@ -22,16 +23,7 @@ const CUTMIX_STREAM: u64 = 0x6375_746d_6978_0002;
 
 /// The random generator of one batch: a function of `(seed, stream, data_epoch, batch)` only.
 pub fn batch_rng(seed: u64, stream: u64, data_epoch: u64, batch: usize) -> ChaCha8Rng {
-    let mixed = splitmix64(splitmix64(splitmix64(seed ^ stream) ^ data_epoch) ^ batch as u64);
-    ChaCha8Rng::seed_from_u64(mixed)
-}
-
-/// SplitMix64's finaliser: spreads nearby inputs over the whole 64-bit range.
-fn splitmix64(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    ChaCha8Rng::seed_from_u64(stream_seed(seed, stream, data_epoch, batch as u64))
 }
 
 /// fastai `MixUp(alpha)`: per-sample λ ~ Beta(α, α) folded to ≥ 0.5, a permutation, mixed

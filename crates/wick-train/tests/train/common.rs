@@ -1,37 +1,18 @@
-//! Shared test helpers: the one float comparison, and fixture loading.
+//! Shared test helpers: the suite's tolerances for `wick_testing::assert_close`, and fixture
+//! loading.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle::{DType, Device, Tensor};
-
-/// Allowed difference `|actual − expected| <= abs + rel·|expected|`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Tol {
-    pub(crate) abs: f64,
-    pub(crate) rel: f64,
-}
+use wick_testing::Tol;
 
 /// Bit-for-bit equality.
-pub(crate) const EXACT: Tol = Tol { abs: 0.0, rel: 0.0 };
+pub(crate) const EXACT: Tol = Tol::EXACT;
 /// Differences of a few f64 ulps (libm's cos/pow may round differently from the Python build's).
-pub(crate) const F64_ULPS: Tol = Tol { abs: 0.0, rel: 1e-14 };
+pub(crate) const F64_ULPS: Tol = Tol::rel(1e-14);
 /// float32 arithmetic done in a different order (or with/without FMA) than torch's kernels.
-pub(crate) const F32_ROUNDING: Tol = Tol { abs: 1e-6, rel: 2e-6 };
-
-/// Asserts element-wise closeness, naming `what` and the first offending index.
-pub(crate) fn assert_close(what: &str, actual: &[f64], expected: &[f64], tol: Tol) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let ok = a == e || (a - e).abs() <= tol.abs + tol.rel * e.abs();
-        assert!(ok, "{what}[{i}]: got {a:e}, expected {e:e} (diff {:e}, {tol:?})", a - e);
-    }
-}
-
-/// Asserts closeness of one scalar.
-pub(crate) fn assert_close1(what: &str, actual: f64, expected: f64, tol: Tol) {
-    assert_close(what, &[actual], &[expected], tol);
-}
+pub(crate) const F32_ROUNDING: Tol = Tol { abs: 1e-6, rel: 2e-6, of_scale: 0.0 };
 
 /// A fixture file's tensors, keyed by name.
 pub(crate) fn fixture(name: &str) -> HashMap<String, Tensor> {

@@ -18,9 +18,8 @@ use wick_train::{
     Loss, Metric, OneCycle, optim_params, trainable_params,
 };
 
-use crate::common::{
-    F64_ULPS, Tol, assert_close, assert_close1, fixture, fixture_values, get, scalar,
-};
+use crate::common::{F64_ULPS, fixture, fixture_values, get, scalar};
+use wick_testing::{Tol, assert_close};
 
 /// Loss tolerance after optimizer steps. Forward passes agree to float32 rounding (the first
 /// loss, before any step, is held to 2e-6). Each step then adds the difference of two float32
@@ -29,8 +28,8 @@ use crate::common::{
 /// same relative error in the update, so the weights drift by ~1e-6 relative per step. Measured
 /// over the ten steps: at most 8e-6 relative (loss 7, and the valid loss); 5e-5 leaves margin and
 /// is still below the 1.3e-4 that a different ReLU subgradient alone would make at step 2.
-const AFTER_STEPS: Tol = Tol { abs: 0.0, rel: 5e-5 };
-const FIRST_LOSS: Tol = Tol { abs: 0.0, rel: 2e-6 };
+const AFTER_STEPS: Tol = Tol { abs: 0.0, rel: 5e-5, of_scale: 0.0 };
+const FIRST_LOSS: Tol = Tol { abs: 0.0, rel: 2e-6, of_scale: 0.0 };
 
 /// `x.float() / 255` of the fixture's uint8 images, in float32 as torch computes it.
 fn images(fx: &std::collections::HashMap<String, Tensor>, key: &str) -> Tensor {
@@ -115,27 +114,27 @@ fn first_ten_losses_match_fastai() {
     let fit = train_like_fastai(&fx);
 
     // HyperRecorder.before_batch: opt.hypers[-1]['lr'], ['mom'] as ParamScheduler set them.
-    assert_close("lr", &column(&fit, |b| b.lr), &fixture_values(&fx, "lr"), F64_ULPS);
-    assert_close("mom", &column(&fit, |b| b.mom), &fixture_values(&fx, "mom"), F64_ULPS);
+    assert_close("lr", column(&fit, |b| b.lr), fixture_values(&fx, "lr"), F64_ULPS);
+    assert_close("mom", column(&fit, |b| b.mom), fixture_values(&fx, "mom"), F64_ULPS);
     // HyperRecorder.after_batch: learn.loss.item() and learn.smooth_loss.item().
     let losses = column(&fit, |b| f64::from(b.loss));
     assert_close("loss[0]", &losses[..1], &fixture_values(&fx, "loss")[..1], FIRST_LOSS);
-    assert_close("loss", &losses, &fixture_values(&fx, "loss"), AFTER_STEPS);
+    assert_close("loss", &losses, fixture_values(&fx, "loss"), AFTER_STEPS);
     let smooth = column(&fit, |b| f64::from(b.smooth_loss));
-    assert_close("smooth_loss", &smooth, &fixture_values(&fx, "smooth_loss"), AFTER_STEPS);
+    assert_close("smooth_loss", &smooth, fixture_values(&fx, "smooth_loss"), AFTER_STEPS);
 
     // learn.recorder.values[-1] = [train_loss, valid_loss, accuracy]. The valid loss goes
     // through the trained weights and the BatchNorm running statistics of all ten steps.
     let row = &fit.epochs[0];
     let expected_train = scalar(&get(&fx, "train_loss"));
-    assert_close1("train_loss", f64::from(row.train_loss.unwrap()), expected_train, AFTER_STEPS);
+    assert_close("train_loss", f64::from(row.train_loss.unwrap()), expected_train, AFTER_STEPS);
     let valid = row.valid.as_ref().unwrap();
-    assert_close1("valid_loss", valid.loss, scalar(&get(&fx, "valid_loss")), AFTER_STEPS);
+    assert_close("valid_loss", valid.loss, scalar(&get(&fx, "valid_loss")), AFTER_STEPS);
     // accuracy: 4 of 8 (a count, so exact up to the float32 fastai stores it in).
-    assert_close1(
+    assert_close(
         "accuracy",
         valid.metrics[0],
         scalar(&get(&fx, "accuracy")),
-        Tol { abs: 1e-7, rel: 0.0 },
+        Tol { abs: 1e-7, rel: 0.0, of_scale: 0.0 },
     );
 }

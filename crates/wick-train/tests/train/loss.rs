@@ -6,7 +6,8 @@ use wick_train::loss::{
     soft_target_cross_entropy, soft_target_cross_entropy_per_sample,
 };
 
-use crate::common::{F32_ROUNDING, assert_close, assert_close1, fixture, get, scalar, values};
+use crate::common::{F32_ROUNDING, fixture, get, scalar, values};
+use wick_testing::assert_close;
 
 #[test]
 fn losses_by_hand() {
@@ -18,16 +19,16 @@ fn losses_by_hand() {
     let logits = Tensor::new(&[[0.0f32, 3f32.ln()]], &Device::Cpu).unwrap();
     let labels = Tensor::new(&[0u32], &Device::Cpu).unwrap();
     let soft = Tensor::new(&[[0.5f32, 0.5]], &Device::Cpu).unwrap();
-    assert_close1(
+    assert_close(
         "ce",
         scalar(&cross_entropy(&logits, &labels).unwrap()),
         1.386_294_4,
         F32_ROUNDING,
     );
     let smoothed = label_smoothing_cross_entropy(&logits, &labels, 0.1, Reduction::Mean).unwrap();
-    assert_close1("ls", scalar(&smoothed), 1.331_363_7, F32_ROUNDING);
+    assert_close("ls", scalar(&smoothed), 1.331_363_7, F32_ROUNDING);
     let soft_ce = soft_target_cross_entropy(&logits, &soft).unwrap();
-    assert_close1("soft", scalar(&soft_ce), 0.836_988_2, F32_ROUNDING);
+    assert_close("soft", scalar(&soft_ce), 0.836_988_2, F32_ROUNDING);
 }
 
 #[test]
@@ -41,7 +42,7 @@ fn losses_equal_fastai() {
     let labels = get(&fx, "labels").to_dtype(DType::U32).unwrap();
     let soft = get(&fx, "soft_targets");
     let check = |what: &str, actual: Tensor, key: &str| {
-        assert_close(what, &values(&actual), &values(&get(&fx, key)), F32_ROUNDING);
+        assert_close(what, values(&actual), values(&get(&fx, key)), F32_ROUNDING);
     };
     check("ce mean", cross_entropy(&logits, &labels).unwrap(), "cross_entropy.mean");
     check("ce none", cross_entropy_per_sample(&logits, &labels).unwrap(), "cross_entropy.none");
@@ -84,7 +85,7 @@ fn label_smoothing_gradient_equals_torch_autograd() {
     let grads = loss.backward().unwrap();
     let grad = grads.get(logits.as_tensor()).unwrap();
     let expected = values(&get(&fx, "label_smoothing.mean.grad"));
-    assert_close("grad", &values(grad), &expected, F32_ROUNDING);
+    assert_close("grad", values(grad), &expected, F32_ROUNDING);
 }
 
 #[test]

@@ -5,7 +5,8 @@ use wick_train::lr_find::{
     slide, steep, valley,
 };
 
-use crate::common::{F64_ULPS, assert_close, assert_close1, fixture, fixture_values};
+use crate::common::{F64_ULPS, fixture, fixture_values};
+use wick_testing::assert_close;
 
 /// A curve whose points are all kept: `num_it` 0 drops nothing at the front, and five padding
 /// points are appended for the five fastai drops at the end.
@@ -25,12 +26,12 @@ fn suggestions_by_hand() {
     // minimum: lowest loss at lr 4 → 0.4.
     // steep: slopes (−1/ln2, −1/ln2, 1/ln2, 1/ln2); the first minimum is at index 0 → lr 1.
     let hill = curve(&[1.0, 2.0, 4.0, 8.0, 16.0], &[3.0, 2.0, 1.0, 2.0, 3.0]);
-    assert_close1("valley", valley(&hill).unwrap(), 1.0, F64_ULPS);
-    assert_close1("minimum", minimum(&hill).unwrap(), 0.4, F64_ULPS);
-    assert_close1("steep", steep(&hill).unwrap(), 1.0, F64_ULPS);
+    assert_close("valley", valley(&hill).unwrap(), 1.0, F64_ULPS);
+    assert_close("minimum", minimum(&hill).unwrap(), 0.4, F64_ULPS);
+    assert_close("steep", steep(&hill).unwrap(), 1.0, F64_ULPS);
     // valley's Python quirk: losses [2, 1] give start −1 and index −1, i.e. the last lr.
     let two = curve(&[1.0, 2.0], &[2.0, 1.0]);
-    assert_close1("valley quirk", valley(&two).unwrap(), 2.0, F64_ULPS);
+    assert_close("valley quirk", valley(&two).unwrap(), 2.0, F64_ULPS);
     // slide needs lr_diff + 1 = 16 points.
     let err = slide(&hill, SlideConfig::fastai_defaults()).unwrap_err();
     assert_eq!(err, LrFindError::TooFewPoints { rule: "slide", needed: 16, got: 5 });
@@ -69,7 +70,7 @@ fn suggestions_equal_fastai_lr_find() {
             steep(&curve).unwrap(),
         ];
         let expected = fixture_values(&fx, &format!("{case}.suggestions"));
-        assert_close(case, &actual, &expected, F64_ULPS);
+        assert_close(case, actual, &expected, F64_ULPS);
     }
 }
 

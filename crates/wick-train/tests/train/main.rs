@@ -3,7 +3,7 @@
 //! Expected numbers are either worked by hand (the arithmetic is in the comment beside them) or
 //! read from `tests/fixtures/*.safetensors`, written by `tests/fixtures/make_fixtures.py` from
 //! fastai 2.8 itself; each use quotes the fastai call that produced it. Floats are compared only
-//! through `common::assert_close`.
+//! through `wick_testing::assert_close`.
 
 mod common;
 mod determinism;

@@ -5,10 +5,8 @@ use wick_train::metrics::{
     SmoothedLoss, WeightedMean, accuracy, correct_count, error_rate, top_k_accuracy,
 };
 
-use crate::common::{
-    EXACT, F32_ROUNDING, F64_ULPS, assert_close, assert_close1, fixture, fixture_values, get,
-    scalar,
-};
+use crate::common::{EXACT, F32_ROUNDING, F64_ULPS, fixture, fixture_values, get, scalar};
+use wick_testing::assert_close;
 
 #[test]
 fn accuracy_by_hand() {
@@ -19,11 +17,11 @@ fn accuracy_by_hand() {
         Tensor::new(&[[1.0f32, 3.0, 2.0], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0]], &Device::Cpu).unwrap();
     let labels = Tensor::new(&[1u32, 2, 2], &Device::Cpu).unwrap();
     assert_eq!(correct_count(&logits, &labels).unwrap(), 2);
-    assert_close1("accuracy", accuracy(&logits, &labels).unwrap(), 2.0 / 3.0, EXACT);
-    assert_close1("error", error_rate(&logits, &labels).unwrap(), 1.0 / 3.0, F64_ULPS);
-    assert_close1("top2", top_k_accuracy(&logits, &labels, 2).unwrap(), 1.0, EXACT);
+    assert_close("accuracy", accuracy(&logits, &labels).unwrap(), 2.0 / 3.0, EXACT);
+    assert_close("error", error_rate(&logits, &labels).unwrap(), 1.0 / 3.0, F64_ULPS);
+    assert_close("top2", top_k_accuracy(&logits, &labels, 2).unwrap(), 1.0, EXACT);
     let tie_labels = Tensor::new(&[1u32, 1, 2], &Device::Cpu).unwrap();
-    assert_close1("top2 tie", top_k_accuracy(&logits, &tie_labels, 2).unwrap(), 1.0, EXACT);
+    assert_close("top2 tie", top_k_accuracy(&logits, &tie_labels, 2).unwrap(), 1.0, EXACT);
     assert!(top_k_accuracy(&logits, &labels, 4).is_err(), "k > K");
 }
 
@@ -39,9 +37,9 @@ fn a_non_finite_prediction_is_never_a_hit() {
     .unwrap();
     let labels = Tensor::new(&[0u32, 1, 1, 2], &Device::Cpu).unwrap();
     assert_eq!(correct_count(&logits, &labels).unwrap(), 1);
-    assert_close1("accuracy", accuracy(&logits, &labels).unwrap(), 0.25, EXACT);
+    assert_close("accuracy", accuracy(&logits, &labels).unwrap(), 0.25, EXACT);
     for k in 1..=3 {
-        assert_close1("top-k", top_k_accuracy(&logits, &labels, k).unwrap(), 0.25, EXACT);
+        assert_close("top-k", top_k_accuracy(&logits, &labels, k).unwrap(), 0.25, EXACT);
     }
 }
 
@@ -53,22 +51,17 @@ fn metrics_equal_fastai() {
     let logits = get(&fx, "logits");
     let labels = get(&fx, "labels").to_dtype(DType::U32).unwrap();
     let expect = |key: &str| scalar(&get(&fx, key));
-    assert_close1(
-        "accuracy",
-        accuracy(&logits, &labels).unwrap(),
-        expect("accuracy"),
-        F32_ROUNDING,
-    );
-    assert_close1(
+    assert_close("accuracy", accuracy(&logits, &labels).unwrap(), expect("accuracy"), F32_ROUNDING);
+    assert_close(
         "error",
         error_rate(&logits, &labels).unwrap(),
         expect("error_rate"),
         F32_ROUNDING,
     );
     let top5 = top_k_accuracy(&logits, &labels, 5).unwrap();
-    assert_close1("top5", top5, expect("top_5_accuracy"), F32_ROUNDING);
+    assert_close("top5", top5, expect("top_5_accuracy"), F32_ROUNDING);
     let top3 = top_k_accuracy(&logits, &labels, 3).unwrap();
-    assert_close1("top3", top3, expect("top_3_accuracy"), F32_ROUNDING);
+    assert_close("top3", top3, expect("top_3_accuracy"), F32_ROUNDING);
 }
 
 #[test]
@@ -78,7 +71,7 @@ fn weighted_mean_is_the_dataset_mean() {
     assert_eq!(mean.value(), None);
     mean.accumulate(0.5, 64);
     mean.accumulate(1.0, 54);
-    assert_close1("weighted", mean.value().unwrap(), 86.0 / 118.0, EXACT);
+    assert_close("weighted", mean.value().unwrap(), 86.0 / 118.0, EXACT);
     assert_eq!(mean.count(), 118);
     mean.reset();
     assert_eq!(mean.value(), None);
@@ -90,7 +83,7 @@ fn smoothed_loss_equals_fastai_avg_smooth_loss() {
     let mut smooth = SmoothedLoss::fastai_default();
     assert_eq!(smooth.value(), None);
     smooth.accumulate(2.5);
-    assert_close1("first", f64::from(smooth.value().unwrap()), 2.5, F32_ROUNDING);
+    assert_close("first", f64::from(smooth.value().unwrap()), 2.5, F32_ROUNDING);
 
     // Reference (metrics.safetensors): fastai `AvgSmoothLoss()` fed 17 losses through
     // `accumulate`, with `reset()` before the 13th, reading `.value` after each.
@@ -105,7 +98,7 @@ fn smoothed_loss_equals_fastai_avg_smooth_loss() {
         smooth.accumulate(loss as f32);
         actual.push(f64::from(smooth.value().unwrap()));
     }
-    assert_close("smooth", &actual, &fixture_values(&fx, "smooth.value"), EXACT);
+    assert_close("smooth", &actual, fixture_values(&fx, "smooth.value"), EXACT);
 }
 
 #[test]
@@ -124,5 +117,5 @@ fn smoothed_loss_resets_per_fit_like_fine_tune() {
         smooth.accumulate(loss as f32);
         actual.push(f64::from(smooth.value().unwrap()));
     }
-    assert_close("smooth", &actual, &fixture_values(&fx, "fine_tune.smooth_loss"), EXACT);
+    assert_close("smooth", &actual, fixture_values(&fx, "fine_tune.smooth_loss"), EXACT);
 }

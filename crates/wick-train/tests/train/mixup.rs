@@ -9,10 +9,8 @@ use wick_train::mixup::{
     mix_images, mixed_loss, mixed_loss_per_sample, sample_cutmix, sample_mixup,
 };
 
-use crate::common::{
-    EXACT, F32_ROUNDING, Tol, assert_close, assert_close1, fixture, fixture_values, get, scalar,
-    values,
-};
+use crate::common::{EXACT, F32_ROUNDING, fixture, fixture_values, get, scalar, values};
+use wick_testing::{Tol, assert_close};
 
 fn u32s(values: &[f64]) -> Vec<u32> {
     values.iter().map(|&v| v as u32).collect()
@@ -29,7 +27,7 @@ fn mixup_by_hand() {
     let draw = MixUpDraw { lambdas: vec![0.75, 0.5], permutation: vec![1, 0] };
     let images = Tensor::new(&[[1.0f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
     let mixed = mix_images(&images, &draw).unwrap();
-    assert_close("images", &values(&mixed), &[1.5, 2.5, 2.0, 3.0], EXACT);
+    assert_close("images", values(&mixed), [1.5, 2.5, 2.0, 3.0], EXACT);
     let ln3 = 3f32.ln();
     let logits = Tensor::new(&[[0.0f32, ln3], [ln3, 0.0]], &Device::Cpu).unwrap();
     let labels = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
@@ -41,10 +39,10 @@ fn mixup_by_hand() {
         &draw.lambdas,
     )
     .unwrap();
-    assert_close("per sample", &values(&per_sample), &[1.111_641_3, 0.836_988_2], F32_ROUNDING);
+    assert_close("per sample", values(&per_sample), [1.111_641_3, 0.836_988_2], F32_ROUNDING);
     let mean = mixed_loss(&Loss::CrossEntropy, &logits, &labels, &draw.permutation, &draw.lambdas)
         .unwrap();
-    assert_close1("mean", scalar(&mean), 0.974_314_7, F32_ROUNDING);
+    assert_close("mean", scalar(&mean), 0.974_314_7, F32_ROUNDING);
 }
 
 #[test]
@@ -60,18 +58,18 @@ fn mixup_equals_fastai_mixup() {
         permutation: u32s(&fixture_values(&fx, "permutation")),
     };
     let mixed = mix_images(&get(&fx, "x"), &draw).unwrap();
-    assert_close("mixed x", &values(&mixed), &fixture_values(&fx, "mixed_x"), F32_ROUNDING);
+    assert_close("mixed x", values(&mixed), fixture_values(&fx, "mixed_x"), F32_ROUNDING);
     let logits = get(&fx, "logits");
     let labels = get(&fx, "labels").to_dtype(DType::U32).unwrap();
     let (perm, lambdas) = (&draw.permutation, &draw.lambdas);
     let ce = mixed_loss(&Loss::CrossEntropy, &logits, &labels, perm, lambdas).unwrap();
-    assert_close("ce", &values(&ce), &fixture_values(&fx, "loss.cross_entropy"), F32_ROUNDING);
+    assert_close("ce", values(&ce), fixture_values(&fx, "loss.cross_entropy"), F32_ROUNDING);
     let smoothing = Loss::fastai_label_smoothing();
     let ls = mixed_loss(&smoothing, &logits, &labels, perm, lambdas).unwrap();
-    assert_close("ls", &values(&ls), &fixture_values(&fx, "loss.label_smoothing"), F32_ROUNDING);
+    assert_close("ls", values(&ls), fixture_values(&fx, "loss.label_smoothing"), F32_ROUNDING);
     let ls_none = mixed_loss_per_sample(&smoothing, &logits, &labels, perm, lambdas).unwrap();
     let expected = fixture_values(&fx, "loss.label_smoothing.none");
-    assert_close("ls none", &values(&ls_none), &expected, F32_ROUNDING);
+    assert_close("ls none", values(&ls_none), &expected, F32_ROUNDING);
 }
 
 #[test]
@@ -86,7 +84,7 @@ fn mixup_draws_are_seeded_folded_and_permutations() {
     // Spec §7.1: folded Beta(0.4, 0.4) has mean ≈ 0.84 (numpy, 1e7 draws: 0.8398).
     let many = sample_mixup(20_000, 0.4, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
     let mean = many.lambdas.iter().map(|&l| f64::from(l)).sum::<f64>() / 20_000.0;
-    assert_close1("folded beta mean", mean, 0.84, Tol { abs: 0.01, rel: 0.0 });
+    assert_close("folded beta mean", mean, 0.84, Tol { abs: 0.01, rel: 0.0, of_scale: 0.0 });
     assert!(matches!(
         sample_mixup(4, 0.0, &mut ChaCha8Rng::seed_from_u64(0)),
         Err(MixError::InvalidAlpha { .. })
@@ -124,7 +122,7 @@ fn cutmix_batch_equals_fastai_cutmix() {
     let cut_box =
         CutMixBox { x1: b[0] as usize, y1: b[1] as usize, x2: b[2] as usize, y2: b[3] as usize };
     let lambda = cutmix_lambda(8, 10, &cut_box);
-    assert_close1("lambda", f64::from(lambda), fixture_values(&fx, "batch.lambda")[0], EXACT);
+    assert_close("lambda", f64::from(lambda), fixture_values(&fx, "batch.lambda")[0], EXACT);
     let draw = CutMixDraw {
         lambda_drawn: fixture_values(&fx, "batch.lambda_drawn")[0] as f32,
         permutation: u32s(&fixture_values(&fx, "batch.permutation")),
@@ -132,7 +130,7 @@ fn cutmix_batch_equals_fastai_cutmix() {
         lambda,
     };
     let mixed = cut_mix_images(&get(&fx, "x"), &draw).unwrap();
-    assert_close("mixed x", &values(&mixed), &fixture_values(&fx, "batch.mixed_x"), EXACT);
+    assert_close("mixed x", values(&mixed), fixture_values(&fx, "batch.mixed_x"), EXACT);
     let labels = get(&fx, "labels").to_dtype(DType::U32).unwrap();
     let loss = mixed_loss(
         &Loss::CrossEntropy,
@@ -143,7 +141,7 @@ fn cutmix_batch_equals_fastai_cutmix() {
     )
     .unwrap();
     let expected = fixture_values(&fx, "batch.loss.cross_entropy");
-    assert_close("loss", &values(&loss), &expected, F32_ROUNDING);
+    assert_close("loss", values(&loss), &expected, F32_ROUNDING);
 }
 
 #[test]
@@ -158,7 +156,7 @@ fn cutmix_draws_are_consistent() {
         let b = draw.cut_box;
         assert!(b.x1 <= b.x2 && b.x2 <= 7 && b.y1 <= b.y2 && b.y2 <= 6, "{b:?}");
         let expected_lambda = 1.0 - b.area() as f32 / 42.0;
-        assert_close1("lambda", f64::from(draw.lambda), f64::from(expected_lambda), EXACT);
+        assert_close("lambda", f64::from(draw.lambda), f64::from(expected_lambda), EXACT);
         let mixed = cut_mix_images(&images, &draw).unwrap();
         // Pixels changed only inside the box (the two images differ everywhere).
         let changed =
@@ -174,8 +172,8 @@ fn cutmix_draws_are_consistent() {
         CutMixDraw { lambda_drawn: 1.0, permutation: vec![1, 0], cut_box: empty, lambda: 1.0 };
     assert_close(
         "unchanged",
-        &values(&cut_mix_images(&images, &draw).unwrap()),
-        &values(&images),
+        values(&cut_mix_images(&images, &draw).unwrap()),
+        values(&images),
         EXACT,
     );
 }

@@ -8,8 +8,9 @@ use wick_train::{
     EventContext, FineTune, FlatCos, Flow, LrFindConfig, LrFinderSchedule, Phase, RunFiles, order,
 };
 
-use crate::common::{EXACT, F64_ULPS, assert_close, fixture, fixture_values, scalar};
+use crate::common::{EXACT, F64_ULPS, fixture, fixture_values, scalar};
 use crate::tiny::{bright_dark_batches, tiny_learner, var_values};
+use wick_testing::assert_close;
 
 /// Records Adam's step count of one parameter after every training batch (what make_fixtures.py's
 /// `HyperRecorder.after_batch` reads: `opt.state[first_param]['step']`).
@@ -57,13 +58,13 @@ fn fine_tune_matches_fastai_schedule_and_resets() {
     let lrs: Vec<f64> = fits.iter().flat_map(|f| f.batches.iter().map(|b| b.lr)).collect();
     let moms: Vec<f64> = fits.iter().flat_map(|f| f.batches.iter().map(|b| b.mom)).collect();
     // HyperRecorder.before_batch: opt.hypers[-1]['lr'] / ['mom'].
-    assert_close("fine_tune lr", &lrs, &fixture_values(&fx, "fine_tune.lr"), F64_ULPS);
-    assert_close("fine_tune mom", &moms, &fixture_values(&fx, "fine_tune.mom"), F64_ULPS);
+    assert_close("fine_tune lr", &lrs, fixture_values(&fx, "fine_tune.lr"), F64_ULPS);
+    assert_close("fine_tune mom", &moms, fixture_values(&fx, "fine_tune.mom"), F64_ULPS);
     // HyperRecorder.after_batch: opt.state[p]['step'], 1..7 then 1..35 (the reset).
     assert_close(
         "fine_tune adam step",
-        &steps.borrow(),
-        &fixture_values(&fx, "fine_tune.adam_step"),
+        steps.borrow().as_slice(),
+        fixture_values(&fx, "fine_tune.adam_step"),
         EXACT,
     );
     let table = learner.recorder().epoch_table(1).unwrap();
@@ -80,8 +81,8 @@ fn fit_flat_cos_matches_fastai_schedule() {
     let batches = &learner.recorder().fits()[0].batches;
     let lrs: Vec<f64> = batches.iter().map(|b| b.lr).collect();
     let moms: Vec<f64> = batches.iter().map(|b| b.mom).collect();
-    assert_close("flat_cos lr", &lrs, &fixture_values(&fx, "flat_cos.lr"), F64_ULPS);
-    assert_close("flat_cos mom", &moms, &fixture_values(&fx, "flat_cos.mom"), EXACT);
+    assert_close("flat_cos lr", &lrs, fixture_values(&fx, "flat_cos.lr"), F64_ULPS);
+    assert_close("flat_cos mom", &moms, fixture_values(&fx, "flat_cos.mom"), EXACT);
 }
 
 #[test]
@@ -95,7 +96,7 @@ fn lr_find_ramp_matches_fastai() {
         divergence: DivergenceRule::RunAll,
     };
     let result = learner.lr_find(config).unwrap();
-    assert_close("lr_find lr", &result.lrs, &fixture_values(&fx, "lr_find.lr"), F64_ULPS);
+    assert_close("lr_find lr", &result.lrs, fixture_values(&fx, "lr_find.lr"), F64_ULPS);
     assert_eq!(result.losses.len(), 100);
     assert!(result.losses.iter().all(|l| l.is_finite()));
     assert!(!result.interrupted);

@@ -5,17 +5,18 @@ use wick_train::schedule::{
     ScheduleError, TrainPosition, combine_scheds, fit_positions, sched_cos, sched_exp, sched_lin,
 };
 
-use crate::common::{EXACT, F64_ULPS, Tol, assert_close, assert_close1, fixture, fixture_values};
+use crate::common::{EXACT, F64_ULPS, fixture, fixture_values};
+use wick_testing::{Tol, assert_close};
 
 #[test]
 fn annealers_by_hand() {
     // sched_lin(2, 4, 0.25) = 2 + 0.25·2 = 2.5; sched_cos at pos 0.5 is the midpoint 3;
     // sched_exp(1e-7, 10, 0.5) = 1e-7·(1e8)^0.5 = 1e-3.
-    assert_close1("lin", sched_lin(2.0, 4.0, 0.25), 2.5, EXACT);
-    assert_close1("cos mid", sched_cos(2.0, 4.0, 0.5), 3.0, F64_ULPS);
-    assert_close1("cos start", sched_cos(2.0, 4.0, 0.0), 2.0, EXACT);
-    assert_close1("cos end", sched_cos(2.0, 4.0, 1.0), 4.0, EXACT);
-    assert_close1("exp", sched_exp(1e-7, 10.0, 0.5), 1e-3, F64_ULPS);
+    assert_close("lin", sched_lin(2.0, 4.0, 0.25), 2.5, EXACT);
+    assert_close("cos mid", sched_cos(2.0, 4.0, 0.5), 3.0, F64_ULPS);
+    assert_close("cos start", sched_cos(2.0, 4.0, 0.0), 2.0, EXACT);
+    assert_close("cos end", sched_cos(2.0, 4.0, 1.0), 4.0, EXACT);
+    assert_close("exp", sched_exp(1e-7, 10.0, 0.5), 1e-3, F64_ULPS);
 }
 
 #[test]
@@ -24,9 +25,9 @@ fn combine_scheds_phases_and_errors() {
     // (0.15 in f32 − 0)/0.3f32 = 0.5 to within f32 rounding.
     let sched =
         combine_scheds(&[0.3, 0.7], &[Schedule::lin(0.0, 1.0), Schedule::constant(5.0)]).unwrap();
-    assert_close1("phase 0", sched.at(0.15), 0.5, Tol { abs: 1e-7, rel: 0.0 });
-    assert_close1("phase 1", sched.at(0.5), 5.0, EXACT);
-    assert_close1("past the end", sched.at(1.0), 5.0, EXACT);
+    assert_close("phase 0", sched.at(0.15), 0.5, Tol { abs: 1e-7, rel: 0.0, of_scale: 0.0 });
+    assert_close("phase 1", sched.at(0.5), 5.0, EXACT);
+    assert_close("past the end", sched.at(1.0), 5.0, EXACT);
     assert_eq!(Schedule::exp(1.0, 2.0).annealer, Annealer::Exponential);
 
     let mismatch = combine_scheds(&[1.0], &[]).unwrap_err();
@@ -46,15 +47,20 @@ fn one_cycle_worked_points_of_spec() {
     cycle.validate().unwrap();
     let positions = fit_positions(5, 167);
     assert_eq!(positions.len(), 835);
-    let spec = Tol { abs: 0.0, rel: 2e-3 };
-    assert_close1("lr t=0", cycle.lr(positions[0]), 1.2e-4, F64_ULPS);
-    assert_close1("mom t=0", cycle.mom(positions[0]), 0.95, EXACT);
-    assert_close1("lr t=100", cycle.lr(positions[100]), 1.465e-3, spec);
-    assert_close1("mom t=100", cycle.mom(positions[100]), 0.903, spec);
-    assert_close1("lr t=208", cycle.lr(positions[208]), 3.0e-3, spec);
-    assert_close1("mom t=208", cycle.mom(positions[208]), 0.85, spec);
-    assert_close1("lr t=400", cycle.lr(positions[400]), 2.36e-3, spec);
-    assert_close1("lr t=834", cycle.lr(positions[834]), 4.9e-8, Tol { abs: 0.0, rel: 3e-2 });
+    let spec = Tol { abs: 0.0, rel: 2e-3, of_scale: 0.0 };
+    assert_close("lr t=0", cycle.lr(positions[0]), 1.2e-4, F64_ULPS);
+    assert_close("mom t=0", cycle.mom(positions[0]), 0.95, EXACT);
+    assert_close("lr t=100", cycle.lr(positions[100]), 1.465e-3, spec);
+    assert_close("mom t=100", cycle.mom(positions[100]), 0.903, spec);
+    assert_close("lr t=208", cycle.lr(positions[208]), 3.0e-3, spec);
+    assert_close("mom t=208", cycle.mom(positions[208]), 0.85, spec);
+    assert_close("lr t=400", cycle.lr(positions[400]), 2.36e-3, spec);
+    assert_close(
+        "lr t=834",
+        cycle.lr(positions[834]),
+        4.9e-8,
+        Tol { abs: 0.0, rel: 3e-2, of_scale: 0.0 },
+    );
 }
 
 #[test]
@@ -65,12 +71,12 @@ fn one_cycle_equals_fastai_fit_one_cycle() {
     let fx = fixture("schedule.safetensors");
     let positions = fit_positions(5, 167);
     // The accumulated position is reproduced bit for bit (it is not exactly t/T).
-    assert_close("pct_train", &positions, &fixture_values(&fx, "one_cycle.pct"), EXACT);
+    assert_close("pct_train", &positions, fixture_values(&fx, "one_cycle.pct"), EXACT);
     let cycle = OneCycle::fastai_defaults(3e-3);
     let lrs: Vec<f64> = positions.iter().map(|&p| cycle.lr(p)).collect();
     let moms: Vec<f64> = positions.iter().map(|&p| cycle.mom(p)).collect();
-    assert_close("lr", &lrs, &fixture_values(&fx, "one_cycle.lr"), F64_ULPS);
-    assert_close("mom", &moms, &fixture_values(&fx, "one_cycle.mom"), F64_ULPS);
+    assert_close("lr", &lrs, fixture_values(&fx, "one_cycle.lr"), F64_ULPS);
+    assert_close("mom", &moms, fixture_values(&fx, "one_cycle.mom"), F64_ULPS);
 }
 
 #[test]
@@ -98,13 +104,13 @@ fn fine_tune_plan_equals_fastai_fine_tune() {
     assert_eq!(plan[0].n_epoch, 1);
     assert_eq!(plan[1].n_epoch, 5);
     // Spec §3.2: phase 1 starts at 1e-3/25 = 4e-5, phase 2 at (1e-3/2)/5 = 1e-4.
-    assert_close1("phase 1 start", lrs[0], 4e-5, F64_ULPS);
-    assert_close1("phase 2 start", lrs[7], 1e-4, F64_ULPS);
-    assert_close("pct_train", &positions, &fixture_values(&fx, "fine_tune.pct"), EXACT);
-    assert_close("lr", &lrs, &fixture_values(&fx, "fine_tune.lr"), F64_ULPS);
-    assert_close("mom", &moms, &fixture_values(&fx, "fine_tune.mom"), F64_ULPS);
+    assert_close("phase 1 start", lrs[0], 4e-5, F64_ULPS);
+    assert_close("phase 2 start", lrs[7], 1e-4, F64_ULPS);
+    assert_close("pct_train", &positions, fixture_values(&fx, "fine_tune.pct"), EXACT);
+    assert_close("lr", &lrs, fixture_values(&fx, "fine_tune.lr"), F64_ULPS);
+    assert_close("mom", &moms, fixture_values(&fx, "fine_tune.mom"), F64_ULPS);
     // freeze() and unfreeze() each clear Adam's state: the step count restarts at both phases.
-    assert_close("adam step", &steps, &fixture_values(&fx, "fine_tune.adam_step"), EXACT);
+    assert_close("adam step", &steps, fixture_values(&fx, "fine_tune.adam_step"), EXACT);
 }
 
 #[test]
@@ -116,9 +122,9 @@ fn flat_cos_equals_fastai_fit_flat_cos() {
     flat_cos.validate().unwrap();
     let positions = fit_positions(2, 9);
     let lrs: Vec<f64> = positions.iter().map(|&p| flat_cos.lr(p)).collect();
-    assert_close("pct_train", &positions, &fixture_values(&fx, "flat_cos.pct"), EXACT);
-    assert_close("lr", &lrs, &fixture_values(&fx, "flat_cos.lr"), F64_ULPS);
-    assert_close("mom", &[0.9; 18], &fixture_values(&fx, "flat_cos.mom"), EXACT);
+    assert_close("pct_train", &positions, fixture_values(&fx, "flat_cos.pct"), EXACT);
+    assert_close("lr", &lrs, fixture_values(&fx, "flat_cos.lr"), F64_ULPS);
+    assert_close("mom", [0.9; 18], fixture_values(&fx, "flat_cos.mom"), EXACT);
 }
 
 #[test]
@@ -129,8 +135,8 @@ fn lr_finder_ramp_equals_fastai_lr_find() {
     let fx = fixture("schedule.safetensors");
     let ramp = LrFinderSchedule::fastai_defaults();
     let lrs: Vec<f64> = (0..100).map(|i| ramp.lr(i)).collect();
-    assert_close("lr_find lr", &lrs, &fixture_values(&fx, "lr_find.lr"), F64_ULPS);
-    assert_close1("batch 99", lrs[99], 1e-7 * 1e8f64.powf(0.99), F64_ULPS);
+    assert_close("lr_find lr", &lrs, fixture_values(&fx, "lr_find.lr"), F64_ULPS);
+    assert_close("batch 99", lrs[99], 1e-7 * 1e8f64.powf(0.99), F64_ULPS);
     assert_eq!(ramp.n_epoch(30), 4, "100 // 30 + 1");
     let short = LrFinderSchedule { num_it: 3, ..ramp };
     assert_eq!(short.effective_num_it(), 6);
@@ -145,6 +151,6 @@ fn train_position_moves_only_on_training_batches() {
     position.end_batch();
     position.end_batch();
     position.begin_epoch(1);
-    assert_close1("epoch 1 start", position.pct_train(), 0.5, EXACT);
+    assert_close("epoch 1 start", position.pct_train(), 0.5, EXACT);
     assert_eq!(position.train_iter(), 3);
 }
