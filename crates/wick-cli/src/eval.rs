@@ -397,19 +397,14 @@ pub(crate) fn lr_find(
         recipe.seed,
         wick_models::seeded_var_builder(&varmap, recipe.seed, DType::F32, &device),
     )?;
-    let params =
-        wick_train::optim_params(wick_train::trainable_params(&varmap, wick_models::is_buffer));
-    let optimizer = wick_train::Adam::new(
-        params,
-        wick_train::AdamConfig {
-            wd: recipe.train.wd,
-            ..wick_train::AdamConfig::fastai_defaults(1e-3)
-        },
-    )?;
+    // The recipe's optimizer and precision, as `wick train` uses them (fastai's lr_find runs
+    // the Learner as it is configured).
+    let optimizer = plan::optimizer(&recipe, &varmap)?;
+    let precision = plan::precision(recipe.train.precision);
     let mut learner = wick_train::Learner::new(
-        Box::new(model),
+        Box::new(wick_train::Autocast::new(model, precision)),
         varmap,
-        Box::new(optimizer),
+        optimizer,
         Box::new(train),
         Box::new(valid),
         wick_train::LearnerConfig {

@@ -17,8 +17,8 @@ use wick_train::{FineTune, FlatCos, Loss, OneCycle, Precision};
 
 use crate::data_report::DataReport;
 use crate::recipe::{
-    ActivationName, BadFiles, DataSection, Fit, LossName, NOut, PrecisionName, Recipe, SplitKind,
-    Stage,
+    ActivationName, BadFiles, DataSection, Fit, LossName, NOut, OptimizerName, PrecisionName,
+    Recipe, SplitKind, Stage,
 };
 
 /// The dataset folder for `--data`: a folder as is, a `.tgz` extracted into the cache, the
@@ -346,6 +346,26 @@ pub(crate) fn model_config(recipe: &Recipe, n_classes: usize) -> anyhow::Result<
             ActivationName::Mish => Activation::Mish,
         },
         ..base
+    })
+}
+
+/// The recipe's optimizer (`train.optimizer`, `train.wd`; fastai's defaults otherwise) over
+/// the trainable parameters of `varmap`: what `train` and `lr-find` both use.
+pub(crate) fn optimizer(
+    recipe: &Recipe,
+    varmap: &candle_nn::VarMap,
+) -> anyhow::Result<Box<dyn wick_train::Optimizer>> {
+    use wick_train::{Adam, AdamConfig, Sgd, SgdConfig, optim_params, trainable_params};
+    let params = optim_params(trainable_params(varmap, wick_models::is_buffer));
+    Ok(match recipe.train.optimizer {
+        OptimizerName::Adam => Box::new(Adam::new(
+            params,
+            AdamConfig { wd: recipe.train.wd, ..AdamConfig::fastai_defaults(1e-3) },
+        )?),
+        OptimizerName::Sgd => Box::new(Sgd::new(
+            params,
+            SgdConfig { wd: recipe.train.wd, ..SgdConfig::fastai_defaults(1e-3) },
+        )?),
     })
 }
 

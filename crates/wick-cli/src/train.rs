@@ -21,16 +21,15 @@ use wick_models::{
     XResNet, load_weights, save_weights, seeded_var_builder, weights_identity, xresnet,
 };
 use wick_train::{
-    Adam, AdamConfig, Autocast, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver,
-    FitOutcome, Learner, LearnerConfig, Metric, MixUp, ModelState, RunFiles, Sgd, SgdConfig,
-    optim_params, trainable_params,
+    Autocast, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, FitOutcome, Learner,
+    LearnerConfig, Metric, MixUp, ModelState, RunFiles,
 };
 
 use crate::data_report;
 use crate::distributed::RankSpec;
 use crate::plan::{self, FitPlan};
 use crate::progress::Progress;
-use crate::recipe::{OptimizerName, Recipe};
+use crate::recipe::Recipe;
 use crate::run_dir::{RunDir, git_commit};
 
 /// What `wick train` was asked to do.
@@ -251,7 +250,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         let mut learner = Learner::new(
             Box::new(Autocast::new(SharedModel(Arc::clone(&model)), precision)),
             varmap.clone(),
-            optimizer(&recipe, &varmap)?,
+            plan::optimizer(&recipe, &varmap)?,
             Box::new(train),
             Box::new(valid),
             LearnerConfig {
@@ -397,20 +396,6 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
         data.iter().map(|(name, var)| (name.clone(), var.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
-}
-
-fn optimizer(recipe: &Recipe, varmap: &VarMap) -> anyhow::Result<Box<dyn wick_train::Optimizer>> {
-    let params = optim_params(trainable_params(varmap, wick_models::is_buffer));
-    Ok(match recipe.train.optimizer {
-        OptimizerName::Adam => Box::new(Adam::new(
-            params,
-            AdamConfig { wd: recipe.train.wd, ..AdamConfig::fastai_defaults(1e-3) },
-        )?),
-        OptimizerName::Sgd => Box::new(Sgd::new(
-            params,
-            SgdConfig { wd: recipe.train.wd, ..SgdConfig::fastai_defaults(1e-3) },
-        )?),
-    })
 }
 
 /// A stage's epoch tables and final numbers, as JSON.
