@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use candle::{D, DType, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
-use wick_data::{DataLoader, ItemPipeline, LoaderConfig, Normalize, ResizeMethod};
+use wick_data::{DataLoader, LoaderConfig};
 use wick_eval::{
     Blend, TtaConfig, accuracy, confusion_matrix, get_preds, per_class_accuracy,
     plot_confusion_matrix, plot_top_losses, top_k_accuracy, top_losses, tta,
@@ -48,17 +48,8 @@ fn valid_loader(
     report.set_splits(&vocab, &[("valid", &items)]);
     println!("{}", report.summary(5));
     let stage = plan::stage_data(recipe, recipe.stages.len().saturating_sub(1));
-    let pipeline = ItemPipeline {
-        item_size: stage.item_size,
-        method: ResizeMethod::Crop,
-        output_size: stage.size,
-        augment: recipe.data().augment.then_some(wick_data::AugTransforms {
-            min_scale: recipe.data().min_scale,
-            ..Default::default()
-        }),
-        decode: wick_data::DecodeConfig::default(),
-    };
-    let normalize = if recipe.data().normalize { Some(Normalize::imagenet(device)?) } else { None };
+    let pipeline = plan::pipeline(recipe.data(), stage);
+    let normalize = plan::normalize(recipe.data(), device)?;
     let config = LoaderConfig {
         n_threads: threads,
         bad_files: plan::bad_file_policy(recipe.data().bad_files),
@@ -266,14 +257,8 @@ pub(crate) fn predict(
     let (recipe, model, _) = load_run(&run_dir, &device)?;
     let vocab = run_dir.read_vocab()?;
     let stage = plan::stage_data(&recipe, recipe.stages.len().saturating_sub(1));
-    let pipeline = ItemPipeline {
-        item_size: stage.item_size,
-        output_size: stage.size,
-        augment: None,
-        ..ItemPipeline::chapter7(stage.size)
-    };
-    let normalize =
-        if recipe.data().normalize { Some(Normalize::imagenet(&device)?) } else { None };
+    let pipeline = plan::pipeline(recipe.data(), stage);
+    let normalize = plan::normalize(recipe.data(), &device)?;
     // One image: its top classes, `None` when the run's bad-file policy skips it, or an error.
     let predict_one = |image: &Path| -> anyhow::Result<Option<String>> {
         let mut pixels = vec![0f32; pipeline.item_len()];

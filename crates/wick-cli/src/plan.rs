@@ -280,16 +280,7 @@ pub(crate) fn loaders(
     threads: Option<usize>,
     device: &Device,
 ) -> anyhow::Result<(DataLoader, DataLoader)> {
-    let augment = data
-        .augment
-        .then_some(AugTransforms { min_scale: data.min_scale, ..AugTransforms::default() });
-    let pipeline = ItemPipeline {
-        item_size: stage.item_size,
-        method: ResizeMethod::Crop,
-        output_size: stage.size,
-        augment,
-        decode: wick_data::DecodeConfig::default(),
-    };
+    let pipeline = pipeline(data, stage);
     let bad_files = bad_file_policy(data.bad_files);
     let threads = self::threads(data, threads);
     let train_config = LoaderConfig {
@@ -302,7 +293,7 @@ pub(crate) fn loaders(
         bad_files,
         ..LoaderConfig::valid(stage.batch_size, seed)
     };
-    let normalize = if data.normalize { Some(Normalize::imagenet(device)?) } else { None };
+    let normalize = normalize(data, device)?;
     let train = DataLoader::new(splits.train.clone(), pipeline, train_config, device.clone())?
         .with_normalize(normalize.clone());
     let valid = DataLoader::new(splits.valid.clone(), pipeline, valid_config, device.clone())?
@@ -315,6 +306,27 @@ pub(crate) fn loaders(
         );
     }
     Ok((train, valid))
+}
+
+/// What happens to each image of a stage between its file and its tensor: `Resize(item_size)`
+/// (fastai's presizing), then, in training mode, `aug_transforms(min_scale)` when the recipe
+/// augments, to the stage's output size. The one place train, eval, tta and predict get it.
+pub(crate) fn pipeline(data: &DataSection, stage: StageData) -> ItemPipeline {
+    let augment = data
+        .augment
+        .then_some(AugTransforms { min_scale: data.min_scale, ..AugTransforms::default() });
+    ItemPipeline {
+        item_size: stage.item_size,
+        method: ResizeMethod::Crop,
+        output_size: stage.size,
+        augment,
+        decode: wick_data::DecodeConfig::default(),
+    }
+}
+
+/// fastai's `Normalize.from_stats(*imagenet_stats)` when the recipe normalises.
+pub(crate) fn normalize(data: &DataSection, device: &Device) -> anyhow::Result<Option<Normalize>> {
+    Ok(if data.normalize { Some(Normalize::imagenet(device)?) } else { None })
 }
 
 /// The loader's policy for a recipe's `bad_files`.
