@@ -359,15 +359,7 @@ pub(crate) fn models(
     let steps = models.steps.to_string();
     let warmup = models.warmup.to_string();
     // Build once, then one process per case.
-    json_lines(cargo().current_dir(root).args([
-        "bench",
-        "--quiet",
-        "-p",
-        "wick-train",
-        "--bench",
-        "models",
-        "--no-run",
-    ]))?;
+    json_lines(cargo().current_dir(root).args(MODELS_BENCH).arg("--no-run"))?;
     let mut runs: Vec<(String, usize)> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for case in &models.cases {
@@ -388,23 +380,10 @@ pub(crate) fn models(
         for (case, batch) in &runs {
             eprintln!("round {}/{}: {case} batch {batch}", round + 1, models.rounds);
             let batch_text = batch.to_string();
-            let lines = json_lines(cargo().current_dir(root).args([
-                "bench",
-                "--quiet",
-                "-p",
-                "wick-train",
-                "--bench",
-                "models",
-                "--",
-                "--case",
-                case,
-                "--batch",
-                &batch_text,
-                "--steps",
-                &steps,
-                "--warmup",
-                &warmup,
-            ]))?;
+            let lines = models_bench(
+                root,
+                &["--case", case, "--batch", &batch_text, "--steps", &steps, "--warmup", &warmup],
+            )?;
             for line in lines.iter().filter(|l| l["bench"] == "models") {
                 wick.entry((case.clone(), *batch))
                     .or_default()
@@ -457,20 +436,7 @@ pub(crate) fn models(
         ));
     }
     if let Some(case) = &models.profile {
-        let lines = json_lines(cargo().current_dir(root).args([
-            "bench",
-            "--quiet",
-            "-p",
-            "wick-train",
-            "--bench",
-            "models",
-            "--",
-            "--case",
-            case,
-            "--warmup",
-            &warmup,
-            "--profile",
-        ]))?;
+        let lines = models_bench(root, &["--case", case, "--warmup", &warmup, "--profile"])?;
         table.push_str(&format!(
             "\nOne training step of {case}, batch 32, by wick-nn kernel, from a separate profiled \
              run (the profiler's own cost is in it; it is not timed above):\n\n| op | ms | calls |\n|---|---|---|\n"
@@ -485,6 +451,14 @@ pub(crate) fn models(
         }
     }
     Ok(table)
+}
+
+/// `cargo bench` of wick-train's models bench (release profile).
+const MODELS_BENCH: [&str; 6] = ["bench", "--quiet", "-p", "wick-train", "--bench", "models"];
+
+/// One process of the models bench with `args` after `--`; its JSON lines.
+fn models_bench(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
+    json_lines(cargo().current_dir(root).args(MODELS_BENCH).arg("--").args(args))
 }
 
 /// One case of the PyTorch reference in its own process: its timed step times and its peak

@@ -161,46 +161,49 @@ pub(crate) fn check_workspace(root: &Path) -> Vec<Violation> {
 
 /// Code lines (comments aside) that name a model or a dataset.
 fn check_agnostic(text: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (line_idx, line) in text.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or_default().to_lowercase();
-        if let Some(name) = MODEL_AND_DATASET_NAMES.iter().find(|name| code.contains(*name)) {
-            problems.push(format!(
-                "line {}: names {name}: this crate is model- and dataset-agnostic",
-                line_idx + 1
-            ));
-        }
-    }
-    problems
+    lines_naming(
+        text,
+        &MODEL_AND_DATASET_NAMES,
+        Case::Insensitive,
+        "this crate is model- and dataset-agnostic",
+    )
 }
 
 /// Code lines (comments aside) outside wick-nn that hold device code.
 fn check_device_code(text: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (line_idx, line) in text.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or_default();
-        if let Some(name) = DEVICE_CODE_NAMES.iter().find(|name| code.contains(*name)) {
-            problems.push(format!(
-                "line {}: names {name}: device code lives only in wick-nn (an op or a collective \
-                 there, called from here)",
-                line_idx + 1
-            ));
-        }
-    }
-    problems
+    lines_naming(
+        text,
+        &DEVICE_CODE_NAMES,
+        Case::Sensitive,
+        "device code lives only in wick-nn (an op or a collective there, called from here)",
+    )
 }
 
 /// Code lines (comments aside) of the loop that name a training feature.
 fn check_loop(text: &str) -> Vec<String> {
+    lines_naming(
+        text,
+        &LOOP_FEATURE_NAMES,
+        Case::Insensitive,
+        "the loop has no feature branches (make it a callback, a model wrapper or a gradient hook)",
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    Sensitive,
+    Insensitive,
+}
+
+/// `line N: names NAME: WHY` for each code line (the part before `//`) containing one of
+/// `names` (the first that matches).
+fn lines_naming(text: &str, names: &[&str], case: Case, why: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for (line_idx, line) in text.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or_default().to_lowercase();
-        if let Some(name) = LOOP_FEATURE_NAMES.iter().find(|name| code.contains(*name)) {
-            problems.push(format!(
-                "line {}: names {name}: the loop has no feature branches (make it a callback, \
-                 a model wrapper or a gradient hook)",
-                line_idx + 1
-            ));
+        let code = line.split("//").next().unwrap_or_default();
+        let code = if case == Case::Insensitive { code.to_lowercase() } else { code.to_string() };
+        if let Some(name) = names.iter().find(|name| code.contains(*name)) {
+            problems.push(format!("line {}: names {name}: {why}", line_idx + 1));
         }
     }
     problems
