@@ -369,15 +369,16 @@ pub(crate) fn optimizer(
 ) -> anyhow::Result<Box<dyn wick_train::Optimizer>> {
     use wick_train::{Adam, AdamConfig, Sgd, SgdConfig, optim_params, trainable_params};
     let params = optim_params(trainable_params(varmap, wick_models::is_buffer));
+    let wd = recipe.train.wd;
     Ok(match recipe.train.optimizer {
-        OptimizerName::Adam => Box::new(Adam::new(
-            params,
-            AdamConfig { wd: recipe.train.wd, ..AdamConfig::fastai_defaults(1e-3) },
-        )?),
-        OptimizerName::Sgd => Box::new(Sgd::new(
-            params,
-            SgdConfig { wd: recipe.train.wd, ..SgdConfig::fastai_defaults(1e-3) },
-        )?),
+        OptimizerName::Adam => {
+            let defaults = AdamConfig::fastai_defaults(1e-3);
+            Box::new(Adam::new(params, AdamConfig { wd: wd.unwrap_or(defaults.wd), ..defaults })?)
+        }
+        OptimizerName::Sgd => {
+            let defaults = SgdConfig::fastai_defaults(1e-3);
+            Box::new(Sgd::new(params, SgdConfig { wd: wd.unwrap_or(defaults.wd), ..defaults })?)
+        }
     })
 }
 
@@ -500,5 +501,29 @@ mod data_tests {
             let error = acquire_config(Some(bad)).unwrap_err().to_string();
             assert!(error.contains("WICK_DATA_READ_TIMEOUT"), "{bad}: {error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod optimizer_tests {
+    use super::optimizer;
+
+    fn recipe(train: &str) -> crate::recipe::Recipe {
+        let text = format!(
+            "name = \"r\"\n[data]\nsplit = \"random\"\nitem_size = 8\nsize = 8\nbatch_size = 2\n\
+             [model]\narch = \"xresnet18\"\nn_out = 2\n[train]\n{train}\n\
+             [[stage]]\nfit = {{ kind = \"one_cycle\", epochs = 1, lr_max = 1e-3 }}\n"
+        );
+        crate::recipe::parse(&text, "full").unwrap().0
+    }
+
+    #[test]
+    fn unset_weight_decay_is_the_optimizers_fastai_default() {
+        // fastai: Learner(wd=None) leaves wd to the optimizer: Adam(wd=0.01), SGD(wd=0.).
+        let varmap = candle_nn::VarMap::new();
+        assert_eq!(optimizer(&recipe("optimizer = \"adam\""), &varmap).unwrap().wd(), 0.01);
+        assert_eq!(optimizer(&recipe("optimizer = \"sgd\""), &varmap).unwrap().wd(), 0.0);
+        let set = recipe("optimizer = \"sgd\"\nwd = 0.05");
+        assert_eq!(optimizer(&set, &varmap).unwrap().wd(), 0.05);
     }
 }

@@ -128,7 +128,8 @@ fn yes() -> bool {
     true
 }
 fn default_min_scale() -> f64 {
-    0.75
+    // Chapter 7's aug_transforms(min_scale=0.75), from the library (fastai's own default is 1).
+    wick_data::AugTransforms::default().min_scale
 }
 fn default_bad_files() -> BadFiles {
     BadFiles::Fail
@@ -238,9 +239,9 @@ pub(crate) struct TrainSection {
     pub(crate) mixup: Option<f64>,
     #[serde(default)]
     pub(crate) optimizer: OptimizerName,
-    /// Decoupled weight decay (fastai: 0.01).
-    #[serde(default = "default_wd")]
-    pub(crate) wd: f64,
+    /// Decoupled weight decay; unset: the optimizer's fastai default (`Adam` 0.01, `SGD` 0),
+    /// as fastai's `Learner(wd=None)` leaves it to the optimizer.
+    pub(crate) wd: Option<f64>,
     /// Save a checkpoint every this many batches (and at every epoch end).
     #[serde(default = "default_checkpoint_every")]
     pub(crate) checkpoint_every: usize,
@@ -256,7 +257,7 @@ impl Default for TrainSection {
             label_smoothing_eps: default_eps(),
             mixup: None,
             optimizer: OptimizerName::Adam,
-            wd: default_wd(),
+            wd: None,
             checkpoint_every: default_checkpoint_every(),
             precision: PrecisionName::F32,
         }
@@ -265,9 +266,6 @@ impl Default for TrainSection {
 
 fn default_eps() -> f64 {
     0.1
-}
-fn default_wd() -> f64 {
-    0.01
 }
 fn default_checkpoint_every() -> usize {
     50
@@ -488,8 +486,10 @@ fn validate(recipe: &Recipe) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&train.label_smoothing_eps) {
         bail!("train.label_smoothing_eps = {}: must be in [0, 1)", train.label_smoothing_eps);
     }
-    if !(train.wd >= 0.0 && train.wd.is_finite()) {
-        bail!("train.wd = {}: weight decay must be a finite number >= 0", train.wd);
+    if let Some(wd) = train.wd
+        && !(wd >= 0.0 && wd.is_finite())
+    {
+        bail!("train.wd = {wd}: weight decay must be a finite number >= 0");
     }
     for (index, stage) in recipe.stages.iter().enumerate() {
         validate_stage(index, stage)?;
