@@ -39,9 +39,17 @@ pub(crate) fn draw_first_batch(
         ys: batch.ys.to_device(&Device::Cpu)?,
         ..batch
     };
-    wick_data::show_batch(&batch, vocab, normalize.as_ref(), MAX_ITEMS, path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(batch.ys.dims1()?.min(MAX_ITEMS))
+    let pictures = wick_data::batch_images(&batch, vocab, normalize.as_ref(), MAX_ITEMS)?;
+    let (_, _, height, width) = batch.xs.dims4()?;
+    // fastai's layout: a square-ish grid, each image titled with its class name.
+    let columns = (pictures.len() as f64).sqrt().ceil() as u32;
+    let mut grid = wick_render::ImageGrid::new(columns, height.max(width) as u32, 2);
+    let drawn = pictures.len();
+    for (image, name) in pictures {
+        grid.push(image, vec![name]);
+    }
+    grid.save_png(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(drawn)
 }
 
 /// `wick show-batch --recipe R --data D [--stage N] [--valid] [--out FILE]`.

@@ -7,7 +7,7 @@
 //! [`geometry`] composes all of them into one resampling pass; [`scan`] checks every file once
 //! before training; [`pipeline`] runs those steps
 //! for one file; [`loader`] batches many in parallel onto a device; [`normalize`] is the batch
-//! transform; [`show`] draws batches.
+//! transform; [`show`] turns batches back into pictures' data (drawing is wick-render's).
 //!
 //! Shapes: images `(B, 3, H, W)` f32 with `H = W = S` (the output size), labels `(B,)` u32,
 //! `K` classes in a [`Vocab`].
@@ -48,4 +48,4 @@ pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, S
 pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 pub use pipeline::{ItemPipeline, Mode};
 pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};
-pub use show::{ImageGrid, show_batch};
+pub use show::{batch_images, planar_to_rgb};
