@@ -14,6 +14,9 @@ use crate::plan;
 /// fastai's `show_batch` default, `max_n = 9`.
 pub(crate) const MAX_ITEMS: usize = 9;
 
+/// The smallest tile drawn, in pixels.
+const MIN_TILE: u32 = 128;
+
 /// What `wick show-batch` was asked for.
 pub(crate) struct ShowBatchArgs {
     pub(crate) recipe: PathBuf,
@@ -43,7 +46,10 @@ pub(crate) fn draw_first_batch(
     let (_, _, height, width) = batch.xs.dims4()?;
     // fastai's layout: a square-ish grid, each image titled with its class name.
     let columns = (pictures.len() as f64).sqrt().ceil() as u32;
-    let mut grid = wick_render::ImageGrid::new(columns, height.max(width) as u32, 2);
+    // fastai draws each image at a fixed figure size whatever its pixels: small images (a 32-px
+    // stage) are enlarged to MIN_TILE so that their class names fit under them.
+    let tile = (height.max(width) as u32).max(MIN_TILE);
+    let mut grid = wick_render::ImageGrid::new(columns, tile, 2);
     let drawn = pictures.len();
     for (image, name) in pictures {
         grid.push(image, vec![name]);
