@@ -165,6 +165,13 @@ fn the_same_pictures_give_the_same_png_bytes() {
         encode_png(&confusion_matrix_image(&counts, &names)).unwrap(),
         encode_png(&confusion_matrix_image(&counts, &names)).unwrap()
     );
+    let grid = || {
+        let mut grid = ImageGrid::new(2, 48, 2).with_title("Prediction/Actual/Loss/Probability");
+        grid.push(grey_tile(48), vec!["сова".to_string(), "Köln café".to_string()]);
+        grid.push(grey_tile(32), vec!["Ελλάδα".to_string(), "漢".to_string()]);
+        encode_png(&grid.render()).unwrap()
+    };
+    assert_eq!(grid(), grid());
     // And the file written is those bytes.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("loss.png");
