@@ -22,7 +22,7 @@ pub(crate) struct Violation {
 /// dependencies are free. `None`: any (the CLI joins everything).
 const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 10] = [
     ("wick-io", Some(&[])),
-    ("wick-data", Some(&["wick-io"])),
+    ("wick-data", Some(&[])),
     ("wick-nn", Some(&[])),
     ("wick-render", Some(&["wick-io"])),
     ("wick-models", Some(&["wick-nn", "wick-io"])),

@@ -20,7 +20,6 @@ pub mod augment;
 pub mod class_names;
 pub mod decode;
 mod error;
-mod fsutil;
 pub mod geometry;
 pub mod items;
 pub mod loader;
@@ -38,7 +37,6 @@ pub use augment::{AugDraw, AugTransforms, lighting, lighting_texels};
 pub use class_names::{display_name, readable_name};
 pub use decode::{DecodeConfig, Decoded, decode_rgb, image_size, read_rgb};
 pub use error::{DataError, Result};
-pub use fsutil::write_atomic;
 pub use geometry::ResizeMethod;
 pub use items::{
     Excluded, Exclusion, Items, Listing, SplitRule, Splits, Vocab, image_folder, label_and_split,

@@ -187,7 +187,7 @@ fn output_error(path: &Path) -> impl Fn(wick_render::RenderError) -> TrainError 
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    wick_data::write_atomic(path, bytes)
+    wick_io::write_durably(path, bytes)
         .map_err(|e| TrainError::Output { path: path.to_path_buf(), reason: e.to_string() })
 }
 
