@@ -9,6 +9,7 @@
 mod bench;
 mod cuda;
 mod determinism;
+mod report_html;
 mod reproduce;
 mod tidy;
 

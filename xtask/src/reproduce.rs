@@ -1,5 +1,6 @@
 //! `cargo xtask reproduce chapter7`: builds the release `wick` binary and runs every recipe of
-//! `recipes/<chapter>/` with one profile, then writes `report.md` and `report.json` comparing
+//! `recipes/<chapter>/` with one profile, then writes `report.md`, the same content as one
+//! self-contained `report.html` (pictures inlined; `report_html`), and `report.json` comparing
 //! each result with the book and with the accepted band in `recipes/<chapter>/expected.toml`.
 //! Finished experiments are skipped and an interrupted one resumes (the binary resumes from
 //! its checkpoint), so rerunning the command continues where it stopped. It never trains in
@@ -195,8 +196,9 @@ pub(crate) fn reproduce(root: &Path, options: &ReproduceOptions) -> anyhow::Resu
     let expected = load_expected(&recipes.join("expected.toml"), &options.profile)?;
     let outside = write_report(&out, &all, &expected, options)?;
     eprintln!(
-        "wrote {} and {}",
+        "wrote {}, {} (self-contained: open it in a browser) and {}",
         out.join("report.md").display(),
+        out.join("report.html").display(),
         out.join("report.json").display()
     );
     if !outside.is_empty() {
@@ -307,7 +309,7 @@ fn minutes(seconds: f64) -> String {
     format!("{}:{:02}", (seconds / 60.0) as u64, (seconds % 60.0) as u64)
 }
 
-/// Writes report.md and report.json; returns the experiments outside their band.
+/// Writes report.md, report.html and report.json; returns the experiments outside their band.
 fn write_report(
     out: &Path,
     all: &[Experiment],
@@ -427,6 +429,15 @@ fn write_report(
         }
     }
     atomic_write(&out.join("report.md"), &md)?;
+    let title = format!("Chapter 7 reproduced with wick — profile {}", options.profile);
+    let (html, missing) = crate::report_html::report_html(&md, out, &title);
+    for path in &missing {
+        eprintln!(
+            "report.html: picture {} could not be inlined (missing or not an image)",
+            path.display()
+        );
+    }
+    atomic_write(&out.join("report.html"), &html)?;
     let report =
         json!({ "chapter": options.chapter, "profile": options.profile, "experiments": rows });
     atomic_write(&out.join("report.json"), &serde_json::to_string_pretty(&report)?)?;

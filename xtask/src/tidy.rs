@@ -5,9 +5,11 @@
 //! Printing in library crates is forbidden by the workspace lints (`print_stdout`,
 //! `print_stderr`), which clippy enforces; this file checks what lints cannot, including the
 //! crate graph of docs/ARCHITECTURE.md (which workspace crates each crate may depend on),
-//! that the training loop and evaluation never name a model or a dataset, and that the loop
-//! itself (`learner.rs`) never names a training feature: MixUp, mixed precision and data
-//! parallelism plug in as a callback, a model wrapper and a gradient hook.
+//! that the training loop and evaluation never name a model or a dataset, that the loop
+//! itself (`learner.rs`) never names a training feature (MixUp, mixed precision and data
+//! parallelism plug in as a callback, a model wrapper and a gradient hook), that device code
+//! stays in wick-nn, and that only wick-render draws (the drawing libraries, the PNG encoder,
+//! the font).
 
 use std::path::{Path, PathBuf};
 
@@ -21,14 +23,15 @@ pub(crate) struct Violation {
 /// The workspace crates each crate's `[dependencies]` may name (docs/ARCHITECTURE.md,
 /// "Invariants"): dependencies run one way, from the binary down to data and ops; dev-
 /// dependencies are free. `None`: any (the CLI joins everything).
-const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 11] = [
+const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 12] = [
     ("wick-io", Some(&[])),
-    ("wick-data", Some(&["wick-io"])),
+    ("wick-data", Some(&[])),
     ("wick-nn", Some(&[])),
     ("wick-metrics", Some(&[])),
+    ("wick-render", Some(&["wick-io"])),
     ("wick-models", Some(&["wick-nn", "wick-io"])),
-    ("wick-train", Some(&["wick-data", "wick-io", "wick-nn", "wick-metrics"])),
-    ("wick-eval", Some(&["wick-data", "wick-metrics"])),
+    ("wick-train", Some(&["wick-data", "wick-io", "wick-nn", "wick-metrics", "wick-render"])),
+    ("wick-eval", Some(&["wick-data", "wick-metrics", "wick-render"])),
     ("wick-export", Some(&["wick-models"])),
     ("wick-cli", None),
     ("wick-testing", Some(&[])),
@@ -37,6 +40,21 @@ const ALLOWED_WORKSPACE_DEPENDENCIES: [(&str, Option<&[&str]>); 11] = [
 
 /// External crates a crate must not depend on: wick-data never imports candle-nn.
 const FORBIDDEN_EXTERNAL_DEPENDENCIES: [(&str, &str); 1] = [("wick-data", "candle-nn")];
+
+/// Rendering has one owner: only wick-render depends on the drawing libraries and the font
+/// rasteriser (docs/ARCHITECTURE.md).
+const RENDER_CRATE: &str = "wick-render";
+const RENDER_ONLY_DEPENDENCIES: [&str; 3] = ["plotters", "ab_glyph", "font8x8"];
+
+/// Code that encodes a PNG or embeds a font: allowed only in wick-render's sources (one PNG
+/// encoder, one font). Spelled with `concat!` so that this file does not trip its own check.
+const RENDER_ONLY_CODE: [&str; 5] = [
+    concat!("Png", "Encoder"),
+    concat!("codecs", "::png"),
+    concat!(".write", "_to("),
+    concat!("save_with", "_format"),
+    concat!(".tt", "f\")"),
+];
 
 /// Crates whose code (comments aside) never names a model or a dataset: the loop and the
 /// evaluation are model- and dataset-agnostic.
@@ -111,6 +129,11 @@ pub(crate) fn check_dependency_rules(root: &Path) -> Vec<Violation> {
             if FORBIDDEN_EXTERNAL_DEPENDENCIES.contains(&(name.as_str(), dependency.as_str())) {
                 violations.push(violation(format!("{name} must not depend on {dependency}")));
             }
+            if name != RENDER_CRATE && RENDER_ONLY_DEPENDENCIES.contains(&dependency.as_str()) {
+                violations.push(violation(format!(
+                    "{name} depends on {dependency}: only {RENDER_CRATE} draws (docs/ARCHITECTURE.md)"
+                )));
+            }
         }
     }
     violations
@@ -151,6 +174,14 @@ pub(crate) fn check_workspace(root: &Path) -> Vec<Violation> {
         }
         if relative == Path::new(LOOP_FILE) {
             for message in check_loop(&text) {
+                violations.push(Violation { path: path.clone(), message });
+            }
+        }
+        let library_source = relative.starts_with("crates")
+            && relative.components().nth(2).is_some_and(|part| part.as_os_str() == "src");
+        let render_crate = relative.starts_with(Path::new("crates").join(RENDER_CRATE));
+        if library_source && !render_crate {
+            for message in check_render_only(&text) {
                 violations.push(Violation { path: path.clone(), message });
             }
         }
@@ -204,6 +235,22 @@ fn lines_naming(text: &str, names: &[&str], case: Case, why: &str) -> Vec<String
         let code = if case == Case::Insensitive { code.to_lowercase() } else { code.to_string() };
         if let Some(name) = names.iter().find(|name| code.contains(*name)) {
             problems.push(format!("line {}: names {name}: {why}", line_idx + 1));
+        }
+    }
+    problems
+}
+
+/// Code lines (comments aside) that encode a PNG or embed a font outside wick-render.
+fn check_render_only(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (line_idx, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or_default();
+        if let Some(pattern) = RENDER_ONLY_CODE.iter().find(|pattern| code.contains(*pattern)) {
+            problems.push(format!(
+                "line {}: `{pattern}`: pictures are encoded and fonts embedded only in \
+                 {RENDER_CRATE}",
+                line_idx + 1
+            ));
         }
     }
     problems
@@ -279,13 +326,27 @@ mod tests {
         // wick-data reaching up to the loop, and importing candle-nn; an unknown crate.
         manifest("wick-data", "wick-train.workspace = true\ncandle-nn = \"0.11\"\n");
         manifest("wick-new", "");
+        // A second drawing library outside the render crate; the render crate may.
+        manifest("wick-train", "plotters = \"0.3\"\n");
+        manifest("wick-render", "plotters = \"0.3\"\nwick-io.workspace = true\n");
         let messages: Vec<String> =
             check_dependency_rules(&dir).into_iter().map(|v| v.message).collect();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(messages.len(), 4, "{messages:?}");
         assert_eq!(messages[0], "wick-data must not depend on candle-nn");
         assert!(messages[1].starts_with("wick-data depends on wick-train"), "{messages:?}");
         assert!(messages[2].starts_with("crate wick-new has no entry"), "{messages:?}");
+        assert!(messages[3].starts_with("wick-train depends on plotters"), "{messages:?}");
+        assert_eq!(
+            check_render_only(&format!(
+                "//! x\n// a {} in a comment\nlet e = image::{}::new(w);\n",
+                RENDER_ONLY_CODE[0], RENDER_ONLY_CODE[1]
+            )),
+            [format!(
+                "line 3: `{}`: pictures are encoded and fonts embedded only in wick-render",
+                RENDER_ONLY_CODE[1]
+            )]
+        );
         assert_eq!(
             check_agnostic(
                 "//! about xresnet\nlet x = 1; // an xresnet\nlet m = XResNet::new();\n"

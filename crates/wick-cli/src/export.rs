@@ -11,8 +11,9 @@ use candle::{DType, Device, ModuleT, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
-use wick_data::{IMAGENET_MEAN, IMAGENET_STD, Normalize, write_atomic};
+use wick_data::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 use wick_export::{OnnxExportConfig, Preprocessing, run_onnx, xresnet_to_onnx};
+use wick_io::write_durably;
 
 use crate::plan;
 use crate::run_dir::RunDir;
@@ -95,7 +96,7 @@ pub(crate) fn export(run: &Path, format: ExportFormat, out: Option<&Path>) -> an
                 );
             }
             let path = out.map(Path::to_path_buf).unwrap_or_else(|| run_dir.path("model.onnx"));
-            write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            write_durably(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             println!(
                 "wrote {} ({:.1} MB): ONNX opset {}, input `image` uint8 RGB (N, {size}, {size}, 3), \
                  outputs `logits` and `probabilities` (N, {}); {} on {CHECK_IMAGES} test images, \
@@ -134,7 +135,7 @@ pub(crate) fn export(run: &Path, format: ExportFormat, out: Option<&Path>) -> an
                 "seed": recipe.seed,
             });
             let sidecar_path = dir.join("model.json");
-            write_atomic(&sidecar_path, serde_json::to_string_pretty(&sidecar)?.as_bytes())
+            write_durably(&sidecar_path, serde_json::to_string_pretty(&sidecar)?.as_bytes())
                 .with_context(|| format!("writing {}", sidecar_path.display()))?;
             println!(
                 "wrote {} and {} (PyTorch state-dict names; load with scripts/load_export_fastai.py)",

@@ -74,7 +74,7 @@ impl RunDir {
     /// Writes `text` to `name` atomically and durably (the folder is fsynced after the rename).
     pub(crate) fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
         let path = self.path(name);
-        wick_data::write_atomic(&path, text.as_bytes())
+        wick_io::write_durably(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         let folder = path.parent().unwrap_or(&self.root);
         File::open(folder)

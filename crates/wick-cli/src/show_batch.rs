@@ -14,6 +14,9 @@ use crate::plan;
 /// fastai's `show_batch` default, `max_n = 9`.
 pub(crate) const MAX_ITEMS: usize = 9;
 
+/// The smallest tile drawn, in pixels.
+const MIN_TILE: u32 = 128;
+
 /// What `wick show-batch` was asked for.
 pub(crate) struct ShowBatchArgs {
     pub(crate) recipe: PathBuf,
@@ -39,9 +42,20 @@ pub(crate) fn draw_first_batch(
         ys: batch.ys.to_device(&Device::Cpu)?,
         ..batch
     };
-    wick_data::show_batch(&batch, vocab, normalize.as_ref(), MAX_ITEMS, path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(batch.ys.dims1()?.min(MAX_ITEMS))
+    let pictures = wick_data::batch_images(&batch, vocab, normalize.as_ref(), MAX_ITEMS)?;
+    let (_, _, height, width) = batch.xs.dims4()?;
+    // fastai's layout: a square-ish grid, each image titled with its class name.
+    let columns = (pictures.len() as f64).sqrt().ceil() as u32;
+    // fastai draws each image at a fixed figure size whatever its pixels: small images (a 32-px
+    // stage) are enlarged to MIN_TILE so that their class names fit under them.
+    let tile = (height.max(width) as u32).max(MIN_TILE);
+    let mut grid = wick_render::ImageGrid::new(columns, tile, 2);
+    let drawn = pictures.len();
+    for (image, name) in pictures {
+        grid.push(image, vec![name]);
+    }
+    grid.save_png(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(drawn)
 }
 
 /// `wick show-batch --recipe R --data D [--stage N] [--valid] [--out FILE]`.

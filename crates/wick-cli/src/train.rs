@@ -350,7 +350,8 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         let result = stage_result(stage_idx, stage_data, &learner, started.elapsed().as_secs_f64());
         if root {
             save_weights(&model, &varmap, &stage_dir.join("model.safetensors"))?;
-            wick_data::write_atomic(&done, serde_json::to_string_pretty(&result)?.as_bytes())?;
+            wick_io::write_durably(&done, serde_json::to_string_pretty(&result)?.as_bytes())
+                .with_context(|| format!("writing {}", done.display()))?;
             // The stage's weights are saved and marked done: its checkpoint has served its purpose.
             let _ = std::fs::remove_file(&checkpoint_path);
         }

@@ -82,10 +82,11 @@ fn show_batch_draws_the_stage_batch_and_train_keeps_one_per_stage() {
     ]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("8 train images of stage 0 at 32 px"), "{}", text(&output));
-    // A 3x3 grid of 32-px cells at least, in the pictures' own colours (Normalize undone: a
-    // normalised red would draw as near-black or clipped colours, not as red).
+    // A 3x3 grid of the 32-px images enlarged to 128-px tiles (so that names fit under them),
+    // in the pictures' own colours (Normalize undone: a normalised red would draw as
+    // near-black or clipped colours, not as red).
     let (width, height) = image::image_dimensions(&train_png).unwrap();
-    assert!(width >= 96 && height >= 96, "{width}x{height}");
+    assert!(width >= 3 * 128 && height >= 3 * 128, "{width}x{height}");
     let (red, blue) = red_and_blue(&train_png);
     assert!(red > 200 && blue > 200, "red {red}, blue {blue} pixels");
 

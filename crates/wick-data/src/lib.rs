@@ -8,8 +8,9 @@
 //! before training; [`pipeline`] runs those steps
 //! for one file; [`loader`] batches many in parallel onto a device; [`source`] is the seam the
 //! training loop and the evaluation read batches through; [`normalize`] is the batch
-//! transform; [`show`] draws batches. [`seed`] derives every random stream's seed (the
-//! loader's here, the training callbacks' in wick-train) from the run's seed and a position.
+//! transform; [`show`] turns batches back into pictures' data (drawing is wick-render's).
+//! [`seed`] derives every random stream's seed (the loader's here, the training callbacks' in
+//! wick-train) from the run's seed and a position.
 //!
 //! Shapes: images `(B, 3, H, W)` f32 with `H = W = S` (the output size), labels `(B,)` u32,
 //! `K` classes in a [`Vocab`].
@@ -22,7 +23,6 @@ pub mod augment;
 pub mod class_names;
 pub mod decode;
 mod error;
-mod fsutil;
 pub mod geometry;
 pub mod items;
 pub mod loader;
@@ -42,7 +42,6 @@ pub use augment::{AugDraw, AugTransforms, lighting, lighting_texels};
 pub use class_names::{display_name, readable_name};
 pub use decode::{DecodeConfig, Decoded, decode_rgb, image_size, read_rgb};
 pub use error::{DataError, Result};
-pub use fsutil::write_atomic;
 pub use geometry::ResizeMethod;
 pub use items::{
     Excluded, Exclusion, Items, Listing, SplitRule, Splits, Vocab, image_folder, label_and_split,
@@ -52,5 +51,5 @@ pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, S
 pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 pub use pipeline::{ItemPipeline, Mode};
 pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};
-pub use show::{ImageGrid, show_batch};
+pub use show::{batch_images, planar_to_rgb};
 pub use source::{BatchIter, BatchSource, InMemoryBatches};

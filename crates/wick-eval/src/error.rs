@@ -17,6 +17,14 @@ pub enum EvalError {
         /// The item's file (or index).
         item: String,
     },
+    /// Drawing or writing a picture failed.
+    #[error("drawing {path}: {source}")]
+    Render {
+        /// The picture's file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: wick_render::RenderError,
+    },
     /// Inputs that do not fit together (names the values).
     #[error("{0}")]
     Mismatch(String),

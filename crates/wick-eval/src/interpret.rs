@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use candle::Tensor;
-use image::{Rgb, RgbImage};
-use wick_data::show::{ImageGrid, draw_text, planar_to_rgb};
-use wick_data::{ItemPipeline, Items, Vocab};
+use wick_data::{ItemPipeline, Items, Vocab, planar_to_rgb};
+use wick_render::ImageGrid;
 
 use crate::error::{EvalError, Result};
 use crate::predict::{Predictions, argmax};
@@ -111,79 +110,27 @@ pub fn per_class_accuracy(matrix: &ConfusionMatrix) -> Vec<ClassReport> {
         .collect()
 }
 
-/// Writes the confusion matrix as a PNG: one cell per (actual, predicted) pair shaded by its
-/// share of the row, with the count written in it, class names on both axes.
+/// Writes the confusion matrix as a PNG (wick-render's, as fastai's
+/// `plot_confusion_matrix`): one cell per (actual, predicted) pair shaded by its share of the
+/// row, with the count written in it, the classes' readable names on both axes.
+///
+/// # Errors
+/// Drawing or writing `path` failed.
 pub fn plot_confusion_matrix(matrix: &ConfusionMatrix, vocab: &Vocab, path: &Path) -> Result<()> {
-    let k = matrix.counts.len() as u32;
-    let cell = 44u32;
-    let label_width = 8 * 18 + 8;
-    let (width, height) = (label_width + k * cell + 8, 24 + k * cell + label_width);
-    let mut canvas = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    draw_text(
-        &mut canvas,
-        label_width,
-        6,
-        "predicted ->  (rows: actual)",
-        1,
-        width - label_width,
-        Rgb([0, 0, 0]),
-    );
-    for (actual, row) in matrix.counts.iter().enumerate() {
-        let total: u64 = row.iter().sum::<u64>().max(1);
-        let name = vocab.name(actual as u32).unwrap_or("?");
-        draw_text(
-            &mut canvas,
-            4,
-            24 + actual as u32 * cell + cell / 2 - 4,
-            name,
-            1,
-            label_width - 8,
-            Rgb([0, 0, 0]),
-        );
-        for (guess, &count) in row.iter().enumerate() {
-            let share = count as f64 / total as f64;
-            let shade = (255.0 * (1.0 - share)) as u8;
-            let colour = Rgb([shade, shade, 255]);
-            let (x0, y0) = (label_width + guess as u32 * cell, 24 + actual as u32 * cell);
-            for y in y0..y0 + cell - 1 {
-                for x in x0..x0 + cell - 1 {
-                    canvas.put_pixel(x, y, colour);
-                }
-            }
-            let text_colour = if share > 0.5 { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) };
-            draw_text(
-                &mut canvas,
-                x0 + 4,
-                y0 + cell / 2 - 4,
-                &count.to_string(),
-                1,
-                cell - 6,
-                text_colour,
-            );
-        }
-    }
-    // Column labels, written vertically one character per line under each column.
-    for guess in 0..k {
-        let name = vocab.name(guess).unwrap_or("?");
-        for (i, character) in name.chars().take(18).enumerate() {
-            let x = label_width + guess * cell + cell / 2 - 4;
-            draw_text(
-                &mut canvas,
-                x,
-                24 + k * cell + 4 + i as u32 * 8,
-                &character.to_string(),
-                1,
-                8,
-                Rgb([0, 0, 0]),
-            );
-        }
-    }
-    let mut bytes = Vec::new();
-    canvas
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|error| EvalError::Mismatch(format!("encoding {}: {error}", path.display())))?;
-    wick_data::write_atomic(path, &bytes)?;
-    Ok(())
+    let names: Vec<String> =
+        (0..matrix.counts.len() as u32).map(|class| readable_class_name(vocab, class)).collect();
+    let image = wick_render::confusion_matrix_image(&matrix.counts, &names);
+    wick_render::write_png(path, &image).map_err(|error| render_error(path, error))
+}
+
+/// The readable name of a catalogue class (`gas pump`, not `n03425413`), else the folder's.
+fn readable_class_name(vocab: &Vocab, class: u32) -> String {
+    let class = vocab.name(class).unwrap_or("?");
+    wick_data::readable_name(class).unwrap_or(class).to_string()
+}
+
+fn render_error(path: &Path, error: wick_render::RenderError) -> EvalError {
+    EvalError::Render { path: path.to_path_buf(), source: error }
 }
 
 /// One of the worst-predicted items.
@@ -225,7 +172,11 @@ pub fn top_losses(preds: &Predictions, k: usize) -> Result<Vec<TopLoss>> {
 }
 
 /// fastai's `plot_top_losses`: a grid of the given items (loaded without augmentation at
-/// `tile_size`) captioned "predicted/actual" and "loss/probability".
+/// `tile_size`), titled "Prediction/Actual/Loss/Probability" and captioned with those four,
+/// one per line (the names in full, fitted to the tile by pixel width).
+///
+/// # Errors
+/// An item is not in `items`, its file cannot be loaded, or drawing or writing `path` failed.
 pub fn plot_top_losses(
     losses: &[TopLoss],
     items: &Items,
@@ -235,26 +186,23 @@ pub fn plot_top_losses(
 ) -> Result<()> {
     let pipeline =
         ItemPipeline { output_size: tile_size, augment: None, ..ItemPipeline::chapter7(tile_size) };
-    let mut grid = ImageGrid::new((losses.len() as f64).sqrt().ceil() as u32, tile_size, 2);
+    let mut grid = ImageGrid::new((losses.len() as f64).sqrt().ceil() as u32, tile_size, 3)
+        .with_title("Prediction/Actual/Loss/Probability");
     let mut pixels = vec![0f32; pipeline.item_len()];
     for loss in losses {
         let file = items.paths.get(loss.item).ok_or_else(|| {
             EvalError::Mismatch(format!("item {} is not in the items", loss.item))
         })?;
         pipeline.load_plain(file, &mut pixels)?;
-        // Readable names of catalogue classes (`gas pump`, not `n03425413`), else the folder's.
-        let name = |class: u32| {
-            let class = vocab.name(class).unwrap_or("?");
-            wick_data::readable_name(class).unwrap_or(class).to_string()
-        };
         grid.push(
             planar_to_rgb(&pixels, tile_size as usize, tile_size as usize),
             vec![
-                format!("{}/{}", name(loss.predicted), name(loss.actual)),
-                format!("{:.2}/{:.2}", loss.loss, loss.probability),
+                readable_class_name(vocab, loss.predicted),
+                readable_class_name(vocab, loss.actual),
+                format!("{:.2} / {:.2}", loss.loss, loss.probability),
             ],
         );
     }
-    grid.save_png(path)?;
+    grid.save_png(path).map_err(|error| render_error(path, error))?;
     Ok(())
 }

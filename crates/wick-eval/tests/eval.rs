@@ -181,6 +181,15 @@ fn top_losses_and_pictures() {
     let grid = dir.path().join("top_losses.png");
     plot_top_losses(&top_losses(&preds, 4).unwrap(), &splits.valid, &splits.vocab, 32, &grid)
         .unwrap();
-    let picture = image::open(&grid).unwrap();
-    assert_eq!((picture.width(), picture.height()), (2 * 40, 2 * (40 + 20)));
+    let picture = image::open(&grid).unwrap().to_rgb8();
+    // 2x2 tiles of 32 px + 4 px margins each side; a title line above; under each tile three
+    // caption lines (prediction, actual, loss / probability) of 12 px and 2 px of space.
+    let line = wick_render::line_height(12.0);
+    assert_eq!(line, 12);
+    assert_eq!((picture.width(), picture.height()), (2 * 40, (line + 4) + 2 * (40 + 3 * line + 2)));
+    let caption_ink = (0..picture.width())
+        .flat_map(|x| (line + 4 + 40..line + 4 + 40 + 3 * line).map(move |y| (x, y)))
+        .filter(|&(x, y)| picture.get_pixel(x, y).0[0] < 128)
+        .count();
+    assert!(caption_ink > 30, "{caption_ink} dark caption pixels");
 }

@@ -12,7 +12,6 @@
 //! - [`metrics`]: accuracy, top-k, error rate, weighted means and the smoothed train loss.
 //! - [`lr_find`]: the lr finder's stopping rule and its four suggestion rules.
 //! - [`precision`]: bf16 mixed precision as the [`Autocast`] model wrapper.
-//! - [`chart`]: a small line-chart renderer (bitmap font, no system dependencies).
 //!
 //! The Learner and what plugs into it:
 //! - [`learner`]: the [`Learner`] and the one training loop; its module docs list the event
@@ -34,7 +33,6 @@
 
 pub mod callback;
 pub mod callbacks;
-pub mod chart;
 pub mod checkpoint;
 pub mod data;
 pub mod distributed;
@@ -58,7 +56,6 @@ pub use callback::{
 pub use callbacks::{
     CheckpointConfig, CheckpointSaver, CutMix, LrFinder, MixUp, ParamScheduler, RunFiles, batch_rng,
 };
-pub use chart::{AxisScale, LineChart, Series, VerticalMarker, encode_png};
 pub use checkpoint::{Checkpoint, CheckpointExtras, ModelState, save_checkpoint};
 pub use data::{BatchIter, BatchSource, InMemoryBatches};
 pub use distributed::{AllReduce, DataParallel, ThreadGroup};
@@ -87,7 +84,7 @@ pub use optim::{
 };
 pub use output::{
     loss_chart, lr_find_chart, metrics_jsonl, schedule_charts, write_loss_plot, write_lr_find_plot,
-    write_metrics_jsonl, write_png, write_schedule_plot,
+    write_metrics_jsonl, write_schedule_plot,
 };
 pub use precision::{Autocast, Precision};
 pub use recipes::{LrFindConfig, LrFindResult};

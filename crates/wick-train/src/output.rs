@@ -1,9 +1,10 @@
 //! The files a user gets from a run, built from the [`Recorder`] (and an lr_find result):
 //! `metrics.jsonl` (one JSON object per epoch), the loss plot (smoothed training loss per batch
 //! and validation loss per epoch), the schedule plot (lr and momentum per batch), and the lr
-//! finder plot (smoothed loss against log lr, the suggestion marked). Text and images are built
-//! by pure functions; the `write_*` functions write them atomically
-//! ([`wick_data::write_atomic`]). The [`crate::RunFiles`] callback calls them after every epoch.
+//! finder plot (smoothed loss against log lr, the suggestion marked). Text and chart
+//! descriptions are built by pure functions; wick-render draws the charts and the `write_*`
+//! functions write the files atomically. The [`crate::RunFiles`] callback calls them after
+//! every epoch.
 //!
 //! JSON is written by hand (flat numbers and short ASCII strings) to keep serde out of the
 //! library.
@@ -11,11 +12,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use image::RgbImage;
+use wick_render::{AxisScale, LineChart, PALETTE, Series, VerticalMarker, stack_vertically};
 
-use crate::chart::{
-    AxisScale, LineChart, PALETTE, Series, VerticalMarker, encode_png, stack_vertically,
-};
 use crate::error::TrainError;
 use crate::recipes::LrFindResult;
 use crate::recorder::{Recorder, format_time};
@@ -155,32 +153,41 @@ pub fn write_metrics_jsonl(path: &Path, recorder: &Recorder) -> Result<(), Train
     write_file(path, metrics_jsonl(recorder).as_bytes())
 }
 
-/// Writes the loss plot as PNG.
+/// Writes the loss plot as PNG (`PLOT_WIDTH × PLOT_HEIGHT`).
+///
+/// # Errors
+/// [`TrainError::Output`] naming `path` when drawing or writing fails.
 pub fn write_loss_plot(path: &Path, recorder: &Recorder) -> Result<(), TrainError> {
-    write_png(path, &loss_chart(recorder).render(PLOT_WIDTH, PLOT_HEIGHT))
+    let image = loss_chart(recorder).render(PLOT_WIDTH, PLOT_HEIGHT).map_err(output_error(path))?;
+    wick_render::write_png(path, &image).map_err(output_error(path))
 }
 
 /// Writes the lr and momentum plots, one above the other, as one PNG.
+///
+/// # Errors
+/// [`TrainError::Output`] naming `path` when drawing or writing fails.
 pub fn write_schedule_plot(path: &Path, recorder: &Recorder) -> Result<(), TrainError> {
-    let panels =
-        schedule_charts(recorder).map(|chart| chart.render(PLOT_WIDTH, PLOT_HEIGHT * 2 / 3));
-    write_png(path, &stack_vertically(&panels))
+    let [lr, mom] = schedule_charts(recorder)
+        .map(|chart| chart.render(PLOT_WIDTH, PLOT_HEIGHT * 2 / 3).map_err(output_error(path)));
+    wick_render::write_png(path, &stack_vertically(&[lr?, mom?])).map_err(output_error(path))
 }
 
 /// Writes the lr finder plot as PNG.
+///
+/// # Errors
+/// [`TrainError::Output`] naming `path` when drawing or writing fails.
 pub fn write_lr_find_plot(path: &Path, result: &LrFindResult) -> Result<(), TrainError> {
-    write_png(path, &lr_find_chart(result).render(PLOT_WIDTH, PLOT_HEIGHT))
+    let image =
+        lr_find_chart(result).render(PLOT_WIDTH, PLOT_HEIGHT).map_err(output_error(path))?;
+    wick_render::write_png(path, &image).map_err(output_error(path))
 }
 
-/// Encodes `image` as PNG and writes it atomically.
-pub fn write_png(path: &Path, image: &RgbImage) -> Result<(), TrainError> {
-    let bytes = encode_png(image)
-        .map_err(|e| TrainError::Output { path: path.to_path_buf(), reason: e.to_string() })?;
-    write_file(path, &bytes)
+fn output_error(path: &Path) -> impl Fn(wick_render::RenderError) -> TrainError + '_ {
+    move |error| TrainError::Output { path: path.to_path_buf(), reason: error.to_string() }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    wick_data::write_atomic(path, bytes)
+    wick_io::write_durably(path, bytes)
         .map_err(|e| TrainError::Output { path: path.to_path_buf(), reason: e.to_string() })
 }
 

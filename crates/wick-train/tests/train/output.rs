@@ -1,10 +1,10 @@
 //! The files a run leaves: metrics.jsonl (one JSON object per epoch, across fits), the loss and
-//! schedule PNGs written by RunFiles, and the lr_find plot; plus the chart renderer's basics.
+//! schedule PNGs written by RunFiles, and the lr_find plot (the charts themselves are
+//! wick-render's, tested there).
 
 use image::Rgb;
 use wick_train::{
-    AxisScale, FineTune, LineChart, LrFindConfig, LrFinderSchedule, RunFiles, Series,
-    VerticalMarker, metrics_jsonl, write_lr_find_plot,
+    FineTune, LrFindConfig, LrFinderSchedule, RunFiles, metrics_jsonl, write_lr_find_plot,
 };
 
 use crate::tiny::{bright_dark_batches, tiny_learner};
@@ -48,7 +48,7 @@ fn run_files_after_fine_tune() {
 
     // The plots: 800x480 loss plot (train line in the first palette colour), 800x640 schedule
     // plot (two 320-px panels), both with a real amount of drawing.
-    let blue = wick_train::chart::PALETTE[0];
+    let blue = wick_render::PALETTE[0];
     let (width, height, blue_pixels, bytes) =
         png_summary(&dir.path().join(RunFiles::LOSS_PLOT), blue);
     assert_eq!((width, height), (800, 480));
@@ -70,33 +70,9 @@ fn lr_find_plot_marks_the_suggestion() {
     let result = learner.lr_find(config).unwrap();
     let path = dir.path().join("lr_find.png");
     write_lr_find_plot(&path, &result).unwrap();
-    let red = wick_train::chart::PALETTE[3];
+    let red = wick_render::PALETTE[3];
     let (width, height, red_pixels, _) = png_summary(&path, red);
     assert_eq!((width, height), (800, 480));
     assert!(result.valley().is_ok());
     assert!(red_pixels > 50, "valley marker: {red_pixels} px");
-}
-
-#[test]
-fn chart_draws_series_legend_and_marker_on_log_axis() {
-    let chart = LineChart {
-        title: "t".into(),
-        x_label: "x".into(),
-        y_label: "y".into(),
-        x_scale: AxisScale::Log10,
-        series: vec![Series {
-            name: "curve".into(),
-            points: vec![(1e-6, 1.0), (1e-4, 0.5), (f64::NAN, 0.2), (1e-2, 2.0), (0.0, 9.0)],
-            color: Rgb([10, 200, 10]),
-            markers: true,
-        }],
-        markers: vec![VerticalMarker { x: 1e-3, label: "m".into(), color: Rgb([200, 10, 10]) }],
-    };
-    let image = chart.render(400, 300);
-    let count = |color: Rgb<u8>| image.pixels().filter(|p| **p == color).count();
-    assert!(count(Rgb([10, 200, 10])) > 100, "series");
-    assert!(count(Rgb([200, 10, 10])) > 30, "marker");
-    // A chart with no points still renders (empty axes).
-    let empty = LineChart { series: vec![], markers: vec![], ..chart };
-    assert_eq!(empty.render(200, 100).dimensions(), (200, 100));
 }
