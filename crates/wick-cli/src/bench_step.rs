@@ -3,10 +3,9 @@
 //! forward, cross-entropy, backward and fastai's Adam step; the device synchronised at the
 //! end of every step; images/s from the median step). Prints one JSON line.
 
-use candle::{DType, Device, Tensor};
-use candle_nn::VarMap;
+use candle::{Device, Tensor};
 use serde_json::json;
-use wick_models::{XResNetConfig, seeded_var_builder, xresnet};
+use wick_models::XResNetConfig;
 use wick_train::{Adam, AdamConfig, Optimizer, Precision, optim_params, trainable_params};
 
 use crate::plan;
@@ -26,8 +25,7 @@ pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
     let device = plan::device(&args.device)?;
     let config = XResNetConfig::named(&args.arch, 10)
         .ok_or_else(|| anyhow::anyhow!("--arch {}: not an xresnet name", args.arch))?;
-    let varmap = VarMap::new();
-    let model = xresnet(&config, 0, seeded_var_builder(&varmap, 0, DType::F32, &device))?;
+    let (model, varmap) = crate::plan::model(&config, 0, &device)?;
     let mut optimizer = Adam::new(
         optim_params(trainable_params(&varmap, wick_models::is_buffer)),
         AdamConfig::fastai_defaults(1e-3),

@@ -9,9 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use serde_json::json;
-use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
+use wick_models::{Depth, XResNetConfig};
 use wick_nn::check::{CheckConfig, OpReport, compare_ops};
 use wick_train::{Adam, AdamConfig, Optimizer, Precision, optim_params, trainable_params};
 
@@ -133,10 +132,8 @@ fn train_step(
     precision: Precision,
     args: &DeviceCheckArgs,
 ) -> anyhow::Result<StepResult> {
-    let varmap = VarMap::new();
     let config = XResNetConfig::depth(Depth::D50, 10);
-    let model =
-        xresnet(&config, args.seed, seeded_var_builder(&varmap, args.seed, DType::F32, device))?;
+    let (model, varmap) = crate::plan::model(&config, args.seed, device)?;
     let n = args.batch_size * 3 * args.size * args.size;
     let pixels: Vec<f32> =
         (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();

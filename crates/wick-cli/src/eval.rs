@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use candle::{D, DType, Device, ModuleT, Tensor};
-use candle_nn::VarMap;
+use candle::{D, Device, ModuleT, Tensor};
 use serde_json::json;
 use wick_data::{DataLoader, LoaderConfig};
 use wick_eval::{
@@ -322,12 +321,7 @@ pub(crate) fn summary(arch: &str, n_out: usize, size: usize) -> anyhow::Result<(
     let config = wick_models::XResNetConfig::named(arch, n_out).with_context(|| {
         format!("--arch {arch}: not one of {}", wick_models::XResNetConfig::names().join(", "))
     })?;
-    let varmap = VarMap::new();
-    let model = wick_models::xresnet(
-        &config,
-        0,
-        wick_models::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
-    )?;
+    let (model, varmap) = plan::model(&config, 0, &Device::Cpu)?;
     let rows = wick_models::summary(&model, &varmap, size, &Device::Cpu)?;
     println!("{arch} (n_out {n_out}) on a 1x3x{size}x{size} input");
     println!("{:<6} {:<26} {:<22} {:>12}", "index", "module", "output shape", "parameters");
@@ -375,13 +369,8 @@ pub(crate) fn lr_find(
         None,
         &device,
     )?;
-    let varmap = VarMap::new();
     let config = plan::model_config(&recipe, splits.vocab.len())?;
-    let model = wick_models::xresnet(
-        &config,
-        recipe.seed,
-        wick_models::seeded_var_builder(&varmap, recipe.seed, DType::F32, &device),
-    )?;
+    let (model, varmap) = plan::model(&config, recipe.seed, &device)?;
     // The recipe's optimizer and precision, as `wick train` uses them (fastai's lr_find runs
     // the Learner as it is configured).
     let optimizer = plan::optimizer(&recipe, &varmap)?;

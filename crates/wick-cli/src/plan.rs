@@ -361,6 +361,19 @@ pub(crate) fn model_config(recipe: &Recipe, n_classes: usize) -> anyhow::Result<
     })
 }
 
+/// A fresh xresnet of `config` on `device`, its weights initialised from `seed` (fastai's
+/// init, drawn by wick-models' seeded generator), with the `VarMap` that holds them: the one
+/// place every command builds its model.
+pub(crate) fn model(
+    config: &XResNetConfig,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<(wick_models::XResNet, candle_nn::VarMap)> {
+    let varmap = candle_nn::VarMap::new();
+    let vb = wick_models::seeded_var_builder(&varmap, seed, candle::DType::F32, device);
+    Ok((wick_models::xresnet(config, seed, vb)?, varmap))
+}
+
 /// The recipe's optimizer (`train.optimizer`, `train.wd`; fastai's defaults otherwise) over
 /// the trainable parameters of `varmap`: what `train` and `lr-find` both use.
 pub(crate) fn optimizer(

@@ -17,9 +17,7 @@ use candle::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{LoaderConfig, Shard};
-use wick_models::{
-    XResNet, load_weights, save_weights, seeded_var_builder, weights_identity, xresnet,
-};
+use wick_models::{XResNet, load_weights, save_weights, weights_identity};
 use wick_train::{
     Autocast, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, FitOutcome, Learner,
     LearnerConfig, Metric, MixUp, ModelState, RunFiles,
@@ -163,12 +161,8 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         run_dir.write_vocab(&splits.vocab)?;
     }
     let config = plan::model_config(&recipe, splits.vocab.len())?;
-    let varmap = VarMap::new();
-    let model = Arc::new(xresnet(
-        &config,
-        recipe.seed,
-        seeded_var_builder(&varmap, recipe.seed, DType::F32, &device),
-    )?);
+    let (model, varmap) = plan::model(&config, recipe.seed, &device)?;
+    let model = Arc::new(model);
     let data_parallel = match args.rank {
         Some(spec) => {
             let data_parallel = crate::distributed::join(spec, &device, &args.out)?;
@@ -470,12 +464,7 @@ pub(crate) fn load_run(
     let (recipe, _) = crate::recipe::parse(&run_dir.read("recipe.resolved.toml")?, "full")?;
     let vocab = run_dir.read_vocab()?;
     let config = plan::model_config(&recipe, vocab.len())?;
-    let varmap = VarMap::new();
-    let model = xresnet(
-        &config,
-        recipe.seed,
-        seeded_var_builder(&varmap, recipe.seed, DType::F32, device),
-    )?;
+    let (model, varmap) = plan::model(&config, recipe.seed, device)?;
     load_weights(&model, &varmap, &run_dir.path("model.safetensors"))?;
     Ok((recipe, model, varmap))
 }
