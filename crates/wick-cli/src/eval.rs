@@ -355,12 +355,7 @@ pub(crate) fn lr_find(
     let mut dataset = plan::dataset(&root, recipe.data(), None)?;
     println!("{}", dataset.report.summary(5));
     plan::check_bad_files(&dataset.report, None)?;
-    let splits = plan::splits(
-        &mut dataset,
-        &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
-        recipe.data().subset,
-        recipe.seed,
-    )?;
+    let splits = plan::splits(&mut dataset, recipe.data(), recipe.seed, 0, &recipe.stages)?;
     let (train, valid) = plan::loaders(
         recipe.data(),
         plan::stage_data(&recipe, 0),

@@ -202,13 +202,25 @@ pub(crate) fn check_bad_files(
     Ok(())
 }
 
-/// Labels and splits the dataset's usable files, then keeps a seeded `subset` fraction of each
-/// split; files no split takes and the split counts go into the dataset's report.
+/// The training and validation items of stage `stage_idx` (its split rule from
+/// [`split_rule`]), with `data.subset` applied.
+///
+/// The subset is drawn once, from stage 0's split (a seeded fraction of its training and of
+/// its validation items), and a later `new_split` stage re-splits those same images with its
+/// own seed, as `scripts/fastai_reference.py` does (a seeded half of the items, then a new
+/// `RandomSplitter` per `get_dls`): the second stage validates on images of which about 80%
+/// were trained on in the first, as in chapter 7. (Drawing the subset after each new split
+/// would give the second stage a different half of the images, and so a smaller leak than
+/// fastai's.) Without a subset, a new split re-splits every image.
+///
+/// # Errors
+/// No usable image, or an empty split.
 pub(crate) fn splits(
     dataset: &mut Dataset,
-    rule: &SplitRule,
-    subset: Option<f64>,
+    data: &DataSection,
     seed: u64,
+    stage_idx: usize,
+    stages: &[Stage],
 ) -> anyhow::Result<Splits> {
     let root = dataset.root.clone();
     if dataset.files.is_empty() && dataset.report.listed > 0 {
@@ -218,15 +230,29 @@ pub(crate) fn splits(
             dataset.report.listed
         );
     }
-    let (mut splits, outside) = wick_data::label_and_split(&root, dataset.files.clone(), rule)
-        .with_context(|| format!("reading the dataset {}", root.display()))?;
+    let first_rule = split_rule(data, seed, 0, stages);
+    let rule = split_rule(data, seed, stage_idx, stages);
+    let (mut splits, outside) =
+        wick_data::label_and_split(&root, dataset.files.clone(), &first_rule)
+            .with_context(|| format!("reading the dataset {}", root.display()))?;
     dataset.report.add(outside);
-    if let Some(fraction) = subset {
+    if let Some(fraction) = data.subset {
         let (train, valid) = (splits.train.len(), splits.valid.len());
         splits.train = keep_fraction(&splits.train, fraction, seed);
         splits.valid = keep_fraction(&splits.valid, fraction, seed.wrapping_add(1));
         dataset.report.subset_left_out =
             Some((train - splits.train.len(), valid - splits.valid.len()));
+    }
+    if rule != first_rule {
+        // A new split of the same images (all of them, or stage 0's subset).
+        let mut files: Vec<PathBuf> = match data.subset {
+            Some(_) => splits.train.paths.iter().chain(&splits.valid.paths).cloned().collect(),
+            None => dataset.files.clone(),
+        };
+        files.sort();
+        splits = wick_data::label_and_split(&root, files, &rule)
+            .with_context(|| format!("reading the dataset {}", root.display()))?
+            .0;
     }
     for (name, items) in [("training", &splits.train), ("validation", &splits.valid)] {
         if items.is_empty() {
@@ -538,5 +564,65 @@ mod optimizer_tests {
         assert_eq!(optimizer(&recipe("optimizer = \"sgd\""), &varmap).unwrap().wd(), 0.0);
         let set = recipe("optimizer = \"sgd\"\nwd = 0.05");
         assert_eq!(optimizer(&set, &varmap).unwrap().wd(), 0.05);
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use super::{Dataset, splits};
+    use crate::data_report::DataReport;
+
+    /// A progressive recipe: stage 1 draws a new random split.
+    fn recipe(subset: Option<f64>) -> crate::recipe::Recipe {
+        let subset = subset.map(|f| format!("subset = {f}\n")).unwrap_or_default();
+        let text = format!(
+            "name = \"p\"\n[data]\nsplit = \"random\"\nitem_size = 8\nsize = 8\nbatch_size = 2\n\
+             {subset}[model]\narch = \"xresnet18\"\nn_out = \"classes\"\n\
+             [[stage]]\nfit = {{ kind = \"one_cycle\", epochs = 1, lr_max = 1e-3 }}\n\
+             [[stage]]\nnew_split = true\nfit = {{ kind = \"fine_tune\", epochs = 1, base_lr = 1e-3 }}\n"
+        );
+        crate::recipe::parse(&text, "full").unwrap().0
+    }
+
+    fn dataset() -> Dataset {
+        let root = PathBuf::from("/data");
+        let files: Vec<PathBuf> = (0..200)
+            .map(|i| root.join(if i % 2 == 0 { "cat" } else { "dog" }).join(format!("{i:03}.jpg")))
+            .collect();
+        let report = DataReport::new(&root, crate::recipe::BadFiles::Fail, files.len());
+        Dataset { report, root, files }
+    }
+
+    fn all(split: &wick_data::Splits) -> BTreeSet<PathBuf> {
+        split.train.paths.iter().chain(&split.valid.paths).cloned().collect()
+    }
+
+    #[test]
+    fn a_new_split_keeps_the_subset_and_redraws_validation_as_fastai_get_dls() {
+        // scripts/fastai_reference.py: the same seeded half of the items, then a new
+        // RandomSplitter(0.2) per get_dls, so ~80% of the new validation set was trained on.
+        let recipe = recipe(Some(0.5));
+        let mut data = dataset();
+        let first = splits(&mut data, recipe.data(), 42, 0, &recipe.stages).unwrap();
+        let second = splits(&mut data, recipe.data(), 42, 1, &recipe.stages).unwrap();
+        assert_eq!(all(&first), all(&second), "the same half of the images in both stages");
+        assert_eq!((first.train.len(), first.valid.len()), (80, 20));
+        assert_eq!((second.train.len(), second.valid.len()), (80, 20));
+        let trained_before: BTreeSet<&PathBuf> = first.train.paths.iter().collect();
+        let leaked = second.valid.paths.iter().filter(|p| trained_before.contains(p)).count();
+        assert!((10..=20).contains(&leaked), "{leaked} of 20 new validation images trained on");
+        assert_ne!(first.valid.paths, second.valid.paths);
+        // Without a subset the new split covers every image.
+        let recipe = recipe_all();
+        let mut data = dataset();
+        let second = splits(&mut data, recipe.data(), 42, 1, &recipe.stages).unwrap();
+        assert_eq!(all(&second).len(), 200);
+    }
+
+    fn recipe_all() -> crate::recipe::Recipe {
+        recipe(None)
     }
 }

@@ -79,12 +79,8 @@ pub(crate) fn run(args: &ShowBatchArgs) -> anyhow::Result<()> {
     plan::check_bad_files(&dataset.report, None)?;
     // The split the stage trains on: the first stage's, or the last new split before it.
     let split_stage = (1..=args.stage).rev().find(|&i| recipe.stages[i].new_split).unwrap_or(0);
-    let splits = plan::splits(
-        &mut dataset,
-        &plan::split_rule(recipe.data(), recipe.seed, split_stage, &recipe.stages),
-        recipe.data().subset,
-        recipe.seed,
-    )?;
+    let splits =
+        plan::splits(&mut dataset, recipe.data(), recipe.seed, split_stage, &recipe.stages)?;
     let stage_data = plan::stage_data(&recipe, args.stage);
     let stage_seed = crate::plan::stage_seed(recipe.seed, args.stage);
     let (train, valid) =

@@ -100,12 +100,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     // checked before anything is written in the run directory (a bad-file refusal writes only
     // data_report.json, which names every file).
     let mut dataset = plan::dataset(&data_root, recipe.data(), args.threads)?;
-    let first_splits = plan::splits(
-        &mut dataset,
-        &plan::split_rule(recipe.data(), recipe.seed, 0, &recipe.stages),
-        recipe.data().subset,
-        recipe.seed,
-    );
+    let first_splits = plan::splits(&mut dataset, recipe.data(), recipe.seed, 0, &recipe.stages);
     if let Ok(splits) = &first_splits
         && splits.vocab.len() < 2
     {
@@ -191,12 +186,8 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     for (stage_idx, stage) in recipe.stages.iter().enumerate() {
         let stage_dir = run_dir.stage(stage_idx)?;
         if stage_idx > 0 && stage.new_split {
-            splits = plan::splits(
-                &mut dataset,
-                &plan::split_rule(recipe.data(), recipe.seed, stage_idx, &recipe.stages),
-                recipe.data().subset,
-                recipe.seed,
-            )?;
+            splits =
+                plan::splits(&mut dataset, recipe.data(), recipe.seed, stage_idx, &recipe.stages)?;
         }
         let done = stage_dir.join("done.json");
         if done.is_file() {
