@@ -130,7 +130,7 @@ pub(crate) fn stage_seed(seed: u64, stage: usize) -> u64 {
 }
 
 /// The split rule of a stage: the recipe's, with the random seed moved for a `new_split` stage.
-pub(crate) fn split_rule(
+fn split_rule(
     data: &DataSection,
     seed: u64,
     stage_idx: usize,
