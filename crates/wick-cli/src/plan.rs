@@ -130,12 +130,7 @@ pub(crate) fn stage_seed(seed: u64, stage: usize) -> u64 {
 }
 
 /// The split rule of a stage: the recipe's, with the random seed moved for a `new_split` stage.
-fn split_rule(
-    data: &DataSection,
-    seed: u64,
-    stage_idx: usize,
-    stages: &[Stage],
-) -> SplitRule {
+fn split_rule(data: &DataSection, seed: u64, stage_idx: usize, stages: &[Stage]) -> SplitRule {
     match data.split {
         SplitKind::Folders => SplitRule::official(),
         SplitKind::Random => {
