@@ -220,6 +220,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Keep the memory each training step frees for the next one (wick_nn::allocator).
+    let _ = wick_nn::allocator::retain_freed_memory();
     // Library errors (candle's, anyhow's) capture a backtrace when RUST_BACKTRACE is set, and
     // candle prints it inside the message: a user sees one clear paragraph unless --debug asks
     // for the trace. RUST_LIB_BACKTRACE governs error backtraces only (panics keep

@@ -496,6 +496,8 @@ fn wick_nn_vec(count: usize, seed: u64) -> candle::Result<Vec<f32>> {
 }
 
 fn main() -> candle::Result<()> {
+    // As the `wick` CLI runs (wick_nn::allocator).
+    let _ = wick_nn::allocator::retain_freed_memory();
     if std::env::args().any(|a| a == "--cpu-time") {
         CPU_TIME.store(true, Ordering::Relaxed);
     }

@@ -18,12 +18,12 @@
 //! Shape legend: B batch, C channels (O output channels), H, W height and width, KH, KW
 //! kernel height and width.
 //!
-//! Performance note for binaries: every op returns a freshly allocated tensor, and on this
-//! project's 2-core VM the first-touch page faults of large buffers cost as much as the
-//! arithmetic of a memory-bound op. Running with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
-//! (transparent huge pages for malloc'd memory) halved the forward+backward time of the
-//! fused BatchNorm+ReLU and cut 1×1 convolutions' by about a quarter in `benches/nn.rs`.
+//! - [`allocator::retain_freed_memory`]: for binaries. Every op returns a freshly allocated
+//!   tensor, and the first-touch page faults of large buffers that glibc maps and unmaps at
+//!   every step cost as much as the arithmetic of a memory-bound op; this keeps freed memory
+//!   for reuse (the `wick` CLI and the benches call it at start).
 
+pub mod allocator;
 pub mod check;
 pub mod collective;
 pub mod gemm;

@@ -1,5 +1,5 @@
 //! `cargo bench -p wick-train --bench models -- --case NAME [--batch B] [--steps N] [--warmup W]
-//! [--profile]`: the throughput of one xresnet case, for `cargo xtask bench models` to put
+//! [--profile] [--malloc-defaults]`: the throughput of one xresnet case, for `cargo xtask bench models` to put
 //! beside PyTorch running the same architecture (`scripts/anchor_bench.py`), alternating the
 //! two process by process. One case per process, so the peak resident memory it reports
 //! (`VmHWM`) is the case's own.
@@ -9,6 +9,9 @@
 //! cross-entropy, backward and fastai's Adam step, all inside the timed interval;
 //! `infer<depth>_<size>` — an eval-mode forward. `W` untimed warm-up steps (default 1), then
 //! `N` timed ones (default 5): one JSON line with every step time, the median, min and max.
+//!
+//! `--malloc-defaults` leaves glibc's allocator at its defaults (the bench otherwise keeps freed
+//! memory as the `wick` CLI does, `wick_nn::allocator`), to measure what that is worth.
 //!
 //! `--profile` is a different run: after the warm-up it times ONE step with wick-nn's per-op
 //! profiler on and prints only `"bench":"models-ops"` lines (the profiler's own cost makes that
@@ -23,12 +26,13 @@ use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
+use wick_nn::allocator::AllocatorTuning;
 use wick_train::{Adam, AdamConfig, Optimizer, cross_entropy, optim_params, trainable_params};
 
 fn main() {
     let mut case = None;
     let (mut batch, mut steps, mut warmup) = (32usize, 5usize, 1usize);
-    let mut profile = false;
+    let (mut profile, mut malloc_defaults) = (false, false);
     let mut args = std::env::args().skip(1);
     let number = |value: Option<String>, flag: &str| -> usize {
         value.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"))
@@ -40,11 +44,20 @@ fn main() {
             "--steps" => steps = number(args.next(), "--steps"),
             "--warmup" => warmup = number(args.next(), "--warmup"),
             "--profile" => profile = true,
+            "--malloc-defaults" => malloc_defaults = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
     assert!(batch > 0 && steps > 0, "--batch and --steps must be at least 1");
+    if !malloc_defaults {
+        // As the `wick` CLI runs (wick_nn::allocator); `--malloc-defaults` measures without.
+        let tuning = wick_nn::allocator::retain_freed_memory();
+        assert!(
+            matches!(tuning, AllocatorTuning::Applied | AllocatorTuning::Unsupported),
+            "{tuning:?}"
+        );
+    }
     let case = case.expect("--case NAME (train50_128, infer18_64, ...)");
     let (train, depth, size) = parse_case(&case).unwrap_or_else(|| panic!("unknown case {case}"));
     let device = Device::Cpu;
