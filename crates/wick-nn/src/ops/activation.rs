@@ -60,14 +60,26 @@ pub(crate) fn relu_passes(output: f32) -> bool {
     output > 0.0 || output.is_nan()
 }
 
-fn relu_forward(sum: impl Fn(usize) -> f32 + Sync, len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; len];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk_idx, chunk)| {
-        let start = chunk_idx * CHUNK;
-        for (offset, value) in chunk.iter_mut().enumerate() {
-            *value = relu_value(sum(start + offset));
-        }
-    });
+/// `relu(a + b)` element-wise (`relu(a)` without `b`), in parallel chunks. Iterators rather
+/// than indices, so that the loops vectorise (indexing three slices kept bounds checks in the
+/// loop and made the ReLU backward 3x slower than this).
+fn relu_forward(a: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    match b {
+        None => out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(out, a)| {
+            for (o, &a) in out.iter_mut().zip(a) {
+                *o = relu_value(a);
+            }
+        }),
+        Some(b) => out
+            .par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(out, (a, b))| {
+                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                    *o = relu_value(a + b);
+                }
+            }),
+    }
     out
 }
 
@@ -87,7 +99,7 @@ impl CustomOp1 for Relu {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
         let xs = f32_row_major(storage, layout, "relu")?;
-        Ok((CpuStorage::F32(relu_forward(|i| xs[i], xs.len())), layout.shape().clone()))
+        Ok((CpuStorage::F32(relu_forward(&xs, None)), layout.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -130,7 +142,7 @@ impl CustomOp2 for AddRelu {
         let _timer = crate::profile::Timer::start(self.name());
         let a_values = f32_row_major(a, a_layout, "add_relu")?;
         let b_values = f32_row_major(b, b_layout, "add_relu")?;
-        let output = relu_forward(|i| a_values[i] + b_values[i], a_values.len());
+        let output = relu_forward(&a_values, Some(&b_values));
         Ok((CpuStorage::F32(output), a_layout.shape().clone()))
     }
 
@@ -185,13 +197,14 @@ impl CustomOp2 for ReluBackward {
         let output_values = f32_row_major(output, output_layout, "relu backward")?;
         let grad_values = f32_row_major(grad, grad_layout, "relu backward")?;
         let mut result = vec![0f32; grad_values.len()];
-        result.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk_idx, chunk)| {
-            let start = chunk_idx * CHUNK;
-            for (offset, value) in chunk.iter_mut().enumerate() {
-                let i = start + offset;
-                *value = if relu_passes(output_values[i]) { grad_values[i] } else { 0.0 };
-            }
-        });
+        result
+            .par_chunks_mut(CHUNK)
+            .zip(output_values.par_chunks(CHUNK).zip(grad_values.par_chunks(CHUNK)))
+            .for_each(|(chunk, (output, grad))| {
+                for ((value, &output), &grad) in chunk.iter_mut().zip(output).zip(grad) {
+                    *value = if relu_passes(output) { grad } else { 0.0 };
+                }
+            });
         Ok((CpuStorage::F32(result), grad_layout.shape().clone()))
     }
 
