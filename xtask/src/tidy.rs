@@ -8,8 +8,8 @@
 //! that the training loop and evaluation never name a model or a dataset, that the loop
 //! itself (`learner.rs`) never names a training feature (MixUp, mixed precision and data
 //! parallelism plug in as a callback, a model wrapper and a gradient hook), that device code
-//! stays in wick-nn, and that only wick-render draws (the drawing libraries, the PNG encoder,
-//! the font).
+//! stays in wick-nn, that only wick-render draws (the drawing libraries, the PNG encoder,
+//! the font), and that `vendor/` holds only patched crates wired in by `[patch.crates-io]`.
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +74,70 @@ const LOOP_FEATURE_NAMES: [&str; 7] =
 const DEVICE_CODE_CRATE: &str = "crates/wick-nn";
 const DEVICE_CODE_NAMES: [&str; 5] =
     ["CpuStorage", "CudaStorage", "cudarc", "is_cpu()", "is_cuda()"];
+
+/// The vendored-copy rule (docs/ARCHITECTURE.md, "vendor/ holds only patched published
+/// crates"): every folder in `vendor/` is a crate wired in by the root manifest's
+/// `[patch.crates-io]` and described in `vendor/README.md`, and the workspace excludes
+/// `vendor`, so that a copy is never built, linted or tested as wick's own code.
+pub(crate) fn check_vendor(root: &Path) -> Vec<Violation> {
+    let manifest_path = root.join("Cargo.toml");
+    let violation = |path: &Path, message: String| Violation { path: path.to_path_buf(), message };
+    let manifest: toml::Table = match std::fs::read_to_string(&manifest_path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| text.parse().map_err(|e: toml::de::Error| e.to_string()))
+    {
+        Ok(manifest) => manifest,
+        Err(error) => return vec![violation(&manifest_path, format!("unreadable: {error}"))],
+    };
+    let mut folders: Vec<String> = std::fs::read_dir(root.join("vendor"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    folders.sort();
+    if folders.is_empty() {
+        return Vec::new();
+    }
+    let mut violations = Vec::new();
+    let excluded = manifest
+        .get("workspace")
+        .and_then(|w| w.get("exclude"))
+        .and_then(|e| e.as_array())
+        .is_some_and(|e| e.iter().any(|v| v.as_str() == Some("vendor")));
+    if !excluded {
+        violations.push(violation(
+            &manifest_path,
+            "vendor/ holds crates but [workspace] does not exclude \"vendor\"".to_string(),
+        ));
+    }
+    let patch = manifest.get("patch").and_then(|p| p.get("crates-io")).and_then(|c| c.as_table());
+    let readme = std::fs::read_to_string(root.join("vendor/README.md")).unwrap_or_default();
+    for folder in folders {
+        let path = root.join("vendor").join(&folder);
+        let patched = patch.is_some_and(|table| {
+            table.values().any(|entry| {
+                entry.get("path").and_then(|p| p.as_str()) == Some(&format!("vendor/{folder}"))
+            })
+        });
+        if !patched {
+            violations.push(violation(
+                &path,
+                format!("vendor/{folder} is not a [patch.crates-io] entry of the root Cargo.toml"),
+            ));
+        }
+        if !readme.contains(&format!("`vendor/{folder}`")) {
+            violations.push(violation(
+                &path,
+                format!("vendor/README.md does not describe `vendor/{folder}` and its changes"),
+            ));
+        }
+    }
+    violations
+}
 
 /// The dependency rules over every `crates/*/Cargo.toml` and `xtask/Cargo.toml`.
 pub(crate) fn check_dependency_rules(root: &Path) -> Vec<Violation> {
@@ -187,6 +251,7 @@ pub(crate) fn check_workspace(root: &Path) -> Vec<Violation> {
         }
     }
     violations.extend(check_dependency_rules(root));
+    violations.extend(check_vendor(root));
     violations
 }
 
@@ -309,6 +374,34 @@ mod tests {
             .map(|violation| format!("{}: {}", violation.path.display(), violation.message))
             .collect();
         assert!(report.is_empty(), "tidy violations:\n{}", report.join("\n"));
+    }
+
+    #[test]
+    fn vendor_rule_catches_an_unlisted_copy() {
+        let dir = std::env::temp_dir().join(format!("wick-tidy-vendor-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("vendor/foo")).unwrap();
+        let write = |manifest: &str, readme: &str| {
+            std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+            std::fs::write(dir.join("vendor/README.md"), readme).unwrap();
+        };
+        let good = "[workspace]\nexclude = [\"vendor\"]\n\n[patch.crates-io]\n\
+                    foo = { path = \"vendor/foo\" }\n";
+        write(good, "## foo (`vendor/foo`)\n");
+        assert!(check_vendor(&dir).is_empty(), "{:?}", check_vendor(&dir));
+        write(
+            "[workspace]\n\n[patch.crates-io]\nfoo = { path = \"vendor/foo\" }\n",
+            "`vendor/foo`",
+        );
+        let messages: Vec<String> = check_vendor(&dir).into_iter().map(|v| v.message).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(messages[0].contains("does not exclude"), "{messages:?}");
+        write(good, "nothing here\n");
+        let messages: Vec<String> = check_vendor(&dir).into_iter().map(|v| v.message).collect();
+        assert!(messages.len() == 1 && messages[0].contains("README"), "{messages:?}");
+        write("[workspace]\nexclude = [\"vendor\"]\n", "`vendor/foo`");
+        let messages: Vec<String> = check_vendor(&dir).into_iter().map(|v| v.message).collect();
+        assert!(messages.len() == 1 && messages[0].contains("patch"), "{messages:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
