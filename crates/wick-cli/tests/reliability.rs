@@ -245,7 +245,7 @@ fn a_non_finite_state_is_never_kept_or_resumed() {
     let text = stderr(&output);
     assert!(text.contains("non-finite") || text.contains("diverged"), "{text}");
     assert!(!run.join("model.safetensors").exists());
-    let checkpoint = run.join("stage-0/checkpoint.safetensors");
+    let checkpoint = run.join("checkpoint.safetensors");
     if checkpoint.exists() {
         for (name, dtype, _, bytes) in tensors(&checkpoint) {
             if dtype == "F32" {
@@ -304,10 +304,10 @@ fn a_resumed_run_is_exact_and_guarded() {
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    let code = signal_when(&mut child, &run.join("stage-0/checkpoint.safetensors"), "-TERM");
+    let code = signal_when(&mut child, &run.join("checkpoint.safetensors"), "-TERM");
     assert_eq!(code, Some(130), "SIGTERM saves a checkpoint and exits 130");
     // What a kill -9 mid-write leaves behind.
-    std::fs::write(run.join("stage-0/.checkpoint.safetensors.tmp-4000000"), b"partial").unwrap();
+    std::fs::write(run.join(".checkpoint.safetensors.tmp-4000000"), b"partial").unwrap();
     let vocab = std::fs::read_to_string(run.join("vocab.txt")).unwrap();
 
     // Another dataset, another seed: refused, saying what changed.
@@ -319,7 +319,7 @@ fn a_resumed_run_is_exact_and_guarded() {
     refused(&train(&r, &data_a, &run, &[]), &["in use by another wick process"]);
     drop(lock);
     // A NaN in the checkpoint.
-    let checkpoint = run.join("stage-0/checkpoint.safetensors");
+    let checkpoint = run.join("checkpoint.safetensors");
     let saved = std::fs::read(&checkpoint).unwrap();
     poke_nan(&checkpoint, "model.11.bias");
     refused(&train(&r, &data_a, &run, &[]), &["model.11.bias", "non-finite"]);
