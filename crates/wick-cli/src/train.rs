@@ -432,17 +432,24 @@ fn stage_data(
     Ok((Box::new(train), Box::new(valid)))
 }
 
-/// A run folder written by a wick that kept a checkpoint per stage (`stage-<i>/checkpoint.safetensors`,
-/// `stage-<i>/done.json`) is refused rather than silently trained again from the start.
+/// A run folder written by a wick that kept a checkpoint per stage
+/// (`stage-<i>/checkpoint.safetensors`, `stage-<i>/done.json`) and has no run checkpoint is
+/// refused, naming the file, rather than trained again from the start.
 fn check_no_stage_checkpoints(run_dir: &RunDir, checkpoint: &Path) -> anyhow::Result<()> {
     if checkpoint.is_file() {
         return Ok(());
     }
-    let Ok(entries) = std::fs::read_dir(&run_dir.root) else { return Ok(()) };
-    for entry in entries.flatten() {
+    let mut stage_dirs: Vec<PathBuf> = std::fs::read_dir(&run_dir.root)
+        .with_context(|| format!("listing {}", run_dir.root.display()))?
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("stage-"))
+        .map(|entry| entry.path())
+        .collect();
+    stage_dirs.sort();
+    for stage_dir in stage_dirs {
         for old in ["checkpoint.safetensors", "done.json"] {
-            let path = entry.path().join(old);
-            if entry.file_name().to_string_lossy().starts_with("stage-") && path.is_file() {
+            let path = stage_dir.join(old);
+            if path.is_file() {
                 bail!(
                     "{} was written by an older wick, which kept a checkpoint per stage; this wick \
                      keeps one, {}: finish the run with the older wick, or delete the folder to \

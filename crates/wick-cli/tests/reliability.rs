@@ -418,21 +418,12 @@ fn a_progressive_run_resumes_inside_its_second_stage() {
             .unwrap();
     assert_eq!(result["stages"][1]["fits"].as_array().unwrap().len(), 2);
 
-    let mut child = command(&[
-        &"train",
-        &"--recipe",
-        &r,
-        &"--data",
-        &data,
-        &"--out",
-        &run,
-        &"--threads",
-        &"1",
-    ])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child =
+        command(&[&"train", &"--recipe", &r, &"--data", &data, &"--out", &run, &"--threads", &"1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
     // Stage 1's data is built (its show_batch.png drawn) as the stage starts.
     let code = signal_when(&mut child, &run.join("stage-1/show_batch.png"), "-TERM");
     assert_eq!(code, Some(130), "SIGTERM saves a checkpoint and exits 130");
