@@ -434,6 +434,11 @@ fn a_progressive_run_resumes_inside_its_second_stage() {
     assert!(stdout(&output).contains("resuming from"), "{}", stdout(&output));
     let model = std::fs::read(run.join("model.safetensors")).unwrap();
     assert_eq!(model, std::fs::read(reference.join("model.safetensors")).unwrap());
+    // Each stage's plot shows that stage's losses only, the resumed ones as the uninterrupted.
+    for plot in ["stage-0/loss.png", "stage-1/loss.png", "stage-1/schedule.png"] {
+        let read = |run: &Path| std::fs::read(run.join(plot)).unwrap();
+        assert!(read(&run) == read(&reference), "{plot} differs after the resume");
+    }
 
     // Rerun once finished: nothing trains, the files stay.
     let result = std::fs::read(run.join("result.json")).unwrap();

@@ -346,10 +346,11 @@ impl FitState {
 }
 
 /// A point in a recipe where training can continue: before training batch `batch` of epoch
-/// `epoch` of fit `fit_index`. `(epoch, batch) = (0, 0)` is the start of that fit.
+/// `epoch` of fit `fit_index` (in a plan of stages, the fits of every stage counted end to end).
+/// `(epoch, batch) = (0, 0)` is the start of that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FitPosition {
-    /// Which fit of the recipe.
+    /// Which fit of the recipe (or of the plan of stages).
     pub fit_index: usize,
     /// Epoch within that fit.
     pub epoch: usize,

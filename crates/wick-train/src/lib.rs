@@ -1,5 +1,6 @@
 //! wick-train: fastai-style training, reproducing fastai 2.8 (spec: `fastai-ch7-spec.md` §2–4,
-//! §7–8), model- and dataset-agnostic: any `candle::ModuleT` with its `VarMap`, any
+//! §7–8), model- and dataset-agnostic: any `candle::ModuleT` with its `VarMap` and its
+//! [`ModelState`] (what it keeps outside the `VarMap`; none by default), any
 //! [`BatchSource`].
 //!
 //! Pure pieces (no Learner, no callbacks):
