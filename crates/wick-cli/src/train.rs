@@ -284,9 +284,10 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         FitOutcome::Completed => {}
         FitOutcome::Interrupted { .. } if !root => return Ok(TrainOutcome::Interrupted),
         FitOutcome::Interrupted { at } => {
+            let stage_idx = stage_of(at.fit_index);
             println!(
-                "interrupted at stage {} epoch {} batch {}; checkpoint {} saved: rerun the same command to resume",
-                stage_of(at.fit_index),
+                "interrupted at stage {stage_idx}, fit {}, epoch {} batch {}; checkpoint {} saved: rerun the same command to resume",
+                at.fit_index - ranges.get(stage_idx).map_or(0, |range| range.start),
                 at.epoch,
                 at.batch,
                 checkpoint_path.display()
@@ -325,7 +326,9 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         .iter()
         .enumerate()
         .map(|(stage_idx, range)| {
-            let history = recorder.slice(range.clone());
+            // A finished plan's history holds every fit; clamp all the same rather than panic.
+            let n_fits = recorder.fits().len();
+            let history = recorder.slice(range.start.min(n_fits)..range.end.min(n_fits));
             elapsed += stage_seconds(&history);
             stage_result(stage_idx, plan::stage_data(&recipe, stage_idx), &history, elapsed)
         })
