@@ -371,7 +371,7 @@ pub(crate) fn lr_find(
     let optimizer = plan::optimizer(&recipe, &varmap)?;
     let precision = plan::precision(recipe.train.precision);
     let mut learner = wick_train::Learner::new(
-        Box::new(wick_train::Autocast::new(model, precision)),
+        wick_train::Autocast::new(model, precision),
         varmap,
         optimizer,
         Box::new(train),

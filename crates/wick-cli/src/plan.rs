@@ -13,7 +13,7 @@ use wick_data::{
     ResizeMethod, ScanConfig, ScanDepth, SplitRule, Splits,
 };
 use wick_models::{Activation, XResNetConfig};
-use wick_train::{FineTune, FlatCos, Loss, OneCycle, Precision};
+use wick_train::{FineTune, FlatCos, Loss, OneCycle, Precision, StageFit};
 
 use crate::data_report::DataReport;
 use crate::recipe::{
@@ -123,10 +123,10 @@ pub(crate) fn device(spec: &str) -> anyhow::Result<Device> {
     }
 }
 
-/// The seed of stage `stage` of a run seeded with `seed`: its loaders' shuffles and
-/// augmentations and its Learner's streams (`wick train` and `wick show-batch` must agree).
-pub(crate) fn stage_seed(seed: u64, stage: usize) -> u64 {
-    seed.wrapping_add(stage as u64)
+/// The stage whose split a stage trains on: the last `new_split` stage up to it, else 0
+/// (`wick train` and `wick show-batch` must agree).
+pub(crate) fn split_stage(stages: &[Stage], stage: usize) -> usize {
+    (1..=stage).rev().find(|&i| stages.get(i).is_some_and(|s| s.new_split)).unwrap_or(0)
 }
 
 /// The split rule of a stage: the recipe's, with the random seed moved for a `new_split` stage.
@@ -434,56 +434,37 @@ pub(crate) fn loss(recipe: &Recipe) -> Loss {
     }
 }
 
-/// The schedules of a stage's fit, fastai's defaults filled in.
-pub(crate) enum FitPlan {
-    OneCycle { epochs: usize, schedule: OneCycle },
-    FineTune(FineTune),
-    FlatCos { epochs: usize, schedule: FlatCos },
-    Constant { epochs: usize, lr: f64 },
-}
-
-pub(crate) fn fit_plan(fit: &Fit) -> FitPlan {
+/// The recipe of a stage's fit, fastai's defaults filled in.
+pub(crate) fn fit_plan(fit: &Fit) -> StageFit {
     match *fit {
         Fit::OneCycle { epochs, lr_max, div, div_final, pct_start } => {
             let defaults = OneCycle::fastai_defaults(lr_max);
-            let schedule = OneCycle {
+            let cycle = OneCycle {
                 div: div.unwrap_or(defaults.div),
                 div_final: div_final.unwrap_or(defaults.div_final),
                 pct_start: pct_start.unwrap_or(defaults.pct_start),
                 ..defaults
             };
-            FitPlan::OneCycle { epochs, schedule }
+            StageFit::OneCycle { n_epoch: epochs, cycle }
         }
         Fit::FineTune { epochs, base_lr, freeze_epochs } => {
             let defaults = FineTune::fastai_defaults(epochs, base_lr);
-            FitPlan::FineTune(FineTune {
+            StageFit::FineTune(FineTune {
                 freeze_epochs: freeze_epochs.unwrap_or(defaults.freeze_epochs),
                 ..defaults
             })
         }
         Fit::FlatCos { epochs, lr, pct_start } => {
             let defaults = FlatCos::fastai_defaults(lr);
-            FitPlan::FlatCos {
-                epochs,
-                schedule: FlatCos {
+            StageFit::FlatCos {
+                n_epoch: epochs,
+                flat_cos: FlatCos {
                     pct_start: pct_start.unwrap_or(defaults.pct_start),
                     ..defaults
                 },
             }
         }
-        Fit::Constant { epochs, lr } => FitPlan::Constant { epochs, lr },
-    }
-}
-
-impl FitPlan {
-    /// Epochs this fit runs (both phases of `fine_tune`).
-    pub(crate) fn epochs(&self) -> usize {
-        match self {
-            FitPlan::OneCycle { epochs, .. }
-            | FitPlan::FlatCos { epochs, .. }
-            | FitPlan::Constant { epochs, .. } => *epochs,
-            FitPlan::FineTune(fine_tune) => fine_tune.freeze_epochs + fine_tune.epochs,
-        }
+        Fit::Constant { epochs, lr } => StageFit::Constant { n_epoch: epochs, lr },
     }
 }
 

@@ -9,13 +9,21 @@ use wick_train::{Callback, CallbackResult, Event, EventContext, FitKind, Flow, P
 pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     printed_rows: usize,
-    /// Printed before the first table (the stage's title).
-    title: Option<String>,
+    /// Each stage's title, printed before its first table.
+    titles: Vec<String>,
+    /// The stage whose title was printed last.
+    titled: Option<usize>,
 }
 
 impl Progress {
+    /// One title, for a single recipe (stage 0).
     pub(crate) fn new(title: String) -> Self {
-        Progress { bar: None, printed_rows: 0, title: Some(title) }
+        Self::stages(vec![title])
+    }
+
+    /// A title per stage of a plan of stages.
+    pub(crate) fn stages(titles: Vec<String>) -> Self {
+        Progress { bar: None, printed_rows: 0, titles, titled: None }
     }
 }
 
@@ -40,8 +48,11 @@ impl Callback for Progress {
         let state = context.state;
         match event {
             Event::BeforeFit => {
-                if let Some(title) = self.title.take() {
-                    println!("{title}");
+                if self.titled != Some(state.stage) {
+                    if let Some(title) = self.titles.get(state.stage) {
+                        println!("{title}");
+                    }
+                    self.titled = Some(state.stage);
                 }
                 self.printed_rows = 0;
             }

@@ -10,8 +10,11 @@
 //! <out>/data_report.json       every file used, ignored or skipped, with its reason
 //! <out>/model.safetensors      the final weights (PyTorch state-dict names)
 //! <out>/result.json            final metrics and every stage's epoch table
-//! <out>/stage-<i>/             metrics.jsonl, loss.png, schedule.png, checkpoint.safetensors,
-//!                              model.safetensors and done.json once the stage finished
+//! <out>/checkpoint.safetensors the run's one checkpoint (every stage's fits counted end to
+//!                              end): rerunning the command resumes from it, inside any stage;
+//!                              kept after the last epoch, when a rerun trains nothing
+//! <out>/stage-<i>/             metrics.jsonl, loss.png, schedule.png (that stage's fits,
+//!                              rewritten after each of its epochs) and show_batch.png
 //! <out>/provenance.json        fingerprints of the data (the item list: paths, labels, sizes),
 //!                              of the validation images and of the recipe, to refuse other
 //!                              data later
@@ -66,7 +69,7 @@ impl RunDir {
     }
 
     pub(crate) fn stage(&self, index: usize) -> anyhow::Result<PathBuf> {
-        let dir = self.root.join(format!("stage-{index}"));
+        let dir = wick_train::RunFiles::stage_dir(&self.root, index);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
     }
@@ -546,8 +549,8 @@ mod tests {
     #[test]
     fn numbers_read_back_from_run_files_keep_their_digits() {
         // The train losses of reliability/10's reference run (f32 widened to f64, as
-        // result.json stores them): a finished stage's done.json is read and written back into
-        // result.json, which must then equal the uninterrupted run's byte for byte. Without
+        // result.json stores them): numbers read back from a run's JSON and written again must
+        // keep every digit. Without
         // serde_json's float_roundtrip, 1.6475884914398193 came back as ...191.
         for text in
             ["1.6475884914398193", "1.3618651628494263", "1.2418403625488281", "1.0828375816345215"]

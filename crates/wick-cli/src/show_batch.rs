@@ -78,11 +78,11 @@ pub(crate) fn run(args: &ShowBatchArgs) -> anyhow::Result<()> {
     let mut dataset = plan::dataset(&data_root, recipe.data(), None)?;
     plan::check_bad_files(&dataset.report, None)?;
     // The split the stage trains on: the first stage's, or the last new split before it.
-    let split_stage = (1..=args.stage).rev().find(|&i| recipe.stages[i].new_split).unwrap_or(0);
+    let split_stage = plan::split_stage(&recipe.stages, args.stage);
     let splits =
         plan::splits(&mut dataset, recipe.data(), recipe.seed, split_stage, &recipe.stages)?;
     let stage_data = plan::stage_data(&recipe, args.stage);
-    let stage_seed = crate::plan::stage_seed(recipe.seed, args.stage);
+    let stage_seed = wick_data::seed::stage_seed(recipe.seed, args.stage);
     let (train, valid) =
         plan::loaders(recipe.data(), stage_data, &splits, stage_seed, None, &Device::Cpu)?;
     let split = if args.valid { "valid" } else { "train" };

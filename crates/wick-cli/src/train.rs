@@ -1,31 +1,33 @@
-//! `wick train`: one recipe, stage by stage, into a run directory. Each stage is its own
-//! Learner over the same model (its weights carry over); a stage that finished is skipped on a
-//! rerun, and an interrupted one resumes from its checkpoint, so rerunning the same command
-//! continues where it stopped.
+//! `wick train`: one recipe into a run directory. One Learner trains the recipe's stages as one
+//! plan (`Learner::fit_stages`): each stage's data is built when the stage runs, and one
+//! checkpoint, `<out>/checkpoint.safetensors`, records where the run stands, so rerunning the
+//! same command resumes inside any stage (and a finished run trains nothing). Each stage's
+//! metrics and plots go to `stage-<i>/`.
 //!
 //! As one rank of a `--gpus N` run (`distributed.rs` starts the ranks) it joins the NCCL group,
 //! takes rank 0's initial weights, trains on its shard of every batch with gradients averaged
 //! over the ranks, and writes files and progress only if it is rank 0.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
-use candle::{DType, Device, ModuleT, Tensor, Var};
+use candle::{Device, Var};
 use candle_nn::VarMap;
 use serde_json::json;
-use wick_data::{LoaderConfig, Shard};
+use wick_data::{LoaderConfig, Shard, SkipLog, Splits};
 use wick_models::{XResNet, load_weights, save_weights, weights_identity};
 use wick_train::{
-    Autocast, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, FitOutcome, Learner,
-    LearnerConfig, Metric, MixUp, ModelState, RunFiles,
+    Autocast, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, DataParallel,
+    FitOutcome, InMemoryBatches, Learner, LearnerConfig, Metric, MixUp, Recorder, RunFiles, Stage,
+    StageData, StageFit, stage_fit_ranges,
 };
 
 use crate::data_report;
 use crate::distributed::RankSpec;
-use crate::plan::{self, FitPlan};
+use crate::plan;
 use crate::progress::Progress;
 use crate::recipe::Recipe;
 use crate::run_dir::{RunDir, git_commit};
@@ -41,36 +43,6 @@ pub(crate) struct TrainArgs {
     pub(crate) threads: Option<usize>,
     /// Set when this process is one rank of a `--gpus` run.
     pub(crate) rank: Option<RankSpec>,
-}
-
-/// The model shared by every stage's Learner.
-struct SharedModel(Arc<XResNet>);
-
-impl ModuleT for SharedModel {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
-        self.0.forward_t(xs, train)
-    }
-}
-
-/// The model's BatchNorm step counter (PyTorch's `num_batches_tracked`), kept outside its
-/// `VarMap`: checkpointed so that a resumed run saves the same model, bit for bit.
-struct BatchNormCounter(Arc<XResNet>);
-
-impl ModelState for BatchNormCounter {
-    fn save_state(&self) -> candle::Result<HashMap<String, Tensor>> {
-        let count = Tensor::new(self.0.num_batches_tracked() as i64, &Device::Cpu)?;
-        Ok(HashMap::from([("num_batches_tracked".to_string(), count)]))
-    }
-
-    fn load_state(&self, tensors: &HashMap<String, Tensor>) -> candle::Result<()> {
-        let count = tensors
-            .get("num_batches_tracked")
-            .ok_or_else(|| candle::Error::Msg("num_batches_tracked is missing".to_string()))?
-            .to_dtype(DType::I64)?
-            .to_scalar::<i64>()?;
-        self.0.set_num_batches_tracked(u64::try_from(count).unwrap_or(0));
-        Ok(())
-    }
 }
 
 /// How a `wick train` ended.
@@ -117,13 +89,14 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     if root {
         run_dir.remove_stale_temporaries()?;
     }
+    check_no_stage_checkpoints(&run_dir, &run_dir.path(CHECKPOINT_FILE))?;
     let report_path = run_dir.path(data_report::REPORT_FILE);
     if root {
         dataset.report.write(&run_dir)?;
         println!("{}", dataset.report.summary(5));
     }
     plan::check_bad_files(&dataset.report, Some(&report_path))?;
-    let mut splits = first_splits?;
+    let splits = first_splits?;
     check_same_recipe(&run_dir, &resolved)?;
     if root {
         let recipe_text = toml::to_string(&resolved)?;
@@ -157,7 +130,6 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     }
     let config = plan::model_config(&recipe, splits.vocab.len())?;
     let (model, varmap) = plan::model(&config, recipe.seed, &device)?;
-    let model = Arc::new(model);
     let data_parallel = match args.rank {
         Some(spec) => {
             let data_parallel = crate::distributed::join(spec, &device, &args.out)?;
@@ -181,126 +153,115 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         );
     }
 
-    let started = std::time::Instant::now();
-    let mut stage_results = Vec::new();
-    for (stage_idx, stage) in recipe.stages.iter().enumerate() {
-        let stage_dir = run_dir.stage(stage_idx)?;
-        if stage_idx > 0 && stage.new_split {
-            splits =
-                plan::splits(&mut dataset, recipe.data(), recipe.seed, stage_idx, &recipe.stages)?;
-        }
-        let done = stage_dir.join("done.json");
-        if done.is_file() {
-            load_weights(&model, &varmap, &stage_dir.join("model.safetensors"))
-                .with_context(|| format!("stage {stage_idx} finished earlier"))?;
-            if root {
-                println!(
-                    "stage {stage_idx}: finished earlier, weights loaded from {}",
-                    stage_dir.display()
-                );
-            }
-            stage_results
-                .push(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&done)?)?);
-            continue;
-        }
-        let stage_data = plan::stage_data(&recipe, stage_idx);
-        let stage_seed = plan::stage_seed(recipe.seed, stage_idx);
-        let (train, valid) =
-            plan::loaders(recipe.data(), stage_data, &splits, stage_seed, args.threads, &device)?;
+    let identity = weights_identity(model.config());
+    let optimizer = plan::optimizer(&recipe, &varmap)?;
+    // Every stage brings its own data (built by its factory below, only if the stage runs), so
+    // the Learner starts with none.
+    let mut learner = Learner::new(
+        Autocast::new(model, precision),
+        varmap,
+        optimizer,
+        Box::new(InMemoryBatches::new(Vec::new())),
+        Box::new(InMemoryBatches::new(Vec::new())),
+        LearnerConfig {
+            loss: plan::loss(&recipe),
+            metrics: vec![Metric::Accuracy],
+            seed: recipe.seed,
+        },
+    );
+    if let Some(dp) = &data_parallel {
+        learner.add_gradient_hook(Box::new(dp.clone()));
+    }
+    if let Some(alpha) = recipe.train.mixup {
+        learner.add_callback(Box::new(MixUp::new(alpha)?));
+    }
+    let fits: Vec<StageFit> =
+        recipe.stages.iter().map(|stage| plan::fit_plan(&stage.fit)).collect();
+    let ranges = stage_fit_ranges(&fits);
+    let checkpoint_path = run_dir.path(CHECKPOINT_FILE);
+    if root {
+        learner.add_callback(Box::new(
+            CheckpointSaver::new(CheckpointConfig {
+                path: checkpoint_path.clone(),
+                every_n_batches: recipe.train.checkpoint_every,
+            })
+            .with_extras(CheckpointExtras { identity: identity.clone() }),
+        ));
+        learner.add_callback(Box::new(RunFiles::per_stage(&run_dir.root)));
+        let titles = recipe
+            .stages
+            .iter()
+            .zip(&fits)
+            .enumerate()
+            .map(|(stage_idx, (stage, fit))| {
+                let stage_data = plan::stage_data(&recipe, stage_idx);
+                format!(
+                    "stage {stage_idx}: {} epochs at {} px, batch size {}{}{}",
+                    fit.n_epoch(),
+                    stage_data.size,
+                    stage_data.batch_size,
+                    if stage.new_split { ", new random split" } else { "" },
+                    match &data_parallel {
+                        Some(dp) => format!(" over {} GPUs", dp.world_size()),
+                        None => String::new(),
+                    }
+                )
+            })
+            .collect();
+        learner.add_callback(Box::new(Progress::stages(titles)));
+    }
+    learner.set_interrupt_flag(Arc::clone(&interrupt));
+    if checkpoint_path.is_file() {
+        let checkpoint = Checkpoint::load(&checkpoint_path)
+            .context("the run cannot resume (delete its checkpoint to start it over)")?;
+        checkpoint
+            .check_identity(&identity)
+            .and_then(|()| learner.resume(&checkpoint))
+            .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
         if root {
-            // fastai's show_batch of what this stage trains on, to check the augmentation.
-            let picture = stage_dir.join("show_batch.png");
-            crate::show_batch::draw_first_batch(
-                &train,
-                &splits.vocab,
-                recipe.data().normalize,
-                &picture,
-            )?;
-        }
-        // Each rank builds only its share of every global batch: the same images, bit for bit,
-        // as that share of a single-process run.
-        let train = match &data_parallel {
-            Some(dp) => {
-                let shard = Shard { rank: dp.rank(), world: dp.world_size() };
-                train
-                    .with(*train.pipeline(), LoaderConfig { shard, ..*train.config() })
-                    .with_context(|| {
-                        format!("sharding the training data over {} GPUs", dp.world_size())
-                    })?
-            }
-            None => train,
-        };
-        let skip_logs = [train.skip_log(), valid.skip_log()];
-        let fit = plan::fit_plan(&stage.fit);
-        let mut learner = Learner::new(
-            Box::new(Autocast::new(SharedModel(Arc::clone(&model)), precision)),
-            varmap.clone(),
-            plan::optimizer(&recipe, &varmap)?,
-            Box::new(train),
-            Box::new(valid),
-            LearnerConfig {
-                loss: plan::loss(&recipe),
-                metrics: vec![Metric::Accuracy],
-                seed: stage_seed,
-            },
-        );
-        if let Some(dp) = &data_parallel {
-            learner.add_gradient_hook(Box::new(dp.clone()));
-        }
-        if let Some(alpha) = recipe.train.mixup {
-            learner.add_callback(Box::new(MixUp::new(alpha)?));
-        }
-        let checkpoint_path = stage_dir.join("checkpoint.safetensors");
-        let extras = CheckpointExtras {
-            identity: weights_identity(model.config()),
-            model_state: Some(Arc::new(BatchNormCounter(Arc::clone(&model)))),
-        };
-        if root {
-            learner.add_callback(Box::new(
-                CheckpointSaver::new(CheckpointConfig {
-                    path: checkpoint_path.clone(),
-                    every_n_batches: recipe.train.checkpoint_every,
-                })
-                .with_extras(extras.clone()),
-            ));
-            learner.add_callback(Box::new(RunFiles::new(&stage_dir)));
-            let title = format!(
-                "stage {stage_idx}: {} epochs at {} px, batch size {}{}{}",
-                fit.epochs(),
-                stage_data.size,
-                stage_data.batch_size,
-                if stage.new_split { ", new random split" } else { "" },
-                match &data_parallel {
-                    Some(dp) => format!(" over {} GPUs", dp.world_size()),
-                    None => String::new(),
-                }
-            );
-            learner.add_callback(Box::new(Progress::new(title)));
-        }
-        learner.set_interrupt_flag(Arc::clone(&interrupt));
-        if checkpoint_path.is_file() {
-            let checkpoint = Checkpoint::load(&checkpoint_path).with_context(|| {
-                format!("stage {stage_idx} cannot resume (delete its checkpoint to restart it)")
-            })?;
-            checkpoint
-                .check_identity(&extras.identity)
-                .and_then(|()| learner.resume(&checkpoint))
-                .and_then(|()| {
-                    checkpoint.restore_model_state(&BatchNormCounter(Arc::clone(&model)))
-                })
-                .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
-            if root {
-                println!("stage {stage_idx}: resuming from {}", checkpoint_path.display());
+            let at = checkpoint.position();
+            match ranges.iter().position(|range| range.contains(&at.fit_index)) {
+                Some(stage_idx) => println!(
+                    "resuming from {}: stage {stage_idx}, fit {}, epoch {}, batch {}",
+                    checkpoint_path.display(),
+                    at.fit_index - ranges[stage_idx].start,
+                    at.epoch,
+                    at.batch
+                ),
+                None => println!(
+                    "every stage finished earlier: the weights come from {}",
+                    checkpoint_path.display()
+                ),
             }
         }
-        let outcome = match fit {
-            FitPlan::OneCycle { epochs, schedule } => learner.fit_one_cycle(epochs, schedule),
-            FitPlan::FineTune(fine_tune) => learner.fine_tune(fine_tune),
-            FitPlan::FlatCos { epochs, schedule } => learner.fit_flat_cos(epochs, schedule),
-            FitPlan::Constant { epochs, lr } => learner.fit(epochs, lr),
-        };
-        // Files that passed the pre-scan but failed in a batch (replaced or left out).
-        let failed = dataset.report.add_batch_failures(&skip_logs);
+    }
+
+    let inputs =
+        RefCell::new(StageInputs { dataset, splits, split_stage: 0, skip_logs: Vec::new() });
+    let context = StageContext {
+        recipe: &recipe,
+        threads: args.threads,
+        device: &device,
+        run_dir: &run_dir,
+        data_parallel: data_parallel.as_ref(),
+        root,
+    };
+    let stages = fits
+        .iter()
+        .enumerate()
+        .map(|(stage_idx, fit)| {
+            let (inputs, context) = (&inputs, &context);
+            // Each stage starts from a fresh optimizer state, as a new optimizer would.
+            Stage::new(*fit).with_optimizer_reset().with_data(move || {
+                stage_data(&mut inputs.borrow_mut(), context, stage_idx).map_err(Into::into)
+            })
+        })
+        .collect();
+    let outcome = learner.fit_stages(stages);
+    let StageInputs { mut dataset, mut splits, split_stage, skip_logs } = inputs.into_inner();
+    // Files that passed the pre-scan but failed in a batch (replaced or left out).
+    for (stage_idx, logs) in &skip_logs {
+        let failed = dataset.report.add_batch_failures(logs);
         if root && !failed.is_empty() {
             dataset.report.write(&run_dir)?;
             println!(
@@ -315,37 +276,43 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
                 report_path.display()
             );
         }
-        let outcome = outcome?;
-        match outcome {
-            FitOutcome::Completed => {}
-            FitOutcome::Interrupted { .. } if !root => return Ok(TrainOutcome::Interrupted),
-            FitOutcome::Interrupted { at } => {
-                println!(
-                    "interrupted at epoch {} batch {}; checkpoint {} saved: rerun the same command to resume",
-                    at.epoch,
-                    at.batch,
-                    checkpoint_path.display()
-                );
-                return Ok(TrainOutcome::Interrupted);
-            }
-            FitOutcome::Stopped { at } => {
-                bail!("stage {stage_idx} stopped early at epoch {} batch {}", at.epoch, at.batch)
-            }
+    }
+    let stage_of = |fit_index: usize| {
+        ranges.iter().position(|range| range.contains(&fit_index)).unwrap_or(ranges.len())
+    };
+    match outcome? {
+        FitOutcome::Completed => {}
+        FitOutcome::Interrupted { .. } if !root => return Ok(TrainOutcome::Interrupted),
+        FitOutcome::Interrupted { at } => {
+            let stage_idx = stage_of(at.fit_index);
+            println!(
+                "interrupted at stage {stage_idx}, fit {}, epoch {} batch {}; checkpoint {} saved: rerun the same command to resume",
+                at.fit_index - ranges.get(stage_idx).map_or(0, |range| range.start),
+                at.epoch,
+                at.batch,
+                checkpoint_path.display()
+            );
+            return Ok(TrainOutcome::Interrupted);
         }
-        let result = stage_result(stage_idx, stage_data, &learner, started.elapsed().as_secs_f64());
-        if root {
-            save_weights(&model, &varmap, &stage_dir.join("model.safetensors"))?;
-            wick_io::write_durably(&done, serde_json::to_string_pretty(&result)?.as_bytes())
-                .with_context(|| format!("writing {}", done.display()))?;
-            // The stage's weights are saved and marked done: its checkpoint has served its purpose.
-            let _ = std::fs::remove_file(&checkpoint_path);
+        FitOutcome::Stopped { at } => {
+            bail!(
+                "stage {} stopped early at epoch {} batch {}",
+                stage_of(at.fit_index),
+                at.epoch,
+                at.batch
+            )
         }
-        stage_results.push(result);
     }
     if !root {
         return Ok(TrainOutcome::Finished);
     }
-    save_weights(&model, &varmap, &run_dir.path("model.safetensors"))?;
+    // The validation images of the last stage (its split, if no stage had to build it here).
+    let last_split = plan::split_stage(&recipe.stages, recipe.stages.len().saturating_sub(1));
+    if last_split != split_stage {
+        splits =
+            plan::splits(&mut dataset, recipe.data(), recipe.seed, last_split, &recipe.stages)?;
+    }
+    save_weights(learner.model().inner(), learner.varmap(), &run_dir.path("model.safetensors"))?;
     run_dir.write_items("valid.txt", &splits.valid, &data_root)?;
     run_dir.record_valid(&crate::run_dir::DataFingerprint::of(
         &data_root,
@@ -353,6 +320,19 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         &[("valid", &splits.valid)],
     ))?;
     dataset.report.write(&run_dir)?;
+    let recorder = learner.recorder();
+    let mut elapsed = 0.0;
+    let stage_results: Vec<serde_json::Value> = ranges
+        .iter()
+        .enumerate()
+        .map(|(stage_idx, range)| {
+            // A finished plan's history holds every fit; clamp all the same rather than panic.
+            let n_fits = recorder.fits().len();
+            let history = recorder.slice(range.start.min(n_fits)..range.end.min(n_fits));
+            elapsed += stage_seconds(&history);
+            stage_result(stage_idx, plan::stage_data(&recipe, stage_idx), &history, elapsed)
+        })
+        .collect();
     let last = stage_results.last().context("the recipe has no stage")?;
     let result = json!({
         "name": recipe.name,
@@ -374,6 +354,118 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     Ok(TrainOutcome::Finished)
 }
 
+/// The run's one checkpoint, in the run directory.
+const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// What the stages' data factories change: the dataset (a new split re-reads it into its
+/// report), the splits in force, and each built stage's loaders' logs of files that failed in a
+/// batch.
+struct StageInputs {
+    dataset: plan::Dataset,
+    splits: Splits,
+    /// The stage whose split rule `splits` follows ([`plan::split_stage`]).
+    split_stage: usize,
+    skip_logs: Vec<(usize, [SkipLog; 2])>,
+}
+
+/// What the stages' data factories read.
+struct StageContext<'a> {
+    recipe: &'a Recipe,
+    threads: Option<usize>,
+    device: &'a Device,
+    run_dir: &'a RunDir,
+    data_parallel: Option<&'a DataParallel>,
+    root: bool,
+}
+
+/// Stage `stage_idx`'s loaders, built when the stage runs: its split (a new one for a
+/// `new_split` stage), its size and batch size, its seed; its `show_batch.png` (rank 0), and on
+/// a `--gpus` rank only that rank's share of every batch.
+fn stage_data(
+    inputs: &mut StageInputs,
+    context: &StageContext<'_>,
+    stage_idx: usize,
+) -> anyhow::Result<StageData> {
+    let recipe = context.recipe;
+    let split_stage = plan::split_stage(&recipe.stages, stage_idx);
+    if split_stage != inputs.split_stage {
+        inputs.splits = plan::splits(
+            &mut inputs.dataset,
+            recipe.data(),
+            recipe.seed,
+            split_stage,
+            &recipe.stages,
+        )?;
+        inputs.split_stage = split_stage;
+    }
+    let splits = &inputs.splits;
+    let stage_dir = context.run_dir.stage(stage_idx)?;
+    let stage_data = plan::stage_data(recipe, stage_idx);
+    let stage_seed = wick_data::seed::stage_seed(recipe.seed, stage_idx);
+    let (train, valid) = plan::loaders(
+        recipe.data(),
+        stage_data,
+        splits,
+        stage_seed,
+        context.threads,
+        context.device,
+    )?;
+    if context.root {
+        // fastai's show_batch of what this stage trains on, to check the augmentation.
+        let picture = stage_dir.join("show_batch.png");
+        crate::show_batch::draw_first_batch(
+            &train,
+            &splits.vocab,
+            recipe.data().normalize,
+            &picture,
+        )?;
+    }
+    // Each rank builds only its share of every global batch: the same images, bit for bit, as
+    // that share of a single-process run.
+    let train = match context.data_parallel {
+        Some(dp) => {
+            let shard = Shard { rank: dp.rank(), world: dp.world_size() };
+            train.with(*train.pipeline(), LoaderConfig { shard, ..*train.config() }).with_context(
+                || format!("sharding the training data over {} GPUs", dp.world_size()),
+            )?
+        }
+        None => train,
+    };
+    inputs.skip_logs.push((stage_idx, [train.skip_log(), valid.skip_log()]));
+    Ok((Box::new(train), Box::new(valid)))
+}
+
+/// A run folder written by a wick that kept a checkpoint per stage
+/// (`stage-<i>/checkpoint.safetensors`, `stage-<i>/done.json`) and has no run checkpoint is
+/// refused, naming the file, rather than trained again from the start.
+fn check_no_stage_checkpoints(run_dir: &RunDir, checkpoint: &Path) -> anyhow::Result<()> {
+    if checkpoint.is_file() {
+        return Ok(());
+    }
+    let mut stage_dirs: Vec<PathBuf> = std::fs::read_dir(&run_dir.root)
+        .with_context(|| format!("listing {}", run_dir.root.display()))?
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("stage-"))
+        .map(|entry| entry.path())
+        .collect();
+    stage_dirs.sort();
+    for stage_dir in stage_dirs {
+        for old in ["checkpoint.safetensors", "done.json"] {
+            let path = stage_dir.join(old);
+            if path.is_file() {
+                bail!(
+                    "{} was written by an older wick, which kept a checkpoint per stage; this wick \
+                     keeps one, {}: finish the run with the older wick, or delete the folder to \
+                     start over",
+                    path.display(),
+                    checkpoint.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every variable of `varmap` (parameters and buffers), sorted by name: the same list on every
 /// rank.
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
@@ -384,14 +476,19 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     vars
 }
 
-/// A stage's epoch tables and final numbers, as JSON.
+/// Seconds of every epoch of a history.
+fn stage_seconds(history: &Recorder) -> f64 {
+    history.fits().iter().flat_map(|fit| fit.epochs.iter()).map(|row| row.seconds).sum()
+}
+
+/// A stage's epoch tables and final numbers, as JSON, from its own history; `elapsed` is the
+/// seconds of its epochs and of every earlier stage's.
 fn stage_result(
     stage_idx: usize,
     data: plan::StageData,
-    learner: &Learner,
+    recorder: &Recorder,
     elapsed: f64,
 ) -> serde_json::Value {
-    let recorder = learner.recorder();
     let fits: Vec<serde_json::Value> = recorder
         .fits()
         .iter()
@@ -414,8 +511,7 @@ fn stage_result(
         .collect();
     let last =
         recorder.fits().last().and_then(|fit| fit.epochs.last()).and_then(|row| row.valid.as_ref());
-    let seconds: f64 =
-        recorder.fits().iter().flat_map(|fit| fit.epochs.iter()).map(|row| row.seconds).sum();
+    let seconds = stage_seconds(recorder);
     json!({
         "stage": stage_idx,
         "size": data.size,

@@ -245,7 +245,7 @@ fn a_non_finite_state_is_never_kept_or_resumed() {
     let text = stderr(&output);
     assert!(text.contains("non-finite") || text.contains("diverged"), "{text}");
     assert!(!run.join("model.safetensors").exists());
-    let checkpoint = run.join("stage-0/checkpoint.safetensors");
+    let checkpoint = run.join("checkpoint.safetensors");
     if checkpoint.exists() {
         for (name, dtype, _, bytes) in tensors(&checkpoint) {
             if dtype == "F32" {
@@ -304,10 +304,10 @@ fn a_resumed_run_is_exact_and_guarded() {
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    let code = signal_when(&mut child, &run.join("stage-0/checkpoint.safetensors"), "-TERM");
+    let code = signal_when(&mut child, &run.join("checkpoint.safetensors"), "-TERM");
     assert_eq!(code, Some(130), "SIGTERM saves a checkpoint and exits 130");
     // What a kill -9 mid-write leaves behind.
-    std::fs::write(run.join("stage-0/.checkpoint.safetensors.tmp-4000000"), b"partial").unwrap();
+    std::fs::write(run.join(".checkpoint.safetensors.tmp-4000000"), b"partial").unwrap();
     let vocab = std::fs::read_to_string(run.join("vocab.txt")).unwrap();
 
     // Another dataset, another seed: refused, saying what changed.
@@ -319,7 +319,7 @@ fn a_resumed_run_is_exact_and_guarded() {
     refused(&train(&r, &data_a, &run, &[]), &["in use by another wick process"]);
     drop(lock);
     // A NaN in the checkpoint.
-    let checkpoint = run.join("stage-0/checkpoint.safetensors");
+    let checkpoint = run.join("checkpoint.safetensors");
     let saved = std::fs::read(&checkpoint).unwrap();
     poke_nan(&checkpoint, "model.11.bias");
     refused(&train(&r, &data_a, &run, &[]), &["model.11.bias", "non-finite"]);
@@ -365,6 +365,94 @@ fn a_resumed_run_is_exact_and_guarded() {
     let inside = data_a.join("runs/x");
     refused(&train(&r, &data_a, &inside, &[]), &["inside the data folder"]);
     assert!(!data_a.join("runs").exists());
+}
+
+/// A tiny progressive recipe as chapter 7 writes it: one-cycle at 32 px, then new data at
+/// 40 px on a new random split and `fine_tune(1)`, with MixUp (whose draws come from each
+/// stage's seed), a checkpoint every batch.
+fn progressive_recipe(path: &Path) -> PathBuf {
+    std::fs::write(
+        path,
+        "name = \"tiny-progressive\"\nseed = 7\n[data]\nsplit = \"random\"\nvalid_pct = 0.25\n\
+         item_size = 40\nsize = 32\nbatch_size = 4\n[model]\narch = \"xresnet18\"\n\
+         n_out = \"classes\"\nwiden = 0.25\n[train]\ncheckpoint_every = 1\nmixup = 0.4\n\
+         [[stage]]\nfit = { kind = \"one_cycle\", epochs = 1, lr_max = 3e-3 }\n\
+         [[stage]]\nsize = 40\nnew_split = true\n\
+         fit = { kind = \"fine_tune\", epochs = 1, base_lr = 1e-3 }\n",
+    )
+    .unwrap();
+    path.to_path_buf()
+}
+
+/// The `position` of a checkpoint: `[fit_index, epoch, batch, data_epoch, n_epoch,
+/// n_train_batches]`.
+fn checkpoint_position(path: &Path) -> Vec<i64> {
+    let (_, _, _, bytes) =
+        tensors(path).into_iter().find(|(name, ..)| name == "position").expect("a position");
+    bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// Issue 14: a two-stage run has one checkpoint; interrupted inside its second stage, the rerun
+/// resumes there and ends with the uninterrupted run's model, byte for byte; a finished run
+/// rerun trains nothing and keeps its files; a run folder with an older wick's per-stage
+/// checkpoints is refused, not trained again from the start.
+#[test]
+fn a_progressive_run_resumes_inside_its_second_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let data = work.join("data");
+    dataset(&data, &["a", "b"], 8, 2);
+    let r = progressive_recipe(&work.join("progressive.toml"));
+    let (reference, run) = (work.join("ref"), work.join("run"));
+    ok(&train(&r, &data, &reference, &[]));
+    for stage in ["stage-0", "stage-1"] {
+        for file in ["metrics.jsonl", "loss.png", "schedule.png", "show_batch.png"] {
+            assert!(reference.join(stage).join(file).is_file(), "{stage}/{file}");
+        }
+        assert!(!reference.join(stage).join("checkpoint.safetensors").exists());
+        assert!(!reference.join(stage).join("done.json").exists());
+    }
+    // Stage 1's table holds its own two fits (fine_tune's frozen and unfrozen epochs).
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["stages"][1]["fits"].as_array().unwrap().len(), 2);
+
+    let mut child =
+        command(&[&"train", &"--recipe", &r, &"--data", &data, &"--out", &run, &"--threads", &"1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    // Stage 1's data is built (its show_batch.png drawn) as the stage starts.
+    let code = signal_when(&mut child, &run.join("stage-1/show_batch.png"), "-TERM");
+    assert_eq!(code, Some(130), "SIGTERM saves a checkpoint and exits 130");
+    let position = checkpoint_position(&run.join("checkpoint.safetensors"));
+    assert!(position[0] >= 1, "the checkpoint is inside stage 1 (fits 1 and 2): {position:?}");
+    let output = train(&r, &data, &run, &[]);
+    ok(&output);
+    assert!(stdout(&output).contains("resuming from"), "{}", stdout(&output));
+    let model = std::fs::read(run.join("model.safetensors")).unwrap();
+    assert_eq!(model, std::fs::read(reference.join("model.safetensors")).unwrap());
+    // Each stage's plot shows that stage's losses only, the resumed ones as the uninterrupted.
+    for plot in ["stage-0/loss.png", "stage-1/loss.png", "stage-1/schedule.png"] {
+        let read = |run: &Path| std::fs::read(run.join(plot)).unwrap();
+        assert!(read(&run) == read(&reference), "{plot} differs after the resume");
+    }
+
+    // Rerun once finished: nothing trains, the files stay.
+    let result = std::fs::read(run.join("result.json")).unwrap();
+    let output = train(&r, &data, &run, &[]);
+    ok(&output);
+    assert!(stdout(&output).contains("every stage finished earlier"), "{}", stdout(&output));
+    assert!(!stdout(&output).contains("epoch     train_loss"), "{}", stdout(&output));
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), model);
+    assert_eq!(std::fs::read(run.join("result.json")).unwrap(), result);
+
+    // A folder left by a wick that kept a checkpoint per stage.
+    std::fs::remove_file(run.join("checkpoint.safetensors")).unwrap();
+    std::fs::write(run.join("stage-1/done.json"), b"{}").unwrap();
+    refused(&train(&r, &data, &run, &[]), &["stage-1/done.json", "older wick"]);
 }
 
 /// Case 09: values out of range are refused naming the key, before the run folder exists, so a

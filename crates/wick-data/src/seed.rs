@@ -6,7 +6,8 @@
 //!
 //! Both derivations go through SplitMix64's output function ([`mix64`], Steele, Lea & Flood
 //! 2014): [`position_seed`] for the data loader's order and per-item draws, [`stream_seed`] for
-//! the training callbacks' per-batch streams (MixUp, CutMix). Their values are pinned by tests:
+//! the training callbacks' per-batch streams (MixUp, CutMix), each from the seed of its stage
+//! ([`stage_seed`]) in a multi-stage run. Their values are pinned by tests:
 //! changing either changes every run's shuffles, augmentations or mixing.
 
 /// SplitMix64's increment, `2⁶⁴/φ` rounded to odd.
@@ -26,6 +27,14 @@ pub fn mix64(value: u64) -> u64 {
 /// One step of SplitMix64: `mix64(value + γ)`.
 pub fn splitmix64(value: u64) -> u64 {
     mix64(value.wrapping_add(GOLDEN_GAMMA))
+}
+
+/// The seed of stage `stage` of a run seeded with `seed` (`seed + stage`, wrapping): what a
+/// multi-stage run's stage draws its loaders' order and augmentations and its training
+/// callbacks' streams from. Stage 0's seed is the run's; each stage's data epochs start at 0
+/// again, and the stage index keeps two stages from replaying the same draws.
+pub fn stage_seed(seed: u64, stage: usize) -> u64 {
+    seed.wrapping_add(stage as u64)
 }
 
 /// The seed of the data loader's draw at `position` of `epoch` (a shuffle uses
@@ -52,6 +61,9 @@ mod tests {
         assert_eq!(position_seed(42, 3, u64::MAX), 0x0f3b_d86c_358a_be30);
         assert_eq!(stream_seed(0, 0, 0, 0), 0x2382_75bc_38fc_be91);
         assert_eq!(stream_seed(42, 0x6d69_7875_7000_0001, 3, 17), 0xed39_8db4_f71d_35f6);
+        assert_eq!(stage_seed(42, 0), 42);
+        assert_eq!(stage_seed(42, 1), 43);
+        assert_eq!(stage_seed(u64::MAX, 1), 0);
     }
 
     #[test]

@@ -15,11 +15,12 @@
 //! weights to the input's dtype (the casts' backward hands f32 gradients to the optimizer),
 //! BatchNorm keeps f32 parameters and statistics, and the global average pool sums in f32.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle::{DType, Module, ModuleT, Tensor};
+use candle::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
-use wick_nn::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use wick_nn::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig, ModelState};
 
 use crate::layers::{
     Activation, BnInit, ConvLayer, ConvLayerConfig, Dropout, SimpleSelfAttention, conv_layer,
@@ -459,5 +460,33 @@ impl ModuleT for XResNet {
         let mut outputs = self.forward_modules(xs, train)?;
         // Invariant: forward_modules always ends with the head's output.
         Ok(outputs.pop().expect("the head output is always present").output)
+    }
+}
+
+/// The name of the step counter in [`ModelState::save_state`].
+const NUM_BATCHES_TRACKED: &str = "num_batches_tracked";
+
+/// The BatchNorm step counter (PyTorch's `num_batches_tracked`, one count for every BatchNorm of
+/// the network), kept outside the `VarMap`: `{"num_batches_tracked": i64 scalar}` on the CPU.
+impl ModelState for XResNet {
+    fn save_state(&self) -> candle::Result<HashMap<String, Tensor>> {
+        let count = i64::try_from(self.num_batches_tracked())
+            .map_err(|_| candle::Error::Msg("num_batches_tracked overflows i64".to_string()))?;
+        Ok(HashMap::from([(NUM_BATCHES_TRACKED.to_string(), Tensor::new(count, &Device::Cpu)?)]))
+    }
+
+    fn load_state(&self, tensors: &HashMap<String, Tensor>) -> candle::Result<()> {
+        if let Some(other) = tensors.keys().find(|name| *name != NUM_BATCHES_TRACKED) {
+            return Err(candle::Error::Msg(format!("{other} is not state of an xresnet")));
+        }
+        let count = tensors
+            .get(NUM_BATCHES_TRACKED)
+            .ok_or_else(|| candle::Error::Msg(format!("{NUM_BATCHES_TRACKED} is missing")))?
+            .to_dtype(DType::I64)?
+            .to_scalar::<i64>()?;
+        let count = u64::try_from(count)
+            .map_err(|_| candle::Error::Msg(format!("{NUM_BATCHES_TRACKED} is {count}")))?;
+        self.set_num_batches_tracked(count);
+        Ok(())
     }
 }

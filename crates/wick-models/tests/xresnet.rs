@@ -440,3 +440,32 @@ fn evaluation_builds_no_autograd_graph() {
         );
     }
 }
+
+#[test]
+fn the_batch_norm_counter_is_the_model_state() {
+    use wick_nn::ModelState;
+    let (model, _) = build(&narrow_config(), 11);
+    model.set_num_batches_tracked(7);
+    let state = model.save_state().unwrap();
+    assert_eq!(state.len(), 1);
+    assert_eq!(state["num_batches_tracked"].to_scalar::<i64>().unwrap(), 7);
+    let (fresh, _) = build(&narrow_config(), 12);
+    fresh.load_state(&state).unwrap();
+    assert_eq!(fresh.num_batches_tracked(), 7);
+    // Missing, unknown or negative: refused by name.
+    let refused = |tensors: &std::collections::HashMap<String, Tensor>| {
+        fresh.load_state(tensors).unwrap_err().to_string()
+    };
+    assert!(refused(&Default::default()).contains("num_batches_tracked is missing"));
+    let unknown = std::collections::HashMap::from([(
+        "dropout_rng".to_string(),
+        Tensor::new(1i64, &Device::Cpu).unwrap(),
+    )]);
+    assert!(refused(&unknown).contains("dropout_rng"));
+    let negative = std::collections::HashMap::from([(
+        "num_batches_tracked".to_string(),
+        Tensor::new(-1i64, &Device::Cpu).unwrap(),
+    )]);
+    assert!(refused(&negative).contains("num_batches_tracked is -1"));
+    assert_eq!(fresh.num_batches_tracked(), 7);
+}

@@ -10,6 +10,8 @@
 //! - [`Conv2d`], [`MaxPool2d`], [`AvgPool2d`], [`BatchNorm2d`]: layers in candle-nn's idiom.
 //! - [`gemm`]: the f32 matrix-multiply backends the convolutions run on.
 //! - [`check`]: every op on a device compared with the CPU reference (the GPU check).
+//! - [`ModelState`]: the state a model keeps outside its `VarMap` (BatchNorm's step counter),
+//!   which checkpoints and snapshots save with the variables.
 //!
 //! Feature `cuda` adds CUDA implementations of the ops (`cuda_fwd` of each custom op: ReLU,
 //! pooling and the fused BatchNorm as CUDA C kernels built into PTX); `cudnn` adds the
@@ -30,6 +32,7 @@ pub mod gemm;
 mod layers;
 pub mod ops;
 pub mod profile;
+mod state;
 
 pub use gemm::{GemmBackend, gemm_backend, set_gemm_backend};
 pub use layers::{
@@ -37,3 +40,4 @@ pub use layers::{
     conv2d_no_bias,
 };
 pub use ops::{AvgPool2dConfig, BatchNormActivation, Conv2dConfig, MaxPool2dConfig};
+pub use state::ModelState;

@@ -12,6 +12,7 @@ use std::fmt;
 use candle::Tensor;
 use candle::backprop::GradStore;
 use candle_nn::VarMap;
+use wick_nn::ModelState;
 
 use crate::error::TrainError;
 use crate::loss::Targets;
@@ -220,8 +221,15 @@ pub trait GradientHook {
 /// Callbacks only ever get `&FitState`, so its fields are public and read-only to them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitState {
-    /// Which fit of the running recipe (0, or 0/1 for `fine_tune`).
+    /// Which fit of the running recipe (0, or 0/1 for `fine_tune`); in a plan of stages
+    /// ([`crate::Learner::fit_stages`]) the fits of every stage are counted end to end
+    /// (progressive resizing's `fine_tune` stage is fits 1 and 2).
     pub fit_index: usize,
+    /// Which stage of a plan of stages is running (0 for a single recipe).
+    pub stage: usize,
+    /// The `fit_index` of the running stage's first fit: `fit_index - stage_first_fit` is the
+    /// fit within the stage.
+    pub stage_first_fit: usize,
     /// Epochs in this fit.
     pub n_epoch: usize,
     /// The current epoch of this fit (0-based).
@@ -254,7 +262,8 @@ pub struct FitState {
     pub last_loss: Option<f32>,
     /// fastai's smoothed training loss (updated by the Recorder at `after_batch`).
     pub smooth_loss: Option<f32>,
-    /// The run's seed, from which callbacks derive their random streams.
+    /// The run's seed (what checkpoints record). Callbacks derive their random streams from
+    /// [`FitState::stage_seed`].
     pub seed: u64,
     /// A real fit or lr_find's mock fit.
     pub kind: FitKind,
@@ -268,6 +277,8 @@ impl FitState {
     pub(crate) fn new(seed: u64) -> Self {
         FitState {
             fit_index: 0,
+            stage: 0,
+            stage_first_fit: 0,
             n_epoch: 0,
             epoch: 0,
             data_epoch: 0,
@@ -288,6 +299,13 @@ impl FitState {
             resumed: false,
             interrupted: false,
         }
+    }
+
+    /// The seed of the running stage (`wick_data::seed::stage_seed(seed, stage)`, the run's seed
+    /// in stage 0), from which callbacks derive their random streams: each stage's data epochs
+    /// start again at 0, so the stage index keeps two stages from replaying the same draws.
+    pub fn stage_seed(&self) -> u64 {
+        wick_data::seed::stage_seed(self.seed, self.stage)
     }
 
     /// Where a resumed run continues after the last completed training batch: this epoch, from
@@ -328,10 +346,11 @@ impl FitState {
 }
 
 /// A point in a recipe where training can continue: before training batch `batch` of epoch
-/// `epoch` of fit `fit_index`. `(epoch, batch) = (0, 0)` is the start of that fit.
+/// `epoch` of fit `fit_index` (in a plan of stages, the fits of every stage counted end to end).
+/// `(epoch, batch) = (0, 0)` is the start of that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FitPosition {
-    /// Which fit of the recipe.
+    /// Which fit of the recipe (or of the plan of stages).
     pub fit_index: usize,
     /// Epoch within that fit.
     pub epoch: usize,
@@ -361,6 +380,8 @@ pub struct EventContext<'a> {
     pub varmap: &'a VarMap,
     /// The optimizer, to read its hyper-parameters or save its state.
     pub optimizer: &'a dyn Optimizer,
+    /// The model's state outside its `VarMap` (BatchNorm's step counter), to save it.
+    pub model_state: &'a dyn ModelState,
 }
 
 /// The mutable view a callback gets at `before_batch`.
@@ -373,6 +394,7 @@ pub struct BatchHooks<'a> {
     pub opt: OptControl<'a>,
     pub(crate) recorder: &'a Recorder,
     pub(crate) varmap: &'a VarMap,
+    pub(crate) model_state: &'a dyn ModelState,
 }
 
 impl BatchHooks<'_> {
@@ -384,6 +406,7 @@ impl BatchHooks<'_> {
             recorder: self.recorder,
             varmap: self.varmap,
             optimizer: &*self.opt.optimizer,
+            model_state: self.model_state,
         }
     }
 }

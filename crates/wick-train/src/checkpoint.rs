@@ -5,9 +5,8 @@
 //! - `model.<name>`: every variable of the model's `VarMap`, parameters and BatchNorm running
 //!   statistics alike;
 //! - `state.<name>`: state the model keeps outside its `VarMap` that its arithmetic or its export
-//!   depends on (for example PyTorch's BatchNorm `num_batches_tracked`), supplied by a
-//!   [`ModelState`] in the [`CheckpointExtras`] and restored with
-//!   [`Checkpoint::restore_model_state`];
+//!   depends on (for example PyTorch's BatchNorm `num_batches_tracked`): the model's
+//!   [`ModelState`], saved and restored by the Learner with the variables;
 //! - `optimizer.<key>`: the optimizer's `state_dict()` (hyper-parameters, moving averages, step
 //!   counts);
 //! - `position`: i64 `[fit_index, epoch, batch, data_epoch, n_epoch, n_train_batches]`, the next
@@ -36,13 +35,11 @@
 //! checkpoint intact (a killed process can leave its temporary file behind; whoever owns the
 //! folder next may delete such files).
 
+use candle::safetensors::Load;
+use candle::{DType, Device, ModuleT, Tensor};
+use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use candle::safetensors::Load;
-use candle::{DType, Device, Tensor};
-use safetensors::SafeTensors;
 use wick_io::{
     Blob, CHECKSUM_KEY, checksum_of_views, non_finite, serialize_checked, write_durably,
 };
@@ -51,41 +48,15 @@ use crate::callback::{EventContext, FitPosition};
 use crate::error::TrainError;
 use crate::learner::{Learner, PendingResume};
 use crate::recorder::{BatchRecord, EpochRecord, FitRecord, ValidRecord};
+use wick_nn::ModelState;
 
 const FORMAT_VERSION: i64 = 2;
 
-/// State a model keeps outside its `VarMap` that an exact resume needs (for example the
-/// BatchNorm step counter PyTorch calls `num_batches_tracked`).
-pub trait ModelState: Send + Sync {
-    /// The state as named tensors (names without the `state.` prefix).
-    ///
-    /// # Errors
-    /// A tensor operation failed.
-    fn save_state(&self) -> candle::Result<HashMap<String, Tensor>>;
-    /// Restores what [`ModelState::save_state`] returned.
-    ///
-    /// # Errors
-    /// A tensor is missing or malformed.
-    fn load_state(&self, tensors: &HashMap<String, Tensor>) -> candle::Result<()>;
-}
-
-/// What a checkpoint stores beyond the loop's own state.
-#[derive(Clone, Default)]
+/// What a checkpoint stores beyond the Learner's own state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckpointExtras {
     /// Written into the file's metadata and compared on resume (e.g. `arch`, `n_out`, `widen`).
     pub identity: BTreeMap<String, String>,
-    /// The model's state outside its `VarMap`, if it has any.
-    pub model_state: Option<Arc<dyn ModelState>>,
-}
-
-impl std::fmt::Debug for CheckpointExtras {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("CheckpointExtras")
-            .field("identity", &self.identity)
-            .field("model_state", &self.model_state.is_some())
-            .finish()
-    }
 }
 const BATCH_COLUMNS: usize = 6;
 const EPOCH_COLUMNS: usize = 8;
@@ -136,7 +107,7 @@ impl Checkpoint {
         if version != FORMAT_VERSION {
             return Err(fail(format!(
                 "format version {version}, this build reads {FORMAT_VERSION} (a checkpoint of \
-                 another wick version: delete it to restart the stage)"
+                 another wick version: delete it to start the run over)"
             )));
         }
         for (name, view) in &views {
@@ -259,24 +230,19 @@ impl Checkpoint {
     pub fn model_state(&self) -> &HashMap<String, Tensor> {
         &self.model_state
     }
-
-    /// Restores the model's state outside its `VarMap` through `state`.
-    ///
-    /// # Errors
-    /// [`TrainError::Checkpoint`] if the state cannot be applied.
-    pub fn restore_model_state(&self, state: &dyn ModelState) -> Result<(), TrainError> {
-        state.load_state(&self.model_state).map_err(|e| TrainError::Checkpoint {
-            path: self.path.clone(),
-            reason: format!("model state: {e}"),
-        })
-    }
 }
 
-impl Learner {
-    /// Restores a checkpoint: the model's variables, the optimizer state and the history now;
-    /// the position on the next recipe call, which skips the fits already done and continues the
-    /// interrupted one at its next training batch. The recipe must be the one the checkpoint was
-    /// taken in (same seed, same fit lengths, same batches per epoch).
+impl<M: ModuleT + ModelState> Learner<M> {
+    /// Restores a checkpoint: the model's variables and its [`ModelState`], the optimizer state
+    /// and the history now; the position on the next recipe call, which skips the fits already
+    /// done (in a plan of stages, the stages already done, without building their data) and
+    /// continues the interrupted one at its next training batch. The recipe must be the one the
+    /// checkpoint was taken in (same seed, same fit lengths, same batches per epoch).
+    ///
+    /// # Errors
+    /// [`TrainError::ResumeMismatch`] for another seed or number of metrics;
+    /// [`TrainError::Checkpoint`] for a model tensor that is missing, extra or of another shape,
+    /// or model state the model refuses.
     pub fn resume(&mut self, checkpoint: &Checkpoint) -> Result<(), TrainError> {
         let fail =
             |reason: String| TrainError::Checkpoint { path: checkpoint.path.clone(), reason };
@@ -319,6 +285,9 @@ impl Learner {
                 .map_err(|e| fail(format!("model tensor {name}: {e}")))?;
             var.set(&value).map_err(|e| fail(format!("model tensor {name}: {e}")))?;
         }
+        self.model()
+            .load_state(&checkpoint.model_state)
+            .map_err(|e| fail(format!("model state: {e}")))?;
         self.optimizer_mut().load_state_dict(&checkpoint.optimizer)?;
         self.recorder_mut().restore(
             checkpoint.fits.clone(),
@@ -335,7 +304,7 @@ impl Learner {
 }
 
 /// Writes a checkpoint of the fit seen by `context`, to continue at `position`, atomically and
-/// durably, with `extras`' identity in the metadata and its model state as `state.*`.
+/// durably, with `extras`' identity in the metadata and the model's state as `state.*`.
 ///
 /// # Errors
 /// [`TrainError::NonFiniteState`] (nothing is written: the previous checkpoint stays) if a model
@@ -359,10 +328,10 @@ pub fn save_checkpoint(
     for (key, tensor) in context.optimizer.state_dict()? {
         tensors.insert(format!("optimizer.{key}"), tensor);
     }
-    if let Some(state) = &extras.model_state {
-        for (key, tensor) in state.save_state().map_err(|e| fail(format!("model state: {e}")))? {
-            tensors.insert(format!("state.{key}"), tensor);
-        }
+    for (key, tensor) in
+        context.model_state.save_state().map_err(|e| fail(format!("model state: {e}")))?
+    {
+        tensors.insert(format!("state.{key}"), tensor);
     }
     let cpu = &Device::Cpu;
     let scalar_error = |e: candle::Error| fail(e.to_string());

@@ -176,6 +176,14 @@ pub enum TrainError {
         /// Its value in this run.
         current: String,
     },
+    /// A stage's data could not be built (its factory in [`crate::Stage::with_data`] failed).
+    #[error("stage {stage}: building its data: {source}")]
+    StageData {
+        /// The stage (0-based).
+        stage: usize,
+        /// The factory's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An output file (metrics, plot) could not be written.
     #[error("writing {}: {reason}", path.display())]
     Output {

@@ -63,6 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle::{DType, ModuleT, Tensor, Var};
 
 use candle_nn::VarMap;
+use wick_nn::ModelState;
 
 use crate::callback::{
     BatchHooks, BatchState, Callback, CallbackResult, Event, EventContext, FitKind, FitPosition,
@@ -121,9 +122,11 @@ pub(crate) struct PendingResume {
     pub(crate) n_train_batches: usize,
 }
 
-/// Everything lr_find puts back: weights and buffers, optimizer state, history, data epoch.
+/// Everything lr_find puts back: weights and buffers, the model's state outside its `VarMap`,
+/// optimizer state, history, data epoch.
 pub(crate) struct Snapshot {
     vars: Vec<(Var, Tensor)>,
+    model_state: HashMap<String, Tensor>,
     optimizer: HashMap<String, Tensor>,
     recorder: Recorder,
     next_data_epoch: u64,
@@ -135,10 +138,21 @@ struct Slot {
     temporary: bool,
 }
 
+/// Which stage of a plan of stages ([`Learner::fit_stages`]) is running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StageInfo {
+    pub(crate) index: usize,
+    /// The flattened fit index of the stage's first fit.
+    pub(crate) first_fit: usize,
+}
+
 /// A model, its variables, an optimizer, data, a loss and callbacks, and the loop that trains
-/// them. Model-agnostic: any `candle::ModuleT` mapping `(B,C,H,W)` to logits `(B,K)`.
-pub struct Learner {
-    model: Box<dyn ModuleT>,
+/// them. Model-agnostic: any `candle::ModuleT` mapping `(B,C,H,W)` to logits `(B,K)`, with the
+/// [`ModelState`] it keeps outside its `VarMap` (none, by the trait's defaults), which
+/// checkpoints and lr_find's snapshot save with the variables. The Learner keeps the model's
+/// type: [`Learner::model`] is the model itself.
+pub struct Learner<M> {
+    model: M,
     varmap: VarMap,
     optimizer: Box<dyn Optimizer>,
     train_data: Arc<dyn BatchSource>,
@@ -160,6 +174,8 @@ pub struct Learner {
     after_fit_ran: bool,
     /// Run between `loss.backward()` and `after_backward`, in order.
     gradient_hooks: Vec<Box<dyn GradientHook>>,
+    /// The stage the next fit belongs to.
+    stage: StageInfo,
 }
 
 macro_rules! propagate {
@@ -171,11 +187,11 @@ macro_rules! propagate {
     };
 }
 
-impl Learner {
+impl<M: ModuleT + ModelState> Learner<M> {
     /// A Learner over `model` (whose variables are in `varmap`), trained by `optimizer` on
     /// `train` and validated on `valid`.
     pub fn new(
-        model: Box<dyn ModuleT>,
+        model: M,
         varmap: VarMap,
         optimizer: Box<dyn Optimizer>,
         train: Box<dyn BatchSource>,
@@ -202,6 +218,7 @@ impl Learner {
             fit_cancelled: false,
             after_fit_ran: false,
             gradient_hooks: Vec::new(),
+            stage: StageInfo::default(),
         }
     }
 
@@ -229,10 +246,17 @@ impl Learner {
         self.interrupt = Some(flag);
     }
 
-    /// Replaces the data (progressive resizing: the next fit uses the new sources).
-    pub fn set_data(&mut self, train: Box<dyn BatchSource>, valid: Box<dyn BatchSource>) {
+    /// Replaces the data (a stage's new data in [`Learner::fit_stages`]); the data epochs of the
+    /// new sources are counted from `next_data_epoch`.
+    pub(crate) fn set_data(
+        &mut self,
+        train: Box<dyn BatchSource>,
+        valid: Box<dyn BatchSource>,
+        next_data_epoch: u64,
+    ) {
         self.train_data = Arc::from(train);
         self.valid_data = Arc::from(valid);
+        self.next_data_epoch = next_data_epoch;
     }
 
     /// The history and the smoothed loss.
@@ -245,9 +269,10 @@ impl Learner {
         &self.state
     }
 
-    /// The model.
-    pub fn model(&self) -> &dyn ModuleT {
-        &*self.model
+    /// The model (with its own type: an [`Autocast`](crate::Autocast)'s inner model is
+    /// [`Autocast::inner`](crate::Autocast::inner)).
+    pub fn model(&self) -> &M {
+        &self.model
     }
 
     /// The model's variables (weights and BatchNorm running statistics).
@@ -273,43 +298,6 @@ impl Learner {
     /// Training batches per epoch.
     pub fn train_batches(&self) -> usize {
         self.train_data.n_batches()
-    }
-
-    /// Runs the fits of a recipe in order, applying each one's optimizer-state action first.
-    /// A pending resume ([`Learner::resume`]) skips the fits already done and continues inside
-    /// the one it was taken in. Stops early only when interrupted.
-    pub(crate) fn run_plan(&mut self, plan: Vec<PlannedFit>) -> Result<FitOutcome, TrainError> {
-        let resume = self.pending_resume.take();
-        let first_fit = resume.map_or(0, |r| r.position.fit_index);
-        if first_fit > plan.len() {
-            return Err(TrainError::ResumeMismatch {
-                what: "fit index",
-                checkpoint: first_fit.to_string(),
-                current: format!("a recipe of {} fits", plan.len()),
-            });
-        }
-        let mut outcome = FitOutcome::Completed;
-        for (fit_index, fit) in plan.into_iter().enumerate().skip(first_fit) {
-            let resume_here =
-                resume.filter(|r| r.position.fit_index == fit_index && !r.position.is_fit_start());
-            if let Some(resume) = resume_here {
-                let n_train_batches = self.train_data.n_batches();
-                check_resume_shape("epochs in the fit", resume.n_epoch, fit.n_epoch)?;
-                check_resume_shape(
-                    "training batches per epoch",
-                    resume.n_train_batches,
-                    n_train_batches,
-                )?;
-            } else if fit.optimizer_state == OptimizerStateAction::Reset {
-                self.optimizer.reset_state();
-            }
-            outcome =
-                self.fit_once(fit_index, fit, resume_here.map(|r| r.position), FitKind::Training)?;
-            if matches!(outcome, FitOutcome::Interrupted { .. }) {
-                break;
-            }
-        }
-        Ok(outcome)
     }
 
     /// One fit: `before_fit` … `after_fit`, with the fit's own callbacks added for its duration.
@@ -367,6 +355,8 @@ impl Learner {
         let seed = self.config.seed;
         self.state = FitState {
             fit_index,
+            stage: self.stage.index,
+            stage_first_fit: self.stage.first_fit,
             n_epoch,
             epoch: start.epoch,
             n_iter: n_train_batches,
@@ -654,6 +644,7 @@ impl Learner {
                         opt: OptControl::new(&mut *self.optimizer),
                         recorder: &self.recorder,
                         varmap: &self.varmap,
+                        model_state: &self.model,
                     };
                     slot.callback.before_batch(&mut hooks)?
                 }
@@ -664,6 +655,7 @@ impl Learner {
                         recorder: &self.recorder,
                         varmap: &self.varmap,
                         optimizer: &*self.optimizer,
+                        model_state: &self.model,
                     };
                     slot.callback.on_event(event, &context)?
                 }
@@ -726,6 +718,16 @@ impl Learner {
         self.pending_resume = Some(resume);
     }
 
+    /// Takes the resume position set by [`Learner::resume`], if any.
+    pub(crate) fn take_pending_resume(&mut self) -> Option<PendingResume> {
+        self.pending_resume.take()
+    }
+
+    /// The stage the following fits belong to.
+    pub(crate) fn set_stage(&mut self, stage: StageInfo) {
+        self.stage = stage;
+    }
+
     /// Every variable of the model, sorted by name.
     pub(crate) fn sorted_vars(&self) -> Vec<(String, Var)> {
         sorted_vars(&self.varmap)
@@ -747,8 +749,13 @@ impl Learner {
                 Ok((var, copy))
             })
             .collect::<Result<Vec<_>, TrainError>>()?;
+        let model_state = self
+            .model
+            .save_state()
+            .map_err(|e| TrainError::tensor("snapshot of the model state", e))?;
         Ok(Snapshot {
             vars,
+            model_state,
             optimizer: self.optimizer.state_dict()?,
             recorder: self.recorder.clone(),
             next_data_epoch: self.next_data_epoch,
@@ -760,6 +767,9 @@ impl Learner {
         for (var, value) in &snapshot.vars {
             var.set(value).map_err(|e| TrainError::tensor("restoring a snapshot", e))?;
         }
+        self.model
+            .load_state(&snapshot.model_state)
+            .map_err(|e| TrainError::tensor("restoring the model state of a snapshot", e))?;
         self.optimizer.load_state_dict(&snapshot.optimizer)?;
         self.recorder = snapshot.recorder;
         self.next_data_epoch = snapshot.next_data_epoch;
@@ -777,7 +787,7 @@ pub(crate) fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     vars
 }
 
-fn check_resume_shape(
+pub(crate) fn check_resume_shape(
     what: &'static str,
     checkpoint: usize,
     current: usize,

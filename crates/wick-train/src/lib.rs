@@ -1,5 +1,6 @@
 //! wick-train: fastai-style training, reproducing fastai 2.8 (spec: `fastai-ch7-spec.md` §2–4,
-//! §7–8), model- and dataset-agnostic: any `candle::ModuleT` with its `VarMap`, any
+//! §7–8), model- and dataset-agnostic: any `candle::ModuleT` with its `VarMap` and its
+//! [`ModelState`] (what it keeps outside the `VarMap`; none by default), any
 //! [`BatchSource`].
 //!
 //! Pure pieces (no Learner, no callbacks):
@@ -21,7 +22,9 @@
 //! - [`callbacks`]: the scheduler, the lr finder, MixUp/CutMix, checkpoints, run files.
 //! - [`recorder`]: smoothed loss, validation metrics, history, fastai's epoch table.
 //! - [`recipes`]: `fit`, `fit_one_cycle`, `fit_flat_cos`, `fine_tune`, `lr_find`.
-//! - [`checkpoint`]: save and resume mid-fit, bit for bit.
+//! - [`stages`]: plans of stages ([`Learner::fit_stages`]): recipes one after the other, each
+//!   optionally on new data (progressive resizing), resumable inside any stage.
+//! - [`checkpoint`]: save and resume mid-fit, bit for bit (the model's [`ModelState`] too).
 //! - [`output`]: `metrics.jsonl` and the PNG plots.
 //! - [`data`]: [`BatchSource`] for wick-data's `DataLoader` and in-memory batches.
 //! - [`distributed`]: data-parallel training ([`DataParallel`], a gradient hook over an
@@ -48,6 +51,7 @@ pub mod precision;
 pub mod recipes;
 pub mod recorder;
 pub mod schedule;
+pub mod stages;
 
 pub use callback::{
     BatchHooks, BatchState, Callback, CallbackResult, Event, EventContext, FitKind, FitPosition,
@@ -56,7 +60,7 @@ pub use callback::{
 pub use callbacks::{
     CheckpointConfig, CheckpointSaver, CutMix, LrFinder, MixUp, ParamScheduler, RunFiles, batch_rng,
 };
-pub use checkpoint::{Checkpoint, CheckpointExtras, ModelState, save_checkpoint};
+pub use checkpoint::{Checkpoint, CheckpointExtras, save_checkpoint};
 pub use data::{BatchIter, BatchSource, InMemoryBatches};
 pub use distributed::{AllReduce, DataParallel, ThreadGroup};
 pub use error::TrainError;
@@ -97,3 +101,5 @@ pub use schedule::{
     OneCycle, OneCyclePhase, OptimizerStateAction, Schedule, ScheduleError, TrainPosition,
     combine_scheds, combined_cos, fit_positions, sched_cos, sched_exp, sched_lin, sched_no,
 };
+pub use stages::{Stage, StageData, StageFit, stage_fit_ranges};
+pub use wick_nn::ModelState;

@@ -5,7 +5,10 @@
 //!
 //! Shapes: inputs `(B,C,H,W)`, logits `(B,K)`.
 
+use std::collections::HashMap;
+
 use candle::{DType, ModuleT, Tensor};
+use wick_nn::ModelState;
 
 /// Numeric precision of the forward pass.
 ///
@@ -67,7 +70,8 @@ impl Precision {
 }
 
 /// A model run in a [`Precision`]: what a Learner trains instead of the model itself (fastai's
-/// `MixedPrecision` callback, as a wrapper). Under `F32` both casts are no-ops.
+/// `MixedPrecision` callback, as a wrapper). Under `F32` both casts are no-ops. The model is
+/// [`Autocast::inner`]; its [`ModelState`] is the wrapper's.
 #[derive(Debug, Clone)]
 pub struct Autocast<M> {
     model: M,
@@ -85,6 +89,11 @@ impl<M: ModuleT> Autocast<M> {
         &self.model
     }
 
+    /// The wrapped model, unwrapped.
+    pub fn into_inner(self) -> M {
+        self.model
+    }
+
     /// The precision it runs in.
     pub fn precision(&self) -> Precision {
         self.precision
@@ -94,5 +103,16 @@ impl<M: ModuleT> Autocast<M> {
 impl<M: ModuleT> ModuleT for Autocast<M> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
         self.precision.forward_t(&self.model, xs, train)
+    }
+}
+
+/// The inner model's state: the wrapper keeps none of its own.
+impl<M: ModelState> ModelState for Autocast<M> {
+    fn save_state(&self) -> candle::Result<HashMap<String, Tensor>> {
+        self.model.save_state()
+    }
+
+    fn load_state(&self, tensors: &HashMap<String, Tensor>) -> candle::Result<()> {
+        self.model.load_state(tensors)
     }
 }

@@ -1,18 +1,21 @@
 //! The training recipes as Learner methods (fastai `callback/schedule.py`): [`Learner::fit`],
 //! [`Learner::fit_one_cycle`], [`Learner::fit_flat_cos`], [`Learner::fine_tune`] and
-//! [`Learner::lr_find`]. Each is a plan of fits, each fit with its scheduler callback; the loop
-//! is `learner.rs`, the schedule arithmetic `schedule.rs`.
+//! [`Learner::lr_find`]. Each is a plan of one stage ([`Learner::fit_stages`], `stages.rs`) of
+//! one or two fits, each fit with its scheduler callback; the loop is `learner.rs`, the
+//! schedule arithmetic `schedule.rs`.
+
+use candle::ModuleT;
+use wick_nn::ModelState;
 
 use crate::callback::FitKind;
-use crate::callbacks::{LrFinder, ParamScheduler};
+use crate::callbacks::LrFinder;
 use crate::error::TrainError;
-use crate::learner::{FitOutcome, Learner, PlannedFit};
+use crate::learner::{FitOutcome, Learner, PlannedFit, StageInfo};
 use crate::lr_find::{
     DivergenceRule, LrFindCurve, LrFindError, SlideConfig, minimum, slide, steep, valley,
 };
-use crate::schedule::{
-    FineTune, FlatCos, HyperSchedule, LrFinderSchedule, OneCycle, OptimizerStateAction,
-};
+use crate::schedule::{FineTune, FlatCos, LrFinderSchedule, OneCycle, OptimizerStateAction};
+use crate::stages::{Stage, StageFit};
 
 /// fastai `lr_find(start_lr, end_lr, num_it, stop_div)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,10 +76,10 @@ impl LrFindResult {
     }
 }
 
-impl Learner {
+impl<M: ModuleT + ModelState> Learner<M> {
     /// fastai `fit(n_epoch, lr)`: a constant learning rate, momentum left as it is.
     pub fn fit(&mut self, n_epoch: usize, lr: f64) -> Result<FitOutcome, TrainError> {
-        self.fit_schedule(n_epoch, HyperSchedule::Constant { lr })
+        self.fit_stages(vec![Stage::new(StageFit::Constant { n_epoch, lr })])
     }
 
     /// fastai `fit_one_cycle(n_epoch, lr_max, div, div_final, pct_start, moms)` (spec §3.1).
@@ -85,7 +88,7 @@ impl Learner {
         n_epoch: usize,
         cycle: OneCycle,
     ) -> Result<FitOutcome, TrainError> {
-        self.fit_schedule(n_epoch, HyperSchedule::OneCycle(cycle))
+        self.fit_stages(vec![Stage::new(StageFit::OneCycle { n_epoch, cycle })])
     }
 
     /// fastai `fit_flat_cos(n_epoch, lr, div_final, pct_start)`.
@@ -94,35 +97,22 @@ impl Learner {
         n_epoch: usize,
         flat_cos: FlatCos,
     ) -> Result<FitOutcome, TrainError> {
-        self.fit_schedule(n_epoch, HyperSchedule::FlatCos(flat_cos))
+        self.fit_stages(vec![Stage::new(StageFit::FlatCos { n_epoch, flat_cos })])
     }
 
     /// fastai `fine_tune(epochs, base_lr, freeze_epochs, pct_start, div)` (spec §3.2–3.3): two
     /// one-cycle fits, each after an optimizer-state reset (with one parameter group,
     /// `freeze`/`unfreeze` do nothing else), so two epoch tables.
     pub fn fine_tune(&mut self, fine_tune: FineTune) -> Result<FitOutcome, TrainError> {
-        let plan = fine_tune
-            .plan()
-            .into_iter()
-            .map(|phase| {
-                let schedule = HyperSchedule::OneCycle(phase.schedule);
-                schedule.validate()?;
-                Ok(PlannedFit {
-                    n_epoch: phase.n_epoch,
-                    optimizer_state: phase.optimizer_state,
-                    callbacks: vec![Box::new(ParamScheduler::new(schedule))],
-                })
-            })
-            .collect::<Result<Vec<_>, TrainError>>()?;
-        self.run_plan(plan)
+        self.fit_stages(vec![Stage::new(StageFit::FineTune(fine_tune))])
     }
 
     /// fastai `lr_find` (spec §4): trains with an exponentially growing lr for up to `num_it`
     /// batches (`num_it // batches_per_epoch + 1` epochs, validation skipped), recording the lr
-    /// and the smoothed loss after each batch, then puts back the model's variables, the
-    /// optimizer state and the history exactly as they were, even when the search fails.
-    /// Checkpoint and file callbacks do not run during the search. State a model keeps outside
-    /// its `VarMap` (a BatchNorm step counter, say) is not put back.
+    /// and the smoothed loss after each batch, then puts back the model's variables and its
+    /// [`ModelState`] (BatchNorm's step counter), the optimizer state and the history exactly as
+    /// they were, even when the search fails. Checkpoint and file callbacks do not run during
+    /// the search.
     pub fn lr_find(&mut self, config: LrFindConfig) -> Result<LrFindResult, TrainError> {
         let n_epoch = config.schedule.n_epoch(self.train_batches());
         let snapshot = self.snapshot()?;
@@ -131,6 +121,7 @@ impl Learner {
             optimizer_state: OptimizerStateAction::Keep,
             callbacks: vec![Box::new(LrFinder::new(config.schedule, config.divergence))],
         };
+        self.set_stage(StageInfo::default());
         let outcome = self.fit_once(0, fit, None, FitKind::LrFind);
         let batches =
             self.recorder().fits().last().map(|fit| fit.batches.clone()).unwrap_or_default();
@@ -142,18 +133,5 @@ impl Learner {
             num_it: config.schedule.num_it,
             interrupted: matches!(outcome, FitOutcome::Interrupted { .. }),
         })
-    }
-
-    fn fit_schedule(
-        &mut self,
-        n_epoch: usize,
-        schedule: HyperSchedule,
-    ) -> Result<FitOutcome, TrainError> {
-        schedule.validate()?;
-        self.run_plan(vec![PlannedFit {
-            n_epoch,
-            optimizer_state: OptimizerStateAction::Keep,
-            callbacks: vec![Box::new(ParamScheduler::new(schedule))],
-        }])
     }
 }

@@ -139,6 +139,16 @@ impl Recorder {
         &self.fits
     }
 
+    /// The same metrics with only the history of `fits` (e.g. one stage's fits of a plan of
+    /// stages): what the output files of that part of a run are drawn from. The smoothed loss
+    /// and the validation accumulators start empty.
+    ///
+    /// # Panics
+    /// If `fits` is not a range of [`Recorder::fits`].
+    pub fn slice(&self, fits: std::ops::Range<usize>) -> Recorder {
+        Recorder { fits: self.fits[fits].to_vec(), ..Recorder::new(self.metrics.clone()) }
+    }
+
     /// The current smoothed training loss.
     pub fn smooth_loss(&self) -> Option<f32> {
         self.smooth.value()

@@ -3,9 +3,10 @@
 //! [`Targets::Mixed`], against which the Learner's loss is the mixed per-sample loss (fastai's
 //! `MixHandler.lf`); validation batches are untouched and keep their plain labels.
 //!
-//! Their random draws come from [`batch_rng`]: a ChaCha stream seeded from the run's seed, the
-//! callback's stream id, the data epoch and the batch index (`wick_data::seed::stream_seed`), so a run resumed mid-epoch draws
-//! exactly what the uninterrupted run drew. The draws and the mixing are `mixup.rs`.
+//! Their random draws come from [`batch_rng`]: a ChaCha stream seeded from the stage's seed
+//! ([`FitState::stage_seed`](crate::FitState::stage_seed), the run's seed in stage 0), the
+//! callback's stream id, the data epoch and the batch index (`wick_data::seed::stream_seed`), so
+//! a run resumed mid-epoch draws exactly what the uninterrupted run drew. The draws and the mixing are `mixup.rs`.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -128,7 +129,7 @@ fn mix_training_batch(
     if state.phase != Phase::Train {
         return Ok(Flow::Continue);
     }
-    let mut rng = batch_rng(state.seed, stream, state.data_epoch, state.iter);
+    let mut rng = batch_rng(state.stage_seed(), stream, state.data_epoch, state.iter);
     let (xs, mixed) = mix(state, &hooks.batch.xs, &mut rng)?;
     hooks.batch.xs = xs;
     hooks.batch.ys = Targets::Mixed { labels: hooks.batch.ys.labels().clone(), mixed };

@@ -49,7 +49,7 @@ fn train_with(threads: usize, train: &Items, valid: &Items) -> RunBits {
         let model = xresnet(&model_config, 0, vb).unwrap();
         let optimizer = adam(&varmap);
         let mut learner = Learner::new(
-            Box::new(model),
+            model,
             varmap,
             optimizer,
             Box::new(loader(train, LoaderConfig::train(8, 3))),

@@ -36,6 +36,8 @@ fn model(varmap: &VarMap, seed: u64) -> NoBatchNorm {
     }
 }
 
+impl wick_train::ModelState for NoBatchNorm {}
+
 impl ModuleT for NoBatchNorm {
     fn forward_t(&self, xs: &Tensor, _train: bool) -> candle::Result<Tensor> {
         xs.apply(&self.conv)?.silu()?.mean((2, 3))?.apply(&self.head)
@@ -62,14 +64,8 @@ fn train(seed: u64, rank: Option<(DataParallel, usize)>) -> Vec<Vec<f64>> {
         None => batches,
     };
     let train: Box<dyn wick_train::BatchSource> = Box::new(InMemoryBatches::new(batches));
-    let mut learner = Learner::new(
-        Box::new(net),
-        varmap.clone(),
-        adam(&varmap),
-        train,
-        Box::new(valid),
-        config(1),
-    );
+    let mut learner =
+        Learner::new(net, varmap.clone(), adam(&varmap), train, Box::new(valid), config(1));
     if let Some((dp, _)) = rank {
         dp.broadcast_vars(&trainable_params(&varmap, wick_models::is_buffer)).unwrap();
         learner.add_gradient_hook(Box::new(dp));

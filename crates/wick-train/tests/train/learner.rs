@@ -32,7 +32,7 @@ fn log() -> EventLog {
 }
 
 /// 2 training batches and 1 validation batch of 4 bright/dark images.
-fn small_learner() -> wick_train::Learner {
+fn small_learner() -> wick_train::Learner<crate::tiny::TinyCnn> {
     tiny_learner(bright_dark_batches(2, 4, 1), bright_dark_batches(1, 4, 2), 0)
 }
 
@@ -421,7 +421,7 @@ fn error_rate_and_top_k_are_exact_dataset_fractions() {
     let model = crate::tiny::tiny_cnn(&varmap, 0, 2);
     let optimizer = crate::tiny::adam(&varmap);
     let mut learner = wick_train::Learner::new(
-        Box::new(model),
+        model,
         varmap,
         optimizer,
         Box::new(wick_train::InMemoryBatches::new(bright_dark_batches(2, 4, 1))),
@@ -440,31 +440,4 @@ fn error_rate_and_top_k_are_exact_dataset_fractions() {
         learner.recorder().epoch_table(0).unwrap().lines().next().unwrap(),
         "epoch     train_loss  valid_loss  accuracy  error_rate  top_1_accuracy  time"
     );
-}
-
-#[test]
-fn progressive_resizing_swaps_the_data_between_fits_as_fastai_writes_it() {
-    // fastai, chapter 7: `learn.fit_one_cycle(4, 3e-3); learn.dls = get_dls(64, 224);
-    // learn.fine_tune(5, 1e-3)`. Here 2 epochs over 2 batches of 4, then `set_data` with 3
-    // batches of 2, then fine_tune(1): its frozen epoch and its one unfrozen epoch both run on
-    // the new data (3 batches of 2 each), with the same model and Learner.
-    let events = log();
-    let seen: Rc<RefCell<Vec<usize>>> = Rc::default();
-    let record = Rc::clone(&seen);
-    let mut learner = small_learner();
-    learner.add_callback(Box::new(Probe::replying(&events, move |event, state| {
-        if event == Event::BeforeBatch && state.phase == Phase::Train {
-            record.borrow_mut().push(state.batch_size);
-        }
-        Ok(Flow::Continue)
-    })));
-    learner.fit_one_cycle(2, OneCycle::fastai_defaults(3e-3)).unwrap();
-    assert_eq!(*seen.borrow(), [4; 4], "stage 1: 2 epochs x 2 batches of 4");
-    learner.set_data(
-        Box::new(wick_train::InMemoryBatches::new(bright_dark_batches(3, 2, 7))),
-        Box::new(wick_train::InMemoryBatches::new(bright_dark_batches(1, 2, 8))),
-    );
-    assert_eq!(learner.train_batches(), 3);
-    learner.fine_tune(wick_train::schedule::FineTune::fastai_defaults(1, 1e-3)).unwrap();
-    assert_eq!(seen.borrow()[4..], [2; 6], "fine_tune: 1 frozen + 1 epoch x 3 batches of 2");
 }

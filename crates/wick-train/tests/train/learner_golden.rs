@@ -91,7 +91,7 @@ fn train_like_fastai(fx: &HashMap<String, Tensor>) -> FitRecord {
     )
     .unwrap();
     let mut learner = Learner::new(
-        Box::new(model),
+        model,
         varmap,
         Box::new(optimizer),
         Box::new(InMemoryBatches::new(train)),

@@ -20,4 +20,5 @@ mod precision;
 mod recipes;
 mod resume;
 mod schedule;
+mod stages;
 mod tiny;

@@ -71,13 +71,17 @@ fn bf16_logits_and_gradients_match_f32_within_bf16_tolerance() {
     assert!(overall < 0.2, "all gradients together differ by {overall:e}");
 }
 
-fn fit(precision: Precision) -> (Vec<Vec<f64>>, Vec<f32>, VarMap, Learner) {
+/// What a fit in one precision leaves: the trainable weights, the losses, the variables, the
+/// Learner.
+type Fitted = (Vec<Vec<f64>>, Vec<f32>, VarMap, Learner<Autocast<XResNet>>);
+
+fn fit(precision: Precision) -> Fitted {
     let varmap = VarMap::new();
     let model = small_xresnet(&varmap, 5);
     let train = InMemoryBatches::new(bright_dark_batches(3, 8, 1));
     let valid = InMemoryBatches::new(bright_dark_batches(1, 8, 2));
     let mut learner = Learner::new(
-        Box::new(Autocast::new(model, precision)),
+        Autocast::new(model, precision),
         varmap.clone(),
         adam(&varmap),
         Box::new(train),

@@ -3,6 +3,7 @@
 //! DataLoader (resumed with `epoch_from`) and MixUp; a NaN loss stops the fit naming epoch and
 //! batch and leaves the last checkpoint loadable.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +12,13 @@ use candle::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use image::{Rgb, RgbImage};
 use wick_data::{DataLoader, ItemPipeline, Items, LoaderConfig};
-use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
+use wick_models::{Depth, XResNet, XResNetConfig, seeded_var_builder, xresnet};
 use wick_train::{
     BatchIter, BatchSource, Checkpoint, CheckpointConfig, CheckpointSaver, Event, FitOutcome,
-    FitPosition, Flow, InMemoryBatches, Learner, MixUp, OneCycle, TrainError,
+    FitPosition, Flow, InMemoryBatches, Learner, MixUp, ModelState, OneCycle, TrainError,
 };
 
-use crate::tiny::{Probe, adam, bright_dark_batches, config, tiny_cnn, var_values};
+use crate::tiny::{Probe, TinyCnn, adam, bright_dark_batches, config, tiny_cnn, var_values};
 
 const RUN_SEED: u64 = 42;
 
@@ -63,8 +64,39 @@ enum Net {
     XResNet,
 }
 
+/// Either network as one model type.
+enum AnyNet {
+    Tiny(TinyCnn),
+    XResNet(Box<XResNet>),
+}
+
+impl candle::ModuleT for AnyNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
+        match self {
+            AnyNet::Tiny(model) => model.forward_t(xs, train),
+            AnyNet::XResNet(model) => model.forward_t(xs, train),
+        }
+    }
+}
+
+impl ModelState for AnyNet {
+    fn save_state(&self) -> candle::Result<HashMap<String, Tensor>> {
+        match self {
+            AnyNet::Tiny(model) => model.save_state(),
+            AnyNet::XResNet(model) => model.save_state(),
+        }
+    }
+
+    fn load_state(&self, tensors: &HashMap<String, Tensor>) -> candle::Result<()> {
+        match self {
+            AnyNet::Tiny(model) => model.load_state(tensors),
+            AnyNet::XResNet(model) => model.load_state(tensors),
+        }
+    }
+}
+
 /// A learner with MixUp over the image loaders; `init_seed` draws the initial weights.
-fn image_learner(train: &Items, valid: &Items, net: Net, init_seed: u64) -> Learner {
+fn image_learner(train: &Items, valid: &Items, net: Net, init_seed: u64) -> Learner<AnyNet> {
     // xresnet needs 32 px: its last stages would get 1x1 inputs at 16.
     let size = match net {
         Net::Tiny => 16,
@@ -72,12 +104,12 @@ fn image_learner(train: &Items, valid: &Items, net: Net, init_seed: u64) -> Lear
     };
     let (train_loader, valid_loader) = loaders(train, valid, size);
     let varmap = VarMap::new();
-    let model: Box<dyn candle::ModuleT> = match net {
-        Net::Tiny => Box::new(tiny_cnn(&varmap, init_seed, 2)),
+    let model = match net {
+        Net::Tiny => AnyNet::Tiny(tiny_cnn(&varmap, init_seed, 2)),
         Net::XResNet => {
             let config = XResNetConfig { widen: 0.125, ..XResNetConfig::depth(Depth::D18, 2) };
             let vb = seeded_var_builder(&varmap, init_seed, DType::F32, &Device::Cpu);
-            Box::new(xresnet(&config, 0, vb).unwrap())
+            AnyNet::XResNet(Box::new(xresnet(&config, 0, vb).unwrap()))
         }
     };
     let optimizer = adam(&varmap);
@@ -192,7 +224,7 @@ fn resume_refuses_another_seed_or_recipe() {
     let model = tiny_cnn(&varmap, 0, 2);
     let optimizer = adam(&varmap);
     let mut other = Learner::new(
-        Box::new(model),
+        model,
         varmap,
         optimizer,
         Box::new(InMemoryBatches::new(bright_dark_batches(3, 4, 1))),
@@ -258,7 +290,7 @@ fn nan_loss_stops_with_its_position_and_keeps_the_last_checkpoint() {
     let train =
         Poisoned { inner: InMemoryBatches::new(bright_dark_batches(4, 4, 1)), epoch: 1, batch: 2 };
     let mut learner = Learner::new(
-        Box::new(model),
+        model,
         varmap,
         optimizer,
         Box::new(train),
@@ -421,10 +453,7 @@ fn a_checkpoint_is_checked_for_its_checksum_identity_and_finiteness() {
     ]);
     learner.add_callback(Box::new(
         CheckpointSaver::new(CheckpointConfig { path: path.clone(), every_n_batches: 1 })
-            .with_extras(wick_train::CheckpointExtras {
-                identity: identity.clone(),
-                model_state: None,
-            }),
+            .with_extras(wick_train::CheckpointExtras { identity: identity.clone() }),
     ));
     learner.fit(1, 1e-3).unwrap();
     let checkpoint = Checkpoint::load(&path).unwrap();

@@ -35,6 +35,8 @@ pub(crate) fn tiny_cnn(varmap: &VarMap, seed: u64, n_classes: usize) -> TinyCnn 
     }
 }
 
+impl wick_train::ModelState for TinyCnn {}
+
 impl ModuleT for TinyCnn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
         let features = self.bn.forward_t(&xs.apply(&self.conv)?, train)?.silu()?;
@@ -83,12 +85,12 @@ pub(crate) fn tiny_learner(
     train: Vec<(Tensor, Tensor)>,
     valid: Vec<(Tensor, Tensor)>,
     init_seed: u64,
-) -> Learner {
+) -> Learner<TinyCnn> {
     let varmap = VarMap::new();
     let model = tiny_cnn(&varmap, init_seed, 2);
     let optimizer = adam(&varmap);
     Learner::new(
-        Box::new(model),
+        model,
         varmap,
         optimizer,
         Box::new(InMemoryBatches::new(train)),
