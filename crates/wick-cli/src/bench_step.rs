@@ -6,9 +6,9 @@
 use candle::{Device, Tensor};
 use serde_json::json;
 use wick_models::XResNetConfig;
-use wick_train::{Adam, AdamConfig, Optimizer, Precision, optim_params, trainable_params};
+use wick_train::Precision;
 
-use crate::plan;
+use crate::plan::{self, ModelPlan, OptimizerPlan};
 
 /// What `wick bench-step` was asked to measure.
 pub(crate) struct BenchStepArgs {
@@ -25,11 +25,8 @@ pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
     let device = plan::device(&args.device)?;
     let config = XResNetConfig::named(&args.arch, 10)
         .ok_or_else(|| anyhow::anyhow!("--arch {}: not an xresnet name", args.arch))?;
-    let (model, varmap) = crate::plan::model(&config, 0, &device)?;
-    let mut optimizer = Adam::new(
-        optim_params(trainable_params(&varmap, wick_models::is_buffer)),
-        AdamConfig::fastai_defaults(1e-3),
-    )?;
+    let (model, varmap) = ModelPlan { config, seed: 0 }.build(&device)?;
+    let mut optimizer = OptimizerPlan::fastai_adam().build(&varmap)?;
     let n = args.batch_size * 3 * args.size * args.size;
     let pixels: Vec<f32> =
         (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -12,9 +12,9 @@ use candle::{DType, Device, Tensor};
 use serde_json::json;
 use wick_models::{Depth, XResNetConfig};
 use wick_nn::check::{CheckConfig, OpReport, compare_ops};
-use wick_train::{Adam, AdamConfig, Optimizer, Precision, optim_params, trainable_params};
+use wick_train::{Precision, trainable_params};
 
-use crate::plan;
+use crate::plan::{self, ModelPlan, OptimizerPlan};
 
 /// What `wick device-check` was asked to do.
 pub(crate) struct DeviceCheckArgs {
@@ -133,7 +133,7 @@ fn train_step(
     args: &DeviceCheckArgs,
 ) -> anyhow::Result<StepResult> {
     let config = XResNetConfig::depth(Depth::D50, 10);
-    let (model, varmap) = crate::plan::model(&config, args.seed, device)?;
+    let (model, varmap) = ModelPlan { config, seed: args.seed }.build(device)?;
     let n = args.batch_size * 3 * args.size * args.size;
     let pixels: Vec<f32> =
         (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
@@ -144,7 +144,7 @@ fn train_step(
     let params = trainable_params(&varmap, wick_models::is_buffer);
     let before: Vec<Tensor> =
         params.iter().map(|(_, var)| var.as_tensor().copy()).collect::<candle::Result<_>>()?;
-    let mut optimizer = Adam::new(optim_params(params.clone()), AdamConfig::fastai_defaults(1e-3))?;
+    let mut optimizer = OptimizerPlan::fastai_adam().build(&varmap)?;
     let logits = precision.forward_t(&model, &xs, true)?;
     let loss = wick_train::cross_entropy(&logits, &ys)?;
     let grads = loss.backward()?;

@@ -232,9 +232,8 @@ pub(crate) enum PrecisionName {
 pub(crate) struct TrainSection {
     #[serde(default)]
     pub(crate) loss: LossName,
-    /// Label smoothing's epsilon (fastai: 0.1).
-    #[serde(default = "default_eps")]
-    pub(crate) label_smoothing_eps: f64,
+    /// Label smoothing's epsilon (unset: fastai's, from `Loss::fastai_label_smoothing()`).
+    pub(crate) label_smoothing_eps: Option<f64>,
     /// MixUp's alpha (fastai: 0.4); absent = no MixUp.
     pub(crate) mixup: Option<f64>,
     #[serde(default)]
@@ -254,7 +253,7 @@ impl Default for TrainSection {
     fn default() -> Self {
         TrainSection {
             loss: LossName::CrossEntropy,
-            label_smoothing_eps: default_eps(),
+            label_smoothing_eps: None,
             mixup: None,
             optimizer: OptimizerName::Adam,
             wd: None,
@@ -264,9 +263,6 @@ impl Default for TrainSection {
     }
 }
 
-fn default_eps() -> f64 {
-    0.1
-}
 fn default_checkpoint_every() -> usize {
     50
 }
@@ -405,18 +401,16 @@ fn merge(base: &mut toml::Table, overrides: &toml::Table) {
     }
 }
 
+/// The sections of a training recipe, for the tests (commands read a recipe through
+/// `plan::Plan`).
+#[cfg(test)]
 impl Recipe {
-    /// The data section (validated present for every recipe that trains).
-    pub(crate) fn data(&self) -> &DataSection {
-        // Invariant: `validate` rejects a recipe without `from` and without `[data]`, and
-        // commands that use the data refuse `from` recipes first.
-        self.data.as_ref().expect("validated: a training recipe has [data]")
+    fn data(&self) -> &DataSection {
+        self.data.as_ref().expect("a training recipe has [data]")
     }
 
-    /// The model section (validated present for every recipe that trains).
-    pub(crate) fn model(&self) -> &ModelSection {
-        // Invariant: as for `data`.
-        self.model.as_ref().expect("validated: a training recipe has [model]")
+    fn model(&self) -> &ModelSection {
+        self.model.as_ref().expect("a training recipe has [model]")
     }
 }
 
@@ -483,8 +477,10 @@ fn validate(recipe: &Recipe) -> anyhow::Result<()> {
         bail!("model.dropout = {}: must be in [0, 1)", model.dropout);
     }
     let train = &recipe.train;
-    if !(0.0..1.0).contains(&train.label_smoothing_eps) {
-        bail!("train.label_smoothing_eps = {}: must be in [0, 1)", train.label_smoothing_eps);
+    if let Some(eps) = train.label_smoothing_eps
+        && !(0.0..1.0).contains(&eps)
+    {
+        bail!("train.label_smoothing_eps = {eps}: must be in [0, 1)");
     }
     if let Some(wd) = train.wd
         && !(wd >= 0.0 && wd.is_finite())
