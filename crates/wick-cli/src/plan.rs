@@ -178,11 +178,9 @@ pub(crate) struct Plan {
     pub(crate) book: Option<BookSection>,
 }
 
-/// The data settings every stage shares.
+/// The data settings every stage shares (the split rules are each stage's).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct DataPlan {
-    /// The random split's validation fraction (`split = "random"`).
-    pub(crate) valid_pct: f64,
     /// Keep this fraction of the images (seeded), for scaled-down profiles.
     pub(crate) subset: Option<f64>,
     /// fastai's `Normalize.from_stats(*imagenet_stats)` after the pipeline.
@@ -269,9 +267,8 @@ impl Plan {
     pub(crate) fn resolve(recipe: Recipe, args: PlanArgs) -> anyhow::Result<Plan> {
         if let Some(from) = &recipe.from {
             bail!(
-                "recipe {:?} has `from = {from:?}`: it trains nothing, it evaluates that \
-                 experiment's model (run it with `wick tta --recipe`)",
-                recipe.name
+                "`from = {from:?}`: this recipe trains nothing, it evaluates that experiment's \
+                 model (run it with `wick tta --recipe`)"
             );
         }
         if args.threads == Some(0) {
@@ -291,7 +288,6 @@ impl Plan {
             seed,
             device: args.device,
             data: DataPlan {
-                valid_pct: data.valid_pct,
                 subset: data.subset,
                 normalize: data.normalize,
                 augment: data.augment.then_some(AugTransforms {
@@ -358,11 +354,7 @@ impl Plan {
             optimizer,
             train,
             valid,
-            LearnerConfig {
-                loss: self.loss,
-                metrics: vec![Metric::Accuracy],
-                seed: self.seed,
-            },
+            LearnerConfig { loss: self.loss, metrics: vec![Metric::Accuracy], seed: self.seed },
         ))
     }
 
