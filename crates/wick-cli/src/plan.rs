@@ -604,12 +604,13 @@ impl ModelSpec {
             )
         })?;
         let base = XResNetConfig {
-            widen: model.widen,
-            dropout: model.dropout,
-            self_attention: model.self_attention,
+            widen: model.widen.unwrap_or(named.widen),
+            dropout: model.dropout.unwrap_or(named.dropout),
+            self_attention: model.self_attention.unwrap_or(named.self_attention),
             activation: match model.activation {
-                ActivationName::Relu => Activation::Relu,
-                ActivationName::Mish => Activation::Mish,
+                Some(ActivationName::Relu) => Activation::Relu,
+                Some(ActivationName::Mish) => Activation::Mish,
+                None => named.activation,
             },
             ..named
         };
@@ -891,7 +892,7 @@ mod resolve_tests {
     use candle::Device;
     use wick_data::{AugTransforms, BadFilePolicy, SplitRule};
     use wick_eval::{Blend, TtaConfig};
-    use wick_models::XResNetConfig;
+    use wick_models::{Activation, XResNetConfig};
     use wick_train::{
         AdamConfig, FineTune, FlatCos, Loss, OneCycle, Precision, SgdConfig, StageFit,
     };
@@ -1008,6 +1009,26 @@ mod resolve_tests {
         assert_eq!(plan.model(3).unwrap().config.n_out, 3);
         let fixed = text("", ONE_STAGE).replace("n_out = \"classes\"", "n_out = 1000");
         assert_eq!(resolve(&fixed).unwrap().model(10).unwrap().config.n_out, 1000);
+    }
+
+    #[test]
+    fn unset_model_settings_are_fastais_xresnet_defaults() {
+        let unset = text("", ONE_STAGE).replace("widen = 0.25\n", "");
+        let config = resolve(&unset).unwrap().model(10).unwrap().config;
+        assert_eq!(config, XResNetConfig::named("xresnet18", 10).unwrap());
+        assert_eq!(
+            (config.widen, config.dropout, config.activation, config.self_attention),
+            (1.0, 0.0, Activation::Relu, false)
+        );
+        let set = text("", ONE_STAGE).replace(
+            "widen = 0.25\n",
+            "widen = 0.5\nactivation = \"mish\"\nself_attention = true\ndropout = 0.1\n",
+        );
+        let config = resolve(&set).unwrap().model(10).unwrap().config;
+        assert_eq!(
+            (config.widen, config.dropout, config.activation, config.self_attention),
+            (0.5, 0.1, Activation::Mish, true)
+        );
     }
 
     #[test]

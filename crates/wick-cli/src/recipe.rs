@@ -184,21 +184,14 @@ pub(crate) struct ModelSection {
     /// `xresnet18` ... `xresnet152`.
     pub(crate) arch: String,
     pub(crate) n_out: NOut,
-    #[serde(default = "one")]
-    pub(crate) widen: f64,
-    #[serde(default = "relu")]
-    pub(crate) activation: ActivationName,
-    #[serde(default)]
-    pub(crate) self_attention: bool,
-    #[serde(default)]
-    pub(crate) dropout: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-fn relu() -> ActivationName {
-    ActivationName::Relu
+    /// Multiplier of the stage widths (unset: fastai's 1, from `XResNetConfig`).
+    pub(crate) widen: Option<f64>,
+    /// Unset: fastai's ReLU.
+    pub(crate) activation: Option<ActivationName>,
+    /// Unset: none.
+    pub(crate) self_attention: Option<bool>,
+    /// Dropout before the head (unset: fastai's 0).
+    pub(crate) dropout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -470,11 +463,15 @@ fn validate(recipe: &Recipe) -> anyhow::Result<()> {
         bail!("train.mixup = {alpha}: alpha must be a finite number > 0");
     }
     // Widths are 64·widen ... 512·widen channels: below 1/64 a stage would have none.
-    if !(model.widen.is_finite() && model.widen * 64.0 >= 1.0) {
-        bail!("model.widen = {}: must be a finite number >= 1/64 (0.015625)", model.widen);
+    if let Some(widen) = model.widen
+        && !(widen.is_finite() && widen * 64.0 >= 1.0)
+    {
+        bail!("model.widen = {widen}: must be a finite number >= 1/64 (0.015625)");
     }
-    if !(0.0..1.0).contains(&model.dropout) {
-        bail!("model.dropout = {}: must be in [0, 1)", model.dropout);
+    if let Some(dropout) = model.dropout
+        && !(0.0..1.0).contains(&dropout)
+    {
+        bail!("model.dropout = {dropout}: must be in [0, 1)");
     }
     let train = &recipe.train;
     if let Some(eps) = train.label_smoothing_eps
@@ -601,7 +598,7 @@ stage = [{ fit = { kind = "one_cycle", epochs = 1, lr_max = 3e-3 } }, { size = 4
             (32, 460, Some(0.05))
         );
         assert_eq!(smoke.model().arch, "xresnet18");
-        assert_eq!(smoke.model().widen, 0.25);
+        assert_eq!(smoke.model().widen, Some(0.25));
         assert_eq!(
             smoke.stages[0].fit,
             Fit::OneCycle { epochs: 1, lr_max: 3e-3, div: None, div_final: None, pct_start: None }
