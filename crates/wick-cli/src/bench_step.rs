@@ -1,14 +1,16 @@
 //! `wick bench-step`: training-step throughput of an xresnet on a device, measured the way
 //! `scripts/anchor_bench.py` measures PyTorch's (random inputs already on the device;
 //! forward, cross-entropy, backward and fastai's Adam step; the device synchronised at the
-//! end of every step; images/s from the median step). Prints one JSON line.
+//! end of every step; images/s from the median step). Prints one JSON line. Also the synthetic
+//! batch and the forward/loss/backward step that `device-check` runs too.
 
+use candle::backprop::GradStore;
 use candle::{Device, Tensor};
 use serde_json::json;
-use wick_models::XResNetConfig;
-use wick_train::{Adam, AdamConfig, Optimizer, Precision, optim_params, trainable_params};
+use wick_models::{XResNet, XResNetConfig};
+use wick_train::Precision;
 
-use crate::plan;
+use crate::plan::{self, ModelPlan, OptimizerPlan};
 
 /// What `wick bench-step` was asked to measure.
 pub(crate) struct BenchStepArgs {
@@ -21,28 +23,56 @@ pub(crate) struct BenchStepArgs {
     pub(crate) warmup: usize,
 }
 
+/// The synthetic batch `bench-step` and `device-check` train on: `batch_size` images
+/// `(B, 3, size, size)` of a fixed pattern of values in [-1, 1) and labels `(B,)` cycling
+/// through 10 classes, on `device`.
+///
+/// # Errors
+/// The tensors cannot be put on `device`.
+pub(crate) fn synthetic_batch(
+    batch_size: usize,
+    size: usize,
+    device: &Device,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let n = batch_size * 3 * size * size;
+    let pixels: Vec<f32> =
+        (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let xs =
+        Tensor::from_vec(pixels, (batch_size, 3, size, size), &Device::Cpu)?.to_device(device)?;
+    let labels: Vec<u32> = (0..batch_size as u32).map(|i| i % 10).collect();
+    let ys = Tensor::from_vec(labels, batch_size, &Device::Cpu)?.to_device(device)?;
+    Ok((xs, ys))
+}
+
+/// A training step's forward (training mode, in `precision`), cross-entropy and backward
+/// pass: the logits `(B, K)`, the loss (a scalar) and the gradients; the caller steps its
+/// optimizer.
+///
+/// # Errors
+/// candle's, from any of the three.
+pub(crate) fn forward_backward(
+    model: &XResNet,
+    precision: Precision,
+    xs: &Tensor,
+    ys: &Tensor,
+) -> anyhow::Result<(Tensor, Tensor, GradStore)> {
+    let logits = precision.forward_t(model, xs, true)?;
+    let loss = wick_train::cross_entropy(&logits, ys)?;
+    let grads = loss.backward()?;
+    Ok((logits, loss, grads))
+}
+
 pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
     let device = plan::device(&args.device)?;
     let config = XResNetConfig::named(&args.arch, 10)
         .ok_or_else(|| anyhow::anyhow!("--arch {}: not an xresnet name", args.arch))?;
-    let (model, varmap) = crate::plan::model(&config, 0, &device)?;
-    let mut optimizer = Adam::new(
-        optim_params(trainable_params(&varmap, wick_models::is_buffer)),
-        AdamConfig::fastai_defaults(1e-3),
-    )?;
-    let n = args.batch_size * 3 * args.size * args.size;
-    let pixels: Vec<f32> =
-        (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
-    let xs = Tensor::from_vec(pixels, (args.batch_size, 3, args.size, args.size), &Device::Cpu)?
-        .to_device(&device)?;
-    let labels: Vec<u32> = (0..args.batch_size as u32).map(|i| i % 10).collect();
-    let ys = Tensor::from_vec(labels, args.batch_size, &Device::Cpu)?.to_device(&device)?;
+    let (model, varmap) = ModelPlan { config, seed: 0 }.build(&device)?;
+    let mut optimizer = OptimizerPlan::fastai_adam().build(&varmap)?;
+    let (xs, ys) = synthetic_batch(args.batch_size, args.size, &device)?;
 
     let mut step = || -> anyhow::Result<f64> {
         let started = std::time::Instant::now();
-        let logits = args.precision.forward_t(&model, &xs, true)?;
-        let loss = wick_train::cross_entropy(&logits, &ys)?;
-        let grads = loss.backward()?;
+        let (_, _, grads) = forward_backward(&model, args.precision, &xs, &ys)?;
         optimizer.step(&grads)?;
         device.synchronize()?;
         Ok(started.elapsed().as_secs_f64())

@@ -11,16 +11,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use wick_data::{Excluded, Items, SkipLog, Vocab};
+use wick_data::{BadFilePolicy, Excluded, Items, SkipLog, Vocab};
 
-use crate::recipe::BadFiles;
 use crate::run_dir::RunDir;
 
 /// Everything known about a run's use of its data folder.
 #[derive(Debug, Clone)]
 pub(crate) struct DataReport {
     pub(crate) root: PathBuf,
-    pub(crate) policy: BadFiles,
+    pub(crate) policy: BadFilePolicy,
     /// Image files found by extension (before the pre-scan).
     pub(crate) listed: usize,
     /// Every entry not used, in the order found (listing, pre-scan, splits, batches).
@@ -33,7 +32,7 @@ pub(crate) struct DataReport {
 }
 
 impl DataReport {
-    pub(crate) fn new(root: &Path, policy: BadFiles, listed: usize) -> Self {
+    pub(crate) fn new(root: &Path, policy: BadFilePolicy, listed: usize) -> Self {
         DataReport {
             root: root.to_path_buf(),
             policy,
@@ -136,7 +135,7 @@ impl DataReport {
             .collect();
         json!({
             "data": path_text(&self.root),
-            "bad_files": match self.policy { BadFiles::Fail => "fail", BadFiles::Skip => "skip" },
+            "bad_files": match self.policy { BadFilePolicy::Fail => "fail", BadFilePolicy::Skip => "skip" },
             "image_files_listed": self.listed,
             "splits": splits,
             "subset_left_out": self.subset_left_out.map(|(train, valid)| json!({"train": train, "valid": valid})),
@@ -181,8 +180,8 @@ impl DataReport {
             line.push_str(&format!(", {} left out by `subset`", train + valid));
         }
         let policy = match self.policy {
-            BadFiles::Fail => "fail",
-            BadFiles::Skip => "skip",
+            BadFilePolicy::Fail => "fail",
+            BadFilePolicy::Skip => "skip",
         };
         line.push_str(&format!(
             "; {} bad file{} (bad_files = \"{policy}\")",

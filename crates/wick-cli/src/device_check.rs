@@ -12,9 +12,10 @@ use candle::{DType, Device, Tensor};
 use serde_json::json;
 use wick_models::{Depth, XResNetConfig};
 use wick_nn::check::{CheckConfig, OpReport, compare_ops};
-use wick_train::{Adam, AdamConfig, Optimizer, Precision, optim_params, trainable_params};
+use wick_train::{Precision, trainable_params};
 
-use crate::plan;
+use crate::bench_step::{forward_backward, synthetic_batch};
+use crate::plan::{self, ModelPlan, OptimizerPlan};
 
 /// What `wick device-check` was asked to do.
 pub(crate) struct DeviceCheckArgs {
@@ -133,21 +134,13 @@ fn train_step(
     args: &DeviceCheckArgs,
 ) -> anyhow::Result<StepResult> {
     let config = XResNetConfig::depth(Depth::D50, 10);
-    let (model, varmap) = crate::plan::model(&config, args.seed, device)?;
-    let n = args.batch_size * 3 * args.size * args.size;
-    let pixels: Vec<f32> =
-        (0..n).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
-    let xs = Tensor::from_vec(pixels, (args.batch_size, 3, args.size, args.size), &Device::Cpu)?
-        .to_device(device)?;
-    let labels: Vec<u32> = (0..args.batch_size as u32).map(|i| i % 10).collect();
-    let ys = Tensor::from_vec(labels, args.batch_size, &Device::Cpu)?.to_device(device)?;
+    let (model, varmap) = ModelPlan { config, seed: args.seed }.build(device)?;
+    let (xs, ys) = synthetic_batch(args.batch_size, args.size, device)?;
     let params = trainable_params(&varmap, wick_models::is_buffer);
     let before: Vec<Tensor> =
         params.iter().map(|(_, var)| var.as_tensor().copy()).collect::<candle::Result<_>>()?;
-    let mut optimizer = Adam::new(optim_params(params.clone()), AdamConfig::fastai_defaults(1e-3))?;
-    let logits = precision.forward_t(&model, &xs, true)?;
-    let loss = wick_train::cross_entropy(&logits, &ys)?;
-    let grads = loss.backward()?;
+    let mut optimizer = OptimizerPlan::fastai_adam().build(&varmap)?;
+    let (logits, loss, grads) = forward_backward(&model, precision, &xs, &ys)?;
     let mut grad_list = Vec::new();
     for (name, var) in &params {
         if let Some(grad) = grads.get(var.as_tensor()) {

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle::{D, Device, ModuleT, Tensor};
 use serde_json::json;
-use wick_data::{DataLoader, LoaderConfig};
+use wick_data::{BadFilePolicy, DataLoader};
 use wick_eval::{
-    Blend, TtaConfig, accuracy, confusion_matrix, get_preds, per_class_accuracy,
-    plot_confusion_matrix, plot_top_losses, top_k_accuracy, top_losses, tta,
+    Blend, accuracy, confusion_matrix, get_preds, per_class_accuracy, plot_confusion_matrix,
+    plot_top_losses, top_k_accuracy, top_losses, tta,
 };
 
 use crate::data_report::{DataReport, path_text};
-use crate::plan;
-use crate::recipe::Recipe;
+use crate::plan::{self, ModelPlan, Plan, PlanArgs};
+use crate::recipe::TtaSection;
 use crate::run_dir::RunDir;
 use crate::train::{load_run, run_data_root};
 
@@ -23,22 +23,20 @@ use crate::train::{load_run, run_data_root};
 /// report of what was left out (printed; the caller stores it with its results).
 fn valid_loader(
     run_dir: &RunDir,
-    recipe: &Recipe,
+    plan: &Plan,
     data: Option<&str>,
-    device: &Device,
 ) -> anyhow::Result<(DataLoader, DataReport)> {
     let root = run_data_root(run_dir, data)?;
     let items = run_dir.read_items("valid.txt", &root)?;
     // The images must be the ones the run recorded (another --data, or files changed since).
     let vocab = run_dir.read_vocab()?;
     let fingerprint = crate::run_dir::DataFingerprint::of(&root, &vocab, &[("valid", &items)]);
-    let skip = recipe.data().bad_files == crate::recipe::BadFiles::Skip;
+    let skip = plan.data.bad_files == BadFilePolicy::Skip;
     if let Some(note) = run_dir.check_valid(&fingerprint, skip)? {
         println!("{note}");
     }
-    let threads = plan::threads(recipe.data(), None);
-    let (items, bad) = wick_data::scan_items(&items, &plan::scan_config(threads))?;
-    let mut report = DataReport::new(&root, recipe.data().bad_files, items.len() + bad.len());
+    let (items, bad) = wick_data::scan_items(&items, &plan.scan_config())?;
+    let mut report = DataReport::new(&root, plan.data.bad_files, items.len() + bad.len());
     report.add(bad);
     plan::check_bad_files(&report, None)?;
     if items.is_empty() {
@@ -46,16 +44,7 @@ fn valid_loader(
     }
     report.set_splits(&vocab, &[("valid", &items)]);
     println!("{}", report.summary(5));
-    let stage = plan::stage_data(recipe, recipe.stages.len().saturating_sub(1));
-    let pipeline = plan::pipeline(recipe.data(), stage);
-    let normalize = plan::normalize(recipe.data(), device)?;
-    let config = LoaderConfig {
-        n_threads: threads,
-        bad_files: plan::bad_file_policy(recipe.data().bad_files),
-        ..LoaderConfig::valid(stage.batch_size, recipe.seed)
-    };
-    let loader = DataLoader::new(items, pipeline, config, device.clone())?;
-    Ok((loader.with_normalize(normalize), report))
+    Ok((plan.eval_loader(items)?, report))
 }
 
 /// The files an evaluation left out (pre-scan and mid-pass), as JSON entries.
@@ -72,19 +61,15 @@ pub(crate) fn eval(run: &Path, data: Option<&str>, device: &str) -> anyhow::Resu
     let device = plan::device(device)?;
     let run_dir = RunDir::open(run)?;
     let _lock = run_dir.lock("eval")?;
-    let (recipe, model, _) = load_run(&run_dir, &device)?;
+    let (plan, model, _) = load_run(&run_dir, device)?;
     let vocab = run_dir.read_vocab()?;
-    let (loader, mut report) = valid_loader(&run_dir, &recipe, data, &device)?;
+    let (loader, mut report) = valid_loader(&run_dir, &plan, data)?;
     let preds = get_preds(&model, &loader, 0)?;
     let matrix = confusion_matrix(&preds, model.config().n_out)?;
     let per_class = per_class_accuracy(&matrix);
     let acc = accuracy(&preds)?;
     let top5 = top_k_accuracy(&preds, 5)?;
-    println!(
-        "{}: accuracy {acc:.4}, top-5 {top5:.4} on {} images",
-        recipe.name,
-        preds.targets.len()
-    );
+    println!("{}: accuracy {acc:.4}, top-5 {top5:.4} on {} images", plan.name, preds.targets.len());
     for report in per_class.iter().filter(|r| r.total > 0) {
         println!(
             "  {:<30} {:.4} ({}/{})",
@@ -138,12 +123,13 @@ pub(crate) struct TtaArgs {
     pub(crate) use_max: bool,
 }
 
-/// The TTA settings: each from the flag if given, else the recipe's `[tta]`, else fastai's
-/// default (`TtaConfig::default()`: n 4, beta 0.25, no max).
+/// The TTA settings `wick tta` puts over the run's plan (whose own come from its recipe's
+/// `[tta]`, else fastai's `TtaConfig::default()`): each flag if given, else the `--recipe`'s
+/// `[tta]` value.
 ///
 /// # Errors
 /// A `--recipe` that does not load or has no `[tta]` section; a beta outside [0, 1].
-fn tta_config(args: &TtaArgs) -> anyhow::Result<TtaConfig> {
+fn tta_overrides(args: &TtaArgs) -> anyhow::Result<TtaSection> {
     let section = match &args.recipe {
         Some(path) => {
             let (recipe, _) = crate::recipe::load(path, "full")?;
@@ -153,28 +139,21 @@ fn tta_config(args: &TtaArgs) -> anyhow::Result<TtaConfig> {
         }
         None => None,
     };
-    let defaults = TtaConfig::default();
-    let default_beta = match defaults.blend {
-        Blend::Lerp { beta } => beta,
-        Blend::Max => unreachable!("fastai's default blend is the lerp"),
-    };
-    let n = args.n.or(section.as_ref().and_then(|s| s.n)).unwrap_or(defaults.n);
-    let beta = args.beta.or(section.as_ref().and_then(|s| s.beta)).unwrap_or(default_beta);
-    crate::recipe::check_beta(beta).context(if args.beta.is_some() {
-        "--beta"
-    } else {
-        "tta.beta"
-    })?;
-    let use_max = args.use_max || section.as_ref().and_then(|s| s.use_max).unwrap_or(false);
-    let blend = if use_max { Blend::Max } else { Blend::Lerp { beta } };
-    Ok(TtaConfig { n, blend, ..defaults })
+    if let Some(beta) = args.beta {
+        crate::recipe::check_beta(beta).context("--beta")?;
+    }
+    Ok(TtaSection {
+        n: args.n.or(section.as_ref().and_then(|s| s.n)),
+        beta: args.beta.or(section.as_ref().and_then(|s| s.beta)),
+        use_max: args.use_max.then_some(true).or(section.as_ref().and_then(|s| s.use_max)),
+    })
 }
 
 /// `wick tta --run DIR`: fastai's `learn.tta()` on a finished run's validation images; writes
 /// `result.json` (TTA and plain accuracy) into `--out` (default: the run itself, as
 /// `tta.json`).
 pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
-    let config = tta_config(args)?;
+    let overrides = tta_overrides(args)?;
     let device = plan::device(&args.device)?;
     let run_dir = RunDir::open(&args.run)?;
     // The folder tta writes into is locked; --out must not hold another run's files.
@@ -186,14 +165,15 @@ pub(crate) fn run_tta(args: &TtaArgs) -> anyhow::Result<()> {
         None => None,
     };
     let _lock = out_dir.as_ref().unwrap_or(&run_dir).lock("tta")?;
-    let (recipe, model, _) = load_run(&run_dir, &device)?;
-    let (loader, mut report) = valid_loader(&run_dir, &recipe, args.data.as_deref(), &device)?;
+    let (plan, model, _) = load_run(&run_dir, device)?;
+    let config = plan.tta.with(Some(&overrides)).context("tta.beta")?.config();
+    let (loader, mut report) = valid_loader(&run_dir, &plan, args.data.as_deref())?;
     let started = std::time::Instant::now();
     let (blended, plain) = tta(&model, &loader, &config)?;
     let (tta_accuracy, plain_accuracy) = (accuracy(&blended)?, accuracy(&plain)?);
     println!(
         "{}: TTA accuracy {tta_accuracy:.4} (plain {plain_accuracy:.4}), {} passes + 1 plain over {} images",
-        recipe.name,
+        plan.name,
         config.n,
         plain.targets.len()
     );
@@ -253,25 +233,26 @@ pub(crate) fn predict(
 ) -> anyhow::Result<usize> {
     let device = plan::device(device)?;
     let run_dir = RunDir::open(run)?;
-    let (recipe, model, _) = load_run(&run_dir, &device)?;
+    let (plan, model, _) = load_run(&run_dir, device)?;
+    let device = &plan.device;
     let vocab = run_dir.read_vocab()?;
-    let stage = plan::stage_data(&recipe, recipe.stages.len().saturating_sub(1));
-    let pipeline = plan::pipeline(recipe.data(), stage);
-    let normalize = plan::normalize(recipe.data(), &device)?;
+    let last = plan.stages.len() - 1;
+    let pipeline = plan.pipeline(last);
+    let normalize = plan.normalize()?;
     // One image: its top classes, `None` when the run's bad-file policy skips it, or an error.
     let predict_one = |image: &Path| -> anyhow::Result<Option<String>> {
         let mut pixels = vec![0f32; pipeline.item_len()];
         // The run's bad-file policy, as in training: fail, or report the file and go on.
         if let Err(error) = pipeline.load_plain(image, &mut pixels) {
-            if recipe.data().bad_files == crate::recipe::BadFiles::Fail {
+            if plan.data.bad_files == BadFilePolicy::Fail {
                 return Err(error.into());
             }
             println!("{}: skipped (bad_files = \"skip\"): {error}", image.display());
             return Ok(None);
         }
-        let size = stage.size as usize;
+        let size = pipeline.output_size as usize;
         let mut xs =
-            Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?.to_device(&device)?;
+            Tensor::from_vec(pixels, (1, 3, size, size), &Device::Cpu)?.to_device(device)?;
         if let Some(normalize) = &normalize {
             xs = normalize.forward(&xs)?;
         }
@@ -321,7 +302,7 @@ pub(crate) fn summary(arch: &str, n_out: usize, size: usize) -> anyhow::Result<(
     let config = wick_models::XResNetConfig::named(arch, n_out).with_context(|| {
         format!("--arch {arch}: not one of {}", wick_models::XResNetConfig::names().join(", "))
     })?;
-    let (model, varmap) = plan::model(&config, 0, &Device::Cpu)?;
+    let (model, varmap) = ModelPlan { config, seed: 0 }.build(&Device::Cpu)?;
     let rows = wick_models::summary(&model, &varmap, size, &Device::Cpu)?;
     println!("{arch} (n_out {n_out}) on a 1x3x{size}x{size} input");
     println!("{:<6} {:<26} {:<22} {:>12}", "index", "module", "output shape", "parameters");
@@ -347,44 +328,23 @@ pub(crate) fn lr_find(
     device: &str,
 ) -> anyhow::Result<()> {
     let (recipe, _) = crate::recipe::load(recipe_path, profile)?;
-    if recipe.stages.is_empty() {
-        bail!("{} has no stage to find a learning rate for", recipe_path.display());
-    }
     let device = plan::device(device)?;
+    let plan = Plan::resolve(recipe, PlanArgs::on(device)).with_context(|| {
+        format!("recipe {}: no stage to find a learning rate for", recipe_path.display())
+    })?;
     let root = plan::resolve_data(data, &mut crate::download_progress())?;
-    let mut dataset = plan::dataset(&root, recipe.data(), None)?;
+    let mut dataset = plan.dataset(&root)?;
     println!("{}", dataset.report.summary(5));
     plan::check_bad_files(&dataset.report, None)?;
-    let splits = plan::splits(&mut dataset, recipe.data(), recipe.seed, 0, &recipe.stages)?;
-    let (train, valid) = plan::loaders(
-        recipe.data(),
-        plan::stage_data(&recipe, 0),
-        &splits,
-        recipe.seed,
-        None,
-        &device,
-    )?;
-    let config = plan::model_config(&recipe, splits.vocab.len())?;
-    let (model, varmap) = plan::model(&config, recipe.seed, &device)?;
-    // The recipe's optimizer and precision, as `wick train` uses them (fastai's lr_find runs
-    // the Learner as it is configured).
-    let optimizer = plan::optimizer(&recipe, &varmap)?;
-    let precision = plan::precision(recipe.train.precision);
-    let mut learner = wick_train::Learner::new(
-        wick_train::Autocast::new(model, precision),
-        varmap,
-        optimizer,
-        Box::new(train),
-        Box::new(valid),
-        wick_train::LearnerConfig {
-            loss: plan::loss(&recipe),
-            metrics: vec![wick_train::Metric::Accuracy],
-            seed: recipe.seed,
-        },
-    );
+    let splits = plan.splits(&mut dataset, 0)?;
+    let (train, valid) = plan.loaders(0, &splits)?;
+    let (model, varmap) = plan.model(splits.vocab.len())?.build(&plan.device)?;
+    // The recipe's optimizer, precision and loss, as `wick train` uses them (fastai's lr_find
+    // runs the Learner as it is configured).
+    let mut learner = plan.learner(model, varmap, Box::new(train), Box::new(valid))?;
     learner.add_callback(Box::new(crate::progress::Progress::new(format!(
         "lr_find on {}",
-        recipe.name
+        plan.name
     ))));
     let result = learner.lr_find(wick_train::LrFindConfig::fastai_defaults())?;
     let run_dir = RunDir::create(out)?;
@@ -420,6 +380,11 @@ mod tests {
             beta,
             use_max,
         }
+    }
+
+    /// The settings `wick tta` runs with over a run whose recipe has no `[tta]`.
+    fn tta_config(args: &TtaArgs) -> anyhow::Result<wick_eval::TtaConfig> {
+        Ok(plan::TtaPlan::default().with(Some(&tta_overrides(args)?))?.config())
     }
 
     fn recipe(dir: &Path, tta: &str) -> PathBuf {

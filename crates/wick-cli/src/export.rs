@@ -15,7 +15,6 @@ use wick_data::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
 use wick_export::{OnnxExportConfig, Preprocessing, run_onnx, xresnet_to_onnx};
 use wick_io::write_durably;
 
-use crate::plan;
 use crate::run_dir::RunDir;
 use crate::train::load_run;
 
@@ -39,13 +38,12 @@ const CHECK_TOLERANCE: f32 = 1e-4;
 pub(crate) fn export(run: &Path, format: ExportFormat, out: Option<&Path>) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let run_dir = RunDir::open(run)?;
-    let (recipe, model, varmap) = load_run(&run_dir, &device)?;
+    let (plan, model, varmap) = load_run(&run_dir, device.clone())?;
     let vocab = run_dir.read_vocab()?;
     let config = model.config().clone();
-    let arch = recipe.model().arch.clone();
-    let stage = plan::stage_data(&recipe, recipe.stages.len().saturating_sub(1));
-    let size = stage.size as usize;
-    let normalize = recipe.data().normalize.then_some((IMAGENET_MEAN, IMAGENET_STD));
+    let arch = plan.model.arch.clone();
+    let size = plan.last_stage().data.size as usize;
+    let normalize = plan.data.normalize.then_some((IMAGENET_MEAN, IMAGENET_STD));
     let class_names: Vec<String> = (0..config.n_out)
         .map(|k| {
             vocab
@@ -61,14 +59,14 @@ pub(crate) fn export(run: &Path, format: ExportFormat, out: Option<&Path>) -> an
                 class_names,
                 arch: arch.clone(),
                 metadata: vec![
-                    ("recipe".to_string(), recipe.name.clone()),
-                    ("seed".to_string(), recipe.seed.to_string()),
+                    ("recipe".to_string(), plan.name.clone()),
+                    ("seed".to_string(), plan.seed.to_string()),
                 ],
             };
             let bytes = xresnet_to_onnx(&config, &tensors, &export)?;
             // The check: seeded uint8 images through wick (byte/255, Normalize, eval forward)
             // and through tract on the exported graph.
-            let mut rng = ChaCha8Rng::seed_from_u64(recipe.seed);
+            let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
             let pixels: Vec<u8> =
                 (0..CHECK_IMAGES * size * size * 3).map(|_| rng.random::<u8>()).collect();
             let xs = Tensor::from_vec(pixels.clone(), (CHECK_IMAGES, size, size, 3), &device)?
@@ -76,7 +74,7 @@ pub(crate) fn export(run: &Path, format: ExportFormat, out: Option<&Path>) -> an
                 .permute((0, 3, 1, 2))?
                 .contiguous()?;
             let mut xs = (xs / 255.0)?;
-            if recipe.data().normalize {
+            if plan.data.normalize {
                 xs = Normalize::imagenet(&device)?.forward(&xs)?;
             }
             let expected: Vec<Vec<f32>> = model.forward_t(&xs, false)?.to_vec2()?;
@@ -131,8 +129,8 @@ pub(crate) fn export(run: &Path, format: ExportFormat, out: Option<&Path>) -> an
                     "fastai.vision.models.xresnet.{arch}(n_out={}, widen={}) then load_state_dict; see scripts/load_export_fastai.py",
                     config.n_out, config.widen
                 ),
-                "recipe": recipe.name,
-                "seed": recipe.seed,
+                "recipe": plan.name,
+                "seed": plan.seed,
             });
             let sidecar_path = dir.join("model.json");
             write_durably(&sidecar_path, serde_json::to_string_pretty(&sidecar)?.as_bytes())

@@ -334,7 +334,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::BenchStep { arch, size, batch_size, precision, device, steps, warmup } => {
-            let precision = plan::precision(precision);
+            let precision = precision.into();
             let args = bench_step::BenchStepArgs {
                 arch,
                 size,

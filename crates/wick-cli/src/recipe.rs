@@ -184,21 +184,14 @@ pub(crate) struct ModelSection {
     /// `xresnet18` ... `xresnet152`.
     pub(crate) arch: String,
     pub(crate) n_out: NOut,
-    #[serde(default = "one")]
-    pub(crate) widen: f64,
-    #[serde(default = "relu")]
-    pub(crate) activation: ActivationName,
-    #[serde(default)]
-    pub(crate) self_attention: bool,
-    #[serde(default)]
-    pub(crate) dropout: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-fn relu() -> ActivationName {
-    ActivationName::Relu
+    /// Multiplier of the stage widths (unset: fastai's 1, from `XResNetConfig`).
+    pub(crate) widen: Option<f64>,
+    /// Unset: fastai's ReLU.
+    pub(crate) activation: Option<ActivationName>,
+    /// Unset: none.
+    pub(crate) self_attention: Option<bool>,
+    /// Dropout before the head (unset: fastai's 0).
+    pub(crate) dropout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -232,9 +225,8 @@ pub(crate) enum PrecisionName {
 pub(crate) struct TrainSection {
     #[serde(default)]
     pub(crate) loss: LossName,
-    /// Label smoothing's epsilon (fastai: 0.1).
-    #[serde(default = "default_eps")]
-    pub(crate) label_smoothing_eps: f64,
+    /// Label smoothing's epsilon (unset: fastai's, from `Loss::fastai_label_smoothing()`).
+    pub(crate) label_smoothing_eps: Option<f64>,
     /// MixUp's alpha (fastai: 0.4); absent = no MixUp.
     pub(crate) mixup: Option<f64>,
     #[serde(default)]
@@ -254,7 +246,7 @@ impl Default for TrainSection {
     fn default() -> Self {
         TrainSection {
             loss: LossName::CrossEntropy,
-            label_smoothing_eps: default_eps(),
+            label_smoothing_eps: None,
             mixup: None,
             optimizer: OptimizerName::Adam,
             wd: None,
@@ -264,9 +256,6 @@ impl Default for TrainSection {
     }
 }
 
-fn default_eps() -> f64 {
-    0.1
-}
 fn default_checkpoint_every() -> usize {
     50
 }
@@ -405,18 +394,16 @@ fn merge(base: &mut toml::Table, overrides: &toml::Table) {
     }
 }
 
+/// The sections of a training recipe, for the tests (commands read a recipe through
+/// `plan::Plan`).
+#[cfg(test)]
 impl Recipe {
-    /// The data section (validated present for every recipe that trains).
-    pub(crate) fn data(&self) -> &DataSection {
-        // Invariant: `validate` rejects a recipe without `from` and without `[data]`, and
-        // commands that use the data refuse `from` recipes first.
-        self.data.as_ref().expect("validated: a training recipe has [data]")
+    fn data(&self) -> &DataSection {
+        self.data.as_ref().expect("a training recipe has [data]")
     }
 
-    /// The model section (validated present for every recipe that trains).
-    pub(crate) fn model(&self) -> &ModelSection {
-        // Invariant: as for `data`.
-        self.model.as_ref().expect("validated: a training recipe has [model]")
+    fn model(&self) -> &ModelSection {
+        self.model.as_ref().expect("a training recipe has [model]")
     }
 }
 
@@ -476,15 +463,21 @@ fn validate(recipe: &Recipe) -> anyhow::Result<()> {
         bail!("train.mixup = {alpha}: alpha must be a finite number > 0");
     }
     // Widths are 64·widen ... 512·widen channels: below 1/64 a stage would have none.
-    if !(model.widen.is_finite() && model.widen * 64.0 >= 1.0) {
-        bail!("model.widen = {}: must be a finite number >= 1/64 (0.015625)", model.widen);
+    if let Some(widen) = model.widen
+        && !(widen.is_finite() && widen * 64.0 >= 1.0)
+    {
+        bail!("model.widen = {widen}: must be a finite number >= 1/64 (0.015625)");
     }
-    if !(0.0..1.0).contains(&model.dropout) {
-        bail!("model.dropout = {}: must be in [0, 1)", model.dropout);
+    if let Some(dropout) = model.dropout
+        && !(0.0..1.0).contains(&dropout)
+    {
+        bail!("model.dropout = {dropout}: must be in [0, 1)");
     }
     let train = &recipe.train;
-    if !(0.0..1.0).contains(&train.label_smoothing_eps) {
-        bail!("train.label_smoothing_eps = {}: must be in [0, 1)", train.label_smoothing_eps);
+    if let Some(eps) = train.label_smoothing_eps
+        && !(0.0..1.0).contains(&eps)
+    {
+        bail!("train.label_smoothing_eps = {eps}: must be in [0, 1)");
     }
     if let Some(wd) = train.wd
         && !(wd >= 0.0 && wd.is_finite())
@@ -605,7 +598,7 @@ stage = [{ fit = { kind = "one_cycle", epochs = 1, lr_max = 3e-3 } }, { size = 4
             (32, 460, Some(0.05))
         );
         assert_eq!(smoke.model().arch, "xresnet18");
-        assert_eq!(smoke.model().widen, 0.25);
+        assert_eq!(smoke.model().widen, Some(0.25));
         assert_eq!(
             smoke.stages[0].fit,
             Fit::OneCycle { epochs: 1, lr_max: 3e-3, div: None, div_final: None, pct_start: None }

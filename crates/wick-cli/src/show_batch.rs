@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use candle::Device;
 use wick_data::{DataLoader, Normalize, Vocab};
 
-use crate::plan;
+use crate::plan::{self, Plan, PlanArgs};
 
 /// fastai's `show_batch` default, `max_n = 9`.
 pub(crate) const MAX_ITEMS: usize = 9;
@@ -61,42 +61,34 @@ pub(crate) fn draw_first_batch(
 /// `wick show-batch --recipe R --data D [--stage N] [--valid] [--out FILE]`.
 pub(crate) fn run(args: &ShowBatchArgs) -> anyhow::Result<()> {
     let (recipe, _) = crate::recipe::load(&args.recipe, &args.profile)?;
-    if recipe.from.is_some() {
-        bail!(
-            "{} trains nothing (`from`): show the batch of its source recipe",
-            args.recipe.display()
-        );
-    }
-    if args.stage >= recipe.stages.len() {
+    let plan = Plan::resolve(recipe, PlanArgs::on(Device::Cpu)).with_context(|| {
+        format!("{}: show the batch of a recipe that trains", args.recipe.display())
+    })?;
+    if args.stage >= plan.stages.len() {
         bail!(
             "--stage {}: the recipe has {} stage(s), numbered from 0",
             args.stage,
-            recipe.stages.len()
+            plan.stages.len()
         );
     }
     let data_root = plan::resolve_data(&args.data, &mut crate::download_progress())?;
-    let mut dataset = plan::dataset(&data_root, recipe.data(), None)?;
+    let mut dataset = plan.dataset(&data_root)?;
     plan::check_bad_files(&dataset.report, None)?;
     // The split the stage trains on: the first stage's, or the last new split before it.
-    let split_stage = plan::split_stage(&recipe.stages, args.stage);
-    let splits =
-        plan::splits(&mut dataset, recipe.data(), recipe.seed, split_stage, &recipe.stages)?;
-    let stage_data = plan::stage_data(&recipe, args.stage);
-    let stage_seed = wick_data::seed::stage_seed(recipe.seed, args.stage);
-    let (train, valid) =
-        plan::loaders(recipe.data(), stage_data, &splits, stage_seed, None, &Device::Cpu)?;
+    let splits = plan.splits(&mut dataset, plan.stages[args.stage].split_stage)?;
+    let (train, valid) = plan.loaders(args.stage, &splits)?;
     let split = if args.valid { "valid" } else { "train" };
     let path = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("show_batch-{}-stage{}-{split}.png", recipe.name, args.stage))
+        PathBuf::from(format!("show_batch-{}-stage{}-{split}.png", plan.name, args.stage))
     });
     let loader = if args.valid { &valid } else { &train };
-    let shown = draw_first_batch(loader, &splits.vocab, recipe.data().normalize, &path)?;
+    let shown = draw_first_batch(loader, &splits.vocab, plan.data.normalize, &path)?;
     println!(
         "wrote {}: {shown} {split} images of stage {} at {} px, as the first batch of the fit \
          sees them",
         path.display(),
         args.stage,
-        stage_data.size
+        plan.stages[args.stage].data.size
     );
     Ok(())
 }

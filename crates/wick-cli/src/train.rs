@@ -20,16 +20,14 @@ use serde_json::json;
 use wick_data::{LoaderConfig, Shard, SkipLog, Splits};
 use wick_models::{XResNet, load_weights, save_weights, weights_identity};
 use wick_train::{
-    Autocast, Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, DataParallel,
-    FitOutcome, InMemoryBatches, Learner, LearnerConfig, Metric, MixUp, Recorder, RunFiles, Stage,
-    StageData, StageFit, stage_fit_ranges,
+    Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, DataParallel, FitOutcome,
+    InMemoryBatches, MixUp, Recorder, RunFiles, Stage, StageData, StageFit, stage_fit_ranges,
 };
 
 use crate::data_report;
 use crate::distributed::RankSpec;
-use crate::plan;
+use crate::plan::{self, Plan, PlanArgs};
 use crate::progress::Progress;
-use crate::recipe::Recipe;
 use crate::run_dir::{RunDir, git_commit};
 
 /// What `wick train` was asked to do.
@@ -52,18 +50,12 @@ pub(crate) enum TrainOutcome {
 }
 
 pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<TrainOutcome> {
-    let (mut recipe, mut resolved) = crate::recipe::load(&args.recipe_path, &args.profile)?;
-    if recipe.from.is_some() {
-        bail!(
-            "{} evaluates another experiment's model (`from`): run it with `wick tta`",
-            args.recipe_path.display()
-        );
-    }
-    if let Some(seed) = args.seed {
-        recipe.seed = seed;
-    }
-    resolved.insert("seed".to_string(), crate::recipe::seed_value(recipe.seed));
+    let (recipe, mut resolved) = crate::recipe::load(&args.recipe_path, &args.profile)?;
     let device = plan::device(&args.device)?;
+    let plan_args = PlanArgs { device, seed: args.seed, threads: args.threads };
+    let plan = Plan::resolve(recipe, plan_args)
+        .with_context(|| format!("recipe {}", args.recipe_path.display()))?;
+    resolved.insert("seed".to_string(), crate::recipe::seed_value(plan.seed));
     // Rank 0 (or the only process) writes the run directory; other ranks only read it.
     let root = args.rank.is_none_or(|spec| spec.rank == 0);
     let data_root = plan::resolve_data(&args.data, &mut crate::download_progress())?;
@@ -71,8 +63,8 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     // Every file accounted for before the first epoch: listed, pre-scanned and split, and
     // checked before anything is written in the run directory (a bad-file refusal writes only
     // data_report.json, which names every file).
-    let mut dataset = plan::dataset(&data_root, recipe.data(), args.threads)?;
-    let first_splits = plan::splits(&mut dataset, recipe.data(), recipe.seed, 0, &recipe.stages);
+    let mut dataset = plan.dataset(&data_root)?;
+    let first_splits = plan.splits(&mut dataset, 0);
     if let Ok(splits) = &first_splits
         && splits.vocab.len() < 2
     {
@@ -113,13 +105,13 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     let info = json!({
         "recipe": args.recipe_path.display().to_string(),
         "profile": args.profile,
-        "seed": recipe.seed,
+        "seed": plan.seed,
         "device": args.device,
         "data": data_root.display().to_string(),
         "git_commit": git_commit(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "ranks": args.rank.map_or(1, |spec| spec.world_size),
-        "precision": format!("{:?}", recipe.train.precision).to_lowercase(),
+        "precision": format!("{:?}", plan.precision).to_lowercase(),
     });
     if root {
         run_dir.write("run.json", &serde_json::to_string_pretty(&info)?)?;
@@ -128,23 +120,21 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     if root {
         run_dir.write_vocab(&splits.vocab)?;
     }
-    let config = plan::model_config(&recipe, splits.vocab.len())?;
-    let (model, varmap) = plan::model(&config, recipe.seed, &device)?;
+    let (model, varmap) = plan.model(splits.vocab.len())?.build(&plan.device)?;
     let data_parallel = match args.rank {
         Some(spec) => {
-            let data_parallel = crate::distributed::join(spec, &device, &args.out)?;
+            let data_parallel = crate::distributed::join(spec, &plan.device, &args.out)?;
             // Every rank starts from rank 0's weights and BatchNorm buffers.
             data_parallel.broadcast_vars(&sorted_vars(&varmap))?;
             Some(data_parallel)
         }
         None => None,
     };
-    let precision = plan::precision(recipe.train.precision);
     if root {
         println!(
             "{}: {} ({} parameters), {} classes, {} training / {} validation images, device {}",
-            recipe.name,
-            recipe.model().arch,
+            plan.name,
+            plan.model.arch,
             wick_models::count_params(&varmap, ""),
             splits.vocab.len(),
             splits.train.len(),
@@ -154,52 +144,42 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     }
 
     let identity = weights_identity(model.config());
-    let optimizer = plan::optimizer(&recipe, &varmap)?;
     // Every stage brings its own data (built by its factory below, only if the stage runs), so
     // the Learner starts with none.
-    let mut learner = Learner::new(
-        Autocast::new(model, precision),
+    let mut learner = plan.learner(
+        model,
         varmap,
-        optimizer,
         Box::new(InMemoryBatches::new(Vec::new())),
         Box::new(InMemoryBatches::new(Vec::new())),
-        LearnerConfig {
-            loss: plan::loss(&recipe),
-            metrics: vec![Metric::Accuracy],
-            seed: recipe.seed,
-        },
-    );
+    )?;
     if let Some(dp) = &data_parallel {
         learner.add_gradient_hook(Box::new(dp.clone()));
     }
-    if let Some(alpha) = recipe.train.mixup {
+    if let Some(alpha) = plan.mixup {
         learner.add_callback(Box::new(MixUp::new(alpha)?));
     }
-    let fits: Vec<StageFit> =
-        recipe.stages.iter().map(|stage| plan::fit_plan(&stage.fit)).collect();
+    let fits: Vec<StageFit> = plan.stages.iter().map(|stage| stage.fit).collect();
     let ranges = stage_fit_ranges(&fits);
     let checkpoint_path = run_dir.path(CHECKPOINT_FILE);
     if root {
         learner.add_callback(Box::new(
             CheckpointSaver::new(CheckpointConfig {
                 path: checkpoint_path.clone(),
-                every_n_batches: recipe.train.checkpoint_every,
+                every_n_batches: plan.checkpoint_every,
             })
             .with_extras(CheckpointExtras { identity: identity.clone() }),
         ));
         learner.add_callback(Box::new(RunFiles::per_stage(&run_dir.root)));
-        let titles = recipe
+        let titles = plan
             .stages
             .iter()
-            .zip(&fits)
             .enumerate()
-            .map(|(stage_idx, (stage, fit))| {
-                let stage_data = plan::stage_data(&recipe, stage_idx);
+            .map(|(stage_idx, stage)| {
                 format!(
                     "stage {stage_idx}: {} epochs at {} px, batch size {}{}{}",
-                    fit.n_epoch(),
-                    stage_data.size,
-                    stage_data.batch_size,
+                    stage.fit.n_epoch(),
+                    stage.data.size,
+                    stage.data.batch_size,
                     if stage.new_split { ", new random split" } else { "" },
                     match &data_parallel {
                         Some(dp) => format!(" over {} GPUs", dp.world_size()),
@@ -239,9 +219,7 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     let inputs =
         RefCell::new(StageInputs { dataset, splits, split_stage: 0, skip_logs: Vec::new() });
     let context = StageContext {
-        recipe: &recipe,
-        threads: args.threads,
-        device: &device,
+        plan: &plan,
         run_dir: &run_dir,
         data_parallel: data_parallel.as_ref(),
         root,
@@ -307,10 +285,9 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         return Ok(TrainOutcome::Finished);
     }
     // The validation images of the last stage (its split, if no stage had to build it here).
-    let last_split = plan::split_stage(&recipe.stages, recipe.stages.len().saturating_sub(1));
+    let last_split = plan.last_stage().split_stage;
     if last_split != split_stage {
-        splits =
-            plan::splits(&mut dataset, recipe.data(), recipe.seed, last_split, &recipe.stages)?;
+        splits = plan.splits(&mut dataset, last_split)?;
     }
     save_weights(learner.model().inner(), learner.varmap(), &run_dir.path("model.safetensors"))?;
     run_dir.write_items("valid.txt", &splits.valid, &data_root)?;
@@ -324,33 +301,30 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     let mut elapsed = 0.0;
     let stage_results: Vec<serde_json::Value> = ranges
         .iter()
+        .zip(&plan.stages)
         .enumerate()
-        .map(|(stage_idx, range)| {
+        .map(|(stage_idx, (range, stage))| {
             // A finished plan's history holds every fit; clamp all the same rather than panic.
             let n_fits = recorder.fits().len();
             let history = recorder.slice(range.start.min(n_fits)..range.end.min(n_fits));
             elapsed += stage_seconds(&history);
-            stage_result(stage_idx, plan::stage_data(&recipe, stage_idx), &history, elapsed)
+            stage_result(stage_idx, stage.data, &history, elapsed)
         })
         .collect();
     let last = stage_results.last().context("the recipe has no stage")?;
     let result = json!({
-        "name": recipe.name,
+        "name": plan.name,
         "profile": args.profile,
-        "seed": recipe.seed,
+        "seed": plan.seed,
         "accuracy": last["accuracy"],
         "valid_loss": last["valid_loss"],
         "seconds": stage_results.iter().filter_map(|s| s["seconds"].as_f64()).sum::<f64>(),
         "stages": stage_results,
-        "book": recipe.book.as_ref().map(|b| json!({"accuracy": b.accuracy, "source": b.source})),
+        "book": plan.book.as_ref().map(|b| json!({"accuracy": b.accuracy, "source": b.source})),
         "data": dataset.report.result_summary(),
     });
     run_dir.write("result.json", &serde_json::to_string_pretty(&result)?)?;
-    println!(
-        "{}: final accuracy {:.4}",
-        recipe.name,
-        last["accuracy"].as_f64().unwrap_or(f64::NAN)
-    );
+    println!("{}: final accuracy {:.4}", plan.name, last["accuracy"].as_f64().unwrap_or(f64::NAN));
     Ok(TrainOutcome::Finished)
 }
 
@@ -363,16 +337,14 @@ const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 struct StageInputs {
     dataset: plan::Dataset,
     splits: Splits,
-    /// The stage whose split rule `splits` follows ([`plan::split_stage`]).
+    /// The stage whose split rule `splits` follows ([`plan::StagePlan::split_stage`]).
     split_stage: usize,
     skip_logs: Vec<(usize, [SkipLog; 2])>,
 }
 
 /// What the stages' data factories read.
 struct StageContext<'a> {
-    recipe: &'a Recipe,
-    threads: Option<usize>,
-    device: &'a Device,
+    plan: &'a Plan,
     run_dir: &'a RunDir,
     data_parallel: Option<&'a DataParallel>,
     root: bool,
@@ -386,39 +358,19 @@ fn stage_data(
     context: &StageContext<'_>,
     stage_idx: usize,
 ) -> anyhow::Result<StageData> {
-    let recipe = context.recipe;
-    let split_stage = plan::split_stage(&recipe.stages, stage_idx);
+    let plan = context.plan;
+    let split_stage = plan.stages[stage_idx].split_stage;
     if split_stage != inputs.split_stage {
-        inputs.splits = plan::splits(
-            &mut inputs.dataset,
-            recipe.data(),
-            recipe.seed,
-            split_stage,
-            &recipe.stages,
-        )?;
+        inputs.splits = plan.splits(&mut inputs.dataset, split_stage)?;
         inputs.split_stage = split_stage;
     }
     let splits = &inputs.splits;
     let stage_dir = context.run_dir.stage(stage_idx)?;
-    let stage_data = plan::stage_data(recipe, stage_idx);
-    let stage_seed = wick_data::seed::stage_seed(recipe.seed, stage_idx);
-    let (train, valid) = plan::loaders(
-        recipe.data(),
-        stage_data,
-        splits,
-        stage_seed,
-        context.threads,
-        context.device,
-    )?;
+    let (train, valid) = plan.loaders(stage_idx, splits)?;
     if context.root {
         // fastai's show_batch of what this stage trains on, to check the augmentation.
         let picture = stage_dir.join("show_batch.png");
-        crate::show_batch::draw_first_batch(
-            &train,
-            &splits.vocab,
-            recipe.data().normalize,
-            &picture,
-        )?;
+        crate::show_batch::draw_first_batch(&train, &splits.vocab, plan.data.normalize, &picture)?;
     }
     // Each rank builds only its share of every global batch: the same images, bit for bit, as
     // that share of a single-process run.
@@ -543,17 +495,18 @@ fn check_same_recipe(run_dir: &RunDir, resolved: &toml::Table) -> anyhow::Result
     Ok(())
 }
 
-/// Reads a run's recipe and rebuilds its model with the saved weights (for eval, tta, predict).
+/// Reads a run's recipe as its plan on `device` and rebuilds its model with the saved weights
+/// (for eval, tta, predict, export).
 pub(crate) fn load_run(
     run_dir: &RunDir,
-    device: &Device,
-) -> anyhow::Result<(Recipe, XResNet, VarMap)> {
+    device: Device,
+) -> anyhow::Result<(Plan, XResNet, VarMap)> {
     let (recipe, _) = crate::recipe::parse(&run_dir.read("recipe.resolved.toml")?, "full")?;
+    let plan = Plan::resolve(recipe, PlanArgs::on(device))?;
     let vocab = run_dir.read_vocab()?;
-    let config = plan::model_config(&recipe, vocab.len())?;
-    let (model, varmap) = plan::model(&config, recipe.seed, device)?;
+    let (model, varmap) = plan.model(vocab.len())?.build(&plan.device)?;
     load_weights(&model, &varmap, &run_dir.path("model.safetensors"))?;
-    Ok((recipe, model, varmap))
+    Ok((plan, model, varmap))
 }
 
 /// The data root recorded in a run's `run.json`, unless `--data` overrides it.
