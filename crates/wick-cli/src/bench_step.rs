@@ -2,13 +2,12 @@
 //! `scripts/anchor_bench.py` measures PyTorch's (random inputs already on the device;
 //! forward, cross-entropy, backward and fastai's Adam step; the device synchronised at the
 //! end of every step; images/s from the median step). Prints one JSON line. Also the synthetic
-//! batch and the forward/loss/backward step that `device-check` runs too.
+//! batch that `device-check` trains on too (both run `wick_train::forward_backward`).
 
-use candle::backprop::GradStore;
 use candle::{Device, Tensor};
 use serde_json::json;
-use wick_models::{XResNet, XResNetConfig};
-use wick_train::Precision;
+use wick_models::XResNetConfig;
+use wick_train::{Precision, forward_backward};
 
 use crate::plan::{self, ModelPlan, OptimizerPlan};
 
@@ -42,24 +41,6 @@ pub(crate) fn synthetic_batch(
     let labels: Vec<u32> = (0..batch_size as u32).map(|i| i % 10).collect();
     let ys = Tensor::from_vec(labels, batch_size, &Device::Cpu)?.to_device(device)?;
     Ok((xs, ys))
-}
-
-/// A training step's forward (training mode, in `precision`), cross-entropy and backward
-/// pass: the logits `(B, K)`, the loss (a scalar) and the gradients; the caller steps its
-/// optimizer.
-///
-/// # Errors
-/// candle's, from any of the three.
-pub(crate) fn forward_backward(
-    model: &XResNet,
-    precision: Precision,
-    xs: &Tensor,
-    ys: &Tensor,
-) -> anyhow::Result<(Tensor, Tensor, GradStore)> {
-    let logits = precision.forward_t(model, xs, true)?;
-    let loss = wick_train::cross_entropy(&logits, ys)?;
-    let grads = loss.backward()?;
-    Ok((logits, loss, grads))
 }
 
 pub(crate) fn run(args: &BenchStepArgs) -> anyhow::Result<()> {

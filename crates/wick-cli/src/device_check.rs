@@ -14,8 +14,9 @@ use wick_models::{Depth, XResNetConfig};
 use wick_nn::check::{CheckConfig, OpReport, compare_ops};
 use wick_train::{Precision, trainable_params};
 
-use crate::bench_step::{forward_backward, synthetic_batch};
+use crate::bench_step::synthetic_batch;
 use crate::plan::{self, ModelPlan, OptimizerPlan};
+use wick_train::forward_backward;
 
 /// What `wick device-check` was asked to do.
 pub(crate) struct DeviceCheckArgs {

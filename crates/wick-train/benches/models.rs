@@ -27,7 +27,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wick_models::{Depth, XResNetConfig, seeded_var_builder, xresnet};
 use wick_nn::allocator::AllocatorTuning;
-use wick_train::{Adam, AdamConfig, Optimizer, cross_entropy, optim_params, trainable_params};
+use wick_train::{
+    Adam, AdamConfig, Optimizer, Precision, forward_backward, optim_params, trainable_params,
+};
 
 fn main() {
     let mut case = None;
@@ -84,9 +86,8 @@ fn main() {
     let mut step = || -> (f64, f64) {
         let start = Instant::now();
         if train {
-            let loss =
-                cross_entropy(&model.forward_t(&xs, true).expect("forward"), &ys).expect("loss");
-            let grads = loss.backward().expect("backward");
+            let (_, _, grads) =
+                forward_backward(&model, Precision::F32, &xs, &ys).expect("forward and backward");
             let middle = start.elapsed().as_secs_f64();
             optimizer.step(&grads).expect("adam step");
             (start.elapsed().as_secs_f64(), middle)

@@ -12,7 +12,8 @@
 //! - [`mixup`]: MixUp and CutMix draws (from a seeded RNG passed in) and mixing.
 //! - [`metrics`]: accuracy, top-k, error rate, weighted means and the smoothed train loss.
 //! - [`lr_find`]: the lr finder's stopping rule and its four suggestion rules.
-//! - [`precision`]: bf16 mixed precision as the [`Autocast`] model wrapper.
+//! - [`precision`]: bf16 mixed precision as the [`Autocast`] model wrapper, and the bare
+//!   training step the benches and the device check run ([`forward_backward`]).
 //!
 //! The Learner and what plugs into it:
 //! - [`learner`]: the [`Learner`] and the one training loop; its module docs list the event
@@ -90,7 +91,7 @@ pub use output::{
     loss_chart, lr_find_chart, metrics_jsonl, schedule_charts, write_loss_plot, write_lr_find_plot,
     write_metrics_jsonl, write_schedule_plot,
 };
-pub use precision::{Autocast, Precision};
+pub use precision::{Autocast, Precision, forward_backward};
 pub use recipes::{LrFindConfig, LrFindResult};
 pub use recorder::{
     BatchRecord, EpochRecord, FitRecord, Metric, Recorder, ValidRecord, format_epoch_table,

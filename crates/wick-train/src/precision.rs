@@ -116,3 +116,23 @@ impl<M: ModelState> ModelState for Autocast<M> {
         self.model.load_state(tensors)
     }
 }
+
+/// A bare training step without the optimizer, as the benches time it and the CLI's device
+/// check verifies it: the training-mode forward of `model` on `xs (B, C, H, W)` in `precision`,
+/// fastai's cross-entropy against the labels `ys (B,)`, and the backward pass. Returns the
+/// logits `(B, K)` in f32, the loss (a scalar) and the gradients; the caller steps its
+/// optimizer. (The Learner's loop runs the same three with its callbacks between them.)
+///
+/// # Errors
+/// candle's, from the forward, the loss (shapes: see [`crate::cross_entropy`]) or the backward.
+pub fn forward_backward<M: ModuleT + ?Sized>(
+    model: &M,
+    precision: Precision,
+    xs: &Tensor,
+    ys: &Tensor,
+) -> candle::Result<(Tensor, Tensor, candle::backprop::GradStore)> {
+    let logits = precision.forward_t(model, xs, true)?;
+    let loss = crate::loss::cross_entropy(&logits, ys)?;
+    let grads = loss.backward()?;
+    Ok((logits, loss, grads))
+}
