@@ -71,10 +71,10 @@ impl ImageFormat {
 }
 
 /// The names of the formats [`decode_rgb`] reads, for messages.
-pub const FORMAT_NAMES: &str = "JPEG, PNG, BMP, GIF, TIFF or WebP";
+pub(crate) const FORMAT_NAMES: &str = "JPEG, PNG, BMP, GIF, TIFF or WebP";
 
 /// The format of `bytes` from its magic number, or `None`.
-pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
+pub(crate) fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         Some(ImageFormat::Jpeg)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
@@ -168,7 +168,7 @@ pub(crate) fn check_limit(
 }
 
 /// The smallest DCT reduction worth decoding at (see the module docs).
-pub const MIN_SCALED_DENOMINATOR: u32 = 4;
+pub(crate) const MIN_SCALED_DENOMINATOR: u32 = 4;
 
 /// The largest DCT reduction in {1, 2, 4, 8} that keeps `size` at least `min_size`.
 pub fn dct_scale_denominator(size: (u32, u32), min_size: (u32, u32)) -> u32 {
