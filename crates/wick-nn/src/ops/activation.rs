@@ -85,7 +85,7 @@ fn relu_forward(a: &[f32], b: Option<&[f32]>) -> Vec<f32> {
 
 /// The ReLU forward as a candle op.
 #[derive(Debug, Clone, Copy)]
-pub struct Relu;
+pub(crate) struct Relu;
 
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {

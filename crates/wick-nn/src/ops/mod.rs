@@ -18,7 +18,7 @@ mod optim;
 mod pool;
 mod storage;
 
-pub use activation::{Relu, add_relu, relu};
+pub use activation::{add_relu, relu};
 pub use batch_norm::{
     BatchNormActivation, BatchNormOpConfig, BatchStatistics, batch_norm_eval, batch_norm_train,
 };
