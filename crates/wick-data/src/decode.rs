@@ -71,10 +71,10 @@ impl ImageFormat {
 }
 
 /// The names of the formats [`decode_rgb`] reads, for messages.
-pub const FORMAT_NAMES: &str = "JPEG, PNG, BMP, GIF, TIFF or WebP";
+pub(crate) const FORMAT_NAMES: &str = "JPEG, PNG, BMP, GIF, TIFF or WebP";
 
 /// The format of `bytes` from its magic number, or `None`.
-pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
+pub(crate) fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         Some(ImageFormat::Jpeg)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
@@ -168,10 +168,10 @@ pub(crate) fn check_limit(
 }
 
 /// The smallest DCT reduction worth decoding at (see the module docs).
-pub const MIN_SCALED_DENOMINATOR: u32 = 4;
+pub(crate) const MIN_SCALED_DENOMINATOR: u32 = 4;
 
 /// The largest DCT reduction in {1, 2, 4, 8} that keeps `size` at least `min_size`.
-pub fn dct_scale_denominator(size: (u32, u32), min_size: (u32, u32)) -> u32 {
+pub(crate) fn dct_scale_denominator(size: (u32, u32), min_size: (u32, u32)) -> u32 {
     let mut best = 1;
     for denominator in [2, 4, 8] {
         let reduced = (size.0.div_ceil(denominator), size.1.div_ceil(denominator));
@@ -273,4 +273,18 @@ fn decode_with_image(
     // PIL's convert('RGB') drops alpha without compositing; `to_rgb8` does the same and maps
     // 16-bit samples to 8 bits.
     Ok(Decoded { image: dynamic.to_rgb8(), original_size: (width, height), scale_denominator: 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dct_scale_denominator_picks_the_largest_reduction_that_covers_min_size() {
+        assert_eq!(dct_scale_denominator((500, 375), (500, 375)), 1);
+        assert_eq!(dct_scale_denominator((500, 375), (250, 188)), 2);
+        assert_eq!(dct_scale_denominator((500, 375), (120, 90)), 4);
+        assert_eq!(dct_scale_denominator((500, 375), (10, 10)), 8);
+        assert_eq!(dct_scale_denominator((500, 375), (251, 10)), 1);
+    }
 }

@@ -47,7 +47,7 @@ impl Mat3 {
 /// The homography that maps each `from[i]` to `to[i]` (four point pairs), fastai's
 /// `find_coeffs(p1=to, p2=from)`: the 8 coefficients solve a linear system, the ninth is 1.
 /// Returns `None` when the points are degenerate (three of them collinear).
-pub fn homography(from: [(f64, f64); 4], to: [(f64, f64); 4]) -> Option<Mat3> {
+pub(crate) fn homography(from: [(f64, f64); 4], to: [(f64, f64); 4]) -> Option<Mat3> {
     let mut system = [[0.0f64; 9]; 8];
     for (i, (&(fx, fy), &(tx, ty))) in from.iter().zip(to.iter()).enumerate() {
         system[2 * i] = [fx, fy, 1.0, 0.0, 0.0, 0.0, -tx * fx, -tx * fy, tx];
@@ -90,26 +90,11 @@ pub fn warp_homography(x_t: f64, y_t: f64) -> Mat3 {
     homography(moved, corners).unwrap_or(Mat3::IDENTITY)
 }
 
-/// Reflects `value` into `[low, high]` as `grid_sample(padding_mode='reflection',
-/// align_corners=True)` does: mirror images about the two end points, repeated.
-#[inline]
-pub fn reflect(value: f64, low: f64, high: f64) -> f64 {
-    if value >= low && value <= high {
-        return value;
-    }
-    let span = high - low;
-    if span <= 0.0 {
-        return low;
-    }
-    // One mirror image covers every affine augmentation in practice; the general case
-    // (a remainder, which is a slow libm call) is only for far-out points.
-    let offset = (value - low).abs();
-    let offset = if offset <= 2.0 * span { offset } else { offset % (2.0 * span) };
-    if offset <= span { low + offset } else { high - (offset - span) }
-}
-
-/// [`reflect`] without branches, for the vectorised hot loop: the triangle wave with period
-/// `2 * span` that equals `value` on `[low, low + span]` (`span > 0`).
+/// Reflects a coordinate into `[low, low + span]` as `grid_sample(padding_mode='reflection',
+/// align_corners=True)` does (mirror images about the two end points, repeated), without
+/// branches, for the vectorised hot loop: the triangle wave with period `2 * span` that equals
+/// `value` on `[low, low + span]` (`span > 0`). The unit tests check it against a plain
+/// reference.
 #[derive(Debug, Clone, Copy)]
 struct Mirror {
     low: f64,
@@ -432,6 +417,42 @@ fn render_rows(geometry: &Geometry, region: &Region<'_>, texels: &TexelTable, ou
             red[start + col] = sample(0);
             green[start + col] = sample(1);
             blue[start + col] = sample(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wick_testing::{Tol, assert_close};
+
+    /// Reflects `value` into `[low, high]` as `grid_sample(padding_mode='reflection',
+    /// align_corners=True)` does: mirror images about the two end points, repeated.
+    fn reflect(value: f64, low: f64, high: f64) -> f64 {
+        if value >= low && value <= high {
+            return value;
+        }
+        let span = high - low;
+        if span <= 0.0 {
+            return low;
+        }
+        // One mirror image covers every affine augmentation in practice; the general case
+        // (a remainder, which is a slow libm call) is only for far-out points.
+        let offset = (value - low).abs();
+        let offset = if offset <= 2.0 * span { offset } else { offset % (2.0 * span) };
+        if offset <= span { low + offset } else { high - (offset - span) }
+    }
+
+    #[test]
+    fn mirror_matches_the_reference_reflection() {
+        for (low, high) in [(0.0, 1.0), (-0.5, 223.5), (2.0, 2.25)] {
+            let mirror = Mirror::new(low, high - low);
+            // From three spans below `low` to four above: several mirror images each side.
+            let values: Vec<f64> =
+                (-300..=400).map(|step| low + (high - low) * f64::from(step) / 100.0).collect();
+            let got: Vec<f64> = values.iter().map(|&value| mirror.apply(value)).collect();
+            let want: Vec<f64> = values.iter().map(|&value| reflect(value, low, high)).collect();
+            assert_close(&format!("reflect into [{low}, {high}]"), got, want, Tol::abs(1e-9));
         }
     }
 }

@@ -71,7 +71,7 @@ impl SkipLog {
 }
 
 /// Draws tried to replace a failing file in a shuffled loader before the batch is an error.
-pub const MAX_REPLACEMENT_DRAWS: u64 = 16;
+pub(crate) const MAX_REPLACEMENT_DRAWS: u64 = 16;
 
 /// How a [`DataLoader`] batches its items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

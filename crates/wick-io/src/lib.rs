@@ -4,8 +4,9 @@
 //!   fsynced: a crash leaves the old file or the new one, never a torn one.
 //! - the pieces of a checked safetensors file: [`Blob`] (a tensor's bytes on the CPU),
 //!   [`non_finite`] (a NaN/infinity scan of any IEEE float dtype), [`checksum`] (SHA-256 over
-//!   names, dtypes, shapes and bytes) and [`canonical_header`] (sorted metadata, so the same
-//!   contents always give the same bytes).
+//!   names, dtypes, shapes and bytes) and [`serialize_checked`] (the file's bytes with the
+//!   checksum and a canonical header: sorted metadata, so the same contents always give the
+//!   same bytes).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -80,7 +81,7 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 ///
 /// # Errors
 /// A description when `bytes` does not start with a safetensors header.
-pub fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+pub(crate) fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     let length: [u8; 8] =
         bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("no safetensors header")?;
     let end = 8 + usize::try_from(u64::from_le_bytes(length)).map_err(|e| e.to_string())?;

@@ -47,7 +47,7 @@ pub enum AllocatorTuning {
 /// The largest block glibc then serves from its heap rather than with a fresh `mmap`: 1 GiB,
 /// above any one tensor of the chapter's recipes (xresnet50's largest at 224 px, batch 64, is
 /// `(64, 256, 56, 56)` f32: 206 MB).
-pub const MMAP_THRESHOLD_BYTES: i32 = 1 << 30;
+pub(crate) const MMAP_THRESHOLD_BYTES: i32 = 1 << 30;
 
 /// Keeps the memory a training step frees for the next step (see the module docs): glibc's
 /// mmap threshold at [`MMAP_THRESHOLD_BYTES`] (glibc 2.36 accepts it; a glibc that refuses

@@ -51,11 +51,6 @@ impl DataParallel {
         self.group.world_size()
     }
 
-    /// Rank 0, the one that writes checkpoints, logs and weights.
-    pub fn is_root(&self) -> bool {
-        self.rank() == 0
-    }
-
     /// Sets every variable (parameters and buffers) to rank 0's value. `vars` must list the
     /// same variables in the same order on every rank (sort them by name).
     pub fn broadcast_vars(&self, vars: &[(String, Var)]) -> candle::Result<()> {

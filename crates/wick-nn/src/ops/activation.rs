@@ -85,7 +85,7 @@ fn relu_forward(a: &[f32], b: Option<&[f32]>) -> Vec<f32> {
 
 /// The ReLU forward as a candle op.
 #[derive(Debug, Clone, Copy)]
-pub struct Relu;
+pub(crate) struct Relu;
 
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {
@@ -125,7 +125,7 @@ impl CustomOp1 for Relu {
 
 /// `relu(a + b)` as a candle op.
 #[derive(Debug, Clone, Copy)]
-pub struct AddRelu;
+pub(crate) struct AddRelu;
 
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
@@ -172,7 +172,7 @@ impl CustomOp2 for AddRelu {
 
 /// `grad · !(output <= 0)`: the backward of both ops, from the forward output.
 #[derive(Debug, Clone, Copy)]
-pub struct ReluBackward;
+pub(crate) struct ReluBackward;
 
 impl CustomOp2 for ReluBackward {
     fn name(&self) -> &'static str {

@@ -150,8 +150,8 @@ fn output_shape(geometry: &ConvGeometry) -> Shape {
 
 /// The forward convolution as a candle op on `(xs, weight)`.
 #[derive(Debug, Clone, Copy)]
-pub struct Conv2dOp {
-    pub config: Conv2dConfig,
+pub(crate) struct Conv2dOp {
+    pub(crate) config: Conv2dConfig,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -225,10 +225,10 @@ impl CustomOp2 for Conv2dOp {
 /// returning `(B, C, H, W)`. H and W are stored because several input sizes give the same
 /// output size when stride > 1.
 #[derive(Debug, Clone, Copy)]
-pub struct Conv2dBackwardInputOp {
-    pub config: Conv2dConfig,
-    pub input_height: usize,
-    pub input_width: usize,
+pub(crate) struct Conv2dBackwardInputOp {
+    pub(crate) config: Conv2dConfig,
+    pub(crate) input_height: usize,
+    pub(crate) input_width: usize,
 }
 
 impl CustomOp2 for Conv2dBackwardInputOp {
@@ -306,10 +306,10 @@ impl Conv2dBackwardInputOp {
 /// Gradient of the convolution weight: an op on `(xs (B, C, H, W), grad_output (B, O, OH, OW))`
 /// returning `(O, C/groups, KH, KW)`.
 #[derive(Debug, Clone, Copy)]
-pub struct Conv2dBackwardWeightOp {
-    pub config: Conv2dConfig,
-    pub kernel_height: usize,
-    pub kernel_width: usize,
+pub(crate) struct Conv2dBackwardWeightOp {
+    pub(crate) config: Conv2dConfig,
+    pub(crate) kernel_height: usize,
+    pub(crate) kernel_width: usize,
 }
 
 impl CustomOp2 for Conv2dBackwardWeightOp {

@@ -18,19 +18,13 @@ mod optim;
 mod pool;
 mod storage;
 
-pub use activation::{AddRelu, Relu, ReluBackward, add_relu, relu};
+pub use activation::{add_relu, relu};
 pub use batch_norm::{
     BatchNormActivation, BatchNormOpConfig, BatchStatistics, batch_norm_eval, batch_norm_train,
 };
-pub use conv::{
-    Conv2dBackwardInputOp, Conv2dBackwardWeightOp, Conv2dConfig, Conv2dOp, conv2d,
-    cudnn_allow_tf32, set_cudnn_allow_tf32,
-};
+pub use conv::{Conv2dConfig, conv2d, cudnn_allow_tf32, set_cudnn_allow_tf32};
 pub use optim::{AdamStep, SgdStep, adam_step, fused_step_supported, sgd_step};
-pub use pool::{
-    AvgPool2dBackwardOp, AvgPool2dConfig, AvgPool2dOp, MaxPool2dBackwardOp, MaxPool2dConfig,
-    MaxPool2dOp, avg_pool2d, max_pool2d,
-};
+pub use pool::{AvgPool2dConfig, MaxPool2dConfig, avg_pool2d, max_pool2d};
 
 /// Whether `t` is on a CUDA device in a dtype this build has kernels for (f32, bf16, f16).
 /// Always false without the `cuda` feature.

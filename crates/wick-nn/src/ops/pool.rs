@@ -222,8 +222,8 @@ fn candle_pool_matches(window: &Window, height: usize, width: usize) -> bool {
 
 /// Max pooling forward as a candle op.
 #[derive(Debug, Clone, Copy)]
-pub struct MaxPool2dOp {
-    pub config: MaxPool2dConfig,
+pub(crate) struct MaxPool2dOp {
+    pub(crate) config: MaxPool2dConfig,
 }
 
 /// `max` that propagates NaN from either side (PyTorch's max pooling returns NaN for a
@@ -450,8 +450,8 @@ fn max_pool_backward_plane(
 
 /// Gradient of max pooling: an op on `(xs (B, C, H, W), grad_output (B, C, OH, OW))`.
 #[derive(Debug, Clone, Copy)]
-pub struct MaxPool2dBackwardOp {
-    pub config: MaxPool2dConfig,
+pub(crate) struct MaxPool2dBackwardOp {
+    pub(crate) config: MaxPool2dConfig,
 }
 
 impl MaxPool2dBackwardOp {
@@ -527,8 +527,8 @@ impl CustomOp2 for MaxPool2dBackwardOp {
 
 /// Average pooling forward as a candle op.
 #[derive(Debug, Clone, Copy)]
-pub struct AvgPool2dOp {
-    pub config: AvgPool2dConfig,
+pub(crate) struct AvgPool2dOp {
+    pub(crate) config: AvgPool2dConfig,
 }
 
 impl CustomOp1 for AvgPool2dOp {
@@ -571,10 +571,10 @@ impl CustomOp1 for AvgPool2dOp {
 /// Gradient of average pooling: an op on `grad_output (B, C, OH, OW)` returning
 /// `(B, C, H, W)`; H and W are stored because several input sizes pool to the same size.
 #[derive(Debug, Clone, Copy)]
-pub struct AvgPool2dBackwardOp {
-    pub config: AvgPool2dConfig,
-    pub input_height: usize,
-    pub input_width: usize,
+pub(crate) struct AvgPool2dBackwardOp {
+    pub(crate) config: AvgPool2dConfig,
+    pub(crate) input_height: usize,
+    pub(crate) input_width: usize,
 }
 
 impl CustomOp1 for AvgPool2dBackwardOp {
