@@ -50,9 +50,9 @@ pub enum AllocatorTuning {
 pub(crate) const MMAP_THRESHOLD_BYTES: i32 = 1 << 30;
 
 /// Keeps the memory a training step frees for the next step (see the module docs): glibc's
-/// mmap threshold at 1 GiB (glibc 2.36 accepts it; a glibc that refuses
-/// gives [`AllocatorTuning::Rejected`]), heap trimming off, heap growth padded by 64 MiB. Process-wide; call it once at the start of a binary, before the threads start.
-/// Idempotent.
+/// mmap threshold at 1 GiB (glibc 2.36 accepts it; a glibc that refuses gives
+/// [`AllocatorTuning::Rejected`]), heap trimming off, heap growth padded by 64 MiB.
+/// Process-wide; call it once at the start of a binary, before the threads start. Idempotent.
 pub fn retain_freed_memory() -> AllocatorTuning {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
