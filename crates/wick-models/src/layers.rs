@@ -10,7 +10,9 @@ use candle::{Module, ModuleT, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use wick_nn::{BatchNorm2d, BatchNorm2dConfig, BatchNormActivation, Conv2d, Conv2dConfig};
+use wick_nn::{
+    BatchNorm2d, BatchNorm2dConfig, BatchNormActivation, Conv2d, Conv2dConfig, read_parameter,
+};
 
 /// The non-linearity used after convolutions and residual additions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,7 +130,7 @@ impl ModuleT for ConvLayer {
         let convolved = if train {
             self.conv.forward(xs)?
         } else {
-            let weight = self.conv.weight().detach().to_dtype(xs.dtype())?;
+            let weight = read_parameter(self.conv.weight(), false).to_dtype(xs.dtype())?;
             wick_nn::ops::conv2d(xs, &weight, *self.conv.config())?
         };
         let ys = self.bn.forward_t(&convolved, train)?;
@@ -256,11 +258,7 @@ impl ModuleT for SimpleSelfAttention {
             self.weight_v.set(&v)?;
             self.weight_u.set(&u)?;
         }
-        let (weight, gamma) = if train {
-            (weight, self.gamma.clone())
-        } else {
-            (weight.detach(), self.gamma.detach())
-        };
+        let (weight, gamma) = (read_parameter(&weight, train), read_parameter(&self.gamma, train));
         let u = self.weight_u.as_detached_tensor().unsqueeze(0)?;
         let v = self.weight_v.as_detached_tensor().unsqueeze(1)?;
         let sigma = u.matmul(&weight.matmul(&v)?)?.reshape(())?;

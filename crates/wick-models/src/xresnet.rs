@@ -443,10 +443,7 @@ impl XResNet {
     /// The linear head in the activations' dtype (read detached in evaluation, so no graph
     /// is built).
     fn head_forward(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let read = |tensor: &Tensor| {
-            let tensor = if train { tensor.clone() } else { tensor.detach() };
-            tensor.to_dtype(xs.dtype())
-        };
+        let read = |tensor: &Tensor| wick_nn::read_parameter(tensor, train).to_dtype(xs.dtype());
         let ys = xs.matmul(&read(self.head.weight())?.t()?)?;
         match self.head.bias() {
             Some(bias) => ys.broadcast_add(&read(bias)?),

@@ -263,8 +263,8 @@ impl BatchNorm2d {
         // Evaluation builds no graph: every parameter is read detached.
         ops::batch_norm_eval(
             xs,
-            &self.weight.detach(),
-            &self.bias.detach(),
+            &read_parameter(&self.weight, false),
+            &read_parameter(&self.bias, false),
             &self.running_mean.as_detached_tensor(),
             &self.running_var.as_detached_tensor(),
             self.op_config(),
@@ -296,4 +296,12 @@ pub fn batch_norm2d(
         bias,
         config,
     )
+}
+
+/// A parameter as a layer's forward reads it: as is in training (autograd tracks it), detached
+/// in evaluation, so that an eval-mode forward builds no autograd graph and frees each
+/// activation as soon as the next layer has read it (PyTorch's `torch.no_grad()` for the
+/// parameters). Every layer of wick-nn and wick-models reads its parameters through this.
+pub fn read_parameter(parameter: &Tensor, train: bool) -> Tensor {
+    if train { parameter.clone() } else { parameter.detach() }
 }

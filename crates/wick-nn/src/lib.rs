@@ -37,7 +37,7 @@ mod state;
 pub use gemm::{GemmBackend, gemm_backend, set_gemm_backend};
 pub use layers::{
     AvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, MaxPool2d, batch_norm2d, conv2d,
-    conv2d_no_bias,
+    conv2d_no_bias, read_parameter,
 };
 pub use ops::{AvgPool2dConfig, BatchNormActivation, Conv2dConfig, MaxPool2dConfig};
 pub use state::ModelState;

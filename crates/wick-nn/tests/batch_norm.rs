@@ -232,3 +232,34 @@ fn fused_relu_keeps_nan_in_train_and_eval_like_pytorch() -> candle::Result<()> {
     }
     Ok(())
 }
+
+/// `read_parameter`: training reads the variable itself (autograd reaches it), evaluation a
+/// detached copy of its values, so an eval-mode forward (here BatchNorm's) builds no graph.
+#[test]
+fn evaluation_reads_parameters_detached_and_builds_no_graph() -> candle::Result<()> {
+    use candle::{Device, Tensor, Var};
+    let weight = Var::new(&[1.5f32, -0.5], &Device::Cpu)?;
+    let trained = wick_nn::read_parameter(weight.as_tensor(), true);
+    assert!(trained.is_variable(), "training must read the variable");
+    let evaluated = wick_nn::read_parameter(weight.as_tensor(), false);
+    assert!(!evaluated.is_variable() && !evaluated.track_op());
+    assert_eq!(evaluated.to_vec1::<f32>()?, vec![1.5, -0.5]);
+    let xs = Tensor::new(&[[[[1.0f32, 2.0]], [[3.0, 4.0]]]], &Device::Cpu)?;
+    let (ys_train, _) = wick_nn::ops::batch_norm_train(
+        &xs,
+        &trained,
+        &Tensor::zeros(2, candle::DType::F32, &Device::Cpu)?,
+        wick_nn::ops::BatchNormOpConfig::default(),
+    )?;
+    assert!(ys_train.track_op(), "a training forward is tracked");
+    let ys_eval = wick_nn::ops::batch_norm_eval(
+        &xs,
+        &evaluated,
+        &Tensor::zeros(2, candle::DType::F32, &Device::Cpu)?,
+        &Tensor::zeros(2, candle::DType::F32, &Device::Cpu)?,
+        &Tensor::ones(2, candle::DType::F32, &Device::Cpu)?,
+        wick_nn::ops::BatchNormOpConfig::default(),
+    )?;
+    assert!(!ys_eval.track_op(), "an eval forward builds no graph");
+    Ok(())
+}
