@@ -89,6 +89,7 @@ pub struct Preprocessing {
 /// Everything an ONNX export needs besides the weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnnxExportConfig {
+    /// The input size and normalisation the graph applies before the network.
     pub preprocessing: Preprocessing,
     /// Class names in logit order (K of them).
     pub class_names: Vec<String>,

@@ -102,7 +102,9 @@ pub(crate) fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
 /// A tensor's bytes on the CPU, ready to check, hash and serialize.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blob {
+    /// The element type the bytes encode.
     pub dtype: Dtype,
+    /// The tensor's dimensions, outermost first (PyTorch `size()`).
     pub shape: Vec<usize>,
     /// Little-endian, row-major.
     pub bytes: Vec<u8>,

@@ -39,14 +39,18 @@ impl std::fmt::Debug for DataParallel {
 }
 
 impl DataParallel {
+    /// Data parallelism over `group` (one [`DataParallel`] per rank, each with its rank's
+    /// handle of the same group).
     pub fn new(group: Arc<dyn AllReduce>) -> Self {
         Self { group }
     }
 
+    /// This process's rank in the group, `0..world_size()`; rank 0 is the broadcast source.
     pub fn rank(&self) -> usize {
         self.group.rank()
     }
 
+    /// The number of ranks in the group (1 for a single process).
     pub fn world_size(&self) -> usize {
         self.group.world_size()
     }
