@@ -62,6 +62,7 @@ fn checked_targets(preds: &Predictions) -> Result<Tensor> {
 /// Counts: `matrix[actual][predicted]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfusionMatrix {
+    /// K x K item counts, indexed `[actual class][predicted class]`.
     pub counts: Vec<Vec<u64>>,
 }
 
@@ -84,8 +85,11 @@ pub fn confusion_matrix(preds: &Predictions, n_classes: usize) -> Result<Confusi
 /// One class's accuracy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassReport {
+    /// The class index (`0..K`).
     pub class: u32,
+    /// Items of this class predicted as this class (the matrix diagonal).
     pub correct: u64,
+    /// Items whose actual class is this one (the matrix row's sum).
     pub total: u64,
 }
 
@@ -140,7 +144,9 @@ pub struct TopLoss {
     pub item: usize,
     /// Cross-entropy `-ln p(actual)`.
     pub loss: f64,
+    /// The argmax class of the item's probabilities.
     pub predicted: u32,
+    /// The item's target class.
     pub actual: u32,
     /// Probability of the actual class.
     pub probability: f64,

@@ -67,7 +67,10 @@ pub fn get_preds(model: &dyn ModuleT, source: &dyn BatchSource, epoch: u64) -> R
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Blend {
     /// `(1 - beta) * mean(augmented) + beta * plain` (fastai's default, beta 0.25).
-    Lerp { beta: f64 },
+    Lerp {
+        /// The plain pass's weight, in `[0, 1]`.
+        beta: f64,
+    },
     /// The element-wise max over the augmented passes and the plain one (`use_max=True`).
     Max,
 }
@@ -77,6 +80,7 @@ pub enum Blend {
 pub struct TtaConfig {
     /// Augmented passes.
     pub n: usize,
+    /// How the augmented passes combine with the plain one.
     pub blend: Blend,
     /// Seeds the augmentation of the passes (pass `i` uses epoch `seed_epoch + i`).
     pub seed_epoch: u64,

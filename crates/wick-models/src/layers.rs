@@ -91,8 +91,11 @@ pub struct ConvLayer {
 /// What a [`ConvLayer`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvLayerConfig {
+    /// The square kernel's side in pixels (padding is `kernel / 2`).
     pub kernel: usize,
+    /// The convolution's stride (2 halves H and W).
     pub stride: usize,
+    /// The BatchNorm's γ initialisation.
     pub bn_init: BnInit,
     /// `None` for the last layer of a residual branch and for shortcut convolutions.
     pub activation: Option<Activation>,

@@ -13,6 +13,7 @@ use crate::xresnet::XResNet;
 pub struct ModuleSummary {
     /// fastai's index of the module (`"0"` ... `"11"`).
     pub index: String,
+    /// What the module is: `ConvLayer`, `MaxPool2d`, `Stage`, `Dropout`, `Linear`, ...
     pub kind: &'static str,
     /// Output shape for a batch of one.
     pub output_shape: Vec<usize>,

@@ -30,10 +30,15 @@ use crate::layers::{
 /// The named depths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Depth {
+    /// `xresnet18`: basic blocks, `[2, 2, 2, 2]`.
     D18,
+    /// `xresnet34`: basic blocks, `[3, 4, 6, 3]`.
     D34,
+    /// `xresnet50`: bottlenecks, `[3, 4, 6, 3]`.
     D50,
+    /// `xresnet101`: bottlenecks, `[3, 4, 23, 3]`.
     D101,
+    /// `xresnet152`: bottlenecks, `[3, 8, 36, 3]`.
     D152,
 }
 
@@ -63,6 +68,7 @@ pub struct XResNetConfig {
     pub widen: f64,
     /// Dropout before the head.
     pub dropout: f64,
+    /// The activation of every `ConvLayer` and block (fastai's `act_cls`).
     pub activation: Activation,
     /// A `SimpleSelfAttention` in the last block of stage `len(layers) - 4`.
     pub self_attention: bool,
@@ -135,8 +141,11 @@ pub struct ConvLayerPlan {
     /// State-dict prefix, e.g. `4.0.convpath.1`: the convolution is `<name>.0.weight`, the
     /// BatchNorm `<name>.1.*`.
     pub name: String,
+    /// C_in of the convolution.
     pub in_channels: usize,
+    /// C_out of the convolution (and the BatchNorm's channels).
     pub out_channels: usize,
+    /// Kernel, stride, BatchNorm init and activation.
     pub config: ConvLayerConfig,
 }
 
@@ -145,6 +154,7 @@ pub struct ConvLayerPlan {
 pub struct BlockPlan {
     /// State-dict prefix, e.g. `4.0`.
     pub name: String,
+    /// The residual branch's `ConvLayer`s in order (2 for basic blocks, 3 for bottlenecks).
     pub convpath: Vec<ConvLayerPlan>,
     /// `Some(symmetric)`: a `SimpleSelfAttention` after the convolutions, named
     /// `<name>.convpath.<convpath.len()>`.
@@ -153,6 +163,7 @@ pub struct BlockPlan {
     pub shortcut_pool: Option<usize>,
     /// The shortcut's 1x1 `ConvLayer` when the block changes the width.
     pub shortcut_conv: Option<ConvLayerPlan>,
+    /// Applied to the sum of the two paths.
     pub activation: Activation,
 }
 
@@ -381,10 +392,12 @@ pub struct ModuleOutput {
     pub index: String,
     /// What it is.
     pub kind: &'static str,
+    /// The module's output, e.g. (B, C, H, W) for a stage, (B, K) for the head's last layer.
     pub output: Tensor,
 }
 
 impl XResNet {
+    /// The configuration the model was built from.
     pub fn config(&self) -> &XResNetConfig {
         &self.config
     }
