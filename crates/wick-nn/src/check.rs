@@ -20,6 +20,7 @@ pub struct OpReport {
     pub case: String,
     /// `output`, or the gradient compared (`grad x`, `grad weight`, ...).
     pub tensor: String,
+    /// The dtype the device run used.
     pub dtype: DType,
     /// `max |device - cpu|`.
     pub max_abs_diff: f64,

@@ -21,18 +21,23 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// A layer over existing tensors: `weight (O, C/groups, K, K)`, `bias (O)`. Nothing is
+    /// checked here; `forward` fails on mismatched shapes.
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
         Self { weight, bias, config }
     }
 
+    /// The kernel, `(O, C/groups, K, K)`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The per-output-channel bias, `(O)`, if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
 
+    /// Stride, padding, dilation and groups.
     pub fn config(&self) -> &Conv2dConfig {
         &self.config
     }
@@ -114,10 +119,12 @@ pub struct MaxPool2d {
 }
 
 impl MaxPool2d {
+    /// A max-pooling layer with this window.
     pub fn new(config: MaxPool2dConfig) -> Self {
         Self { config }
     }
 
+    /// The pooling window.
     pub fn config(&self) -> &MaxPool2dConfig {
         &self.config
     }
@@ -136,10 +143,12 @@ pub struct AvgPool2d {
 }
 
 impl AvgPool2d {
+    /// An average-pooling layer with this window.
     pub fn new(config: AvgPool2dConfig) -> Self {
         Self { config }
     }
 
+    /// The pooling window.
     pub fn config(&self) -> &AvgPool2dConfig {
         &self.config
     }
@@ -191,6 +200,11 @@ impl BatchNorm2d {
     /// variables; `num_batches_tracked` is kept by the model that owns the layer.
     pub const BUFFERS: [&'static str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
 
+    /// A layer over existing tensors, each of shape `(C)`.
+    ///
+    /// # Errors
+    /// When `bias`, `running_mean` or `running_var` is not `(C)` with C the weight's length,
+    /// when `momentum` is outside `[0, 1]`, or when `eps` is negative.
     pub fn new(
         running_mean: Var,
         running_var: Var,
@@ -219,22 +233,27 @@ impl BatchNorm2d {
         Ok(Self { running_mean, running_var, weight, bias, config })
     }
 
+    /// The affine scale γ, `(C)`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The affine shift β, `(C)`.
     pub fn bias(&self) -> &Tensor {
         &self.bias
     }
 
+    /// The running mean, `(C)`, updated in place by training forwards.
     pub fn running_mean(&self) -> &Tensor {
         self.running_mean.as_tensor()
     }
 
+    /// The running (unbiased) variance, `(C)`, updated in place by training forwards.
     pub fn running_var(&self) -> &Tensor {
         self.running_var.as_tensor()
     }
 
+    /// Eps, momentum and the fused activation.
     pub fn config(&self) -> &BatchNorm2dConfig {
         &self.config
     }

@@ -21,7 +21,9 @@ pub fn set_enabled(enabled: bool) {
 pub struct OpTime {
     /// The custom op's name (`wick-conv2d`, `wick-conv2d-backward-input`, ...).
     pub op: &'static str,
+    /// Wall-clock time summed over the calls, in seconds.
     pub seconds: f64,
+    /// Times the op ran.
     pub calls: u64,
 }
 

@@ -29,8 +29,10 @@ use std::sync::Arc;
 /// What follows the normalisation inside the fused op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BatchNormActivation {
+    /// Nothing: the normalised, affine-transformed value.
     #[default]
     Identity,
+    /// `max(0, ·)` after the affine transform (BatchNorm + ReLU fused).
     Relu,
 }
 
@@ -39,6 +41,7 @@ pub enum BatchNormActivation {
 pub struct BatchNormOpConfig {
     /// Added to the variance before the square root.
     pub eps: f64,
+    /// Applied after the affine transform.
     pub activation: BatchNormActivation,
 }
 
@@ -51,7 +54,9 @@ impl Default for BatchNormOpConfig {
 /// The statistics of one batch, per channel: mean and biased variance, both `(C,)`.
 #[derive(Debug, Clone)]
 pub struct BatchStatistics {
+    /// Per-channel mean over (B, H, W), `(C,)`.
     pub mean: Tensor,
+    /// Per-channel biased variance over (B, H, W), `(C,)`.
     pub variance: Tensor,
     /// Elements per channel (B·H·W), for the unbiased variance `variance · n / (n - 1)`.
     pub count: usize,

@@ -39,7 +39,9 @@ pub fn cudnn_allow_tf32() -> bool {
 pub struct Conv2dConfig {
     /// Zero padding added on every side of the input.
     pub padding: usize,
+    /// Step of the kernel over the input, in pixels.
     pub stride: usize,
+    /// Spacing between kernel taps (1: a dense kernel).
     pub dilation: usize,
     /// Input and output channels are split into this many independent groups.
     pub groups: usize,

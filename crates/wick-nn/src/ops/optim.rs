@@ -18,16 +18,19 @@ use candle::{CpuStorage, DType, InplaceOp2, Layout, Tensor};
 pub struct AdamStep {
     /// `1 − lr·wd` (decoupled weight decay), or `None` when the parameter is not decayed.
     pub decay_factor: Option<f64>,
-    /// β1, and `1 − β1` (fastai's `grad_damp`).
+    /// β1 (fastai's `mom`).
     pub mom: f64,
+    /// `1 − β1` (fastai's `grad_damp`).
     pub grad_damp: f64,
-    /// β2, and `1 − β2`.
+    /// β2 (fastai's `sqr_mom`).
     pub sqr_mom: f64,
+    /// `1 − β2`.
     pub sqr_damp: f64,
     /// fastai's `debias2 = sqr_damp·(1 − sqr_momᵗ)/(1 − sqr_mom)`.
     pub debias2: f64,
     /// `−lr / debias1`.
     pub step_size: f64,
+    /// Added to `√(v/debias2)` in the denominator.
     pub eps: f64,
 }
 
@@ -36,6 +39,7 @@ pub struct AdamStep {
 pub struct SgdStep {
     /// `1 − lr·wd`, or `None` when the parameter is not decayed.
     pub decay_factor: Option<f64>,
+    /// The momentum coefficient (fastai's `mom`).
     pub mom: f64,
     /// `−lr`.
     pub step_size: f64,

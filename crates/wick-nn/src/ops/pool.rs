@@ -26,7 +26,9 @@ use rayon::prelude::*;
 /// Square max pooling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2dConfig {
+    /// The window's side in pixels.
     pub kernel: usize,
+    /// Step of the window, in pixels.
     pub stride: usize,
     /// Implicit -inf padding on every side; at most `kernel / 2` (PyTorch's limit).
     pub padding: usize,
@@ -37,7 +39,9 @@ pub struct MaxPool2dConfig {
 /// Square average pooling window (PyTorch `AvgPool2d` with `count_include_pad=True`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AvgPool2dConfig {
+    /// The window's side in pixels.
     pub kernel: usize,
+    /// Step of the window, in pixels.
     pub stride: usize,
     /// Implicit zero padding on every side, counted in the divisor; at most `kernel / 2`.
     pub padding: usize,
