@@ -36,6 +36,7 @@ use crate::error::{DataError, Result};
 pub struct Archive {
     /// The folder the archive extracts to, e.g. `imagenette2`.
     pub name: &'static str,
+    /// Where it is downloaded from.
     pub url: &'static str,
     /// Size in bytes.
     pub bytes: u64,
@@ -114,7 +115,16 @@ pub enum Source {
     /// Download (or reuse a verified earlier download) from a URL. `name` is the dataset
     /// folder's name in the cache (one plain file name); with `md5`, the archive must match it
     /// and the folder is `name` itself, else the folder is `name-<sha256 prefix>`.
-    Remote { name: String, url: String, bytes: Option<u64>, md5: Option<String> },
+    Remote {
+        /// The dataset folder's name in the cache.
+        name: String,
+        /// Where the archive is downloaded from.
+        url: String,
+        /// The archive's expected size in bytes, if known.
+        bytes: Option<u64>,
+        /// The archive's expected lower-case hex md5, if known.
+        md5: Option<String>,
+    },
     /// A `.tgz` (or `.tar`) already on disk.
     LocalArchive(PathBuf),
     /// A folder already extracted; used as is.
@@ -247,22 +257,56 @@ pub struct AcquireConfig {
 #[non_exhaustive]
 pub enum Progress {
     /// `done` of `total` bytes downloaded (`total` unknown when the server does not say).
-    Download { done: u64, total: Option<u64> },
+    Download {
+        /// Bytes received so far.
+        done: u64,
+        /// The archive's size in bytes, when known.
+        total: Option<u64>,
+    },
     /// Checking the size and checksum of a file (or hashing a local archive for its key).
-    Verify { path: PathBuf },
+    Verify {
+        /// The file being hashed.
+        path: PathBuf,
+    },
     /// Extracting an archive.
-    Extract { archive: PathBuf },
+    Extract {
+        /// The archive file.
+        archive: PathBuf,
+    },
     /// Reusing a dataset folder extracted earlier, after checking it against its manifest.
-    Reuse { dest: PathBuf },
+    Reuse {
+        /// The dataset folder.
+        dest: PathBuf,
+    },
     /// A cached dataset folder no longer matches its manifest and is extracted again.
-    Replace { dest: PathBuf, reason: String },
+    Replace {
+        /// The dataset folder.
+        dest: PathBuf,
+        /// How it differs from its manifest.
+        reason: String,
+    },
     /// Waiting for another process that is extracting or downloading the same dataset.
-    Wait { lock: PathBuf },
+    Wait {
+        /// The lock file held by the other process.
+        lock: PathBuf,
+    },
     /// Removed a staging folder left behind by a killed extraction.
-    Cleaned { path: PathBuf },
+    Cleaned {
+        /// The staging folder removed.
+        path: PathBuf,
+    },
     /// A local archive is named like the catalogue archive `name` but is not it (its md5
     /// differs): it is extracted as an archive of its own, never as `name`.
-    NotCatalogue { archive: PathBuf, name: String, md5: String, catalogue_md5: String },
+    NotCatalogue {
+        /// The local archive.
+        archive: PathBuf,
+        /// The catalogue archive's name it resembles.
+        name: String,
+        /// The local archive's md5 (lower-case hex).
+        md5: String,
+        /// The catalogue archive's md5.
+        catalogue_md5: String,
+    },
 }
 
 impl std::fmt::Display for Progress {

@@ -24,6 +24,7 @@ pub struct AugTransforms {
     pub max_rotate: f64,
     /// Zoom drawn from U(min_zoom, max_zoom) with probability `p_affine`.
     pub min_zoom: f64,
+    /// The upper end of the zoom range (1.1: up to 10% in).
     pub max_zoom: f64,
     /// Perspective warp magnitudes drawn from U(-max_warp, max_warp), each axis kept with
     /// probability `p_affine`.
@@ -31,7 +32,9 @@ pub struct AugTransforms {
     /// Brightness and contrast strength (logit space), each applied with probability
     /// `p_lighting`.
     pub max_lighting: f64,
+    /// Probability of each affine/warp part (rotation, zoom, warp axis).
     pub p_affine: f64,
+    /// Probability of each lighting part (brightness, contrast).
     pub p_lighting: f64,
     /// The random square crop keeps an area fraction drawn from U(min_scale, 1).
     pub min_scale: f64,
@@ -58,18 +61,23 @@ impl Default for AugTransforms {
 pub struct AugDraw {
     /// `Resize` crop position fractions (x, y) in [0, 1).
     pub resize_pcts: (f64, f64),
+    /// Mirror left-right.
     pub flip: bool,
+    /// Rotation angle in degrees (0 = none).
     pub rotate_degrees: f64,
     /// Zoom factor (>= 1 zooms in) and its centre fractions (x, y).
     pub zoom: f64,
+    /// The zoom's centre as fractions (x, y) of the image.
     pub zoom_centre: (f64, f64),
     /// Warp magnitudes (fastai's `x_t`, `y_t`).
     pub warp: (f64, f64),
     /// Crop area fraction and the crop's offset fractions in [0, 1] of the free space.
     pub crop_area: f64,
+    /// The crop's offset fractions (x, y) in [0, 1] of the free space.
     pub crop_offset: (f64, f64),
     /// Brightness in (0, 1) (0.5 = unchanged) and contrast factor (1 = unchanged).
     pub brightness: f64,
+    /// Contrast factor (1 = unchanged).
     pub contrast: f64,
 }
 

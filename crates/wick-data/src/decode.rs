@@ -47,12 +47,17 @@ pub struct Decoded {
 /// the first bytes rather than the file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
+    /// JPEG (`FF D8 FF`).
     Jpeg,
+    /// PNG.
     Png,
+    /// Windows bitmap (`BM`).
     Bmp,
     /// The first frame of a (possibly animated) GIF, as PIL's `open` gives.
     Gif,
+    /// TIFF, little- or big-endian.
     Tiff,
+    /// WebP (RIFF container).
     WebP,
 }
 

@@ -10,35 +10,85 @@ pub enum DataError {
     /// Reading or writing a file or folder failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// An image file could not be decoded (truncated, not an image, unsupported format).
     #[error("{path}: cannot decode image: {reason}")]
-    Decode { path: PathBuf, reason: String },
+    Decode {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
     /// An image header announces more pixels than the configured limit (decompression bomb).
     #[error("{path}: image is {width}x{height}, over the limit of {max_pixels} pixels")]
-    TooLarge { path: PathBuf, width: u32, height: u32, max_pixels: u64 },
+    TooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// Width from the header, in px.
+        width: u32,
+        /// Height from the header, in px.
+        height: u32,
+        /// The configured limit on `width · height`.
+        max_pixels: u64,
+    },
     /// An HTTP download failed.
     #[error("download of {url} failed: {reason}")]
-    Download { url: String, reason: String },
+    Download {
+        /// The URL requested.
+        url: String,
+        /// What failed (HTTP status, timeout, connection error).
+        reason: String,
+    },
     /// A downloaded or local archive does not have the expected size or md5 sum.
     #[error("{path}: checksum mismatch (expected {expected}, got {actual}); the file was not used")]
-    Checksum { path: PathBuf, expected: String, actual: String },
+    Checksum {
+        /// The file checked.
+        path: PathBuf,
+        /// The expected size or md5.
+        expected: String,
+        /// What the file has.
+        actual: String,
+    },
     /// An archive entry would land outside the extraction folder, or is of a refused kind.
     #[error("{archive}: refused entry {entry:?}: {reason}")]
-    UnsafeArchiveEntry { archive: PathBuf, entry: String, reason: String },
+    UnsafeArchiveEntry {
+        /// The archive file.
+        archive: PathBuf,
+        /// The entry's path as stored in the archive.
+        entry: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// An archive is not a complete, intact gzip-compressed tar: a bad CRC or length, a
     /// stream cut short, a missing end-of-archive marker, or bytes after it.
     #[error("{archive}: corrupt or truncated archive: {reason}; nothing was extracted")]
-    CorruptArchive { archive: PathBuf, reason: String },
+    CorruptArchive {
+        /// The archive file.
+        archive: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A dataset folder or split has no usable content.
     #[error("{path}: {reason}")]
-    BadDataset { path: PathBuf, reason: String },
+    BadDataset {
+        /// The dataset folder, split or file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// A configuration value is out of range.
     #[error("invalid {name}: {reason}")]
-    InvalidConfig { name: &'static str, reason: String },
+    InvalidConfig {
+        /// The setting's name.
+        name: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
     /// A tensor operation failed while building a batch.
     #[error(transparent)]
     Candle(#[from] candle::Error),

@@ -134,9 +134,13 @@ pub enum ResizeMethod {
 /// outside the image (the `Pad` method), where pixels come from reflection.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SourceBox {
+    /// x of the left edge, px (negative reaches left of the image).
     pub left: f64,
+    /// y of the top edge, px (negative reaches above the image).
     pub top: f64,
+    /// Width, px.
     pub width: f64,
+    /// Height, px.
     pub height: f64,
 }
 
@@ -172,8 +176,11 @@ pub fn resize_box(
 /// `RandomResizedCropGPU`): top-left corner and side, in canvas pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CanvasCrop {
+    /// x of the left edge, canvas px.
     pub left: u32,
+    /// y of the top edge, canvas px.
     pub top: u32,
+    /// Side of the square, canvas px.
     pub side: u32,
 }
 
@@ -275,8 +282,11 @@ impl Geometry {
 /// `region = (original - origin + 0.5) / scale - 0.5` per axis.
 #[derive(Debug, Clone, Copy)]
 pub struct Region<'a> {
+    /// The pixels sampled from.
     pub image: &'a RgbImage,
+    /// The (x, y) offset in original-image px (see the mapping above).
     pub origin: (f64, f64),
+    /// The (x, y) shrink factor: original-image px per region px (1 when not shrunk).
     pub scale: (f64, f64),
 }
 

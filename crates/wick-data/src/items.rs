@@ -89,7 +89,9 @@ impl Exclusion {
 /// A file or folder under a data root that is not used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Excluded {
+    /// The file or folder.
     pub path: PathBuf,
+    /// Why it is left out, as a category to count by.
     pub kind: Exclusion,
     /// A sentence for people (the decoder's error, the link's target, ...).
     pub reason: String,
@@ -369,10 +371,20 @@ pub enum SplitRule {
     /// By the name of each file's grandparent folder, e.g. Imagenette's official
     /// `train/<class>/x.JPEG` and `val/<class>/y.JPEG` (fastai's `GrandparentSplitter`).
     /// Files under neither folder are left out.
-    Grandparent { train: String, valid: String },
+    Grandparent {
+        /// The training folder's name, e.g. `train`.
+        train: String,
+        /// The validation folder's name, e.g. `val`.
+        valid: String,
+    },
     /// A seeded random `valid_pct` of all items (fastai's `RandomSplitter`, which chapter 7
     /// uses by default): the first ⌊valid_pct·N⌋ of a seeded permutation go to validation.
-    Random { valid_pct: f64, seed: u64 },
+    Random {
+        /// The validation fraction, in [0, 1].
+        valid_pct: f64,
+        /// Seeds the permutation.
+        seed: u64,
+    },
 }
 
 impl SplitRule {
@@ -406,7 +418,9 @@ impl Items {
 /// A labelled dataset divided into training and validation items.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Splits {
+    /// The training items.
     pub train: Items,
+    /// The validation items.
     pub valid: Items,
     /// Built from the training labels, as fastai's `Categorize` does.
     pub vocab: Vocab,

@@ -76,6 +76,7 @@ pub(crate) const MAX_REPLACEMENT_DRAWS: u64 = 16;
 /// How a [`DataLoader`] batches its items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoaderConfig {
+    /// B: items per batch (the global batch when sharded).
     pub batch_size: usize,
     /// Reshuffle every epoch (fastai: train `true`, valid `false`).
     pub shuffle: bool,
@@ -89,6 +90,7 @@ pub struct LoaderConfig {
     pub n_threads: usize,
     /// Batches built ahead of the one being consumed (at least 1).
     pub prefetch: usize,
+    /// What to do with a file that cannot be read or decoded.
     pub bad_files: BadFilePolicy,
     /// Which share of every batch this loader builds (data parallelism); [`Shard::WHOLE`]
     /// builds all of it.
@@ -101,7 +103,9 @@ pub struct LoaderConfig {
 /// [`DataLoader::len`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// This loader's rank, `0..world`.
     pub rank: usize,
+    /// The number of ranks (1: unsharded).
     pub world: usize,
 }
 
@@ -259,14 +263,17 @@ impl DataLoader {
         &self.items
     }
 
+    /// What happens to each image between its file and its tensor.
     pub fn pipeline(&self) -> &ItemPipeline {
         &self.pipeline
     }
 
+    /// How the items are batched.
     pub fn config(&self) -> &LoaderConfig {
         &self.config
     }
 
+    /// Where the batches' tensors are placed.
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -19,7 +19,9 @@ use crate::geometry::{Geometry, Region, ResizeMethod, TexelTable, render};
 /// every augmentation; 1 = valid: centred `Resize`, no augmentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// `split_idx` 0: random `Resize` crop and augmentation.
     Train,
+    /// `split_idx` 1: centred `Resize`, no augmentation.
     Valid,
 }
 
@@ -29,11 +31,13 @@ pub struct ItemPipeline {
     /// `Resize(item_size, method)`: the square canvas the augmentations work on (fastai's
     /// "presizing"; chapter 7 uses 460).
     pub item_size: u32,
+    /// How `Resize` fits the image into the square (crop, pad or squish).
     pub method: ResizeMethod,
     /// Side of the square output, `H = W` (chapter 7: 224, or 128 in progressive resizing).
     pub output_size: u32,
     /// Training augmentation; `None` trains with the random `Resize` crop only.
     pub augment: Option<AugTransforms>,
+    /// Limits and hints for decoding.
     pub decode: DecodeConfig,
 }
 

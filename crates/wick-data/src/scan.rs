@@ -28,6 +28,7 @@ pub enum ScanDepth {
 /// Settings of [`scan_files`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScanConfig {
+    /// How much of each file is checked.
     pub depth: ScanDepth,
     /// The same limits the pipeline decodes with.
     pub decode: DecodeConfig,
