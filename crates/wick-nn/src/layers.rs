@@ -203,8 +203,8 @@ impl BatchNorm2d {
     /// A layer over existing tensors, each of shape `(C)`.
     ///
     /// # Errors
-    /// When `bias`, `running_mean` or `running_var` is not `(C)` with C the weight's length,
-    /// when `momentum` is outside `[0, 1]`, or when `eps` is negative.
+    /// When the weight is not 1-D, when `bias`, `running_mean` or `running_var` is not `(C)`
+    /// with C the weight's length, when `momentum` is outside `[0, 1]`, or when `eps` is negative.
     pub fn new(
         running_mean: Var,
         running_var: Var,
