@@ -160,6 +160,10 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
     }
     let fits: Vec<StageFit> = plan.stages.iter().map(|stage| stage.fit).collect();
     let ranges = stage_fit_ranges(&fits);
+    // The stage a flattened fit index belongs to (`ranges.len()` past the last fit).
+    let stage_of = |fit_index: usize| {
+        ranges.iter().position(|range| range.contains(&fit_index)).unwrap_or(ranges.len())
+    };
     let checkpoint_path = run_dir.path(CHECKPOINT_FILE);
     if root {
         learner.add_callback(Box::new(
@@ -200,11 +204,12 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
             .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
         if root {
             let at = checkpoint.position();
-            match ranges.iter().position(|range| range.contains(&at.fit_index)) {
-                Some(stage_idx) => println!(
-                    "resuming from {}: stage {stage_idx}, fit {}, epoch {}, batch {}",
+            match ranges.get(stage_of(at.fit_index)) {
+                Some(range) => println!(
+                    "resuming from {}: stage {}, fit {}, epoch {}, batch {}",
                     checkpoint_path.display(),
-                    at.fit_index - ranges[stage_idx].start,
+                    stage_of(at.fit_index),
+                    at.fit_index - range.start,
                     at.epoch,
                     at.batch
                 ),
@@ -255,9 +260,6 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
             );
         }
     }
-    let stage_of = |fit_index: usize| {
-        ranges.iter().position(|range| range.contains(&fit_index)).unwrap_or(ranges.len())
-    };
     match outcome? {
         FitOutcome::Completed => {}
         FitOutcome::Interrupted { .. } if !root => return Ok(TrainOutcome::Interrupted),

@@ -214,18 +214,20 @@ impl<M: ModuleT + ModelState> Learner<M> {
                 current: format!("a recipe of {n_fits} fits"),
             });
         }
+        let fits: Vec<StageFit> = stages.iter().map(|stage| stage.fit).collect();
+        let ranges = stage_fit_ranges(&fits);
         let mut outcome = FitOutcome::Completed;
-        let mut stage_first_fit = 0;
         // The data of the last skipped stage that brought some: what a following stage without
         // data of its own trains on.
         let mut skipped_data: Option<(usize, DataFactory<'_>)> = None;
-        for (stage_index, (stage, fits)) in stages.into_iter().zip(plans).enumerate() {
-            let stage_end = stage_first_fit + fits.len();
+        for (stage_index, ((stage, fits), range)) in
+            stages.into_iter().zip(plans).zip(ranges).enumerate()
+        {
+            let (stage_first_fit, stage_end) = (range.start, range.end);
             if stage_end <= first_fit {
                 if let Some(data) = stage.data {
                     skipped_data = Some((stage_index, data));
                 }
-                stage_first_fit = stage_end;
                 continue;
             }
             // A resume that continues inside this stage rather than at its very start.
@@ -265,7 +267,6 @@ impl<M: ModuleT + ModelState> Learner<M> {
                     return Ok(outcome);
                 }
             }
-            stage_first_fit = stage_end;
         }
         self.set_stage(StageInfo::default());
         Ok(outcome)
