@@ -106,10 +106,12 @@ fn xresnet_cases(image: usize) -> Vec<Case> {
         conv(32, 64, 3, 1, stem),
         max_pool(64, stem),
     ];
+    // Each stride-2 3x3 convolution (padding 1) halves the size, rounding up.
+    let mut size = image.div_ceil(4);
     for (stage, width) in [64usize, 128, 256, 512].into_iter().enumerate() {
-        let size = (image / 4) >> stage;
         if stage > 0 {
-            cases.push(conv(width, width, 3, 2, size * 2));
+            cases.push(conv(width, width, 3, 2, size));
+            size = size.div_ceil(2);
         }
         cases.push(conv(width, width, 3, 1, size));
         cases.push(conv(width * 4, width, 1, 1, size));
@@ -514,6 +516,8 @@ fn main() -> candle::Result<()> {
         cases = xresnet_cases(224)
             .into_iter()
             .chain(xresnet_cases(128))
+            .chain(xresnet_cases(64))
+            .chain(xresnet_cases(48))
             .chain(batch_norm_cases())
             .collect();
         cases.retain(|c| wanted.iter().any(|w| w == c.name()));

@@ -50,10 +50,21 @@ fn cases() -> Vec<Case> {
         case([2, 32, 12, 12], 150, 3, 1, 1), // gemm with M > 144 and K > 256 (several blocks)
         case([2, 16, 40, 40], 8, 3, 1, 1),   // image cut into several column tiles
         case([1, 2, 3, 3], 1, 3, 1, 1),      // kernel as large as the image
+        // Small images where padding is a large share (conv_regions): xresnet's last stage
+        // at 48 px, more output channels than one block, stride 2, a 5x5 kernel, H != W.
+        case([4, 8, 2, 2], 70, 3, 1, 1),
+        case([3, 6, 3, 3], 9, 3, 1, 2),
+        case([2, 3, 4, 4], 5, 5, 2, 1),
+        case([3, 4, 2, 5], 6, 3, 1, 1),
+        case([2, 5, 6, 6], 3, 3, 1, 1),
     ];
     cases.push(Case {
         config: Conv2dConfig { padding: 2, dilation: 2, ..Default::default() },
         ..case([2, 4, 10, 11], 6, 3, 0, 1)
+    });
+    cases.push(Case {
+        config: Conv2dConfig { padding: 2, dilation: 2, ..Default::default() },
+        ..case([2, 3, 3, 4], 4, 3, 0, 1)
     });
     cases.push(Case {
         config: Conv2dConfig { padding: 1, groups: 2, ..Default::default() },

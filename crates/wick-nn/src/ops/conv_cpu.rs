@@ -14,8 +14,10 @@
 //! row by row ([`Im2colRows`]); other backends get it materialised per tile. Large images
 //! are cut into column tiles so that buffers stay near L2; small images (late stages) are
 //! grouped several items to a tile so that the gemm has enough columns. The weights, the
-//! left operand of every item's product, are packed once per call.
+//! left operand of every item's product, are packed once per call. Small images, where
+//! most of the im2col matrix would be padding, go to `conv_regions` instead.
 
+use super::conv_regions;
 use crate::gemm::{
     Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
     materialize_into,
@@ -354,6 +356,9 @@ pub(crate) fn conv2d_forward(
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
     let g = *geometry;
+    if let Some(regions) = conv_regions::regions(&g) {
+        return conv_regions::forward(&g, &regions, input, weight, backend);
+    }
     let (og, kg, pixels) = (g.group_out_channels(), g.patch_len(), g.out_pixels());
     let item_in = g.in_channels * g.in_pixels();
     let item_out = g.out_channels * pixels;
@@ -454,6 +459,16 @@ pub(crate) fn conv2d_backward_input(
 ) -> candle::Result<Vec<f32>> {
     let g = *geometry;
     if let Some(flipped) = flipped_geometry(&g) {
+        if let Some(regions) = conv_regions::regions(&flipped) {
+            return conv_regions::backward_input(
+                &g,
+                &flipped,
+                &regions,
+                grad_output,
+                weight,
+                backend,
+            );
+        }
         let flipped_weight = flip_weight(&g, weight);
         return conv2d_forward(&flipped, grad_output, &flipped_weight, backend);
     }
@@ -583,6 +598,9 @@ pub(crate) fn conv2d_backward_weight(
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
     let g = *geometry;
+    if let Some(regions) = conv_regions::regions(&g) {
+        return conv_regions::backward_weight(&g, &regions, input, grad_output, backend);
+    }
     let (og, kg, pixels) = (g.group_out_channels(), g.patch_len(), g.out_pixels());
     let item_in = g.in_channels * g.in_pixels();
     let item_out = g.out_channels * pixels;

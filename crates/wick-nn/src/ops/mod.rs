@@ -12,6 +12,7 @@ mod activation;
 mod batch_norm;
 mod conv;
 mod conv_cpu;
+mod conv_regions;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod optim;

@@ -1,0 +1,526 @@
+//! The CPU convolution where im2col + gemm would multiply much padding (small images,
+//! late stages): the output is cut into rectangular *regions* whose pixels all see the same
+//! window of in-image kernel taps, and each region is computed from its valid taps only.
+//!
+//! A 3×3, padding-1 convolution on a 2×2 image (xresnet's last stage at 48 px) reads 4 of
+//! its 9 taps inside the image at every output pixel: the plain im2col matrix is 5/9 zeros.
+//! Along each axis the output positions whose tap window `[k0, k1)` is the same form runs
+//! (the top rows, the interior, the bottom rows); their products are the regions. With
+//! `X_{r,t}` the `C × B·R` image values that tap `t` multiplies at region `r`'s `R` pixels
+//! over the batch, and `w_t` tap `t`'s `O × C` weights:
+//! - forward:     `y_r (O × B·R) = Σ_{t valid in r} w_t · X_{r,t}`, scattered into `y`
+//! - grad weight: `dw_t (O × C) = Σ_{r reading t} dy_r · X_{r,t}ᵀ`
+//! - grad input (stride 1): the forward pass of the flipped convolution (as in
+//!   `conv_cpu::conv2d_backward_input`), with `w_t` read transposed from the same buffer.
+//!
+//! Each tap's weights are packed once per call; `X_{r,t}` is generated straight into the
+//! gemm's packing from precomputed pixel offsets. Parallel work is the (region, column
+//! chunk) gemms of the forward pass and the taps of the weight gradient, a split made from
+//! the shapes alone; each sum runs in tap or region order and the products are written
+//! serially, so every result is bit-identical at any thread count
+//! (docs/decisions/0002-deterministic-reductions.md). [`regions`] says where this pays.
+//!
+//! Shapes as in `conv_cpu`: `x (B, C, H, W)`, `w (O, C, KH, KW)`, `y (B, O, OH, OW)`,
+//! one group.
+
+use super::conv_cpu::ConvGeometry;
+use crate::gemm::{
+    Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
+};
+use rayon::prelude::*;
+
+/// Regions replace the plain im2col when at least this share of its multiply-adds are with
+/// padding (3×3, padding 1: images of 6×6 and smaller, where the share is 21% and more) ...
+const MIN_PADDING_SHARE: f64 = 0.2;
+
+/// ... or when the share times the input channels (each tap's gemm depth) reaches this: a
+/// per-tap gemm over many channels is as fast as im2col's, so a smaller share pays.
+/// Measured with `cargo bench -p wick-nn --bench nn -- --cases <case> --impls wick` on
+/// 3×3 convolutions, forward + both gradients, regions against im2col (ms):
+/// 256 ch at 14 px (share 9%, ×C = 24) 117 vs 134, 128 ch at 8 px (16%, 21) 23 vs 26 —
+/// regions; 128 ch at 16 px (8%, 10) 48 vs 46, 64 ch at 16 px (8%, 5) 34 vs 29, 128 ch at
+/// 28 px (5%, 6) 162 vs 130 — im2col. docs/performance.md has the whole table.
+const MIN_PADDING_SHARE_TIMES_CHANNELS: f64 = 20.0;
+
+/// A pass is cut into about this many gemm tasks (columns of the regions).
+const MIN_TASKS: usize = 8;
+
+/// A task has at least this many columns (the gemm's `n`; the micro-kernel is 16 wide).
+const MIN_TASK_COLUMNS: usize = 32;
+
+/// A run of output positions along one axis that all read the kernel taps `taps` inside
+/// the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AxisRun {
+    /// First output position and count.
+    start: usize,
+    len: usize,
+    /// Kernel taps `[first, end)` that land inside the image for every position of the run.
+    first_tap: usize,
+    end_tap: usize,
+}
+
+impl AxisRun {
+    fn taps(&self) -> usize {
+        self.end_tap - self.first_tap
+    }
+}
+
+/// The output positions along one axis, grouped into runs with the same valid taps.
+fn axis_runs(
+    out_len: usize,
+    in_len: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: usize,
+) -> Vec<AxisRun> {
+    let valid = |out: usize| {
+        let inside = |tap: usize| {
+            (out * stride + tap * dilation).checked_sub(padding).is_some_and(|i| i < in_len)
+        };
+        let first = (0..kernel).find(|&tap| inside(tap)).unwrap_or(kernel);
+        let end = (first..kernel).find(|&tap| !inside(tap)).unwrap_or(kernel);
+        (first, end)
+    };
+    let mut runs: Vec<AxisRun> = Vec::new();
+    for out in 0..out_len {
+        let (first_tap, end_tap) = valid(out);
+        match runs.last_mut() {
+            Some(run) if (run.first_tap, run.end_tap) == (first_tap, end_tap) => run.len += 1,
+            _ => runs.push(AxisRun { start: out, len: 1, first_tap, end_tap }),
+        }
+    }
+    runs
+}
+
+/// A rectangle of output pixels that all read the same in-image kernel window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Region {
+    rows: AxisRun,
+    cols: AxisRun,
+}
+
+impl Region {
+    fn pixels(&self) -> usize {
+        self.rows.len * self.cols.len
+    }
+
+    fn taps(&self) -> usize {
+        self.rows.taps() * self.cols.taps()
+    }
+}
+
+/// The regions of `g`'s output, or `None` when the plain im2col path should run (groups,
+/// no padding, or too little padding for the regions to pay).
+pub(crate) fn regions(g: &ConvGeometry) -> Option<Vec<Region>> {
+    if g.groups != 1 || g.padding == 0 || g.out_pixels() == 0 || g.batch == 0 {
+        return None;
+    }
+    let rows =
+        axis_runs(g.out_height, g.in_height, g.kernel_height, g.stride, g.dilation, g.padding);
+    let cols = axis_runs(g.out_width, g.in_width, g.kernel_width, g.stride, g.dilation, g.padding);
+    let regions: Vec<Region> = rows
+        .iter()
+        .flat_map(|&r| cols.iter().map(move |&c| Region { rows: r, cols: c }))
+        .filter(|region| region.taps() > 0)
+        .collect();
+    let valid: usize = regions.iter().map(|r| r.pixels() * r.taps()).sum();
+    let plain = g.out_pixels() * g.kernel_height * g.kernel_width;
+    let padding_share = 1.0 - valid as f64 / plain as f64;
+    let pays = padding_share >= MIN_PADDING_SHARE
+        || padding_share * g.in_channels as f64 >= MIN_PADDING_SHARE_TIMES_CHANNELS;
+    pays.then_some(regions)
+}
+
+/// `weight (O, C, KH, KW)` with each filter transposed to `(KH·KW, C)`: `(O, KH·KW, C)`,
+/// so that tap `t`'s `O × C` matrix is a strided view (row stride `KH·KW·C`, unit column
+/// stride). One pass, parallel over filters, each read and written contiguously.
+fn taps_by_filter(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
+    let taps = g.kernel_height * g.kernel_width;
+    let filter_len = taps * g.in_channels;
+    let mut out = vec![0.0f32; g.weight_len()];
+    out.par_chunks_mut(filter_len).zip(weight.par_chunks(filter_len)).for_each(|(dst, src)| {
+        for (c, channel) in src.chunks_exact(taps).enumerate() {
+            for (tap, &value) in channel.iter().enumerate() {
+                dst[tap * g.in_channels + c] = value;
+            }
+        }
+    });
+    out
+}
+
+/// One gemm task of a pass: columns `[first_column, first_column + columns)` of a
+/// region's `B·R` columns.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    region: usize,
+    first_column: usize,
+    columns: usize,
+}
+
+/// Columns per task: about a [`MIN_TASKS`]th of all columns, at least [`MIN_TASK_COLUMNS`].
+fn tasks(g: &ConvGeometry, regions: &[Region]) -> Vec<Task> {
+    let total: usize = regions.iter().map(|r| g.batch * r.pixels()).sum();
+    let chunk = total.div_ceil(MIN_TASKS).max(MIN_TASK_COLUMNS);
+    regions
+        .iter()
+        .enumerate()
+        .flat_map(|(region, r)| {
+            let columns = g.batch * r.pixels();
+            let pieces = columns.div_ceil(chunk);
+            let per_piece = columns.div_ceil(pieces);
+            (0..columns).step_by(per_piece).map(move |first_column| Task {
+                region,
+                first_column,
+                columns: per_piece.min(columns - first_column),
+            })
+        })
+        .collect()
+}
+
+/// Where each of a region's `B·R` columns `(item, oy, ox)` sits, as offsets of channel 0.
+#[derive(Debug)]
+struct RegionOffsets {
+    /// Input offset of the pixel `(item, oy·stride, ox·stride)`: tap `(ky, kx)` of the
+    /// column reads `input[in_pixel + c·H·W + ky·d·W + kx·d - (p·W + p)]`.
+    in_pixel: Vec<usize>,
+    /// Output offset of `(item, 0, oy, ox)`: channel `o` is at `+ o·OH·OW`.
+    out_pixel: Vec<usize>,
+}
+
+impl RegionOffsets {
+    fn new(g: &ConvGeometry, region: &Region) -> Self {
+        let (in_item, out_item) =
+            (g.in_channels * g.in_height * g.in_width, g.out_channels * g.out_pixels());
+        let columns = g.batch * region.pixels();
+        let mut in_pixel = Vec::with_capacity(columns);
+        let mut out_pixel = Vec::with_capacity(columns);
+        for item in 0..g.batch {
+            for oy in region.rows.start..region.rows.start + region.rows.len {
+                for ox in region.cols.start..region.cols.start + region.cols.len {
+                    in_pixel.push(item * in_item + oy * g.stride * g.in_width + ox * g.stride);
+                    out_pixel.push(item * out_item + oy * g.out_width + ox);
+                }
+            }
+        }
+        Self { in_pixel, out_pixel }
+    }
+}
+
+/// The image values one kernel tap `(ky, kx)` multiplies at some of a region's columns: a
+/// `C × n` matrix, row `c`, one column per entry of `in_pixel`. Every value it reads is
+/// inside the image (the region's taps are).
+struct TapColumns<'a> {
+    input: &'a [f32],
+    in_pixel: &'a [usize],
+    channels: usize,
+    plane: usize,
+    /// `ky·d·W + kx·d` and `p·W + p`: the tap's offset from the column's pixel is the first
+    /// minus the second (added first, so that no offset goes below zero).
+    tap_plus: usize,
+    tap_minus: usize,
+}
+
+impl<'a> TapColumns<'a> {
+    fn new(
+        g: &ConvGeometry,
+        input: &'a [f32],
+        in_pixel: &'a [usize],
+        ky: usize,
+        kx: usize,
+    ) -> Self {
+        Self {
+            input,
+            in_pixel,
+            channels: g.in_channels,
+            plane: g.in_height * g.in_width,
+            tap_plus: ky * g.dilation * g.in_width + kx * g.dilation,
+            tap_minus: g.padding * g.in_width + g.padding,
+        }
+    }
+}
+
+impl RowSource for TapColumns<'_> {
+    fn rows(&self) -> usize {
+        self.channels
+    }
+
+    fn cols(&self) -> usize {
+        self.in_pixel.len()
+    }
+
+    fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
+        let plus = row * self.plane + self.tap_plus;
+        let pixels = &self.in_pixel[col0..col0 + out.len()];
+        for (value, &pixel) in out.iter_mut().zip(pixels) {
+            *value = self.input[pixel + plus - self.tap_minus];
+        }
+    }
+}
+
+/// The transpose of [`TapColumns`]: an `n × C` matrix whose row is one column.
+struct TapRows<'a>(TapColumns<'a>);
+
+impl RowSource for TapRows<'_> {
+    fn rows(&self) -> usize {
+        self.0.in_pixel.len()
+    }
+
+    fn cols(&self) -> usize {
+        self.0.channels
+    }
+
+    fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
+        let t = &self.0;
+        let start = t.in_pixel[row] + col0 * t.plane + t.tap_plus - t.tap_minus;
+        for (i, value) in out.iter_mut().enumerate() {
+            *value = t.input[start + i * t.plane];
+        }
+    }
+}
+
+/// The per-tap left operands of a pass, each packed once per call.
+struct TapWeights<'a> {
+    lhs: Vec<PreparedLhs<'a>>,
+    kernel_width: usize,
+}
+
+impl<'a> TapWeights<'a> {
+    /// Tap `(ky, kx)` of the forward pass: `w[:, :, ky, kx]`, `O × C`.
+    fn forward(g: &ConvGeometry, taps: &'a [f32], backend: GemmBackend) -> candle::Result<Self> {
+        Self::prepare(g, taps, backend, |tap| (tap, false))
+    }
+
+    /// Tap `(ky, kx)` of the input gradient of `g` taken as the forward pass of the flipped
+    /// convolution: `w[:, :, KH-1-ky, KW-1-kx]ᵀ`, `C × O`.
+    fn flipped(g: &ConvGeometry, taps: &'a [f32], backend: GemmBackend) -> candle::Result<Self> {
+        let last = g.kernel_height * g.kernel_width - 1;
+        Self::prepare(g, taps, backend, |tap| (last - tap, true))
+    }
+
+    /// `source(tap) = (tap of `taps` to read, whether transposed)`.
+    fn prepare(
+        g: &ConvGeometry,
+        taps: &'a [f32],
+        backend: GemmBackend,
+        source: impl Fn(usize) -> (usize, bool) + Sync,
+    ) -> candle::Result<Self> {
+        let (o, c) = (g.out_channels, g.in_channels);
+        let kernel_taps = g.kernel_height * g.kernel_width;
+        let lhs = (0..kernel_taps)
+            .into_par_iter()
+            .map(|tap| {
+                let (from, transposed) = source(tap);
+                let view = MatRef::new(taps, from * c, (o, c), (kernel_taps * c, 1))?;
+                Ok(PreparedLhs::new(backend, if transposed { view.transpose() } else { view }))
+            })
+            .collect::<candle::Result<Vec<_>>>()?;
+        Ok(Self { lhs, kernel_width: g.kernel_width })
+    }
+
+    fn tap(&self, ky: usize, kx: usize) -> Lhs<'_> {
+        self.lhs[ky * self.kernel_width + kx].as_lhs()
+    }
+}
+
+/// `y (B, O', OH, OW)` of convolution `g` over `regions`, with `weights` giving each tap's
+/// `O' × C` matrix.
+fn forward_with(
+    g: &ConvGeometry,
+    regions: &[Region],
+    input: &[f32],
+    weights: &TapWeights<'_>,
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let out_channels = g.out_channels;
+    let offsets: Vec<RegionOffsets> = regions.iter().map(|r| RegionOffsets::new(g, r)).collect();
+    let products = tasks(g, regions)
+        .into_par_iter()
+        .map(|task| -> candle::Result<(Task, Vec<f32>)> {
+            let region = regions[task.region];
+            let in_pixel =
+                &offsets[task.region].in_pixel[task.first_column..task.first_column + task.columns];
+            let mut product = vec![0.0f32; out_channels * task.columns];
+            let mut accumulate = Accumulate::Overwrite;
+            for ky in region.rows.first_tap..region.rows.end_tap {
+                for kx in region.cols.first_tap..region.cols.end_tap {
+                    let columns = TapColumns::new(g, input, in_pixel, ky, kx);
+                    let dst = MatMut::row_major(&mut product, out_channels, task.columns)?;
+                    gemm(backend, weights.tap(ky, kx), Rhs::Generated(&columns), dst, accumulate)?;
+                    accumulate = Accumulate::Add;
+                }
+            }
+            Ok((task, product))
+        })
+        .collect::<candle::Result<Vec<_>>>()?;
+    let plane = g.out_pixels();
+    let mut output = vec![0.0f32; g.output_len()];
+    for (task, product) in &products {
+        let out_pixel =
+            &offsets[task.region].out_pixel[task.first_column..task.first_column + task.columns];
+        for (channel, row) in product.chunks_exact(task.columns).enumerate() {
+            for (&value, &pixel) in row.iter().zip(out_pixel) {
+                output[pixel + channel * plane] = value;
+            }
+        }
+    }
+    Ok(output)
+}
+
+/// `y = conv2d(x, w)` over `regions` (from [`regions`]); `input` and `weight` row-major.
+pub(crate) fn forward(
+    g: &ConvGeometry,
+    regions: &[Region],
+    input: &[f32],
+    weight: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let taps = taps_by_filter(g, weight);
+    let weights = TapWeights::forward(g, &taps, backend)?;
+    forward_with(g, regions, input, &weights, backend)
+}
+
+/// `dx` of convolution `g` as the forward pass of its flipped convolution `flipped`
+/// (stride 1, from `conv_cpu::flipped_geometry`) over `flipped`'s `regions`, reading the
+/// taps of `weight` transposed in place of a flipped copy.
+pub(crate) fn backward_input(
+    g: &ConvGeometry,
+    flipped: &ConvGeometry,
+    regions: &[Region],
+    grad_output: &[f32],
+    weight: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let taps = taps_by_filter(g, weight);
+    let weights = TapWeights::flipped(g, &taps, backend)?;
+    forward_with(flipped, regions, grad_output, &weights, backend)
+}
+
+/// `dw` from `x` and `dy (B, O, OH, OW)` over `regions`; both row-major. Tap `t`'s `O × C`
+/// gradient is the sum, over the regions that read it in region order, of `dy_r · X_{r,t}ᵀ`.
+pub(crate) fn backward_weight(
+    g: &ConvGeometry,
+    regions: &[Region],
+    input: &[f32],
+    grad_output: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let (o, c) = (g.out_channels, g.in_channels);
+    let plane = g.out_pixels();
+    let offsets: Vec<RegionOffsets> = regions.iter().map(|r| RegionOffsets::new(g, r)).collect();
+    // dy over each region's columns: O × B·R.
+    let gathered: Vec<Vec<f32>> = offsets
+        .par_iter()
+        .map(|offsets| {
+            let n = offsets.out_pixel.len();
+            let mut matrix = vec![0.0f32; o * n];
+            for (channel, row) in matrix.chunks_exact_mut(n).enumerate() {
+                for (value, &pixel) in row.iter_mut().zip(&offsets.out_pixel) {
+                    *value = grad_output[pixel + channel * plane];
+                }
+            }
+            matrix
+        })
+        .collect();
+    let kernel_taps = g.kernel_height * g.kernel_width;
+    let per_tap = (0..kernel_taps)
+        .into_par_iter()
+        .map(|tap| -> candle::Result<Vec<f32>> {
+            let (ky, kx) = (tap / g.kernel_width, tap % g.kernel_width);
+            let mut product = vec![0.0f32; o * c];
+            for ((region, offsets), dy) in regions.iter().zip(&offsets).zip(&gathered) {
+                let reads = (region.rows.first_tap..region.rows.end_tap).contains(&ky)
+                    && (region.cols.first_tap..region.cols.end_tap).contains(&kx);
+                if !reads {
+                    continue;
+                }
+                let n = offsets.in_pixel.len();
+                let rhs = TapRows(TapColumns::new(g, input, &offsets.in_pixel, ky, kx));
+                let lhs = MatRef::row_major(dy, o, n)?;
+                let dst = MatMut::row_major(&mut product, o, c)?;
+                gemm(backend, Lhs::Plain(lhs), Rhs::Generated(&rhs), dst, Accumulate::Add)?;
+            }
+            Ok(product)
+        })
+        .collect::<candle::Result<Vec<_>>>()?;
+    let mut grad_weight = vec![0.0f32; g.weight_len()];
+    for (index, filter) in grad_weight.chunks_exact_mut(kernel_taps).enumerate() {
+        for (value, tap) in filter.iter_mut().zip(&per_tap) {
+            *value = tap[index];
+        }
+    }
+    Ok(grad_weight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry(size: usize, kernel: usize, padding: usize, stride: usize) -> ConvGeometry {
+        let out = (size + 2 * padding - kernel) / stride + 1;
+        ConvGeometry {
+            batch: 2,
+            in_channels: 3,
+            in_height: size,
+            in_width: size,
+            out_channels: 4,
+            kernel_height: kernel,
+            kernel_width: kernel,
+            out_height: out,
+            out_width: out,
+            padding,
+            stride,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+
+    #[test]
+    fn a_3x3_padding_1_axis_has_top_interior_and_bottom_runs() {
+        // 6 outputs of a 6-long axis: row 0 reads taps 1..3, rows 1-4 all three, row 5 taps 0..2.
+        let runs = axis_runs(6, 6, 3, 1, 1, 1);
+        let spans: Vec<_> = runs.iter().map(|r| (r.start, r.len, r.first_tap, r.end_tap)).collect();
+        assert_eq!(spans, vec![(0, 1, 1, 3), (1, 4, 0, 3), (5, 1, 0, 2)]);
+        // A 2-long axis: each position its own run (4 of 9 taps in 2-D).
+        let spans: Vec<_> =
+            axis_runs(2, 2, 3, 1, 1, 1).iter().map(|r| (r.first_tap, r.end_tap)).collect();
+        assert_eq!(spans, vec![(1, 3), (0, 2)]);
+    }
+
+    #[test]
+    fn regions_are_chosen_only_where_padding_is_a_large_share() {
+        // 2x2, 3x3 pad 1: 16 of 36 multiply-adds are valid (56% padding) -> 4 regions.
+        assert_eq!(regions(&geometry(2, 3, 1, 1)).map(|r| r.len()), Some(4));
+        // 6x6: 21% padding -> regions; 12x12: 11% -> plain im2col.
+        assert!(regions(&geometry(6, 3, 1, 1)).is_some());
+        assert!(regions(&geometry(12, 3, 1, 1)).is_none());
+        // No padding: nothing to skip.
+        assert!(regions(&geometry(3, 3, 0, 1)).is_none());
+        // Deep inputs: 256 channels at 14 px (9.3% padding, x256 = 24) -> regions; 128 at
+        // 16 px (8.2%, x128 = 10) -> im2col.
+        let deep =
+            |channels, size| ConvGeometry { in_channels: channels, ..geometry(size, 3, 1, 1) };
+        assert!(regions(&deep(256, 14)).is_some());
+        assert!(regions(&deep(128, 16)).is_none());
+    }
+
+    #[test]
+    fn regions_cover_every_output_pixel_once() {
+        for (size, kernel, padding, stride) in
+            [(2, 3, 1, 1), (3, 3, 1, 2), (5, 5, 2, 1), (4, 3, 1, 1)]
+        {
+            let g = geometry(size, kernel, padding, stride);
+            let Some(regions) = regions(&g) else { continue };
+            let mut seen = vec![0; g.out_pixels()];
+            for region in &regions {
+                for oy in region.rows.start..region.rows.start + region.rows.len {
+                    for ox in region.cols.start..region.cols.start + region.cols.len {
+                        seen[oy * g.out_width + ox] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "size {size} kernel {kernel}: {seen:?}");
+        }
+    }
+}
