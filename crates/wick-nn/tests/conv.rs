@@ -57,6 +57,12 @@ fn cases() -> Vec<Case> {
         case([2, 3, 4, 4], 5, 5, 2, 1),
         case([3, 4, 2, 5], 6, 3, 1, 1),
         case([2, 5, 6, 6], 3, 3, 1, 1),
+        // Winograd F(2x2, 3x3) (conv_winograd): odd output sizes (partial 2x2 blocks), no
+        // padding, padding 2, items grouped into one unit, and the input gradient's flip.
+        case([3, 16, 9, 11], 20, 3, 1, 1),
+        case([2, 17, 10, 11], 16, 3, 0, 1),
+        case([2, 16, 8, 9], 18, 3, 2, 1),
+        case([9, 24, 8, 8], 16, 3, 1, 1),
     ];
     cases.push(Case {
         config: Conv2dConfig { padding: 2, dilation: 2, ..Default::default() },

@@ -13,6 +13,7 @@ mod batch_norm;
 mod conv;
 mod conv_cpu;
 mod conv_regions;
+mod conv_winograd;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod optim;

@@ -1,0 +1,568 @@
+//! The CPU 3×3 stride-1 convolution as Winograd's minimal filtering F(2×2, 3×3) (Lavin &
+//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): each 2×2 block of output
+//! pixels comes from its 4×4 input patch with 16 multiplies per (input, output) channel pair
+//! instead of 36, so the gemms do 2.25× fewer multiply-adds than im2col's.
+//!
+//! With `d` a 4×4 input patch, `g` a 3×3 filter and `Y` the 2×2 output block:
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. Over channels this is 16 independent products, one per
+//! transform-domain position ξ: `M_ξ (O × n) = U_ξ (O × C) · V_ξ (C × n)` with `U = G g Gᵀ`
+//! (the weights, transformed and packed once per call), `V = Bᵀ d B` (n patches) and the
+//! output transform applied to `M`. The passes:
+//! - forward: as above;
+//! - grad input: the forward pass of the flipped convolution (`conv_cpu::flipped_geometry`),
+//!   its `U` made from the rotated, transposed filters;
+//! - grad weight: `dM = A dY Aᵀ` per output block, `dU_ξ (O × C) = Σ_n dM_ξ · V_ξᵀ`, and
+//!   `dg = Gᵀ dU G` — the exact gradient of the forward's arithmetic.
+//!
+//! Work is cut from the shapes alone: batch items grouped into units (parallel), each unit's
+//! output blocks into chunks of `n` columns; the weight gradient sums units in
+//! [`PARALLEL_SPLITS`] fixed runs and adds the runs in order, so a result is bit-identical at
+//! any thread count (docs/decisions/0002-deterministic-reductions.md). The transforms add
+//! rounding of their own: results agree with the direct convolution to float tolerance
+//! (about 1e-6 relative), not bit for bit.
+//!
+//! Shapes as in `conv_cpu`: `x (B, C, H, W)`, `w (O, C, 3, 3)`, `y (B, O, OH, OW)`, one group.
+
+use super::conv_cpu::ConvGeometry;
+use crate::gemm::{Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, gemm};
+use rayon::prelude::*;
+
+/// Transform-domain positions per block: the 4×4 patch.
+const POSITIONS: usize = 16;
+
+/// The weight gradient's units are summed in this many fixed runs (as in `conv_cpu`).
+const PARALLEL_SPLITS: usize = 4;
+
+/// A chunk's `V_ξ` (`C × n`) is about this many floats, so that it stays in L2 while its
+/// gemm runs.
+const CHUNK_FLOATS: usize = 64 * 1024;
+
+/// Whether F(2×2, 3×3) runs `g`: a 3×3 kernel, stride 1, no dilation, one group, an output
+/// of at least 8×8 and at least 16 channels on each side. On smaller outputs the per-call
+/// cost of the weights (16 transformed `O × C` matrices, packed; 16 gradient sums) is paid
+/// for too few blocks and `conv_regions` is faster: 512 channels at 4×4, batch 32, forward
+/// and both gradients take 55 ms here against 33 ms there (`cargo bench -p wick-nn --bench
+/// nn -- --cases c3x3_512_4 --impls wick`). The transforms' cost is per channel, the
+/// gemms' per channel pair.
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    g.kernel_height == 3
+        && g.kernel_width == 3
+        && g.stride == 1
+        && g.dilation == 1
+        && g.groups == 1
+        && g.padding <= 2
+        && g.out_height >= 8
+        && g.out_width >= 8
+        && g.in_channels >= 16
+        && g.out_channels >= 16
+        && g.batch > 0
+}
+
+/// `U = G g Gᵀ` of one 3×3 filter `g` (row-major), `G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]`.
+fn transform_filter(g: [f32; 9]) -> [f32; 16] {
+    let mut s = [0.0f32; 12]; // G g: 4×3
+    for col in 0..3 {
+        let (g0, g1, g2) = (g[col], g[3 + col], g[6 + col]);
+        s[col] = g0;
+        s[3 + col] = 0.5 * (g0 + g1 + g2);
+        s[6 + col] = 0.5 * (g0 - g1 + g2);
+        s[9 + col] = g2;
+    }
+    let mut u = [0.0f32; 16]; // (G g) Gᵀ: 4×4
+    for row in 0..4 {
+        let (s0, s1, s2) = (s[row * 3], s[row * 3 + 1], s[row * 3 + 2]);
+        u[row * 4] = s0;
+        u[row * 4 + 1] = 0.5 * (s0 + s1 + s2);
+        u[row * 4 + 2] = 0.5 * (s0 - s1 + s2);
+        u[row * 4 + 3] = s2;
+    }
+    u
+}
+
+/// `dg = Gᵀ dU G`: the gradient of a 3×3 filter from that of its transform.
+fn untransform_filter_gradient(du: [f32; 16]) -> [f32; 9] {
+    let mut s = [0.0f32; 12]; // Gᵀ dU: 3×4
+    for col in 0..4 {
+        let (u0, u1, u2, u3) = (du[col], du[4 + col], du[8 + col], du[12 + col]);
+        s[col] = u0 + 0.5 * (u1 + u2);
+        s[4 + col] = 0.5 * (u1 - u2);
+        s[8 + col] = 0.5 * (u1 + u2) + u3;
+    }
+    let mut dg = [0.0f32; 9]; // (Gᵀ dU) G: 3×3
+    for row in 0..3 {
+        let (s0, s1, s2, s3) = (s[row * 4], s[row * 4 + 1], s[row * 4 + 2], s[row * 4 + 3]);
+        dg[row * 3] = s0 + 0.5 * (s1 + s2);
+        dg[row * 3 + 1] = 0.5 * (s1 - s2);
+        dg[row * 3 + 2] = 0.5 * (s1 + s2) + s3;
+    }
+    dg
+}
+
+/// `V = Bᵀ d B` of one 4×4 patch, `Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`
+/// (the reference for [`transform_input`], which does the same along whole rows).
+#[cfg(test)]
+fn transform_patch(d: &[f32; 16]) -> [f32; 16] {
+    let mut t = [0.0f32; 16]; // Bᵀ d
+    for col in 0..4 {
+        let (d0, d1, d2, d3) = (d[col], d[4 + col], d[8 + col], d[12 + col]);
+        t[col] = d0 - d2;
+        t[4 + col] = d1 + d2;
+        t[8 + col] = d2 - d1;
+        t[12 + col] = d1 - d3;
+    }
+    let mut v = [0.0f32; 16]; // (Bᵀ d) B
+    for row in 0..4 {
+        let (t0, t1, t2, t3) = (t[row * 4], t[row * 4 + 1], t[row * 4 + 2], t[row * 4 + 3]);
+        v[row * 4] = t0 - t2;
+        v[row * 4 + 1] = t1 + t2;
+        v[row * 4 + 2] = t2 - t1;
+        v[row * 4 + 3] = t1 - t3;
+    }
+    v
+}
+
+/// `Y = Aᵀ m A` (2×2) of one 4×4 product, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]` (the reference
+/// for the output transform in [`forward_with`], which runs along whole block rows).
+#[cfg(test)]
+fn untransform_block(m: &[f32; 16]) -> [f32; 4] {
+    let mut t = [0.0f32; 8]; // Aᵀ m: 2×4
+    for col in 0..4 {
+        let (m0, m1, m2, m3) = (m[col], m[4 + col], m[8 + col], m[12 + col]);
+        t[col] = m0 + m1 + m2;
+        t[4 + col] = m1 - m2 - m3;
+    }
+    let mut y = [0.0f32; 4];
+    for row in 0..2 {
+        let (t0, t1, t2, t3) = (t[row * 4], t[row * 4 + 1], t[row * 4 + 2], t[row * 4 + 3]);
+        y[row * 2] = t0 + t1 + t2;
+        y[row * 2 + 1] = t1 - t2 - t3;
+    }
+    y
+}
+
+/// `dM = A dY Aᵀ` (4×4) of one 2×2 output-gradient block: the transpose of
+/// [`untransform_block`] (the reference for the one in [`backward_weight`]).
+#[cfg(test)]
+fn transform_block_gradient(dy: &[f32; 4]) -> [f32; 16] {
+    let mut t = [0.0f32; 8]; // A dY: 4×2
+    for col in 0..2 {
+        let (y0, y1) = (dy[col], dy[2 + col]);
+        t[col] = y0;
+        t[2 + col] = y0 + y1;
+        t[4 + col] = y0 - y1;
+        t[6 + col] = -y1;
+    }
+    let mut m = [0.0f32; 16];
+    for row in 0..4 {
+        let (t0, t1) = (t[row * 2], t[row * 2 + 1]);
+        m[row * 4] = t0;
+        m[row * 4 + 1] = t0 + t1;
+        m[row * 4 + 2] = t0 - t1;
+        m[row * 4 + 3] = -t1;
+    }
+    m
+}
+
+/// `U` of every filter, position-major: `(16, O', C')`. `flipped`: the filters of the
+/// input gradient's convolution, `g'[c][o] = rot180(w[o][c])` (O' = C, C' = O).
+fn transform_weights(g: &ConvGeometry, weight: &[f32], flipped: bool) -> Vec<f32> {
+    let (o, c) = (g.out_channels, g.in_channels);
+    let plane = o * c;
+    let mut out = vec![0.0f32; POSITIONS * plane];
+    let transformed: Vec<[f32; 16]> = weight
+        .par_chunks_exact(9)
+        .map(|filter| {
+            let mut f: [f32; 9] = filter.try_into().unwrap_or([0.0; 9]);
+            if flipped {
+                f.reverse();
+            }
+            transform_filter(f)
+        })
+        .collect();
+    out.par_chunks_mut(plane).enumerate().for_each(|(xi, dst)| {
+        if flipped {
+            // Row c' = c_in of the flipped conv = the original's input channel c; column o.
+            for (index, u) in transformed.iter().enumerate() {
+                let (oo, cc) = (index / c, index % c);
+                dst[cc * o + oo] = u[xi];
+            }
+        } else {
+            for (d, u) in dst.iter_mut().zip(&transformed) {
+                *d = u[xi];
+            }
+        }
+    });
+    out
+}
+
+/// How a call's output blocks are cut: `blocks_h × blocks_w` 2×2 blocks per item, items
+/// grouped `items_per_unit` to a parallel unit, a unit's block rows taken `rows_per_chunk`
+/// at a time (a chunk's `n` is `rows_per_chunk · blocks_w` blocks, consecutive along x).
+#[derive(Debug, Clone, Copy)]
+struct Tiling {
+    blocks_h: usize,
+    blocks_w: usize,
+    items_per_unit: usize,
+    rows_per_chunk: usize,
+}
+
+impl Tiling {
+    fn new(g: &ConvGeometry, channels: usize) -> Self {
+        let (blocks_h, blocks_w) = (g.out_height.div_ceil(2), g.out_width.div_ceil(2));
+        let per_item = blocks_h * blocks_w;
+        let chunk = (CHUNK_FLOATS / channels.max(1)).clamp(64, 1024);
+        let items_per_unit = (chunk / per_item).clamp(1, g.batch.div_ceil(PARALLEL_SPLITS).max(1));
+        let rows_per_chunk = (chunk / blocks_w).max(1);
+        Self { blocks_h, blocks_w, items_per_unit, rows_per_chunk }
+    }
+
+    /// `(first block row, rows)` of each chunk of a unit of `items` items.
+    fn chunks(&self, items: usize) -> impl Iterator<Item = (usize, usize)> {
+        let rows = items * self.blocks_h;
+        let step = self.rows_per_chunk;
+        (0..rows).step_by(step).map(move |first| (first, step.min(rows - first)))
+    }
+}
+
+/// `V` of the blocks of block rows `[first_row, first_row + rows)` of a unit (block row =
+/// item·blocks_h + by) into `v (16, C, n)`, `n = rows · blocks_w`; `input` starts at the
+/// unit's first item. Values outside the image are 0.
+fn transform_input(
+    g: &ConvGeometry,
+    tiling: &Tiling,
+    input: &[f32],
+    (first_row, rows): (usize, usize),
+    v: &mut [f32],
+) {
+    let bw = tiling.blocks_w;
+    let n = rows * bw;
+    let plane = g.in_height * g.in_width;
+    let item_len = g.in_channels * plane;
+    let position_len = g.in_channels * n;
+    let padded_width = 2 * bw + 2;
+    // Four input rows of one block row, padded with zeros on both sides, and Bᵀ of them.
+    let mut padded = vec![0.0f32; 4 * padded_width];
+    let mut rows_t = vec![0.0f32; 4 * padded_width];
+    for channel in 0..g.in_channels {
+        for row in 0..rows {
+            let (item, by) =
+                ((first_row + row) / tiling.blocks_h, (first_row + row) % tiling.blocks_h);
+            let base = item * item_len + channel * plane;
+            for r in 0..4 {
+                let dst = &mut padded[r * padded_width..(r + 1) * padded_width];
+                let y = (2 * by + r).checked_sub(g.padding).filter(|&y| y < g.in_height);
+                let Some(y) = y else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                // Padded column xx holds input column xx - padding.
+                let src = &input[base + y * g.in_width..base + (y + 1) * g.in_width];
+                let lead = g.padding.min(padded_width);
+                dst[..lead].fill(0.0);
+                let count = g.in_width.min(padded_width - lead);
+                dst[lead..lead + count].copy_from_slice(&src[..count]);
+                dst[lead + count..].fill(0.0);
+            }
+            // t = Bᵀ d along the rows, for every column at once.
+            for x in 0..padded_width {
+                let (d0, d1, d2, d3) = (
+                    padded[x],
+                    padded[padded_width + x],
+                    padded[2 * padded_width + x],
+                    padded[3 * padded_width + x],
+                );
+                rows_t[x] = d0 - d2;
+                rows_t[padded_width + x] = d1 + d2;
+                rows_t[2 * padded_width + x] = d2 - d1;
+                rows_t[3 * padded_width + x] = d1 - d3;
+            }
+            // V = t B along the columns: position (r, s) of block bx, written as one
+            // contiguous run over bx per position.
+            let at = channel * n + row * bw;
+            for r in 0..4 {
+                let t = &rows_t[r * padded_width..(r + 1) * padded_width];
+                let base = r * 4 * position_len + at;
+                let (v0, rest) = v[base..].split_at_mut(position_len);
+                let (v1, rest) = rest.split_at_mut(position_len);
+                let (v2, v3) = rest.split_at_mut(position_len);
+                let (v0, v1, v2, v3) = (&mut v0[..bw], &mut v1[..bw], &mut v2[..bw], &mut v3[..bw]);
+                for bx in 0..bw {
+                    let x = 2 * bx;
+                    let (t0, t1, t2, t3) = (t[x], t[x + 1], t[x + 2], t[x + 3]);
+                    v0[bx] = t0 - t2;
+                    v1[bx] = t1 + t2;
+                    v2[bx] = t2 - t1;
+                    v3[bx] = t1 - t3;
+                }
+            }
+        }
+    }
+}
+
+/// `y` of convolution `g` from the transformed weights `u (16, O, C)`.
+fn forward_with(
+    g: &ConvGeometry,
+    input: &[f32],
+    u: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let (o, c) = (g.out_channels, g.in_channels);
+    let packed = (0..POSITIONS)
+        .into_par_iter()
+        .map(|xi| Ok(PreparedLhs::new(backend, MatRef::new(u, xi * o * c, (o, c), (c, 1))?)))
+        .collect::<candle::Result<Vec<_>>>()?;
+    let tiling = Tiling::new(g, c.max(o));
+    let bw = tiling.blocks_w;
+    let item_in = c * g.in_height * g.in_width;
+    let pixels = g.out_pixels();
+    let item_out = o * pixels;
+    let mut output = vec![0.0f32; g.output_len()];
+    output.par_chunks_mut(tiling.items_per_unit * item_out).enumerate().try_for_each(
+        |(unit, out_unit)| -> candle::Result<()> {
+            let items = out_unit.len() / item_out;
+            let first_item = unit * tiling.items_per_unit;
+            let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
+            let (mut v, mut m) = (Vec::new(), Vec::new());
+            let mut scratch = vec![0.0f32; 8 * bw];
+            for (first_row, rows) in tiling.chunks(items) {
+                let n = rows * bw;
+                v.resize(POSITIONS * c * n, 0.0);
+                m.resize(POSITIONS * o * n, 0.0);
+                transform_input(g, &tiling, in_unit, (first_row, rows), &mut v);
+                for (xi, lhs) in packed.iter().enumerate() {
+                    let rhs = MatRef::new(&v, xi * c * n, (c, n), (n, 1))?;
+                    let dst = MatMut::new(&mut m, xi * o * n, (o, n), n)?;
+                    gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                }
+                for channel in 0..o {
+                    for row in 0..rows {
+                        let block_row = first_row + row;
+                        let (item, by) = (block_row / tiling.blocks_h, block_row % tiling.blocks_h);
+                        let at = channel * n + row * bw;
+                        let m_at = |xi: usize| &m[xi * o * n + at..xi * o * n + at + bw];
+                        // t = Aᵀ m: rows i of the 2×4 result, column s, over all blocks.
+                        for s in 0..4 {
+                            let (m0, m1, m2, m3) =
+                                (m_at(s), m_at(4 + s), m_at(8 + s), m_at(12 + s));
+                            let (t0, rest) = scratch[s * 2 * bw..].split_at_mut(bw);
+                            let t1 = &mut rest[..bw];
+                            for bx in 0..bw {
+                                t0[bx] = m0[bx] + m1[bx] + m2[bx];
+                                t1[bx] = m1[bx] - m2[bx] - m3[bx];
+                            }
+                        }
+                        let plane = item * item_out + channel * pixels;
+                        for i in 0..2 {
+                            let oy = 2 * by + i;
+                            if oy >= g.out_height {
+                                break;
+                            }
+                            let t_at = |s: usize| &scratch[(s * 2 + i) * bw..(s * 2 + i + 1) * bw];
+                            let (t0, t1, t2, t3) = (t_at(0), t_at(1), t_at(2), t_at(3));
+                            let out_row = &mut out_unit
+                                [plane + oy * g.out_width..plane + (oy + 1) * g.out_width];
+                            let (pairs, last) = out_row.as_chunks_mut::<2>();
+                            for (bx, pair) in pairs.iter_mut().enumerate() {
+                                pair[0] = t0[bx] + t1[bx] + t2[bx];
+                                pair[1] = t1[bx] - t2[bx] - t3[bx];
+                            }
+                            if let Some(value) = last.first_mut() {
+                                let bx = pairs.len();
+                                *value = t0[bx] + t1[bx] + t2[bx];
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(output)
+}
+
+/// `y = conv2d(x, w)` (see [`applies`]); `input` and `weight` row-major.
+pub(crate) fn forward(
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    forward_with(g, input, &transform_weights(g, weight, false), backend)
+}
+
+/// `dx` of convolution `g` as the forward pass of its flipped convolution `flipped` (which
+/// [`applies`]), `dy (B, O, OH, OW)` and `weight` row-major.
+pub(crate) fn backward_input(
+    g: &ConvGeometry,
+    flipped: &ConvGeometry,
+    grad_output: &[f32],
+    weight: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    forward_with(flipped, grad_output, &transform_weights(g, weight, true), backend)
+}
+
+/// `dw` of convolution `g` (which [`applies`]) from `x` and `dy`; both row-major.
+pub(crate) fn backward_weight(
+    g: &ConvGeometry,
+    input: &[f32],
+    grad_output: &[f32],
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let (o, c) = (g.out_channels, g.in_channels);
+    let tiling = Tiling::new(g, c.max(o));
+    let item_in = c * g.in_height * g.in_width;
+    let item_out = o * g.out_pixels();
+    let units = g.batch.div_ceil(tiling.items_per_unit);
+    let du_len = POSITIONS * o * c;
+    let accumulate_unit = |mut du: Vec<f32>, unit: usize| -> candle::Result<Vec<f32>> {
+        let first_item = unit * tiling.items_per_unit;
+        let items = tiling.items_per_unit.min(g.batch - first_item);
+        let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
+        let dy_unit = &grad_output[first_item * item_out..(first_item + items) * item_out];
+        let bw = tiling.blocks_w;
+        let pixels = g.out_pixels();
+        let (mut v, mut dm) = (Vec::new(), Vec::new());
+        let mut scratch = vec![0.0f32; 4 * bw];
+        for (first_row, rows) in tiling.chunks(items) {
+            let n = rows * bw;
+            v.resize(POSITIONS * c * n, 0.0);
+            dm.resize(POSITIONS * o * n, 0.0);
+            transform_input(g, &tiling, in_unit, (first_row, rows), &mut v);
+            for channel in 0..o {
+                for row in 0..rows {
+                    let block_row = first_row + row;
+                    let (item, by) = (block_row / tiling.blocks_h, block_row % tiling.blocks_h);
+                    let plane = item * item_out + channel * pixels;
+                    // dY's rows 2·by and 2·by + 1, split into even and odd columns (0 outside).
+                    let (even, odd) = scratch.split_at_mut(2 * bw);
+                    for i in 0..2 {
+                        let (e, o_) =
+                            (&mut even[i * bw..(i + 1) * bw], &mut odd[i * bw..(i + 1) * bw]);
+                        let oy = 2 * by + i;
+                        if oy >= g.out_height {
+                            e.fill(0.0);
+                            o_.fill(0.0);
+                            continue;
+                        }
+                        let dy_row =
+                            &dy_unit[plane + oy * g.out_width..plane + (oy + 1) * g.out_width];
+                        let (pairs, last) = dy_row.as_chunks::<2>();
+                        for (bx, pair) in pairs.iter().enumerate() {
+                            e[bx] = pair[0];
+                            o_[bx] = pair[1];
+                        }
+                        if let Some(&value) = last.first() {
+                            e[pairs.len()] = value;
+                            o_[pairs.len()] = 0.0;
+                        }
+                    }
+                    // dM = A dY Aᵀ: row r of A dY is (y0, y0 + y1, y0 - y1, -y1) per column.
+                    let at = channel * n + row * bw;
+                    for r in 0..4 {
+                        let base = r * 4 * o * n + at;
+                        let (d0, rest) = dm[base..].split_at_mut(o * n);
+                        let (d1, rest) = rest.split_at_mut(o * n);
+                        let (d2, d3) = rest.split_at_mut(o * n);
+                        for bx in 0..bw {
+                            let (e0, e1, o0, o1) = (even[bx], even[bw + bx], odd[bx], odd[bw + bx]);
+                            let (a, b) = match r {
+                                0 => (e0, o0),
+                                1 => (e0 + e1, o0 + o1),
+                                2 => (e0 - e1, o0 - o1),
+                                _ => (-e1, -o1),
+                            };
+                            d0[bx] = a;
+                            d1[bx] = a + b;
+                            d2[bx] = a - b;
+                            d3[bx] = -b;
+                        }
+                    }
+                }
+            }
+            for xi in 0..POSITIONS {
+                let lhs = MatRef::new(&dm, xi * o * n, (o, n), (n, 1))?;
+                let rhs = MatRef::new(&v, xi * c * n, (c, n), (n, 1))?.transpose();
+                let dst = MatMut::new(&mut du, xi * o * c, (o, c), c)?;
+                gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+            }
+        }
+        Ok(du)
+    };
+    let units_per_run = units.div_ceil(PARALLEL_SPLITS);
+    let runs = units.div_ceil(units_per_run);
+    let partials = (0..runs)
+        .into_par_iter()
+        .map(|run| {
+            let first = run * units_per_run;
+            (first..units.min(first + units_per_run))
+                .try_fold(vec![0.0f32; du_len], accumulate_unit)
+        })
+        .collect::<candle::Result<Vec<_>>>()?;
+    let mut partials = partials.into_iter();
+    let mut du = partials.next().unwrap_or_else(|| vec![0.0f32; du_len]);
+    for partial in partials {
+        for (total, p) in du.iter_mut().zip(&partial) {
+            *total += p;
+        }
+    }
+    let mut grad_weight = vec![0.0f32; g.weight_len()];
+    grad_weight.par_chunks_exact_mut(9).enumerate().for_each(|(index, filter)| {
+        let mut block = [0.0f32; 16];
+        for (xi, value) in block.iter_mut().enumerate() {
+            *value = du[xi * o * c + index];
+        }
+        filter.copy_from_slice(&untransform_filter_gradient(block));
+    });
+    Ok(grad_weight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4×4 patch and a 3×3 filter whose 2×2 correlation is easy by hand.
+    #[test]
+    fn one_block_equals_the_direct_correlation() {
+        let d: [f32; 16] = std::array::from_fn(|i| (i as f32) * 0.5 - 3.0);
+        let g: [f32; 9] = [1.0, -2.0, 0.5, 0.25, 3.0, -1.0, 2.0, 0.0, -0.5];
+        let v = transform_patch(&d);
+        let u = transform_filter(g);
+        let m: [f32; 16] = std::array::from_fn(|i| u[i] * v[i]);
+        let y = untransform_block(&m);
+        for (k, got) in y.iter().enumerate() {
+            let (i, j) = (k / 2, k % 2);
+            let mut want = 0.0f32;
+            for a in 0..3 {
+                for b in 0..3 {
+                    want += d[(i + a) * 4 + j + b] * g[a * 3 + b];
+                }
+            }
+            assert!((got - want).abs() < 1e-5, "y[{i}][{j}]: {got} vs {want}");
+        }
+    }
+
+    /// The filter gradient through the transforms equals the direct one: for a loss
+    /// `Σ dY ⊙ Y`, `dg[a][b] = Σ_ij dY[i][j] d[i+a][j+b]`.
+    #[test]
+    fn one_block_filter_gradient_equals_the_direct_one() {
+        let d: [f32; 16] = std::array::from_fn(|i| ((i * 7) % 5) as f32 - 1.5);
+        let dy = [0.5f32, -1.0, 2.0, 0.25];
+        let v = transform_patch(&d);
+        let dm = transform_block_gradient(&dy);
+        let du: [f32; 16] = std::array::from_fn(|i| dm[i] * v[i]);
+        let dg = untransform_filter_gradient(du);
+        for a in 0..3 {
+            for b in 0..3 {
+                let mut want = 0.0f32;
+                for i in 0..2 {
+                    for j in 0..2 {
+                        want += dy[i * 2 + j] * d[(i + a) * 4 + j + b];
+                    }
+                }
+                let got = dg[a * 3 + b];
+                assert!((got - want).abs() < 1e-5, "dg[{a}][{b}]: {got} vs {want}");
+            }
+        }
+    }
+}
