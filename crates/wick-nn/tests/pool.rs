@@ -187,6 +187,28 @@ fn max_pool_gradient_goes_to_the_first_of_tied_maxima() -> candle::Result<()> {
 }
 
 #[test]
+fn max_pool_gradient_goes_to_the_first_maximum_in_row_major_order() -> candle::Result<()> {
+    // One 3x3 window holding 3.0 five times: the first in row-major scan order is (0, 2),
+    // though columns 0 and 1 reach 3.0 in earlier columns (PyTorch's CPU kernel scans rows,
+    // then columns, and replaces only on a strictly greater value).
+    let values = [1.0f32, 2.0, 3.0, 3.0, 0.0, 3.0, 3.0, 3.0, 1.0];
+    let x = Var::from_tensor(&Tensor::from_slice(&values, (1, 1, 3, 3), &candle::Device::Cpu)?)?;
+    let y = ops::max_pool2d(x.as_tensor(), max_config(3, 1, 0, false))?;
+    let grads = y.sum_all()?.backward()?;
+    let got = to_vec(grads.get(x.as_tensor()).expect("gradient"));
+    assert_eq!(got, vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    // A NaN beats every number and is the max; of two NaNs the first gets the gradient.
+    let values = [1.0f32, f32::NAN, 3.0, f32::NAN];
+    let x = Var::from_tensor(&Tensor::from_slice(&values, (1, 1, 2, 2), &candle::Device::Cpu)?)?;
+    let y = ops::max_pool2d(x.as_tensor(), max_config(2, 2, 0, false))?;
+    assert!(to_vec(&y)[0].is_nan());
+    let grads = y.sum_all()?.backward()?;
+    // The loss is NaN, but the gradient is routed: 1 at the first NaN, 0 elsewhere.
+    assert_eq!(to_vec(grads.get(x.as_tensor()).expect("gradient")), vec![0.0, 1.0, 0.0, 0.0]);
+    Ok(())
+}
+
+#[test]
 fn non_contiguous_and_f64_inputs() -> candle::Result<()> {
     let stored = seeded_tensor(&[2, 9, 3, 8], 3);
     let x = stored.transpose(1, 2)?;

@@ -238,22 +238,19 @@ fn nan_max(best: f32, value: f32) -> f32 {
     if (value > best) | value.is_nan() { value } else { best }
 }
 
-/// Whether `value` beats `best` in PyTorch's scan (strictly greater; NaN beats numbers).
-#[inline(always)]
-fn beats(value: f32, best: f32) -> bool {
-    (value > best) | (value.is_nan() & !best.is_nan())
-}
-
-/// Per-thread scratch rows of one plane: column maxima / sums and the row they came from.
+/// Per-thread scratch of one plane: a row of column maxima / sums, and every output
+/// column's window `(x0, x1, count with padding)` (computed once, not per output pixel).
 #[derive(Default)]
 struct RowScratch {
     values: Vec<f32>,
-    rows: Vec<u32>,
+    column_windows: Vec<(usize, usize, usize)>,
 }
 
 impl RowScratch {
-    fn sized(width: usize) -> Self {
-        Self { values: vec![0.0; width], rows: vec![0; width] }
+    fn new(geometry: &PoolGeometry, window: &Window) -> Self {
+        let column_windows =
+            (0..geometry.out_width).map(|x| window.range(x, geometry.in_width)).collect();
+        Self { values: vec![0.0; geometry.in_width], column_windows }
     }
 }
 
@@ -331,7 +328,7 @@ fn pool_forward_cpu<R: PoolReduction>(
             .par_chunks_mut(geometry.out_plane())
             .zip(input.par_chunks(geometry.in_plane()))
             .for_each_init(
-                || RowScratch::sized(geometry.in_width),
+                || RowScratch::new(&geometry, &window),
                 |scratch, (out_plane, in_plane)| {
                     pool_plane::<R>(in_plane, &geometry, &window, scratch, out_plane)
                 },
@@ -350,7 +347,8 @@ fn pool_plane<R: PoolReduction>(
     out: &mut [f32],
 ) {
     let width = geometry.in_width;
-    let columns = &mut scratch.values[..width];
+    let RowScratch { values, column_windows } = scratch;
+    let columns = &mut values[..width];
     for (out_y, out_row) in out.chunks_exact_mut(geometry.out_width).enumerate() {
         let (y0, y1, count_y) = window.range(out_y, geometry.in_height);
         columns.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
@@ -359,8 +357,7 @@ fn pool_plane<R: PoolReduction>(
                 *acc = R::combine(*acc, value);
             }
         }
-        for (out_x, out_value) in out_row.iter_mut().enumerate() {
-            let (x0, x1, count_x) = window.range(out_x, width);
+        for (out_value, &(x0, x1, count_x)) in out_row.iter_mut().zip(column_windows.iter()) {
             *out_value = R::window_value(&columns[x0..x1], count_y * count_x);
         }
     }
@@ -404,50 +401,45 @@ impl CustomOp1 for MaxPool2dOp {
     }
 }
 
-/// Max pooling backward of one plane: finds each window's first maximum in row-major scan
-/// order (per column the first row holding the column max, then across columns the
-/// greatest value, ties to the smaller row, then the smaller column) and adds the output
-/// gradient there.
+/// Max pooling backward of one plane: each window's gradient goes to its first maximum in
+/// row-major scan order (the first value equal to the window's max, NaN equal to NaN: the
+/// same position as PyTorch's scan, which replaces the best only on a strictly greater value
+/// or a NaN over a number). The maxima come from the forward's own [`pool_plane`]; the
+/// position search is branch-free (scanned backwards, each match overwriting the position),
+/// since on real activations the comparisons are unpredictable.
 fn max_pool_backward_plane(
     plane: &[f32],
     grad: &[f32],
     geometry: &PoolGeometry,
     window: &Window,
-    scratch: &mut RowScratch,
+    scratch: &mut (RowScratch, Vec<f32>),
     grad_input: &mut [f32],
 ) {
     let width = geometry.in_width;
+    let (rows, maxima) = scratch;
+    maxima.resize(geometry.out_plane(), 0.0);
+    pool_plane::<Max>(plane, geometry, window, rows, maxima);
     // The buffer comes from calloc: writing the zeros here (rather than reading the lazily
     // zeroed pages first) takes one page fault per page instead of two.
     grad_input.fill(0.0);
-    let RowScratch { values, rows } = scratch;
-    let (column_max, column_row) = (&mut values[..width], &mut rows[..width]);
-    for (out_y, grad_row) in grad.chunks_exact(geometry.out_width).enumerate() {
+    for (out_y, (grad_row, max_row)) in grad
+        .chunks_exact(geometry.out_width)
+        .zip(maxima.chunks_exact(geometry.out_width))
+        .enumerate()
+    {
         let (y0, y1, _) = window.range(out_y, geometry.in_height);
-        column_max.copy_from_slice(&plane[y0 * width..(y0 + 1) * width]);
-        column_row.fill(y0 as u32);
-        for y in y0 + 1..y1 {
-            let row = &plane[y * width..(y + 1) * width];
-            // Branch-free so that it vectorises: take the new row where it beats the column max.
-            for ((best, best_row), &value) in
-                column_max.iter_mut().zip(column_row.iter_mut()).zip(row)
-            {
-                let take = beats(value, *best);
-                *best = if take { value } else { *best };
-                *best_row = if take { y as u32 } else { *best_row };
+        let windows = rows.column_windows.iter();
+        for ((&g, &max), &(x0, x1, _)) in grad_row.iter().zip(max_row).zip(windows) {
+            let max_is_nan = max.is_nan();
+            let mut at = y0 * width + x0;
+            for y in (y0..y1).rev() {
+                for x in (x0..x1).rev() {
+                    let value = plane[y * width + x];
+                    let hit = (value == max) | (max_is_nan & value.is_nan());
+                    at = if hit { y * width + x } else { at };
+                }
             }
-        }
-        for (out_x, &g) in grad_row.iter().enumerate() {
-            let (x0, x1, _) = window.range(out_x, width);
-            let (mut best_x, mut best, mut best_row) = (x0, column_max[x0], column_row[x0]);
-            for x in x0 + 1..x1 {
-                let (value, row) = (column_max[x], column_row[x]);
-                let take = beats(value, best) | (!beats(best, value) & (row < best_row));
-                best_x = if take { x } else { best_x };
-                best = if take { value } else { best };
-                best_row = if take { row } else { best_row };
-            }
-            grad_input[best_row as usize * width + best_x] += g;
+            grad_input[at] += g;
         }
     }
 }
@@ -503,7 +495,7 @@ impl CustomOp2 for MaxPool2dBackwardOp {
                 .zip(input.par_chunks(geometry.in_plane()))
                 .zip(grad.par_chunks(geometry.out_plane()))
                 .for_each_init(
-                    || RowScratch::sized(geometry.in_width),
+                    || (RowScratch::new(&geometry, &window), Vec::new()),
                     |scratch, ((dx_plane, in_plane), dy_plane)| {
                         max_pool_backward_plane(
                             in_plane, dy_plane, &geometry, &window, scratch, dx_plane,
@@ -601,7 +593,7 @@ impl CustomOp1 for AvgPool2dBackwardOp {
                 .par_chunks_mut(geometry.in_plane())
                 .zip(grad.par_chunks(geometry.out_plane()))
                 .for_each_init(
-                    || RowScratch::sized(geometry.in_width),
+                    || RowScratch::new(&geometry, &window),
                     |scratch, (dx_plane, dy_plane)| {
                         avg_pool_backward_plane(dy_plane, &geometry, &window, scratch, dx_plane);
                     },
@@ -657,12 +649,12 @@ fn avg_pool_backward_plane(
     let width = geometry.in_width;
     // Written before any read: one page fault per calloc page instead of two.
     grad_input.fill(0.0);
-    let row_grad = &mut scratch.values[..width];
+    let RowScratch { values, column_windows } = scratch;
+    let row_grad = &mut values[..width];
     for (out_y, grad_row) in grad.chunks_exact(geometry.out_width).enumerate() {
         let (y0, y1, count_y) = window.range(out_y, geometry.in_height);
         row_grad.fill(0.0);
-        for (out_x, &g) in grad_row.iter().enumerate() {
-            let (x0, x1, count_x) = window.range(out_x, width);
+        for (&g, &(x0, x1, count_x)) in grad_row.iter().zip(column_windows.iter()) {
             let share = g / (count_y * count_x) as f32;
             for value in &mut row_grad[x0..x1] {
                 *value += share;
