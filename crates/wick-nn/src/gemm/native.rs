@@ -87,6 +87,18 @@ fn pack_lhs_block(
                 let start = a.offset + first_row + (col0 + kk) * a.col_stride;
                 out_panel[kk * MR..kk * MR + MR].copy_from_slice(&a.data[start..start + MR]);
             }
+        } else if a.col_stride == 1 && panel_rows == MR {
+            // Row-major source: read the MR rows side by side, write the panel in order
+            // (one contiguous store stream instead of MR strided ones).
+            let rows: [&[f32]; MR] = std::array::from_fn(|ii| {
+                let start = a.offset + (first_row + ii) * a.row_stride + col0;
+                &a.data[start..start + kc]
+            });
+            for (kk, dst) in out_panel.chunks_exact_mut(MR).enumerate() {
+                for (value, row) in dst.iter_mut().zip(&rows) {
+                    *value = row[kk];
+                }
+            }
         } else {
             for ii in 0..panel_rows {
                 let row_start = a.offset + (first_row + ii) * a.row_stride + col0 * a.col_stride;
