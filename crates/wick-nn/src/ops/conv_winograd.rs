@@ -241,27 +241,30 @@ fn transform_input(
     let position_len = g.in_channels * n;
     let padded_width = 2 * bw + 2;
     // Four input rows of one block row, padded with zeros on both sides, and Bᵀ of them.
+    // Padded column xx holds input column xx - padding: only `[lead, lead + count)` is ever
+    // written, so the zeros either side are written once, here (no per-row fills).
     let mut padded = vec![0.0f32; 4 * padded_width];
     let mut rows_t = vec![0.0f32; 4 * padded_width];
+    let lead = g.padding.min(padded_width);
+    let count = g.in_width.min(padded_width - lead);
     for channel in 0..g.in_channels {
         for row in 0..rows {
             let (item, by) =
                 ((first_row + row) / tiling.blocks_h, (first_row + row) % tiling.blocks_h);
             let base = item * item_len + channel * plane;
             for r in 0..4 {
-                let dst = &mut padded[r * padded_width..(r + 1) * padded_width];
-                let y = (2 * by + r).checked_sub(g.padding).filter(|&y| y < g.in_height);
-                let Some(y) = y else {
-                    dst.fill(0.0);
-                    continue;
-                };
-                // Padded column xx holds input column xx - padding.
-                let src = &input[base + y * g.in_width..base + (y + 1) * g.in_width];
-                let lead = g.padding.min(padded_width);
-                dst[..lead].fill(0.0);
-                let count = g.in_width.min(padded_width - lead);
-                dst[lead..lead + count].copy_from_slice(&src[..count]);
-                dst[lead + count..].fill(0.0);
+                let dst = &mut padded[r * padded_width + lead..r * padded_width + lead + count];
+                match (2 * by + r).checked_sub(g.padding).filter(|&y| y < g.in_height) {
+                    Some(y) => {
+                        let start = base + y * g.in_width;
+                        dst.copy_from_slice(&input[start..start + count]);
+                    }
+                    None => {
+                        for value in dst.iter_mut() {
+                            *value = 0.0;
+                        }
+                    }
+                }
             }
             // t = Bᵀ d along the rows, for every column at once.
             for x in 0..padded_width {
