@@ -39,11 +39,18 @@ pub(crate) struct PackedLhs {
 impl PackedLhs {
     pub(crate) fn pack(matrix: MatRef<'_>) -> Self {
         let rows_padded = matrix.rows.div_ceil(MR) * MR;
-        let mut data = vec![0.0f32; rows_padded * matrix.cols];
+        // Built panel by panel in memory order (through an L1-sized panel buffer) rather
+        // than into a zeroed buffer: `vec![0.0; n]` on reused heap memory is a memset, a
+        // whole extra write pass.
+        let mut data = Vec::with_capacity(rows_padded * matrix.cols);
+        let mut panel = [0.0f32; MR * KC];
         for pc in (0..matrix.cols).step_by(KC) {
             let kc = KC.min(matrix.cols - pc);
-            let block = &mut data[pc * rows_padded..pc * rows_padded + rows_padded * kc];
-            pack_lhs_block(matrix, 0, matrix.rows, pc, kc, block);
+            for first_row in (0..matrix.rows).step_by(MR) {
+                let rows = MR.min(matrix.rows - first_row);
+                pack_lhs_block(matrix, first_row, rows, pc, kc, &mut panel[..kc * MR]);
+                data.extend_from_slice(&panel[..kc * MR]);
+            }
         }
         Self { data, rows: matrix.rows, cols: matrix.cols }
     }
