@@ -35,7 +35,7 @@ const MIN_GROUPED_COLUMNS: usize = 256;
 /// shapes alone, never from the thread count or from work stealing, so every sum is formed
 /// in the same order and a result is bit-identical at any number of threads
 /// (docs/decisions/0002-deterministic-reductions.md).
-const PARALLEL_SPLITS: usize = 4;
+pub(crate) const PARALLEL_SPLITS: usize = 4;
 
 /// Everything about one convolution's shapes, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -678,18 +678,30 @@ pub(crate) fn conv2d_backward_weight(
         }
         Ok(grad_weight)
     };
-    let units_per_run = units.div_ceil(PARALLEL_SPLITS);
+    sum_in_fixed_runs(units, weight_len, accumulate_unit)
+}
+
+/// The sum over `units` work units of `accumulate(partial, unit)`, each adding its unit's
+/// terms into a `len`-long partial sum: the units are cut into at most [`PARALLEL_SPLITS`]
+/// runs of consecutive units, each run accumulates in unit order (in parallel with the
+/// others), then the runs' sums are added in run order — the same additions in the same
+/// order whatever the number of threads (docs/decisions/0002-deterministic-reductions.md).
+pub(crate) fn sum_in_fixed_runs(
+    units: usize,
+    len: usize,
+    accumulate: impl Fn(Vec<f32>, usize) -> candle::Result<Vec<f32>> + Sync,
+) -> candle::Result<Vec<f32>> {
+    let units_per_run = units.div_ceil(PARALLEL_SPLITS).max(1);
     let runs = units.div_ceil(units_per_run);
     let partials = (0..runs)
         .into_par_iter()
         .map(|run| {
             let first = run * units_per_run;
-            (first..units.min(first + units_per_run))
-                .try_fold(vec![0.0f32; weight_len], accumulate_unit)
+            (first..units.min(first + units_per_run)).try_fold(vec![0.0f32; len], &accumulate)
         })
         .collect::<candle::Result<Vec<_>>>()?;
     let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| vec![0.0f32; weight_len]);
+    let mut total = partials.next().unwrap_or_else(|| vec![0.0f32; len]);
     for partial in partials {
         for (t, p) in total.iter_mut().zip(&partial) {
             *t += p;

@@ -15,23 +15,20 @@
 //!   `dg = Gᵀ dU G` — the exact gradient of the forward's arithmetic.
 //!
 //! Work is cut from the shapes alone: batch items grouped into units (parallel), each unit's
-//! output blocks into chunks of `n` columns; the weight gradient sums units in
-//! [`PARALLEL_SPLITS`] fixed runs and adds the runs in order, so a result is bit-identical at
-//! any thread count (docs/decisions/0002-deterministic-reductions.md). The transforms add
+//! output blocks into chunks of `n` columns; the weight gradient sums its units with
+//! `conv_cpu::sum_in_fixed_runs`, so a result is bit-identical at any thread count
+//! (docs/decisions/0002-deterministic-reductions.md). The transforms add
 //! rounding of their own: results agree with the direct convolution to float tolerance
 //! (about 1e-6 relative), not bit for bit.
 //!
 //! Shapes as in `conv_cpu`: `x (B, C, H, W)`, `w (O, C, 3, 3)`, `y (B, O, OH, OW)`, one group.
 
-use super::conv_cpu::ConvGeometry;
+use super::conv_cpu::{ConvGeometry, PARALLEL_SPLITS, sum_in_fixed_runs};
 use crate::gemm::{Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, gemm};
 use rayon::prelude::*;
 
 /// Transform-domain positions per block: the 4×4 patch.
 const POSITIONS: usize = 16;
-
-/// The weight gradient's units are summed in this many fixed runs (as in `conv_cpu`).
-const PARALLEL_SPLITS: usize = 4;
 
 /// A chunk's `V_ξ` (`C × n`) is about this many floats, so that it stays in L2 while its
 /// gemm runs.
@@ -492,23 +489,7 @@ pub(crate) fn backward_weight(
         }
         Ok(du)
     };
-    let units_per_run = units.div_ceil(PARALLEL_SPLITS);
-    let runs = units.div_ceil(units_per_run);
-    let partials = (0..runs)
-        .into_par_iter()
-        .map(|run| {
-            let first = run * units_per_run;
-            (first..units.min(first + units_per_run))
-                .try_fold(vec![0.0f32; du_len], accumulate_unit)
-        })
-        .collect::<candle::Result<Vec<_>>>()?;
-    let mut partials = partials.into_iter();
-    let mut du = partials.next().unwrap_or_else(|| vec![0.0f32; du_len]);
-    for partial in partials {
-        for (total, p) in du.iter_mut().zip(&partial) {
-            *total += p;
-        }
-    }
+    let du = sum_in_fixed_runs(units, du_len, accumulate_unit)?;
     let mut grad_weight = vec![0.0f32; g.weight_len()];
     grad_weight.par_chunks_exact_mut(9).enumerate().for_each(|(index, filter)| {
         let mut block = [0.0f32; 16];
