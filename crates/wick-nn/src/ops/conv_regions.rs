@@ -39,7 +39,7 @@ const MIN_PADDING_SHARE: f64 = 0.2;
 /// 3×3 convolutions, forward + both gradients, regions against im2col (ms):
 /// 256 ch at 14 px (share 9%, ×C = 24) 117 vs 134, 128 ch at 8 px (16%, 21) 23 vs 26 —
 /// regions; 128 ch at 16 px (8%, 10) 48 vs 46, 64 ch at 16 px (8%, 5) 34 vs 29, 128 ch at
-/// 28 px (5%, 6) 162 vs 130 — im2col. docs/performance.md has the whole table.
+/// 28 px (5%, 6) 162 vs 130 — im2col (docs/decisions/0005-winograd-and-valid-tap-regions.md).
 const MIN_PADDING_SHARE_TIMES_CHANNELS: f64 = 20.0;
 
 /// A pass is cut into about this many gemm tasks (columns of the regions).
@@ -48,8 +48,8 @@ const MIN_TASKS: usize = 8;
 /// A task has at least this many columns (the gemm's `n`; the micro-kernel is 16 wide).
 const MIN_TASK_COLUMNS: usize = 32;
 
-/// A run of output positions along one axis that all read the kernel taps `taps` inside
-/// the image.
+/// A run of output positions along one axis that all read the same kernel taps
+/// `[first_tap, end_tap)` inside the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct AxisRun {
     /// First output position and count.
@@ -299,7 +299,7 @@ impl<'a> TapWeights<'a> {
         Self::prepare(g, taps, backend, |tap| (last - tap, true))
     }
 
-    /// `source(tap) = (tap of `taps` to read, whether transposed)`.
+    /// `source(tap)` names the tap of `taps` that tap `tap` reads, and whether transposed.
     fn prepare(
         g: &ConvGeometry,
         taps: &'a [f32],
