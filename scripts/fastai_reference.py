@@ -11,6 +11,10 @@ seeded half of the images with RandomSplitter(0.2, seed); progressive: 32 px (bs
 fit_one_cycle(4, 3e-3), then a new split at 48 px (bs 64) fine_tune(5, 1e-3); tta: learn.tta()
 on progressive's model. The subset and the split are drawn with numpy/torch generators, so
 they are the same size as wick's but not the same images. CPU, 2 threads.
+
+`--split folders` mirrors [profiles.official] instead: all images, Imagenette's own train/ and
+val/ folders (GrandparentSplitter; 9,469 / 3,925 images), the same split for both stages of
+progressive resizing; everything else as above.
 """
 import argparse
 import json
@@ -21,8 +25,8 @@ import numpy as np
 import torch
 
 from fastai.vision.all import (CategoryBlock, CrossEntropyLossFlat, DataBlock, ImageBlock,
-                               LabelSmoothingCrossEntropy, Learner, MixUp, Normalize,
-                               RandomSplitter, Resize, accuracy, aug_transforms,
+                               GrandparentSplitter, LabelSmoothingCrossEntropy, Learner,
+                               MixUp, Normalize, RandomSplitter, Resize, accuracy, aug_transforms,
                                get_image_files, imagenet_stats, parent_label, xresnet18)
 
 QUICK = dict(item_size=96, size=48, bs=64, subset=0.5, epochs=5, lr=3e-3)
@@ -37,12 +41,17 @@ def items_fn(subset, seed):
     return get_items
 
 
-def dls(path, bs, size, normalize, seed, split_seed):
+def dls(path, bs, size, normalize, seed, split_seed, split):
     tfms = [*aug_transforms(size=size, min_scale=0.75)]
     if normalize:
         tfms.append(Normalize.from_stats(*imagenet_stats))
-    block = DataBlock(blocks=(ImageBlock(), CategoryBlock()), get_items=items_fn(QUICK["subset"], seed),
-                      get_y=parent_label, splitter=RandomSplitter(valid_pct=0.2, seed=split_seed),
+    if split == "folders":
+        get_items, splitter = get_image_files, GrandparentSplitter(train_name="train", valid_name="val")
+    else:
+        get_items = items_fn(QUICK["subset"], seed)
+        splitter = RandomSplitter(valid_pct=0.2, seed=split_seed)
+    block = DataBlock(blocks=(ImageBlock(), CategoryBlock()), get_items=get_items,
+                      get_y=parent_label, splitter=splitter,
                       item_tfms=Resize(QUICK["item_size"]), batch_tfms=tfms)
     return block.dataloaders(path, bs=bs, num_workers=0, device="cpu")
 
@@ -51,24 +60,26 @@ def final_accuracy(learn):
     return float(learn.recorder.values[-1][2])
 
 
-def run(name, path, seed, out):
+def run(name, path, seed, out, split):
     torch.manual_seed(seed)
     start = time.time()
-    result = {"name": name, "seed": seed}
+    result = {"name": name, "seed": seed, "split": split}
     if name in ("baseline", "normalize", "mixup", "label_smoothing"):
-        data = dls(path, QUICK["bs"], QUICK["size"], name != "baseline", seed, seed)
+        data = dls(path, QUICK["bs"], QUICK["size"], name != "baseline", seed, seed, split)
         loss = LabelSmoothingCrossEntropy() if name == "label_smoothing" else CrossEntropyLossFlat()
         cbs = [MixUp()] if name == "mixup" else []
         learn = Learner(data, xresnet18(n_out=data.c), loss_func=loss, metrics=accuracy, cbs=cbs)
         learn.fit_one_cycle(QUICK["epochs"], QUICK["lr"])
         result["accuracy"] = final_accuracy(learn)
+        result["n_valid"] = len(learn.dls.valid_ds)
     elif name in ("progressive", "tta"):
-        data = dls(path, 128, 32, True, seed, seed)
+        data = dls(path, 128, 32, True, seed, seed, split)
         learn = Learner(data, xresnet18(n_out=data.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
         learn.fit_one_cycle(4, QUICK["lr"])
-        learn.dls = dls(path, 64, 48, True, seed, seed + 1000)
+        learn.dls = dls(path, 64, 48, True, seed, seed + 1000, split)
         learn.fine_tune(5, 1e-3)
         result["accuracy"] = final_accuracy(learn)
+        result["n_valid"] = len(learn.dls.valid_ds)
         preds, targs = learn.tta()
         result["tta_accuracy"] = float(accuracy(preds, targs))
     else:
@@ -86,10 +97,12 @@ def main():
     parser.add_argument("--experiments", default="baseline,normalize,progressive,mixup,label_smoothing")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default="runs/fastai-quick")
+    parser.add_argument("--split", choices=["random", "folders"], default="random",
+                        help="random: the quick profile's seeded half; folders: [profiles.official]")
     args = parser.parse_args()
     torch.set_num_threads(2)
     for name in args.experiments.split(","):
-        run(name, args.data, args.seed, args.out)
+        run(name, args.data, args.seed, args.out, args.split)
 
 
 if __name__ == "__main__":
