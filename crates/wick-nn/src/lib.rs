@@ -32,6 +32,7 @@ pub mod gemm;
 mod layers;
 pub mod ops;
 pub mod profile;
+mod scratch;
 mod state;
 
 pub use gemm::{GemmBackend, gemm_backend, set_gemm_backend};

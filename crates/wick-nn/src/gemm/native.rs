@@ -7,6 +7,7 @@
 //! (lives in L2).
 
 use super::{Accumulate, Lhs, MatMut, MatRef, Rhs};
+use crate::scratch::Scratch;
 use std::cell::RefCell;
 
 const MR: usize = 6;
@@ -29,9 +30,10 @@ pub(super) fn is_supported() -> bool {
 
 /// A whole left operand packed once into the layout the micro-kernel reads: for each KC
 /// block of columns, `ceil(rows / MR)` panels of `kc × MR` values (rows padded with zeros).
+/// The values live in a [`Scratch`] buffer (no zero fill; every value is written).
 #[derive(Debug)]
 pub(crate) struct PackedLhs {
-    data: Vec<f32>,
+    data: Scratch,
     rows: usize,
     cols: usize,
 }
@@ -39,20 +41,65 @@ pub(crate) struct PackedLhs {
 impl PackedLhs {
     pub(crate) fn pack(matrix: MatRef<'_>) -> Self {
         let rows_padded = matrix.rows.div_ceil(MR) * MR;
-        // Built panel by panel in memory order (through an L1-sized panel buffer) rather
-        // than into a zeroed buffer: `vec![0.0; n]` on reused heap memory is a memset, a
-        // whole extra write pass.
-        let mut data = Vec::with_capacity(rows_padded * matrix.cols);
-        let mut panel = [0.0f32; MR * KC];
+        let mut data = Scratch::take(rows_padded * matrix.cols);
         for pc in (0..matrix.cols).step_by(KC) {
             let kc = KC.min(matrix.cols - pc);
-            for first_row in (0..matrix.rows).step_by(MR) {
-                let rows = MR.min(matrix.rows - first_row);
-                pack_lhs_block(matrix, first_row, rows, pc, kc, &mut panel[..kc * MR]);
-                data.extend_from_slice(&panel[..kc * MR]);
-            }
+            let block = &mut data[pc * rows_padded..(pc + kc) * rows_padded];
+            pack_lhs_block(matrix, 0, matrix.rows, pc, kc, block);
         }
         Self { data, rows: matrix.rows, cols: matrix.cols }
+    }
+
+    /// The `count` matrices whose elements interleave in `data` with unit stride — member `t`
+    /// is `A_t[i, j] = data[t + i·row_stride + j·col_stride]`, `rows × cols` — packed in one
+    /// pass over `data`. A convolution weight `(O, C, KH, KW)` holds its `KH·KW` taps' `O × C`
+    /// matrices this way (row stride `C·KH·KW`, column stride `KH·KW`) and their transposes
+    /// (the strides swapped); packing each tap on its own would read the whole weight once
+    /// per tap. Parallel over row panels; every value written once.
+    pub(crate) fn pack_interleaved(
+        data: &[f32],
+        count: usize,
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Vec<Self> {
+        use rayon::prelude::*;
+        let rows_padded = rows.div_ceil(MR) * MR;
+        let panels = rows_padded / MR;
+        let mut members: Vec<Scratch> =
+            (0..count).map(|_| Scratch::take(rows_padded * cols)).collect();
+        // Each panel's `kc × MR` piece of every KC block of every member, gathered per panel
+        // so that the panels can be written in parallel.
+        let blocks: Vec<(usize, usize)> =
+            (0..cols).step_by(KC).map(|pc| (pc, KC.min(cols - pc))).collect();
+        let mut pieces: Vec<Vec<&mut [f32]>> = (0..panels).map(|_| Vec::new()).collect();
+        for member in &mut members {
+            let mut rest: &mut [f32] = member;
+            for &(_, kc) in &blocks {
+                let (block, tail) = rest.split_at_mut(rows_padded * kc);
+                rest = tail;
+                for (panel, piece) in block.chunks_exact_mut(kc * MR).enumerate() {
+                    pieces[panel].push(piece);
+                }
+            }
+        }
+        pieces.into_par_iter().enumerate().for_each(|(panel, mut pieces)| {
+            // `pieces` is member-major: member t's block b is `pieces[t·blocks + b]`. Each
+            // piece is written in order; its reads stay within the panel's MR rows of `data`
+            // (in cache after the first member).
+            let first_row = panel * MR;
+            let panel_rows = MR.min(rows - first_row);
+            for (index, piece) in pieces.iter_mut().enumerate() {
+                let (t, (pc, _)) = (index / blocks.len(), blocks[index % blocks.len()]);
+                for (kk, dst) in piece.chunks_exact_mut(MR).enumerate() {
+                    let start = t + first_row * row_stride + (pc + kk) * col_stride;
+                    for (ii, value) in dst[..panel_rows].iter_mut().enumerate() {
+                        *value = data[start + ii * row_stride];
+                    }
+                    dst[panel_rows..].fill(0.0);
+                }
+            }
+        });
+        members.into_iter().map(|data| Self { data, rows, cols }).collect()
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -527,6 +574,35 @@ unsafe fn kernel_6x16(
                 }
                 let out = c.add(i * rs_c + j);
                 *out = if add { *out } else { 0.0 } + sum;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass packing of interleaved members equals packing each member on its own,
+    /// across two KC blocks and a partial row panel, in both stride orders (a weight's taps
+    /// and their transposes).
+    #[test]
+    fn interleaved_members_pack_like_each_member_alone() {
+        let (count, rows, cols) = (3, 13, KC + 44);
+        let data: Vec<f32> = (0..count * rows * cols).map(|i| (i % 251) as f32 - 125.0).collect();
+        for (row_stride, col_stride) in [(count * cols, count), (count, count * rows)] {
+            let packed =
+                PackedLhs::pack_interleaved(&data, count, (rows, cols), (row_stride, col_stride));
+            assert_eq!(packed.len(), count);
+            for (t, member) in packed.iter().enumerate() {
+                let view = MatRef::new(&data, t, (rows, cols), (row_stride, col_stride)).unwrap();
+                let alone = PackedLhs::pack(view);
+                assert_eq!((member.rows, member.cols), (rows, cols));
+                assert_eq!(
+                    &member.data[..],
+                    &alone.data[..],
+                    "member {t}, strides {row_stride}, {col_stride}"
+                );
             }
         }
     }

@@ -24,9 +24,11 @@
 //! one group.
 
 use super::conv_cpu::ConvGeometry;
+use crate::gemm::PackedLhs;
 use crate::gemm::{
     Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
 };
+use crate::scratch::Scratch;
 use rayon::prelude::*;
 
 /// Regions replace the plain im2col when at least this share of its multiply-adds are with
@@ -287,7 +289,32 @@ struct TapWeights<'a> {
 }
 
 impl<'a> TapWeights<'a> {
-    /// Tap `(ky, kx)` of the forward pass: `w[:, :, ky, kx]`, `O × C`.
+    /// Every tap of `weight (O, C, KH, KW)` packed for the native gemm in one pass over the
+    /// weight: the forward pass's `w[:, :, ky, kx]` (`O × C`) or, `flipped`, the input
+    /// gradient's `w[:, :, KH-1-ky, KW-1-kx]ᵀ` (`C × O`; see [`TapWeights::flipped`]).
+    fn packed(g: &ConvGeometry, weight: &[f32], flipped: bool) -> Self {
+        let (o, c) = (g.out_channels, g.in_channels);
+        let kernel_taps = g.kernel_height * g.kernel_width;
+        let packed = if flipped {
+            let mut transposed = PackedLhs::pack_interleaved(
+                weight,
+                kernel_taps,
+                (c, o),
+                (kernel_taps, c * kernel_taps),
+            );
+            transposed.reverse();
+            transposed
+        } else {
+            PackedLhs::pack_interleaved(weight, kernel_taps, (o, c), (c * kernel_taps, kernel_taps))
+        };
+        Self {
+            lhs: packed.into_iter().map(PreparedLhs::Packed).collect(),
+            kernel_width: g.kernel_width,
+        }
+    }
+
+    /// Tap `(ky, kx)` of the forward pass: `w[:, :, ky, kx]`, `O × C`, from `taps` (the
+    /// weight as [`taps_by_filter`] lays it out), for the gemm backends that read views.
     fn forward(g: &ConvGeometry, taps: &'a [f32], backend: GemmBackend) -> candle::Result<Self> {
         Self::prepare(g, taps, backend, |tap| (tap, false))
     }
@@ -337,11 +364,13 @@ fn forward_with(
     let offsets: Vec<RegionOffsets> = regions.iter().map(|r| RegionOffsets::new(g, r)).collect();
     let products = tasks(g, regions)
         .into_par_iter()
-        .map(|task| -> candle::Result<(Task, Vec<f32>)> {
+        .map(|task| -> candle::Result<(Task, Scratch)> {
             let region = regions[task.region];
             let in_pixel =
                 &offsets[task.region].in_pixel[task.first_column..task.first_column + task.columns];
-            let mut product = vec![0.0f32; out_channels * task.columns];
+            // Every value is written: the region reads at least one tap (empty regions are
+            // dropped in `regions`), and the first tap's product overwrites.
+            let mut product = Scratch::take(out_channels * task.columns);
             let mut accumulate = Accumulate::Overwrite;
             for ky in region.rows.first_tap..region.rows.end_tap {
                 for kx in region.cols.first_tap..region.cols.end_tap {
@@ -376,6 +405,9 @@ pub(crate) fn forward(
     weight: &[f32],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
+    if backend == GemmBackend::Native {
+        return forward_with(g, regions, input, &TapWeights::packed(g, weight, false), backend);
+    }
     let taps = taps_by_filter(g, weight);
     let weights = TapWeights::forward(g, &taps, backend)?;
     forward_with(g, regions, input, &weights, backend)
@@ -392,6 +424,10 @@ pub(crate) fn backward_input(
     weight: &[f32],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
+    if backend == GemmBackend::Native {
+        let weights = TapWeights::packed(g, weight, true);
+        return forward_with(flipped, regions, grad_output, &weights, backend);
+    }
     let taps = taps_by_filter(g, weight);
     let weights = TapWeights::flipped(g, &taps, backend)?;
     forward_with(flipped, regions, grad_output, &weights, backend)
@@ -409,12 +445,12 @@ pub(crate) fn backward_weight(
     let (o, c) = (g.out_channels, g.in_channels);
     let plane = g.out_pixels();
     let offsets: Vec<RegionOffsets> = regions.iter().map(|r| RegionOffsets::new(g, r)).collect();
-    // dy over each region's columns: O × B·R.
-    let gathered: Vec<Vec<f32>> = offsets
+    // dy over each region's columns: O × B·R (every value written).
+    let gathered: Vec<Scratch> = offsets
         .par_iter()
         .map(|offsets| {
             let n = offsets.out_pixel.len();
-            let mut matrix = vec![0.0f32; o * n];
+            let mut matrix = Scratch::take(o * n);
             for (channel, row) in matrix.chunks_exact_mut(n).enumerate() {
                 for (value, &pixel) in row.iter_mut().zip(&offsets.out_pixel) {
                     *value = grad_output[pixel + channel * plane];
@@ -426,9 +462,11 @@ pub(crate) fn backward_weight(
     let kernel_taps = g.kernel_height * g.kernel_width;
     let per_tap = (0..kernel_taps)
         .into_par_iter()
-        .map(|tap| -> candle::Result<Vec<f32>> {
+        .map(|tap| -> candle::Result<Scratch> {
             let (ky, kx) = (tap / g.kernel_width, tap % g.kernel_width);
-            let mut product = vec![0.0f32; o * c];
+            // The first region that reads the tap overwrites; a tap no region reads is zero.
+            let mut product = Scratch::take(o * c);
+            let mut accumulate = Accumulate::Overwrite;
             for ((region, offsets), dy) in regions.iter().zip(&offsets).zip(&gathered) {
                 let reads = (region.rows.first_tap..region.rows.end_tap).contains(&ky)
                     && (region.cols.first_tap..region.cols.end_tap).contains(&kx);
@@ -439,16 +477,29 @@ pub(crate) fn backward_weight(
                 let rhs = TapRows(TapColumns::new(g, input, &offsets.in_pixel, ky, kx));
                 let lhs = MatRef::row_major(dy, o, n)?;
                 let dst = MatMut::row_major(&mut product, o, c)?;
-                gemm(backend, Lhs::Plain(lhs), Rhs::Generated(&rhs), dst, Accumulate::Add)?;
+                gemm(backend, Lhs::Plain(lhs), Rhs::Generated(&rhs), dst, accumulate)?;
+                accumulate = Accumulate::Add;
+            }
+            if accumulate == Accumulate::Overwrite {
+                product.fill(0.0);
             }
             Ok(product)
         })
         .collect::<candle::Result<Vec<_>>>()?;
-    let mut grad_weight = vec![0.0f32; g.weight_len()];
-    for (index, filter) in grad_weight.chunks_exact_mut(kernel_taps).enumerate() {
-        for (value, tap) in filter.iter_mut().zip(&per_tap) {
-            *value = tap[index];
-        }
+    // dw[o][c][tap] = per_tap[tap][o·C + c], written in order with no zero fill first.
+    if kernel_taps == 9 {
+        // 3×3 (nearly every convolution here): filters in parallel, each built whole (an
+        // indexed parallel collect writes the vector in place).
+        let taps: Vec<&[f32]> = per_tap.iter().map(|tap| &tap[..o * c]).collect();
+        let filters: Vec<[f32; 9]> = (0..o * c)
+            .into_par_iter()
+            .map(|index| std::array::from_fn(|tap| taps[tap][index]))
+            .collect();
+        return Ok(filters.into_flattened());
+    }
+    let mut grad_weight = Vec::with_capacity(g.weight_len());
+    for index in 0..o * c {
+        grad_weight.extend(per_tap.iter().map(|tap| tap[index]));
     }
     Ok(grad_weight)
 }

@@ -25,6 +25,7 @@
 
 use super::conv_cpu::{ConvGeometry, PARALLEL_SPLITS, sum_in_fixed_runs};
 use crate::gemm::{Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, gemm};
+use crate::scratch::Scratch;
 use rayon::prelude::*;
 
 /// Transform-domain positions per block: the 4×4 patch.
@@ -162,10 +163,11 @@ fn transform_block_gradient(dy: &[f32; 4]) -> [f32; 16] {
 
 /// `U` of every filter, position-major: `(16, O', C')`. `flipped`: the filters of the
 /// input gradient's convolution, `g'[c][o] = rot180(w[o][c])` (O' = C, C' = O).
-fn transform_weights(g: &ConvGeometry, weight: &[f32], flipped: bool) -> Vec<f32> {
+fn transform_weights(g: &ConvGeometry, weight: &[f32], flipped: bool) -> Scratch {
     let (o, c) = (g.out_channels, g.in_channels);
     let plane = o * c;
-    let mut out = vec![0.0f32; POSITIONS * plane];
+    // Every value written below (one per filter and position).
+    let mut out = Scratch::take(POSITIONS * plane);
     let transformed: Vec<[f32; 16]> = weight
         .par_chunks_exact(9)
         .map(|filter| {
@@ -211,6 +213,11 @@ impl Tiling {
         let items_per_unit = (chunk / per_item).clamp(1, g.batch.div_ceil(PARALLEL_SPLITS).max(1));
         let rows_per_chunk = (chunk / blocks_w).max(1);
         Self { blocks_h, blocks_w, items_per_unit, rows_per_chunk }
+    }
+
+    /// The most blocks (`rows · blocks_w`) in one chunk of a unit of `items` items.
+    fn most_blocks(&self, items: usize) -> usize {
+        self.rows_per_chunk.min(items * self.blocks_h) * self.blocks_w
     }
 
     /// `(first block row, rows)` of each chunk of a unit of `items` items.
@@ -322,16 +329,19 @@ fn forward_with(
             let items = out_unit.len() / item_out;
             let first_item = unit * tiling.items_per_unit;
             let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
-            let (mut v, mut m) = (Vec::new(), Vec::new());
+            // V and M of the largest chunk; each chunk writes all of its part before reading.
+            let most = tiling.most_blocks(items);
+            let (mut v_buffer, mut m_buffer) =
+                (Scratch::take(POSITIONS * c * most), Scratch::take(POSITIONS * o * most));
             let mut scratch = vec![0.0f32; 8 * bw];
             for (first_row, rows) in tiling.chunks(items) {
                 let n = rows * bw;
-                v.resize(POSITIONS * c * n, 0.0);
-                m.resize(POSITIONS * o * n, 0.0);
-                transform_input(g, &tiling, in_unit, (first_row, rows), &mut v);
+                let v = &mut v_buffer[..POSITIONS * c * n];
+                let m = &mut m_buffer[..POSITIONS * o * n];
+                transform_input(g, &tiling, in_unit, (first_row, rows), v);
                 for (xi, lhs) in packed.iter().enumerate() {
-                    let rhs = MatRef::new(&v, xi * c * n, (c, n), (n, 1))?;
-                    let dst = MatMut::new(&mut m, xi * o * n, (o, n), n)?;
+                    let rhs = MatRef::new(v, xi * c * n, (c, n), (n, 1))?;
+                    let dst = MatMut::new(m, xi * o * n, (o, n), n)?;
                     gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
                 }
                 for channel in 0..o {
@@ -422,13 +432,16 @@ pub(crate) fn backward_weight(
         let dy_unit = &grad_output[first_item * item_out..(first_item + items) * item_out];
         let bw = tiling.blocks_w;
         let pixels = g.out_pixels();
-        let (mut v, mut dm) = (Vec::new(), Vec::new());
+        // V and dM of the largest chunk; each chunk writes all of its part before reading.
+        let most = tiling.most_blocks(items);
+        let (mut v_buffer, mut dm_buffer) =
+            (Scratch::take(POSITIONS * c * most), Scratch::take(POSITIONS * o * most));
         let mut scratch = vec![0.0f32; 4 * bw];
         for (first_row, rows) in tiling.chunks(items) {
             let n = rows * bw;
-            v.resize(POSITIONS * c * n, 0.0);
-            dm.resize(POSITIONS * o * n, 0.0);
-            transform_input(g, &tiling, in_unit, (first_row, rows), &mut v);
+            let v = &mut v_buffer[..POSITIONS * c * n];
+            let dm = &mut dm_buffer[..POSITIONS * o * n];
+            transform_input(g, &tiling, in_unit, (first_row, rows), v);
             for channel in 0..o {
                 for row in 0..rows {
                     let block_row = first_row + row;
@@ -481,8 +494,8 @@ pub(crate) fn backward_weight(
                 }
             }
             for xi in 0..POSITIONS {
-                let lhs = MatRef::new(&dm, xi * o * n, (o, n), (n, 1))?;
-                let rhs = MatRef::new(&v, xi * c * n, (c, n), (n, 1))?.transpose();
+                let lhs = MatRef::new(dm, xi * o * n, (o, n), (n, 1))?;
+                let rhs = MatRef::new(v, xi * c * n, (c, n), (n, 1))?.transpose();
                 let dst = MatMut::new(&mut du, xi * o * c, (o, c), c)?;
                 gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
             }
@@ -490,15 +503,13 @@ pub(crate) fn backward_weight(
         Ok(du)
     };
     let du = sum_in_fixed_runs(units, du_len, accumulate_unit)?;
-    let mut grad_weight = vec![0.0f32; g.weight_len()];
-    grad_weight.par_chunks_exact_mut(9).enumerate().for_each(|(index, filter)| {
-        let mut block = [0.0f32; 16];
-        for (xi, value) in block.iter_mut().enumerate() {
-            *value = du[xi * o * c + index];
-        }
-        filter.copy_from_slice(&untransform_filter_gradient(block));
-    });
-    Ok(grad_weight)
+    // Filters in parallel, each built whole (an indexed parallel collect writes the vector in
+    // place, with no zero fill first).
+    let filters: Vec<[f32; 9]> = (0..o * c)
+        .into_par_iter()
+        .map(|index| untransform_filter_gradient(std::array::from_fn(|xi| du[xi * o * c + index])))
+        .collect();
+    Ok(filters.into_flattened())
 }
 
 #[cfg(test)]

@@ -1,0 +1,118 @@
+//! Reused `f32` buffers for the CPU kernels' temporaries (packed weights, gemm products,
+//! gathered gradients, partial sums): taking one costs no zero fill.
+//!
+//! A convolution's temporaries are megabytes each and live for one call. Allocated with
+//! `vec![0.0; n]` every call, each costs a `memset` over memory the kernel then overwrites
+//! anyway (glibc's `calloc` must clear reused heap memory): 5-6% of an xresnet18 step at 48 px
+//! (`perf record` of the models bench, docs/performance.md). A [`Scratch`] comes from a small
+//! process-wide pool instead and goes back when dropped. Its values are whatever its last user
+//! wrote — always initialised `f32`s, never uninitialised memory — so every user writes each
+//! value before reading it (one that accumulates zeroes it first). Results never
+//! depend on which buffer is handed out: nothing reads a value it did not write first. Debug
+//! builds (every test) hand buffers out filled with NaN, so a kernel that breaks this fails its
+//! tests against naive references instead of reading stale numbers.
+//!
+//! The pool is bounded ([`MAX_POOLED`] buffers, [`MAX_POOLED_VALUES`] values); what does not
+//! fit is freed. Buffers are the kernels' internal working memory only: a tensor's storage is
+//! never a scratch buffer.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Mutex, PoisonError};
+
+/// At most this many buffers wait in the pool ...
+const MAX_POOLED: usize = 64;
+
+/// ... holding at most this many values in all (256 MiB of `f32`).
+const MAX_POOLED_VALUES: usize = 64 << 20;
+
+/// Free buffers; each is kept at its full length (`len == capacity` as far as the pool is
+/// concerned), so taking a shorter piece never shrinks it.
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// A working buffer of `len` `f32`s from the pool (see the module docs); back to the pool when
+/// dropped. Dereferences to `[f32]` of exactly the length asked for.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    values: Vec<f32>,
+    len: usize,
+}
+
+impl Scratch {
+    /// `len` values with no particular content (what the buffer's last user left, or zeros
+    /// where it had to grow): the caller writes every value before reading it.
+    pub(crate) fn take(len: usize) -> Self {
+        let mut values = {
+            let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+            // The smallest buffer that holds `len`; else the largest, grown below.
+            let fits = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, buffer)| buffer.len() >= len)
+                .min_by_key(|(_, buffer)| buffer.len())
+                .map(|(index, _)| index);
+            let largest =
+                || pool.iter().enumerate().max_by_key(|(_, buffer)| buffer.len()).map(|(i, _)| i);
+            match fits.or_else(largest) {
+                Some(index) => pool.swap_remove(index),
+                None => Vec::new(),
+            }
+        };
+        if values.len() < len {
+            values.resize(len, 0.0);
+        }
+        if cfg!(debug_assertions) {
+            // Tests build with debug assertions: a value read before it is written is NaN
+            // there, and fails the kernels' comparisons with their references.
+            values[..len].fill(f32::NAN);
+        }
+        Self { values, len }
+    }
+}
+
+impl Deref for Scratch {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        &self.values[..self.len]
+    }
+}
+
+impl DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.values[..self.len]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let values = std::mem::take(&mut self.values);
+        if values.is_empty() {
+            return;
+        }
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        let pooled: usize = pool.iter().map(Vec::len).sum();
+        if pool.len() < MAX_POOLED && pooled + values.len() <= MAX_POOLED_VALUES {
+            pool.push(values);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_has_the_length_asked_for_whatever_the_pool_holds() {
+        // Other tests share the pool: only what this test wrote itself is checked.
+        let mut first = Scratch::take(1000);
+        assert_eq!(first.len(), 1000);
+        first.fill(7.0);
+        drop(first);
+        let short = Scratch::take(10);
+        assert_eq!(short.len(), 10);
+        // Debug builds (this test) hand out NaNs, never the last user's values.
+        assert!(short.iter().all(|value| value.is_nan()));
+        let long = Scratch::take(3 << 20);
+        assert_eq!(long.len(), 3 << 20);
+    }
+}
