@@ -13,8 +13,10 @@
 //! tests against naive references instead of reading stale numbers.
 //!
 //! The pool is bounded ([`MAX_POOLED`] buffers, [`MAX_POOLED_VALUES`] values); what does not
-//! fit is freed. Buffers are the kernels' internal working memory only: a tensor's storage is
-//! never a scratch buffer.
+//! fit is freed, and [`release_idle`] frees what waits (the convolution calls it after each
+//! forward pass, so that inference, which has no backward pass to reuse the buffers, never
+//! holds them at its peak). Buffers are the kernels' internal working memory only: a tensor's
+//! storage is never a scratch buffer.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, PoisonError};
@@ -67,6 +69,12 @@ impl Scratch {
         }
         Self { values, len }
     }
+}
+
+/// Frees every buffer waiting in the pool (the ones in use stay with their users).
+pub(crate) fn release_idle() {
+    let idle = std::mem::take(&mut *POOL.lock().unwrap_or_else(PoisonError::into_inner));
+    drop(idle);
 }
 
 impl Deref for Scratch {

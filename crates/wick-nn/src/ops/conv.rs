@@ -173,6 +173,10 @@ impl CustomOp2 for Conv2dOp {
         let input = f32_row_major(input_storage, input_layout, "conv2d")?;
         let weight = f32_row_major(weight_storage, weight_layout, "conv2d")?;
         let output = conv_cpu::conv2d_forward(&geometry, &input, &weight, gemm_backend())?;
+        // A forward pass's buffers go back to the allocator when its convolution is done: in
+        // inference nothing else would reuse them before they add to the peak (the backward
+        // pass keeps its buffers from call to call; docs/decisions/0006-scratch-buffers.md).
+        crate::scratch::release_idle();
         Ok((CpuStorage::F32(output), output_shape(&geometry)))
     }
 
