@@ -205,6 +205,18 @@ fn max_pool_gradient_goes_to_the_first_maximum_in_row_major_order() -> candle::R
     let grads = y.sum_all()?.backward()?;
     // The loss is NaN, but the gradient is routed: 1 at the first NaN, 0 elsewhere.
     assert_eq!(to_vec(grads.get(x.as_tensor()).expect("gradient")), vec![0.0, 1.0, 0.0, 0.0]);
+    // The first NaN in row-major order: in the later column when its row is earlier, in the
+    // earlier column of the same row.
+    for (values, want) in [
+        ([1.0f32, f32::NAN, f32::NAN, 3.0], [0.0f32, 1.0, 0.0, 0.0]),
+        ([f32::NAN, f32::NAN, 1.0, 3.0], [1.0, 0.0, 0.0, 0.0]),
+    ] {
+        let x = Tensor::from_slice(&values, (1, 1, 2, 2), &candle::Device::Cpu)?;
+        let x = Var::from_tensor(&x)?;
+        let y = ops::max_pool2d(x.as_tensor(), max_config(2, 2, 0, false))?;
+        let grads = y.sum_all()?.backward()?;
+        assert_eq!(to_vec(grads.get(x.as_tensor()).expect("gradient")), want.to_vec());
+    }
     Ok(())
 }
 
