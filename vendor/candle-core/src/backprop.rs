@@ -724,9 +724,9 @@ impl GradStore {
     /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
     /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     /// Adds `grad` to `tensor`'s gradient. wick's patch (vendor/README.md): the first
-    /// gradient to reach a node is stored as it is (a variable's as a fresh copy, so that
-    /// its gradient owns its storage as before) instead of being added to a new tensor of
-    /// zeros, which cost a zero fill and an add over every activation gradient.
+    /// gradient to reach a node is stored as it is (made contiguous) instead of being added
+    /// to a new tensor of zeros, which cost a zero fill and an add over every gradient; a
+    /// later one makes a new sum, so a stored gradient is never written in place.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -734,8 +734,7 @@ impl GradStore {
                 *sum_grad = sum_grad.add(grad)?;
             }
             Entry::Vacant(entry) => {
-                let grad = if tensor.is_variable() { grad.copy()? } else { grad.contiguous()? };
-                entry.insert(grad);
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())

@@ -391,3 +391,27 @@ fn fused_and_tensor_op_kernels_agree_on_a_large_parameter() {
         Tol { abs: 2e-6, rel: 2e-6, of_scale: 0.0 },
     );
 }
+
+/// Two parameters added together receive the very same gradient tensor from candle's `Add`
+/// backward (the vendored `GradStore::accumulate` stores first gradients without copying them,
+/// decision 0004): stepping the first must not change the gradient the second then reads.
+/// y = Σ(w + b) with w = [1, −2], b = [0.5, 0.5]: both gradients are [1, 1]; after one SGD
+/// step of lr 0.1 (no momentum, no decay) w = [0.9, −2.1] and b = [0.4, 0.4].
+#[test]
+fn parameters_sharing_one_gradient_tensor_step_independently() {
+    for kernel in KERNELS {
+        let w = var(&[1.0, -2.0], &[2]);
+        let b = var(&[0.5, 0.5], &[2]);
+        let grads = (w.as_tensor() + b.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g_w, g_b) = (grads.get(w.as_tensor()).unwrap(), grads.get(b.as_tensor()).unwrap());
+        assert_eq!((values(g_w), values(g_b)), (vec![1.0, 1.0], vec![1.0, 1.0]));
+        let params = optim_params(vec![("w".into(), w.clone()), ("b".into(), b.clone())]);
+        let config = SgdConfig { kernel, mom: 0.0, wd: 0.0, ..SgdConfig::fastai_defaults(0.1) };
+        let mut sgd = Sgd::new(params, config).unwrap();
+        sgd.step(&grads).unwrap();
+        let what = format!("{kernel:?}");
+        assert_close(&what, values(&w), [0.9, -2.1], F32_ROUNDING);
+        assert_close(&what, values(&b), [0.4, 0.4], F32_ROUNDING);
+        assert_eq!(values(grads.get(b.as_tensor()).unwrap()), vec![1.0, 1.0], "{what}");
+    }
+}
