@@ -57,6 +57,7 @@ fn cases() -> Vec<Case> {
         case([2, 3, 4, 4], 5, 5, 2, 1),
         case([3, 4, 2, 5], 6, 3, 1, 1),
         case([2, 5, 6, 6], 3, 3, 1, 1),
+        case([2, 4, 1, 1], 5, 3, 1, 1), // 1x1 image: only the centre tap is ever read
         // Winograd F(2x2, 3x3) (conv_winograd): odd output sizes (partial 2x2 blocks), no
         // padding, padding 2, items grouped into one unit, and the input gradient's flip.
         case([3, 16, 9, 11], 20, 3, 1, 1),

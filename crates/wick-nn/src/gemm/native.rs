@@ -56,6 +56,9 @@ impl PackedLhs {
     /// matrices this way (row stride `C·KH·KW`, column stride `KH·KW`) and their transposes
     /// (the strides swapped); packing each tap on its own would read the whole weight once
     /// per tap. Parallel over row panels; every value written once.
+    ///
+    /// # Panics
+    /// If the members reach past the end of `data` (the callers pass a whole weight).
     pub(crate) fn pack_interleaved(
         data: &[f32],
         count: usize,
@@ -63,6 +66,10 @@ impl PackedLhs {
         (row_stride, col_stride): (usize, usize),
     ) -> Vec<Self> {
         use rayon::prelude::*;
+        if rows > 0 && cols > 0 {
+            let last = count - 1 + (rows - 1) * row_stride + (cols - 1) * col_stride;
+            assert!(last < data.len(), "pack_interleaved: element {last} of {}", data.len());
+        }
         let rows_padded = rows.div_ceil(MR) * MR;
         let panels = rows_padded / MR;
         let mut members: Vec<Scratch> =

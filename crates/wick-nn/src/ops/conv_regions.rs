@@ -24,9 +24,8 @@
 //! one group.
 
 use super::conv_cpu::ConvGeometry;
-use crate::gemm::PackedLhs;
 use crate::gemm::{
-    Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
+    Accumulate, GemmBackend, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, RowSource, gemm,
 };
 use crate::scratch::Scratch;
 use rayon::prelude::*;

@@ -394,7 +394,7 @@ fn fused_and_tensor_op_kernels_agree_on_a_large_parameter() {
 
 /// Two parameters added together receive the very same gradient tensor from candle's `Add`
 /// backward (the vendored `GradStore::accumulate` stores first gradients without copying them,
-/// decision 0004): stepping the first must not change the gradient the second then reads.
+/// decision 0004): stepping one must not change the gradient the other then reads.
 /// y = Σ(w + b) with w = [1, −2], b = [0.5, 0.5]: both gradients are [1, 1]; after one SGD
 /// step of lr 0.1 (no momentum, no decay) w = [0.9, −2.1] and b = [0.4, 0.4].
 #[test]
