@@ -28,8 +28,8 @@ const MAX_POOLED: usize = 64;
 /// ... holding at most this many values in all (256 MiB of `f32`).
 const MAX_POOLED_VALUES: usize = 64 << 20;
 
-/// Free buffers; each is kept at its full length (`len == capacity` as far as the pool is
-/// concerned), so taking a shorter piece never shrinks it.
+/// Free buffers, each at the full length it was made with (`vec![0.0; len]`: capacity equal
+/// to length), so taking a shorter piece never shrinks it.
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// A working buffer of `len` `f32`s from the pool (see the module docs); back to the pool when
@@ -42,7 +42,8 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     /// `len` values with no particular content (what the buffer's last user left, or zeros
-    /// where it had to grow): the caller writes every value before reading it.
+    /// when no pooled buffer is long enough and a new one is made): the caller writes every
+    /// value before reading it.
     pub(crate) fn take(len: usize) -> Self {
         let pooled = {
             let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
