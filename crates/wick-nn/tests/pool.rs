@@ -289,3 +289,54 @@ fn ceil_mode_accepts_inputs_smaller_than_the_kernel_like_pytorch() {
     let error = wick_nn::ops::avg_pool2d(&xs, floor).unwrap_err().to_string();
     assert!(error.contains("no output"), "{error}");
 }
+
+/// The max pooling gradient on inputs full of ties and NaNs equals naive loops that scan
+/// each window in row-major order and route its gradient to the first value equal to the
+/// window's maximum (NaN equal to NaN), for every window shape of [`WINDOWS`] on planes with
+/// odd and even sides.
+#[test]
+fn max_pool_gradient_matches_a_row_major_scan_with_ties_and_nans() -> candle::Result<()> {
+    let device = candle::Device::Cpu;
+    for (b, c, h, w) in [(2, 3, 7, 9), (1, 2, 8, 6), (1, 1, 5, 5)] {
+        // Four levels only, so most windows hold tied maxima; a NaN in every 23rd value.
+        let xs: Vec<f32> = (0..b * c * h * w)
+            .map(|i| if i % 23 == 7 { f32::NAN } else { ((i * 37 + i / 5) % 4) as f32 })
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (b, c, h, w), &device)?)?;
+        for (kernel, stride, padding, ceil_mode) in WINDOWS {
+            let config = max_config(kernel, stride, padding, ceil_mode);
+            let y = ops::max_pool2d(x.as_tensor(), config)?;
+            let (oh, ow) = (y.dim(2)?, y.dim(3)?);
+            let upstream = seeded_tensor(&[b, c, oh, ow], 5);
+            let grads = (y * &upstream)?.sum_all()?.backward()?;
+            let got = to_vec(grads.get(x.as_tensor()).expect("gradient"));
+            let dy = to_vec(&upstream);
+            let mut want = vec![0.0f32; xs.len()];
+            for plane in 0..b * c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (y0, x0) = (oy * stride, ox * stride);
+                        let rows = y0.saturating_sub(padding)..(y0 + kernel - padding).min(h);
+                        let cols = x0.saturating_sub(padding)..(x0 + kernel - padding).min(w);
+                        let at = |iy: usize, ix: usize| plane * h * w + iy * w + ix;
+                        let window: Vec<usize> =
+                            rows.flat_map(|iy| cols.clone().map(move |ix| at(iy, ix))).collect();
+                        // NaN-propagating max, as PyTorch's kernel returns it.
+                        let max = window.iter().map(|&i| xs[i]).fold(f32::NEG_INFINITY, |m, v| {
+                            if m.is_nan() || v <= m { m } else { v }
+                        });
+                        let first = window
+                            .iter()
+                            .copied()
+                            .find(|&i| xs[i] == max || (max.is_nan() && xs[i].is_nan()))
+                            .expect("a window holds its maximum");
+                        want[first] += dy[(plane * oh + oy) * ow + ox];
+                    }
+                }
+            }
+            let config = (b, c, h, w, kernel, stride, padding, ceil_mode);
+            assert_eq!(got, want, "{config:?}");
+        }
+    }
+    Ok(())
+}
