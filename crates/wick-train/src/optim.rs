@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use candle::backprop::GradStore;
 use candle::{DType, Device, Shape, Tensor, Var};
 use candle_nn::VarMap;
+use rayon::prelude::*;
 
 /// An optimizer failure; each variant names the parameter or state key involved.
 #[derive(Debug, thiserror::Error)]
@@ -572,25 +573,48 @@ impl<S> ParamStates<S> {
         self.states.iter_mut().for_each(|state| *state = None);
     }
 
-    /// Calls `update(param, grad, path, state)` for each parameter, in name order, that has a
-    /// gradient in `grads` (checked to have the parameter's shape); the others are skipped. A
-    /// failed update is reported with its parameter's name.
+    /// Calls `update(param, grad, path, state)` for each parameter that has a gradient in
+    /// `grads` (checked to have the parameter's shape); the others are skipped. A failed update
+    /// is reported with its parameter's name (the first in name order when several fail).
+    ///
+    /// When every update takes the fused CPU path, the parameters are updated in parallel: each
+    /// one's element loop is memory-bound and runs on one thread, and spreading the parameters
+    /// over the threads (one parallel region a step) lets both cores stream memory. Each
+    /// parameter's arithmetic is the same on any thread, so results do not depend on the thread
+    /// count. Other paths (tensor ops, on any device) run one parameter at a time, in name
+    /// order.
     fn update_each(
         &mut self,
         grads: &GradStore,
         kernel: StepKernel,
-        mut update: impl FnMut(&OptimParam, &Tensor, UpdatePath, &mut Option<S>) -> candle::Result<()>,
-    ) -> Result<(), OptimError> {
+        update: impl Fn(&OptimParam, &Tensor, UpdatePath, &mut Option<S>) -> candle::Result<()> + Sync,
+    ) -> Result<(), OptimError>
+    where
+        S: Send,
+    {
+        let mut work = Vec::with_capacity(self.params.len());
         for (param, state) in self.params.iter().zip(self.states.iter_mut()) {
             let Some(grad) = grads.get(param.var.as_tensor()) else {
                 continue;
             };
             check_grad_shape(param, grad)?;
-            let path = UpdatePath::choose(kernel, &param.var);
-            update(param, grad, path, state)
-                .map_err(|source| OptimError::Tensor { param: param.name.clone(), source })?;
+            work.push((param, grad, UpdatePath::choose(kernel, &param.var), state));
         }
-        Ok(())
+        let run = |(param, grad, path, state): &mut (
+            &OptimParam,
+            &Tensor,
+            UpdatePath,
+            &mut Option<S>,
+        )| {
+            update(param, grad, *path, state)
+                .map_err(|source| OptimError::Tensor { param: param.name.clone(), source })
+        };
+        if work.iter().all(|(_, _, path, _)| *path == UpdatePath::Fused) {
+            let results: Vec<Result<(), OptimError>> = work.par_iter_mut().map(run).collect();
+            results.into_iter().collect::<Result<(), OptimError>>()
+        } else {
+            work.iter_mut().try_for_each(run)
+        }
     }
 
     /// The state dict of [`Optimizer::state_dict`]: `hypers.<name>` for each of `hypers`, and for

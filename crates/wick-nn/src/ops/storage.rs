@@ -1,9 +1,53 @@
 //! Reading candle CPU storage inside custom ops: an f32 slice in row-major order whatever
 //! the layout (borrowed when the tensor is contiguous, gathered through the strides when
-//! it is not, e.g. after `transpose` or `narrow`).
+//! it is not, e.g. after `transpose` or `narrow`); and making an op's output without a zero
+//! fill first ([`par_output`]).
 
 use candle::{CpuStorage, Layout};
+use rayon::prelude::*;
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
+
+/// A new output of `len` values written in parallel chunks of `chunk` (the last one shorter),
+/// with no zero fill first: `write(index, values)` gets chunk `index` as uninitialised memory,
+/// writes it from the start and returns how many values it wrote (with [`write_values`]).
+/// (`vec![0.0; len]` costs a `memset` over memory the kernel then overwrites: glibc's `calloc`
+/// clears the freed memory it reuses.)
+///
+/// # Panics
+/// If a chunk was not written whole (a kernel bug); nothing unwritten is ever read.
+pub(crate) fn par_output(
+    len: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> usize + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    let short = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .map(|(index, values)| usize::from(write(index, values) != values.len()))
+        .sum::<usize>();
+    assert_eq!(short, 0, "par_output: {short} chunks were not written whole");
+    // SAFETY: each of the `len` values was written: every chunk's writer wrote as many values
+    // as the chunk holds, from its start (its contract), and the chunks tile `0..len`.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Writes `values` into `out` from its start; returns how many were written (the shorter of
+/// the two lengths).
+#[inline(always)]
+pub(crate) fn write_values(
+    out: &mut [MaybeUninit<f32>],
+    values: impl Iterator<Item = f32>,
+) -> usize {
+    let mut written = 0;
+    for (slot, value) in out.iter_mut().zip(values) {
+        slot.write(value);
+        written += 1;
+    }
+    written
+}
 
 /// The elements of `storage` seen through `layout`, row-major, as f32.
 pub(crate) fn f32_row_major<'a>(
@@ -64,5 +108,30 @@ fn gather_strided(data: &[f32], layout: &Layout) -> Vec<f32> {
             }
             index[dim] = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn par_output_tiles_the_output_with_its_chunks() {
+        // 10 values in chunks of 4: chunks 0, 1 hold 4 values, chunk 2 the last 2.
+        let out = par_output(10, 4, |index, values| {
+            let len = values.len();
+            write_values(values, (0..len).map(|position| (index * 100 + position) as f32))
+        });
+        assert_eq!(out, [0.0, 1.0, 2.0, 3.0, 100.0, 101.0, 102.0, 103.0, 200.0, 201.0]);
+        assert!(par_output(0, 0, |_, values| values.len()).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "1 chunks were not written whole")]
+    fn par_output_refuses_a_chunk_written_short() {
+        par_output(8, 4, |index, values| {
+            let len = if index == 1 { 3 } else { values.len() };
+            write_values(values, (0..len).map(|position| position as f32))
+        });
     }
 }
