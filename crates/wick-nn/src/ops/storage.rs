@@ -10,9 +10,9 @@ use std::mem::MaybeUninit;
 
 /// A new output of `len` values written in parallel chunks of `chunk` (the last one shorter),
 /// with no zero fill first: `write(index, values)` gets chunk `index` as uninitialised memory,
-/// writes it from the start and returns how many values it wrote (with [`write_values`]).
-/// (`vec![0.0; len]` costs a `memset` over memory the kernel then overwrites: glibc's `calloc`
-/// clears the freed memory it reuses.)
+/// writes every value of it and returns how many values it wrote (with [`write_values`], or
+/// counted by the caller). (`vec![0.0; len]` costs a `memset` over memory the kernel then
+/// overwrites: glibc's `calloc` clears the freed memory it reuses.)
 ///
 /// # Panics
 /// If a chunk was not written whole (a kernel bug); nothing unwritten is ever read.
@@ -21,17 +21,39 @@ pub(crate) fn par_output(
     chunk: usize,
     write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> usize + Sync,
 ) -> Vec<f32> {
+    match try_par_output(len, chunk, |index, values| Ok(write(index, values))) {
+        Ok(out) => out,
+        Err(error) => unreachable!("par_output: an infallible writer failed: {error}"),
+    }
+}
+
+/// [`par_output`] with a writer that can fail.
+///
+/// # Errors
+/// The first chunk's error (in chunk order), if any writer fails.
+///
+/// # Panics
+/// If a chunk was not written whole (a kernel bug); nothing unwritten is ever read.
+pub(crate) fn try_par_output(
+    len: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> candle::Result<usize> + Sync,
+) -> candle::Result<Vec<f32>> {
     let mut out = Vec::with_capacity(len);
-    let short = out.spare_capacity_mut()[..len]
+    let written: Vec<candle::Result<bool>> = out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk.max(1))
         .enumerate()
-        .map(|(index, values)| usize::from(write(index, values) != values.len()))
-        .sum::<usize>();
+        .map(|(index, values)| Ok(write(index, values)? == values.len()))
+        .collect();
+    let mut short = 0;
+    for whole in written {
+        short += usize::from(!whole?);
+    }
     assert_eq!(short, 0, "par_output: {short} chunks were not written whole");
-    // SAFETY: each of the `len` values was written: every chunk's writer wrote as many values
-    // as the chunk holds, from its start (its contract), and the chunks tile `0..len`.
+    // SAFETY: each of the `len` values was written: every chunk's writer wrote all of its
+    // chunk's values (it reported as many as the chunk holds), and the chunks tile `0..len`.
     unsafe { out.set_len(len) };
-    out
+    Ok(out)
 }
 
 /// Writes `values` into `out` from its start; returns how many were written (the shorter of
@@ -133,5 +155,18 @@ mod output_tests {
             let len = if index == 1 { 3 } else { values.len() };
             write_values(values, (0..len).map(|position| position as f32))
         });
+    }
+
+    #[test]
+    fn try_par_output_returns_the_first_chunks_error() {
+        let result = try_par_output(12, 4, |index, values| {
+            if index >= 1 {
+                candle::bail!("chunk {index} failed");
+            }
+            let len = values.len();
+            Ok(write_values(values, (0..len).map(|position| position as f32)))
+        });
+        let error = result.expect_err("chunks 1 and 2 fail").to_string();
+        assert!(error.contains("chunk 1 failed"), "{error}");
     }
 }
