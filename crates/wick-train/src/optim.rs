@@ -46,6 +46,14 @@ pub enum OptimError {
         /// The repeated name.
         name: String,
     },
+    /// One variable was given twice, under two names (it would be stepped twice).
+    #[error("optimizer: parameters {first} and {second} are the same variable")]
+    DuplicateVariable {
+        /// The first name, in name order.
+        first: String,
+        /// The second name.
+        second: String,
+    },
     /// A gradient's shape differs from its parameter's.
     #[error("optimizer: gradient of {param} has shape {grad:?}, parameter has {expected:?}")]
     GradShape {
@@ -582,7 +590,8 @@ impl<S> ParamStates<S> {
     /// over the threads (one parallel region a step) lets both cores stream memory. Each
     /// parameter's arithmetic is the same on any thread, so results do not depend on the thread
     /// count. Other paths (tensor ops, on any device) run one parameter at a time, in name
-    /// order.
+    /// order, and stop at the first failure; in parallel, a failure does not stop the other
+    /// parameters' updates (every update then failed or ran, and the fit stops on the error).
     fn update_each(
         &mut self,
         grads: &GradStore,
@@ -731,6 +740,15 @@ fn sorted_unique(mut params: Vec<OptimParam>) -> Result<Vec<OptimParam>, OptimEr
     params.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(pair) = params.windows(2).find(|pair| pair[0].name == pair[1].name) {
         return Err(OptimError::DuplicateName { name: pair[0].name.clone() });
+    }
+    let mut seen = HashMap::with_capacity(params.len());
+    for param in &params {
+        if let Some(first) = seen.insert(param.var.as_tensor().id(), &param.name) {
+            return Err(OptimError::DuplicateVariable {
+                first: first.clone(),
+                second: param.name.clone(),
+            });
+        }
     }
     Ok(params)
 }

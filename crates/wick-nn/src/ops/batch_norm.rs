@@ -389,18 +389,21 @@ impl CustomOp3 for BatchNormOp {
         let weight = f32_row_major(weight_storage, weight_layout, "batch_norm_train")?;
         let bias = f32_row_major(bias_storage, bias_layout, "batch_norm_train")?;
         let relu = self.activation == BatchNormActivation::Relu;
-        let out = par_output(x.len(), planes.plane, |index, out_plane| {
-            let c = index % planes.channels;
-            let x_plane = &x[index * planes.plane..index * planes.plane + out_plane.len()];
-            let scale = weight[c] * self.inverse_std[c];
-            let shift = bias[c] - self.mean[c] * scale;
-            let y = x_plane.iter().map(|v| v * scale + shift);
-            if relu {
-                write_values(out_plane, y.map(relu_value))
-            } else {
-                write_values(out_plane, y)
-            }
-        });
+        // SAFETY: every chunk is written through `write_values`, which counts what it writes.
+        let out = unsafe {
+            par_output(x.len(), planes.plane, |index, out_plane| {
+                let c = index % planes.channels;
+                let x_plane = &x[index * planes.plane..index * planes.plane + out_plane.len()];
+                let scale = weight[c] * self.inverse_std[c];
+                let shift = bias[c] - self.mean[c] * scale;
+                let y = x_plane.iter().map(|v| v * scale + shift);
+                if relu {
+                    write_values(out_plane, y.map(relu_value))
+                } else {
+                    write_values(out_plane, y)
+                }
+            })
+        };
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 
@@ -560,23 +563,26 @@ impl CustomOp2 for BatchNormGradientInputOp {
             BackwardInputs::read(x_storage, x_layout, grad_storage, grad_layout)?;
         let t = &*self.channels;
         let n = planes.count() as f32;
-        let grad_input = par_output(x.len(), planes.plane, |index, dx| {
-            let (b, c) = (index / planes.channels, index % planes.channels);
-            let (x, grad) = (planes.plane_of(&x, b, c), planes.plane_of(&grad, b, c));
-            let inverse_std = t.inverse_std[c];
-            // dx = γ·istd·(g - Σg/n - x̂·Σg·x̂/n), with x̂ = (x - μ)·istd.
-            let scale = t.weight[c] * inverse_std;
-            let mean_g = self.grad_bias[c] / n;
-            let x_coefficient = self.grad_weight[c] / n * inverse_std;
-            let (mean, masked) = (t.mean[c], t.mask(c));
-            write_values(
-                dx,
-                x.iter().zip(grad).map(|(&x, &grad)| {
-                    let g = masked(x, grad);
-                    scale * (g - mean_g - (x - mean) * x_coefficient)
-                }),
-            )
-        });
+        // SAFETY: every chunk is written through `write_values`, which counts what it writes.
+        let grad_input = unsafe {
+            par_output(x.len(), planes.plane, |index, dx| {
+                let (b, c) = (index / planes.channels, index % planes.channels);
+                let (x, grad) = (planes.plane_of(&x, b, c), planes.plane_of(&grad, b, c));
+                let inverse_std = t.inverse_std[c];
+                // dx = γ·istd·(g - Σg/n - x̂·Σg·x̂/n), with x̂ = (x - μ)·istd.
+                let scale = t.weight[c] * inverse_std;
+                let mean_g = self.grad_bias[c] / n;
+                let x_coefficient = self.grad_weight[c] / n * inverse_std;
+                let (mean, masked) = (t.mean[c], t.mask(c));
+                write_values(
+                    dx,
+                    x.iter().zip(grad).map(|(&x, &grad)| {
+                        let g = masked(x, grad);
+                        scale * (g - mean_g - (x - mean) * x_coefficient)
+                    }),
+                )
+            })
+        };
         Ok((CpuStorage::F32(grad_input), x_layout.shape().clone()))
     }
 }

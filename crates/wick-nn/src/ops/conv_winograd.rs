@@ -324,70 +324,75 @@ fn forward_with(
     let item_in = c * g.in_height * g.in_width;
     let pixels = g.out_pixels();
     let item_out = o * pixels;
-    // Every output value is written once below (each block row's two output rows, whole),
-    // so the output needs no zero fill (`try_par_output` counts the values written).
-    try_par_output(g.output_len(), tiling.items_per_unit * item_out, |unit, out_unit| {
-        let mut written = 0;
-        let items = out_unit.len() / item_out;
-        let first_item = unit * tiling.items_per_unit;
-        let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
-        // V and M of the largest chunk; each chunk writes all of its part before reading.
-        let most = tiling.most_blocks(items);
-        let (mut v_buffer, mut m_buffer) =
-            (Scratch::take(POSITIONS * c * most), Scratch::take(POSITIONS * o * most));
-        let mut scratch = vec![0.0f32; 8 * bw];
-        for (first_row, rows) in tiling.chunks(items) {
-            let n = rows * bw;
-            let v = &mut v_buffer[..POSITIONS * c * n];
-            let m = &mut m_buffer[..POSITIONS * o * n];
-            transform_input(g, &tiling, in_unit, (first_row, rows), v);
-            for (xi, lhs) in packed.iter().enumerate() {
-                let rhs = MatRef::new(v, xi * c * n, (c, n), (n, 1))?;
-                let dst = MatMut::new(m, xi * o * n, (o, n), n)?;
-                gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
-            }
-            for channel in 0..o {
-                for row in 0..rows {
-                    let block_row = first_row + row;
-                    let (item, by) = (block_row / tiling.blocks_h, block_row % tiling.blocks_h);
-                    let at = channel * n + row * bw;
-                    let m_at = |xi: usize| &m[xi * o * n + at..xi * o * n + at + bw];
-                    // t = Aᵀ m: rows i of the 2×4 result, column s, over all blocks.
-                    for s in 0..4 {
-                        let (m0, m1, m2, m3) = (m_at(s), m_at(4 + s), m_at(8 + s), m_at(12 + s));
-                        let (t0, rest) = scratch[s * 2 * bw..].split_at_mut(bw);
-                        let t1 = &mut rest[..bw];
-                        for bx in 0..bw {
-                            t0[bx] = m0[bx] + m1[bx] + m2[bx];
-                            t1[bx] = m1[bx] - m2[bx] - m3[bx];
+    // No zero fill: every output value is written once below.
+    // SAFETY: a unit's chunks of block rows cover each of its block rows once; each block row
+    // writes its two output rows (the second only inside the output) whole, pairs and the odd
+    // last column, for every channel; `written` counts exactly those rows' values.
+    unsafe {
+        try_par_output(g.output_len(), tiling.items_per_unit * item_out, |unit, out_unit| {
+            let mut written = 0;
+            let items = out_unit.len() / item_out;
+            let first_item = unit * tiling.items_per_unit;
+            let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
+            // V and M of the largest chunk; each chunk writes all of its part before reading.
+            let most = tiling.most_blocks(items);
+            let (mut v_buffer, mut m_buffer) =
+                (Scratch::take(POSITIONS * c * most), Scratch::take(POSITIONS * o * most));
+            let mut scratch = vec![0.0f32; 8 * bw];
+            for (first_row, rows) in tiling.chunks(items) {
+                let n = rows * bw;
+                let v = &mut v_buffer[..POSITIONS * c * n];
+                let m = &mut m_buffer[..POSITIONS * o * n];
+                transform_input(g, &tiling, in_unit, (first_row, rows), v);
+                for (xi, lhs) in packed.iter().enumerate() {
+                    let rhs = MatRef::new(v, xi * c * n, (c, n), (n, 1))?;
+                    let dst = MatMut::new(m, xi * o * n, (o, n), n)?;
+                    gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                }
+                for channel in 0..o {
+                    for row in 0..rows {
+                        let block_row = first_row + row;
+                        let (item, by) = (block_row / tiling.blocks_h, block_row % tiling.blocks_h);
+                        let at = channel * n + row * bw;
+                        let m_at = |xi: usize| &m[xi * o * n + at..xi * o * n + at + bw];
+                        // t = Aᵀ m: rows i of the 2×4 result, column s, over all blocks.
+                        for s in 0..4 {
+                            let (m0, m1, m2, m3) =
+                                (m_at(s), m_at(4 + s), m_at(8 + s), m_at(12 + s));
+                            let (t0, rest) = scratch[s * 2 * bw..].split_at_mut(bw);
+                            let t1 = &mut rest[..bw];
+                            for bx in 0..bw {
+                                t0[bx] = m0[bx] + m1[bx] + m2[bx];
+                                t1[bx] = m1[bx] - m2[bx] - m3[bx];
+                            }
                         }
-                    }
-                    let plane = item * item_out + channel * pixels;
-                    for i in 0..2 {
-                        let oy = 2 * by + i;
-                        if oy >= g.out_height {
-                            break;
+                        let plane = item * item_out + channel * pixels;
+                        for i in 0..2 {
+                            let oy = 2 * by + i;
+                            if oy >= g.out_height {
+                                break;
+                            }
+                            let t_at = |s: usize| &scratch[(s * 2 + i) * bw..(s * 2 + i + 1) * bw];
+                            let (t0, t1, t2, t3) = (t_at(0), t_at(1), t_at(2), t_at(3));
+                            let out_row = &mut out_unit
+                                [plane + oy * g.out_width..plane + (oy + 1) * g.out_width];
+                            let (pairs, last) = out_row.as_chunks_mut::<2>();
+                            for (bx, pair) in pairs.iter_mut().enumerate() {
+                                pair[0].write(t0[bx] + t1[bx] + t2[bx]);
+                                pair[1].write(t1[bx] - t2[bx] - t3[bx]);
+                            }
+                            if let Some(value) = last.first_mut() {
+                                let bx = pairs.len();
+                                value.write(t0[bx] + t1[bx] + t2[bx]);
+                            }
+                            written += g.out_width;
                         }
-                        let t_at = |s: usize| &scratch[(s * 2 + i) * bw..(s * 2 + i + 1) * bw];
-                        let (t0, t1, t2, t3) = (t_at(0), t_at(1), t_at(2), t_at(3));
-                        let out_row =
-                            &mut out_unit[plane + oy * g.out_width..plane + (oy + 1) * g.out_width];
-                        let (pairs, last) = out_row.as_chunks_mut::<2>();
-                        for (bx, pair) in pairs.iter_mut().enumerate() {
-                            pair[0].write(t0[bx] + t1[bx] + t2[bx]);
-                            pair[1].write(t1[bx] - t2[bx] - t3[bx]);
-                        }
-                        if let Some(value) = last.first_mut() {
-                            let bx = pairs.len();
-                            value.write(t0[bx] + t1[bx] + t2[bx]);
-                        }
-                        written += g.out_width;
                     }
                 }
             }
-        }
-        Ok(written)
-    })
+            Ok(written)
+        })
+    }
 }
 
 /// `y = conv2d(x, w)` (see [`applies`]); `input` and `weight` row-major.

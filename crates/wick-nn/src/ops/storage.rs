@@ -14,14 +14,21 @@ use std::mem::MaybeUninit;
 /// counted by the caller). (`vec![0.0; len]` costs a `memset` over memory the kernel then
 /// overwrites: glibc's `calloc` clears the freed memory it reuses.)
 ///
+/// # Safety
+/// A writer that returns its chunk's length must have written every value of the chunk. A
+/// writer that counts with [`write_values`] meets this: it writes from the start and counts
+/// what it wrote.
+///
 /// # Panics
-/// If a chunk was not written whole (a kernel bug); nothing unwritten is ever read.
-pub(crate) fn par_output(
+/// If a chunk was reported short (a kernel bug; nothing is read then), or if `chunk` is 0
+/// while `len` is not.
+pub(crate) unsafe fn par_output(
     len: usize,
     chunk: usize,
     write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> usize + Sync,
 ) -> Vec<f32> {
-    match try_par_output(len, chunk, |index, values| Ok(write(index, values))) {
+    // SAFETY: the caller's writer meets `try_par_output`'s contract (the same as this one's).
+    match unsafe { try_par_output(len, chunk, |index, values| Ok(write(index, values))) } {
         Ok(out) => out,
         Err(error) => unreachable!("par_output: an infallible writer failed: {error}"),
     }
@@ -29,16 +36,22 @@ pub(crate) fn par_output(
 
 /// [`par_output`] with a writer that can fail.
 ///
+/// # Safety
+/// As [`par_output`]'s: a writer that returns `Ok` with its chunk's length must have written
+/// every value of the chunk.
+///
 /// # Errors
 /// The first chunk's error (in chunk order), if any writer fails.
 ///
 /// # Panics
-/// If a chunk was not written whole (a kernel bug); nothing unwritten is ever read.
-pub(crate) fn try_par_output(
+/// If a chunk was reported short (a kernel bug; nothing is read then), or if `chunk` is 0
+/// while `len` is not.
+pub(crate) unsafe fn try_par_output(
     len: usize,
     chunk: usize,
     write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> candle::Result<usize> + Sync,
 ) -> candle::Result<Vec<f32>> {
+    assert!(chunk > 0 || len == 0, "par_output: chunks of 0 values for {len} values");
     let mut out = Vec::with_capacity(len);
     let written: Vec<candle::Result<bool>> = out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk.max(1))
@@ -50,8 +63,9 @@ pub(crate) fn try_par_output(
         short += usize::from(!whole?);
     }
     assert_eq!(short, 0, "par_output: {short} chunks were not written whole");
-    // SAFETY: each of the `len` values was written: every chunk's writer wrote all of its
-    // chunk's values (it reported as many as the chunk holds), and the chunks tile `0..len`.
+    // SAFETY: each of the `len` values was written: every chunk's writer reported its chunk
+    // whole, which by the caller's contract means it wrote every value of it, and the chunks
+    // tile `0..len`.
     unsafe { out.set_len(len) };
     Ok(out)
 }
@@ -140,32 +154,44 @@ mod output_tests {
     #[test]
     fn par_output_tiles_the_output_with_its_chunks() {
         // 10 values in chunks of 4: chunks 0, 1 hold 4 values, chunk 2 the last 2.
-        let out = par_output(10, 4, |index, values| {
-            let len = values.len();
-            write_values(values, (0..len).map(|position| (index * 100 + position) as f32))
-        });
+        // SAFETY (all calls here): the writers count with `write_values`.
+        let out = unsafe {
+            par_output(10, 4, |index, values| {
+                let len = values.len();
+                write_values(values, (0..len).map(|position| (index * 100 + position) as f32))
+            })
+        };
         assert_eq!(out, [0.0, 1.0, 2.0, 3.0, 100.0, 101.0, 102.0, 103.0, 200.0, 201.0]);
-        assert!(par_output(0, 0, |_, values| values.len()).is_empty());
+        assert!(
+            unsafe { par_output(0, 0, |_, values| write_values(values, std::iter::empty())) }
+                .is_empty()
+        );
     }
 
     #[test]
     #[should_panic(expected = "1 chunks were not written whole")]
     fn par_output_refuses_a_chunk_written_short() {
-        par_output(8, 4, |index, values| {
-            let len = if index == 1 { 3 } else { values.len() };
-            write_values(values, (0..len).map(|position| position as f32))
-        });
+        // SAFETY: the writer counts with `write_values`.
+        unsafe {
+            par_output(8, 4, |index, values| {
+                let len = if index == 1 { 3 } else { values.len() };
+                write_values(values, (0..len).map(|position| position as f32))
+            })
+        };
     }
 
     #[test]
     fn try_par_output_returns_the_first_chunks_error() {
-        let result = try_par_output(12, 4, |index, values| {
-            if index >= 1 {
-                candle::bail!("chunk {index} failed");
-            }
-            let len = values.len();
-            Ok(write_values(values, (0..len).map(|position| position as f32)))
-        });
+        // SAFETY: the writer counts with `write_values`.
+        let result = unsafe {
+            try_par_output(12, 4, |index, values| {
+                if index >= 1 {
+                    candle::bail!("chunk {index} failed");
+                }
+                let len = values.len();
+                Ok(write_values(values, (0..len).map(|position| position as f32)))
+            })
+        };
         let error = result.expect_err("chunks 1 and 2 fail").to_string();
         assert!(error.contains("chunk 1 failed"), "{error}");
     }

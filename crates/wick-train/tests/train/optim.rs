@@ -371,6 +371,19 @@ fn duplicate_parameter_names_are_rejected() {
 }
 
 #[test]
+fn one_variable_under_two_names_is_rejected() {
+    // It would be stepped twice a step, and in parallel in no fixed order.
+    let p = var(&[1.0], &[1]);
+    let params = optim_params(vec![("a".into(), p.clone()), ("b".into(), p)]);
+    match Adam::new(params, AdamConfig::fastai_defaults(1e-3)) {
+        Err(OptimError::DuplicateVariable { first, second }) => {
+            assert_eq!((first.as_str(), second.as_str()), ("a", "b"));
+        }
+        other => panic!("expected DuplicateVariable, got {other:?}"),
+    }
+}
+
+#[test]
 fn fused_and_tensor_op_kernels_agree_on_a_large_parameter() {
     // 100k elements over a few Adam steps: the two code paths stay within float32 rounding.
     let mut rng = ChaCha8Rng::seed_from_u64(5);
