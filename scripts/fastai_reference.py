@@ -15,6 +15,10 @@ they are the same size as wick's but not the same images. CPU, 2 threads.
 `--split folders` mirrors [profiles.official] instead: all images, Imagenette's own train/ and
 val/ folders (GrandparentSplitter; 9,469 / 3,925 images), the same split for both stages of
 progressive resizing; everything else as above.
+
+`--save-model` also writes each experiment's trained model as `<out>/<name>.safetensors` (its
+PyTorch state dict) and its class order as `<out>/<name>.vocab.json`, for
+`scripts/fastai_model_wick_pixels.py` (a fastai-trained model on wick's validation images).
 """
 import argparse
 import json
@@ -60,7 +64,17 @@ def final_accuracy(learn):
     return float(learn.recorder.values[-1][2])
 
 
-def run(name, path, seed, out, split):
+def save_model(learn, name, out):
+    """The trained model's state dict and class order, beside the result."""
+    from safetensors.torch import save_file
+    os.makedirs(out, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in learn.model.state_dict().items()}
+    save_file(state, os.path.join(out, f"{name}.safetensors"))
+    with open(os.path.join(out, f"{name}.vocab.json"), "w") as f:
+        json.dump(list(learn.dls.vocab), f)
+
+
+def run(name, path, seed, out, split, save=False):
     torch.manual_seed(seed)
     start = time.time()
     result = {"name": name, "seed": seed, "split": split}
@@ -72,6 +86,8 @@ def run(name, path, seed, out, split):
         learn.fit_one_cycle(QUICK["epochs"], QUICK["lr"])
         result["accuracy"] = final_accuracy(learn)
         result["n_valid"] = len(learn.dls.valid_ds)
+        if save:
+            save_model(learn, name, out)
     elif name in ("progressive", "tta"):
         data = dls(path, 128, 32, True, seed, seed, split)
         learn = Learner(data, xresnet18(n_out=data.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
@@ -80,6 +96,8 @@ def run(name, path, seed, out, split):
         learn.fine_tune(5, 1e-3)
         result["accuracy"] = final_accuracy(learn)
         result["n_valid"] = len(learn.dls.valid_ds)
+        if save:
+            save_model(learn, name, out)
         preds, targs = learn.tta()
         result["tta_accuracy"] = float(accuracy(preds, targs))
     else:
@@ -99,10 +117,12 @@ def main():
     parser.add_argument("--out", default="runs/fastai-quick")
     parser.add_argument("--split", choices=["random", "folders"], default="random",
                         help="random: the quick profile's seeded half; folders: [profiles.official]")
+    parser.add_argument("--save-model", action="store_true",
+                        help="also write each trained model (state dict) and its class order")
     args = parser.parse_args()
     torch.set_num_threads(2)
     for name in args.experiments.split(","):
-        run(name, args.data, args.seed, args.out, args.split)
+        run(name, args.data, args.seed, args.out, args.split, args.save_model)
 
 
 if __name__ == "__main__":
