@@ -404,9 +404,10 @@ impl CustomOp1 for MaxPool2dOp {
 /// Max pooling backward of one plane: each window's gradient goes to its first maximum in
 /// row-major scan order (the first value equal to the window's max, NaN equal to NaN: the
 /// same position as PyTorch's scan, which replaces the best only on a strictly greater value
-/// or a NaN — except in a window with two or more NaNs, where PyTorch's goes to the last). The maxima come from the forward's own [`pool_plane`]; the
-/// position search is branch-free (scanned backwards, each match overwriting the position),
-/// since on real activations the comparisons are unpredictable.
+/// or a NaN — except in a window with two or more NaNs, where PyTorch's goes to the last).
+/// The maxima come from the forward's own [`pool_plane`]; the position search is branch-free
+/// (scanned backwards, each match overwriting the position), since on real activations the
+/// comparisons are unpredictable.
 fn max_pool_backward_plane(
     plane: &[f32],
     grad: &[f32],
