@@ -31,6 +31,8 @@ def main():
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--sizes", default="96:48,96:32")
     parser.add_argument("--count", type=int, default=32)
+    parser.add_argument("--three-pass", action="store_true",
+                        help="wick's Resampling::ThreePass (fastai's order) instead of its one pass")
     args = parser.parse_args()
     files = sorted((args.data / "val").glob("*/*.JPEG"))[::100][: args.count]
     # One training file per class keeps fastai's vocab complete; they are not compared.
@@ -48,7 +50,8 @@ def main():
         fastai = dls.valid.one_batch()[0].numpy().astype(np.float32)
         out = scratch / f"wick_{item}_{size}.f32"
         subprocess.run(["cargo", "run", "-q", "--release", "-p", "wick-data", "--example", "valid_dump",
-                        "--", str(listing), str(item), str(size), str(out)], check=True)
+                        "--", str(listing), str(item), str(size), *(["--three-pass"] if args.three_pass else []),
+                        str(out)], check=True)
         wick = np.fromfile(out, dtype="<f4").reshape(fastai.shape)
         diff = np.abs(fastai - wick)
         print(f"{item} -> {size} px, {len(files)} images: mean |diff| {diff.mean():.4f}, "

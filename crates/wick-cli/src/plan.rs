@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use wick_data::{
     AugTransforms, BadFilePolicy, DataLoader, ItemPipeline, Items, LoaderConfig, Normalize,
-    ResizeMethod, ScanConfig, ScanDepth, SplitRule, Splits,
+    Resampling, ResizeMethod, ScanConfig, ScanDepth, SplitRule, Splits,
 };
 use wick_eval::{Blend, TtaConfig};
 use wick_models::{Activation, XResNet, XResNetConfig};
@@ -28,7 +28,7 @@ use wick_train::{
 use crate::data_report::DataReport;
 use crate::recipe::{
     ActivationName, BadFiles, BookSection, DataSection, Fit, LossName, ModelSection, NOut,
-    OptimizerName, PrecisionName, Recipe, SplitKind, Stage, TtaSection,
+    OptimizerName, PrecisionName, Recipe, ResamplingName, SplitKind, Stage, TtaSection,
 };
 
 /// The dataset folder for `--data`: a folder as is, a `.tgz` extracted into the cache, the
@@ -191,6 +191,8 @@ pub(crate) struct DataPlan {
     pub(crate) bad_files: BadFilePolicy,
     /// Decode threads (`--threads`, else the recipe's, else every core).
     pub(crate) threads: usize,
+    /// One composed resampling, or fastai's three.
+    pub(crate) resampling: Resampling,
 }
 
 /// The data settings in force for a stage (a stage overrides size and batch size).
@@ -301,6 +303,10 @@ impl Plan {
                 threads: args.threads.or(data.threads).unwrap_or_else(|| {
                     std::thread::available_parallelism().map(usize::from).unwrap_or(1)
                 }),
+                resampling: match data.resampling {
+                    ResamplingName::OnePass => Resampling::OnePass,
+                    ResamplingName::ThreePass => Resampling::ThreePass,
+                },
             },
             model: ModelSpec::resolve(model)?,
             loss: match train.loss {
@@ -451,6 +457,7 @@ impl Plan {
             output_size: stage.size,
             augment: self.data.augment,
             decode: wick_data::DecodeConfig::default(),
+            resampling: self.data.resampling,
         }
     }
 

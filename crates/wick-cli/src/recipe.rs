@@ -89,6 +89,15 @@ pub(crate) enum SplitKind {
     Folders,
 }
 
+/// `data.resampling`: wick's one composed resampling (default) or fastai's three.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ResamplingName {
+    #[default]
+    OnePass,
+    ThreePass,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum BadFiles {
@@ -119,6 +128,9 @@ pub(crate) struct DataSection {
     pub(crate) threads: Option<usize>,
     #[serde(default = "default_bad_files")]
     pub(crate) bad_files: BadFiles,
+    /// `one_pass` (default) or `three_pass` (fastai's order; `wick_data::Resampling`).
+    #[serde(default)]
+    pub(crate) resampling: ResamplingName,
 }
 
 fn default_valid_pct() -> f64 {
@@ -606,6 +618,16 @@ stage = [{ fit = { kind = "one_cycle", epochs = 1, lr_max = 3e-3 } }, { size = 4
         assert_eq!(smoke.stages[1].size, Some(48));
         assert!(smoke.stages[1].new_split);
         assert!(!resolved.contains_key("profiles"));
+    }
+
+    #[test]
+    fn resampling_defaults_to_one_pass_and_takes_fastais_three() {
+        assert_eq!(parse(BASE, "full").unwrap().0.data().resampling, ResamplingName::OnePass);
+        let three = BASE.replace("batch_size = 64", "batch_size = 64\nresampling = \"three_pass\"");
+        assert_eq!(parse(&three, "full").unwrap().0.data().resampling, ResamplingName::ThreePass);
+        let wrong = BASE.replace("batch_size = 64", "batch_size = 64\nresampling = \"two_pass\"");
+        let error = format!("{:#}", parse(&wrong, "full").unwrap_err());
+        assert!(error.contains("two_pass") && error.contains("three_pass"), "{error}");
     }
 
     #[test]

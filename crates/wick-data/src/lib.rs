@@ -32,6 +32,7 @@ pub mod scan;
 pub mod seed;
 pub mod show;
 pub mod source;
+mod three_pass;
 
 pub use acquire::{
     ARCHIVES, AcquireConfig, Archive, DownloadConfig, Expected, ExtractConfig, IMAGENETTE,
@@ -49,7 +50,7 @@ pub use items::{
 };
 pub use loader::{BadFilePolicy, Batch, DataLoader, EpochBatches, LoaderConfig, Shard, SkipLog};
 pub use normalize::{IMAGENET_MEAN, IMAGENET_STD, Normalize};
-pub use pipeline::{ItemPipeline, Mode};
+pub use pipeline::{ItemPipeline, Mode, Resampling};
 pub use scan::{ScanConfig, ScanDepth, check_file, scan_files, scan_items};
 pub use show::{batch_images, planar_to_rgb};
 pub use source::{BatchIter, BatchSource, InMemoryBatches};

@@ -39,6 +39,23 @@ pub struct ItemPipeline {
     pub augment: Option<AugTransforms>,
     /// Limits and hints for decoding.
     pub decode: DecodeConfig,
+    /// How many times the image is resampled: once (wick's default) or in fastai's order.
+    pub resampling: Resampling,
+}
+
+/// How the geometry of an image is applied (docs/decisions/0001-one-pass-augmentation.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resampling {
+    /// wick's default: every geometric step composed into one bilinear sampling of the
+    /// decoded image (after a DCT-domain and area pre-shrink when it is still more than twice
+    /// the output), lighting applied to the source values.
+    #[default]
+    OnePass,
+    /// fastai's own order, three resamplings: PIL's antialiased bilinear `Resize` to the
+    /// canvas (bytes), the flip/rotate/zoom/warp `grid_sample` at the canvas size, the crop's
+    /// `grid_sample` to the output (area pre-shrink first by fastai's rule), lighting last
+    /// ([`crate::three_pass`]). Same random draws as `OnePass`; slower.
+    ThreePass,
 }
 
 impl ItemPipeline {
@@ -50,6 +67,7 @@ impl ItemPipeline {
             output_size,
             augment: Some(AugTransforms::default()),
             decode: DecodeConfig::default(),
+            resampling: Resampling::OnePass,
         }
     }
 
@@ -96,7 +114,6 @@ impl ItemPipeline {
         rng: &mut impl Rng,
         out: &mut [f32],
     ) -> Result<()> {
-        let (width, height) = image_size(bytes, path)?;
         let draw = match (mode, &self.augment) {
             (Mode::Train, Some(augment)) => augment.draw(rng),
             (Mode::Train, None) => {
@@ -104,6 +121,41 @@ impl ItemPipeline {
             }
             (Mode::Valid, _) => AugDraw::neutral(),
         };
+        self.load_drawn(bytes, path, mode, &draw, out)
+    }
+
+    /// [`ItemPipeline::load_bytes`] with the random choices given instead of drawn (`Valid`
+    /// mode ignores `draw` and uses the centred `Resize`): what tests use to put one draw
+    /// beside fastai's output for the same parameters.
+    ///
+    /// # Errors
+    /// The bytes do not decode as an image (the error names `path`).
+    pub fn load_drawn(
+        &self,
+        bytes: &[u8],
+        path: &Path,
+        mode: Mode,
+        draw: &AugDraw,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (width, height) = image_size(bytes, path)?;
+        let draw = match mode {
+            Mode::Train => *draw,
+            Mode::Valid => AugDraw::neutral(),
+        };
+        if self.resampling == Resampling::ThreePass {
+            let sizes = (self.item_size, self.output_size, self.method);
+            return crate::three_pass::load(
+                bytes,
+                path,
+                (width, height),
+                sizes,
+                &self.decode,
+                mode,
+                &draw,
+                out,
+            );
+        }
         let geometry = match mode {
             Mode::Train => {
                 train_geometry(width, height, self.item_size, self.output_size, self.method, &draw)
