@@ -4,7 +4,10 @@
 //!
 //! Cases: `decode` (file → RGB), `decode_resize160` (file → validation pipeline at 160 px:
 //! centre crop + resize), `train128` / `train224` (the whole chapter-7 training pipeline:
-//! `Resize(460)` + `aug_transforms(size, min_scale=0.75)` → f32 tensor data). Each is timed on 1
+//! `Resize(460)` + `aug_transforms(size, min_scale=0.75)` → f32 tensor data), `train48_96`
+//! (the official profile's second stage: `Resize(96)`, 48 px), and `train224_three_pass` /
+//! `train48_96_three_pass` (the same in fastai's resampling order,
+//! `Resampling::ThreePass`). Each is timed on 1
 //! and 2 threads; the median of 3 passes after a warm-up pass.
 //! `--make-jpegs DIR` first writes 200 deterministic photo-like 500x375 JPEGs (quality 90)
 //! into DIR, the "full-size" source.
@@ -17,7 +20,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use wick_data::pipeline::{ItemPipeline, Mode};
+use wick_data::pipeline::{ItemPipeline, Mode, Resampling};
 use wick_data::{DecodeConfig, list_image_files, read_rgb};
 
 fn main() {
@@ -79,15 +82,8 @@ type Loader = Box<dyn Fn(usize, &Path) + Sync>;
 type Case = (&'static str, Loader);
 
 fn cases() -> Vec<Case> {
-    let pipeline_case = |size: u32, mode: Mode| -> Loader {
-        let pipeline = ItemPipeline::chapter7(size);
-        Box::new(move |index, path| {
-            let mut out = vec![0f32; pipeline.item_len()];
-            let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
-            pipeline.load(path, mode, &mut rng, &mut out).unwrap_or_else(|error| panic!("{error}"));
-            std::hint::black_box(&out);
-        })
-    };
+    let pipeline_case =
+        |size: u32, mode: Mode| -> Loader { custom_case(ItemPipeline::chapter7(size), mode) };
     vec![
         (
             "decode",
@@ -100,7 +96,39 @@ fn cases() -> Vec<Case> {
         ("decode_resize160", pipeline_case(160, Mode::Valid)),
         ("train128", pipeline_case(128, Mode::Train)),
         ("train224", pipeline_case(224, Mode::Train)),
+        (
+            "train48_96",
+            custom_case(ItemPipeline { item_size: 96, ..ItemPipeline::chapter7(48) }, Mode::Train),
+        ),
+        (
+            "train224_three_pass",
+            custom_case(
+                ItemPipeline { resampling: Resampling::ThreePass, ..ItemPipeline::chapter7(224) },
+                Mode::Train,
+            ),
+        ),
+        (
+            "train48_96_three_pass",
+            custom_case(
+                ItemPipeline {
+                    item_size: 96,
+                    resampling: Resampling::ThreePass,
+                    ..ItemPipeline::chapter7(48)
+                },
+                Mode::Train,
+            ),
+        ),
     ]
+}
+
+/// The loader of `pipeline` in `mode`, each image's draw seeded by its index.
+fn custom_case(pipeline: ItemPipeline, mode: Mode) -> Loader {
+    Box::new(move |index, path| {
+        let mut out = vec![0f32; pipeline.item_len()];
+        let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
+        pipeline.load(path, mode, &mut rng, &mut out).unwrap_or_else(|error| panic!("{error}"));
+        std::hint::black_box(&out);
+    })
 }
 
 /// Photo-like 500x375 JPEGs: smooth colour gradients, soft blobs and sensor-like noise,
