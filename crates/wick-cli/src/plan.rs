@@ -14,8 +14,8 @@ use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use wick_data::{
-    AugTransforms, BadFilePolicy, DataLoader, ItemPipeline, Items, LoaderConfig, Normalize,
-    Resampling, ResizeMethod, ScanConfig, ScanDepth, SplitRule, Splits,
+    AugTransforms, BadFilePolicy, CropDraw, DataLoader, ItemPipeline, Items, LoaderConfig,
+    Normalize, Resampling, ResizeMethod, ScanConfig, ScanDepth, SplitRule, Splits,
 };
 use wick_eval::{Blend, TtaConfig};
 use wick_models::{Activation, XResNet, XResNetConfig};
@@ -27,8 +27,8 @@ use wick_train::{
 
 use crate::data_report::DataReport;
 use crate::recipe::{
-    ActivationName, BadFiles, BookSection, DataSection, Fit, LossName, ModelSection, NOut,
-    OptimizerName, PrecisionName, Recipe, ResamplingName, SplitKind, Stage, TtaSection,
+    ActivationName, BadFiles, BookSection, CropDrawName, DataSection, Fit, LossName, ModelSection,
+    NOut, OptimizerName, PrecisionName, Recipe, ResamplingName, SplitKind, Stage, TtaSection,
 };
 
 /// The dataset folder for `--data`: a folder as is, a `.tgz` extracted into the cache, the
@@ -294,6 +294,10 @@ impl Plan {
                 normalize: data.normalize,
                 augment: data.augment.then_some(AugTransforms {
                     min_scale: data.min_scale,
+                    crop_draw: match data.crop_draw {
+                        CropDrawName::PerImage => CropDraw::PerImage,
+                        CropDrawName::PerBatch => CropDraw::PerBatch,
+                    },
                     ..AugTransforms::default()
                 }),
                 bad_files: match data.bad_files {

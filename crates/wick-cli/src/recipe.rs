@@ -98,6 +98,15 @@ pub(crate) enum ResamplingName {
     ThreePass,
 }
 
+/// `data.crop_draw`: the random crop drawn per image (default) or per batch (fastai).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CropDrawName {
+    #[default]
+    PerImage,
+    PerBatch,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum BadFiles {
@@ -131,6 +140,10 @@ pub(crate) struct DataSection {
     /// `one_pass` (default) or `three_pass` (fastai's order; `wick_data::Resampling`).
     #[serde(default)]
     pub(crate) resampling: ResamplingName,
+    /// `per_image` (default) or `per_batch` (fastai's `RandomResizedCropGPU`;
+    /// `wick_data::CropDraw`).
+    #[serde(default)]
+    pub(crate) crop_draw: CropDrawName,
 }
 
 fn default_valid_pct() -> f64 {
@@ -628,6 +641,16 @@ stage = [{ fit = { kind = "one_cycle", epochs = 1, lr_max = 3e-3 } }, { size = 4
         let wrong = BASE.replace("batch_size = 64", "batch_size = 64\nresampling = \"two_pass\"");
         let error = format!("{:#}", parse(&wrong, "full").unwrap_err());
         assert!(error.contains("two_pass") && error.contains("three_pass"), "{error}");
+    }
+
+    #[test]
+    fn crop_draw_defaults_to_per_image_and_takes_per_batch() {
+        assert_eq!(parse(BASE, "full").unwrap().0.data().crop_draw, CropDrawName::PerImage);
+        let batch = BASE.replace("batch_size = 64", "batch_size = 64\ncrop_draw = \"per_batch\"");
+        assert_eq!(parse(&batch, "full").unwrap().0.data().crop_draw, CropDrawName::PerBatch);
+        let wrong = BASE.replace("batch_size = 64", "batch_size = 64\ncrop_draw = \"per_epoch\"");
+        let error = format!("{:#}", parse(&wrong, "full").unwrap_err());
+        assert!(error.contains("per_epoch") && error.contains("per_batch"), "{error}");
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! (fastai's `batch=False`), in a fixed documented order. The geometry they parametrise is
 //! applied in one resampling pass by [`crate::geometry`].
 //!
-//! One deliberate difference from fastai: `RandomResizedCropGPU` draws one crop per batch in
-//! fastai (it uses Python's `random` in `before_call`); wick draws one per image, like every
-//! other augmentation, which gives more variety and makes a batch independent of its
-//! neighbours.
+//! `RandomResizedCropGPU` draws one crop per batch in fastai (Python's `random` in
+//! `before_call`); wick draws one per image by default, like every other augmentation, which
+//! gives more variety and makes a batch independent of its neighbours. [`CropDraw::PerBatch`]
+//! is fastai's way: the data loader then overrides each image's crop with its batch's
+//! ([`AugTransforms::draw_crop`] from the batch's own stream).
 
 use rand::Rng;
 
@@ -38,6 +39,19 @@ pub struct AugTransforms {
     pub p_lighting: f64,
     /// The random square crop keeps an area fraction drawn from U(min_scale, 1).
     pub min_scale: f64,
+    /// One crop per image (wick's default) or per batch (fastai's `RandomResizedCropGPU`).
+    pub crop_draw: CropDraw,
+}
+
+/// How often `RandomResizedCropGPU`'s crop is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CropDraw {
+    /// A crop per image, from the image's own stream (wick's default).
+    #[default]
+    PerImage,
+    /// One crop for a whole batch, from the batch's stream, as fastai draws it; the data
+    /// loader applies it (a lone `ItemPipeline::load` still draws per image).
+    PerBatch,
 }
 
 impl Default for AugTransforms {
@@ -52,6 +66,7 @@ impl Default for AugTransforms {
             p_affine: 0.75,
             p_lighting: 0.75,
             min_scale: 0.75,
+            crop_draw: CropDraw::PerImage,
         }
     }
 }
@@ -117,6 +132,13 @@ fn uniform<R: Rng + ?Sized>(rng: &mut R, low: f64, high: f64) -> f64 {
 }
 
 impl AugTransforms {
+    /// Draws `RandomResizedCropGPU`'s crop: the area fraction from U(min_scale, 1), then the
+    /// offset fractions (x, y) in [0, 1) of the free space.
+    pub fn draw_crop<R: Rng + ?Sized>(&self, rng: &mut R) -> (f64, (f64, f64)) {
+        let crop_area = uniform(rng, self.min_scale, 1.0);
+        (crop_area, (rng.random::<f64>(), rng.random::<f64>()))
+    }
+
     /// Draws one training image's augmentation. The order of draws is part of the contract
     /// (it fixes what a seed means): resize position, flip, rotation, zoom and its centre,
     /// warp x then y, crop area and offsets, brightness, contrast.
@@ -132,8 +154,7 @@ impl AugTransforms {
         let max_warp = self.max_warp;
         let warp_x = with_probability(rng, self.p_affine, |r| uniform(r, -max_warp, max_warp), 0.0);
         let warp_y = with_probability(rng, self.p_affine, |r| uniform(r, -max_warp, max_warp), 0.0);
-        let crop_area = uniform(rng, self.min_scale, 1.0);
-        let crop_offset = (rng.random::<f64>(), rng.random::<f64>());
+        let (crop_area, crop_offset) = self.draw_crop(rng);
         let lighting = self.max_lighting;
         let brightness = with_probability(
             rng,

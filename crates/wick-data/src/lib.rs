@@ -39,7 +39,7 @@ pub use acquire::{
     IMAGENETTE_160, IMAGENETTE_320, IMAGEWOOF, IMAGEWOOF_160, IMAGEWOOF_320, Progress, ReuseCheck,
     Source, archive_named, download, extract_tgz, md5_file, untar_data, verify,
 };
-pub use augment::{AugDraw, AugTransforms, lighting, lighting_texels};
+pub use augment::{AugDraw, AugTransforms, CropDraw, lighting, lighting_texels};
 pub use class_names::{display_name, readable_name};
 pub use decode::{DecodeConfig, Decoded, decode_rgb, image_size, read_rgb};
 pub use error::{DataError, Result};

@@ -24,6 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::augment::CropDraw;
 use crate::error::{DataError, Result};
 use crate::items::{Excluded, Exclusion, Items};
 use crate::normalize::Normalize;
@@ -511,10 +512,23 @@ impl BatchJob {
         let path = &self.items.paths[item_idx];
         let mut rng =
             ChaCha8Rng::seed_from_u64(position_seed(self.config.seed, self.epoch, position as u64));
+        let mode = self.config.mode;
+        let mut draw = self.pipeline.draw(mode, &mut rng);
+        if let (Mode::Train, Some(augment)) = (mode, &self.pipeline.augment)
+            && augment.crop_draw == CropDraw::PerBatch
+        {
+            // fastai's `RandomResizedCropGPU`: one crop for the whole (global) batch, from a
+            // stream of its own; the image's stream is drawn in full as before.
+            let batch = (position / self.config.batch_size.max(1)) as u64;
+            let seed = position_seed(self.config.seed ^ BATCH_CROP_SALT, self.epoch, batch);
+            (draw.crop_area, draw.crop_offset) =
+                augment.draw_crop(&mut ChaCha8Rng::seed_from_u64(seed));
+        }
+        let bytes = std::fs::read(path).map_err(|error| DataError::io(path, error))?;
         // A panic inside a decoder (a bug in a codec on a hostile file) must not take the
         // worker thread down: it becomes an error that names the file.
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.pipeline.load(path, self.config.mode, &mut rng, out)
+            self.pipeline.load_drawn(&bytes, path, mode, &draw, out)
         }))
         .unwrap_or_else(|_| Err(DataError::decode(path, "the decoder panicked")))
     }
@@ -522,6 +536,8 @@ impl BatchJob {
 
 /// Separates the replacement draws' seeds from the augmentation seeds.
 const REPLACEMENT_SALT: u64 = 0x0005_EED0_FBAD_F11E;
+/// Separates the per-batch crop draws' seeds (`CropDraw::PerBatch`) from the per-image ones.
+const BATCH_CROP_SALT: u64 = 0x000C_0B0A_7C40_0001;
 
 /// The batches of one epoch, in order. Dropping it stops the background thread.
 pub struct EpochBatches {

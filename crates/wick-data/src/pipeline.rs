@@ -114,14 +114,20 @@ impl ItemPipeline {
         rng: &mut impl Rng,
         out: &mut [f32],
     ) -> Result<()> {
-        let draw = match (mode, &self.augment) {
+        self.load_drawn(bytes, path, mode, &self.draw(mode, rng), out)
+    }
+
+    /// The random choices for one image in `mode`: the augmentation's draw (`Train`), only
+    /// `Resize`'s crop position when the pipeline does not augment, nothing in `Valid` mode
+    /// (the neutral draw; `rng` untouched).
+    pub fn draw(&self, mode: Mode, rng: &mut impl Rng) -> AugDraw {
+        match (mode, &self.augment) {
             (Mode::Train, Some(augment)) => augment.draw(rng),
             (Mode::Train, None) => {
                 AugDraw { resize_pcts: (rng.random(), rng.random()), ..AugDraw::neutral() }
             }
             (Mode::Valid, _) => AugDraw::neutral(),
-        };
-        self.load_drawn(bytes, path, mode, &draw, out)
+        }
     }
 
     /// [`ItemPipeline::load_bytes`] with the random choices given instead of drawn (`Valid`

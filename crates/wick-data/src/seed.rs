@@ -5,7 +5,8 @@
 //! any thread count.
 //!
 //! Both derivations go through SplitMix64's output function ([`mix64`], Steele, Lea & Flood
-//! 2014): [`position_seed`] for the data loader's order and per-item draws, [`stream_seed`] for
+//! 2014): [`position_seed`] for the data loader's order, per-item draws and per-batch crops
+//! (`CropDraw::PerBatch`, salted by the loader), [`stream_seed`] for
 //! the training callbacks' per-batch streams (MixUp, CutMix), each from the seed of its stage
 //! ([`stage_seed`]) in a multi-stage run. Their values are pinned by tests:
 //! changing either changes every run's shuffles, augmentations or mixing.

@@ -5,8 +5,8 @@ mod common;
 
 use candle::{Device, Tensor};
 use wick_data::{
-    BadFilePolicy, DataLoader, ItemPipeline, LoaderConfig, Normalize, Shard, SplitRule,
-    batch_images, image_folder,
+    AugTransforms, BadFilePolicy, CropDraw, DataLoader, ItemPipeline, LoaderConfig, Normalize,
+    Shard, SplitRule, batch_images, image_folder,
 };
 use wick_testing::{Tol, assert_close};
 
@@ -268,4 +268,52 @@ fn a_shard_that_cannot_split_evenly_is_refused() {
     let outside =
         make(LoaderConfig { shard: Shard { rank: 2, world: 2 }, ..LoaderConfig::train(4, 0) });
     assert!(outside.err().unwrap().to_string().contains("rank 2 is not one of 2 ranks"));
+}
+
+/// `CropDraw::PerBatch` (fastai's `RandomResizedCropGPU`): every image of a batch gets the
+/// batch's crop. On identical files with every other augmentation off, a batch's images are
+/// then identical, and batches differ; per image (the default) they differ inside a batch.
+#[test]
+fn a_per_batch_crop_is_shared_by_the_batch_and_redrawn_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = common::pattern(48, 48, |x, y| [(x * 5) as u8, (y * 5) as u8, ((x + y) * 2) as u8]);
+    for split in ["train", "val"] {
+        for class in ["a", "b"] {
+            let folder = dir.path().join(split).join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            for n in 0..4 {
+                common::write_png(&folder.join(format!("{n}.png")), &image);
+            }
+        }
+    }
+    let splits = image_folder(dir.path(), &SplitRule::official()).unwrap();
+    let crop_only = |crop_draw| AugTransforms {
+        do_flip: false,
+        p_affine: 0.0,
+        max_lighting: 0.0,
+        crop_draw,
+        ..AugTransforms::default()
+    };
+    let batches = |crop_draw| {
+        let pipeline = ItemPipeline {
+            item_size: 48,
+            augment: Some(crop_only(crop_draw)),
+            ..ItemPipeline::chapter7(16)
+        };
+        let loader =
+            DataLoader::new(splits.train.clone(), pipeline, LoaderConfig::train(4, 3), Device::Cpu)
+                .unwrap();
+        all_batches(&loader, 0)
+            .iter()
+            .map(|batch| batch.xs.flatten_from(1).unwrap().to_vec2::<f32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let per_batch = batches(CropDraw::PerBatch);
+    assert_eq!(per_batch.len(), 2);
+    for images in &per_batch {
+        assert!(images.iter().all(|image| image == &images[0]), "one crop per batch");
+    }
+    assert_ne!(per_batch[0][0], per_batch[1][0], "the next batch draws its own crop");
+    let per_image = batches(CropDraw::PerImage);
+    assert!(per_image[0].iter().any(|image| image != &per_image[0][0]), "one crop per image");
 }
