@@ -176,6 +176,9 @@ fn grid_sample(input: &Planes, map: &Mat3, out: &mut [f32], side: usize) {
     let n = input.side;
     let last = (n - 1) as f64;
     let reflect = |value: f64| -> f64 {
+        if (-1.0..=1.0).contains(&value) {
+            return value; // nearly every point: no remainder to take
+        }
         // Mirror images about −1 and 1, repeated (period 4).
         let t = (value + 1.0).rem_euclid(4.0);
         if t <= 2.0 { t - 1.0 } else { 3.0 - t }
