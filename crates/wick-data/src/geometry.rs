@@ -96,7 +96,7 @@ pub fn warp_homography(x_t: f64, y_t: f64) -> Mat3 {
 /// `value` on `[low, low + span]` (`span > 0`). The unit tests check it against a plain
 /// reference.
 #[derive(Debug, Clone, Copy)]
-struct Mirror {
+pub(crate) struct Mirror {
     low: f64,
     span: f64,
     period: f64,
@@ -104,13 +104,13 @@ struct Mirror {
 }
 
 impl Mirror {
-    fn new(low: f64, span: f64) -> Self {
+    pub(crate) fn new(low: f64, span: f64) -> Self {
         let span = span.max(f64::MIN_POSITIVE);
         Mirror { low, span, period: 2.0 * span, inverse_period: 1.0 / (2.0 * span) }
     }
 
     #[inline]
-    fn apply(&self, value: f64) -> f64 {
+    pub(crate) fn apply(&self, value: f64) -> f64 {
         let t = (value - self.low) * self.inverse_period;
         let phase = (t - t.floor()) * self.period; // in [0, period)
         self.low + (self.span - (phase - self.span).abs()) // in [low, low + span]

@@ -54,7 +54,9 @@ pub enum Resampling {
     /// fastai's own order, three resamplings: PIL's antialiased bilinear `Resize` to the
     /// canvas (bytes), the flip/rotate/zoom/warp `grid_sample` at the canvas size, the crop's
     /// `grid_sample` to the output (area pre-shrink first by fastai's rule), lighting last
-    /// ([`crate::three_pass`]). Same random draws as `OnePass`; slower.
+    /// (`three_pass.rs`). Same random draws as `OnePass`; slower. It reproduces
+    /// `aug_transforms(size, min_scale < 1)` with the `Crop` or `Squish` method
+    /// ([`ItemPipeline::validate`] refuses the rest).
     ThreePass,
 }
 
@@ -71,7 +73,11 @@ impl ItemPipeline {
         }
     }
 
-    /// Checks the sizes are usable.
+    /// Checks the sizes are usable, and that `ThreePass` is asked only for what it
+    /// reproduces (see [`Resampling::ThreePass`]).
+    ///
+    /// # Errors
+    /// `DataError::InvalidConfig` naming the setting.
     pub fn validate(&self) -> Result<()> {
         if self.item_size < 2 || self.output_size < 1 {
             return Err(DataError::InvalidConfig {
@@ -81,6 +87,29 @@ impl ItemPipeline {
                     self.item_size, self.output_size
                 ),
             });
+        }
+        if self.resampling == Resampling::ThreePass {
+            if self.method == ResizeMethod::Pad {
+                return Err(DataError::InvalidConfig {
+                    name: "resampling",
+                    reason: "three_pass with method Pad: fastai pads with PIL's border, which \
+                             three_pass does not reproduce (use crop or squish, or one_pass)"
+                        .into(),
+                });
+            }
+            if let Some(augment) = &self.augment
+                && augment.min_scale >= 1.0
+            {
+                return Err(DataError::InvalidConfig {
+                    name: "resampling",
+                    reason: format!(
+                        "three_pass with min_scale = {}: fastai then resizes inside the affine \
+                         pass (no RandomResizedCropGPU), an order three_pass does not \
+                         reproduce (use min_scale < 1, or one_pass)",
+                        augment.min_scale
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -114,6 +143,8 @@ impl ItemPipeline {
         rng: &mut impl Rng,
         out: &mut [f32],
     ) -> Result<()> {
+        // The header first: an undecodable file draws nothing from `rng`.
+        image_size(bytes, path)?;
         self.load_drawn(bytes, path, mode, &self.draw(mode, rng), out)
     }
 
@@ -131,11 +162,13 @@ impl ItemPipeline {
     }
 
     /// [`ItemPipeline::load_bytes`] with the random choices given instead of drawn (`Valid`
-    /// mode ignores `draw` and uses the centred `Resize`): what tests use to put one draw
-    /// beside fastai's output for the same parameters.
+    /// mode ignores `draw` and uses the centred `Resize`): what the data loader uses (it
+    /// replaces the crop under `CropDraw::PerBatch`), and tests, to put one draw beside
+    /// fastai's output for the same parameters.
     ///
     /// # Errors
-    /// The bytes do not decode as an image (the error names `path`).
+    /// The bytes do not decode as an image (the error names `path`); `ThreePass` with the
+    /// `Pad` method (refused by [`ItemPipeline::validate`] first).
     pub fn load_drawn(
         &self,
         bytes: &[u8],

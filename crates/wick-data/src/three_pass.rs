@@ -4,17 +4,20 @@
 //! "area first" pre-shrink when the crop is more than twice the output; lighting on the
 //! resampled values. It follows docs/decisions/0001's account of fastai's chain (and
 //! `fastai-ch7-spec.md` §5.5-5.7) step by step, where the default pipeline composes the same
-//! maps into one resampling: a fidelity option for experiments that need fastai's pixels,
-//! about three times slower than the one pass.
+//! maps into one resampling: a fidelity option for runs that need fastai's pixels. It follows
+//! `aug_transforms(size, min_scale < 1)`, whose `RandomResizedCropGPU` does the resize
+//! (`ItemPipeline::validate` refuses the other cases). Slower than the one pass: about 3x at
+//! 96 → 48 px and 18x at 460 → 224 px from 224-px files (`cargo bench -p wick-data --bench
+//! data`, docs/performance.md).
 
 use std::path::Path;
 
 use fast_image_resize as fr;
 
-use crate::augment::{AugDraw, affine_matrix, canvas_crop, lighting};
+use crate::augment::{AugDraw, canvas_crop, lighting, train_geometry};
 use crate::decode::{DecodeConfig, decode_rgb};
 use crate::error::{DataError, Result};
-use crate::geometry::{CanvasCrop, Geometry, Mat3, ResizeMethod, resize_box, warp_homography};
+use crate::geometry::{CanvasCrop, Geometry, Mat3, Mirror, ResizeMethod};
 use crate::pipeline::Mode;
 
 /// A square float image, planar `(3, side, side)`, values in [0, 1].
@@ -26,8 +29,9 @@ struct Planes {
 /// Loads one image in fastai's order into `out` (`(3, S, S)`, values in [0, 1]).
 ///
 /// # Errors
-/// The file does not decode, or `method` is `Pad` (fastai pads with PIL's border, which this
-/// path does not reproduce).
+/// The file does not decode (the error names `path`), or `method` is `Pad` (fastai pads with
+/// PIL's border, which this path does not reproduce; `ItemPipeline::validate` refuses it
+/// first).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
     bytes: &[u8],
@@ -50,31 +54,33 @@ pub(crate) fn load(
     if (decoded_w, decoded_h) != (width, height) {
         return Err(DataError::decode(path, "three_pass resampling needs a full-size decode"));
     }
-    // 1. `Resize(item_size)`: PIL's bilinear resize of the crop box (antialiased when it
-    //    shrinks), rounded to bytes as PIL stores it.
-    let source_box = resize_box(width, height, item_size, method, draw.resize_pcts);
+    // 1. `Resize(item_size)`: the crop box cut out (fastai's `crop_pad`, whole pixels), then
+    //    PIL's bilinear resize of it (antialiased when it shrinks; only the box's pixels
+    //    count), rounded to bytes as PIL stores it.
+    let geometry = train_geometry(width, height, item_size, item_size, method, draw);
+    let b = geometry.source_box;
     let source =
         fr::images::ImageRef::new(width, height, decoded.image.as_raw(), fr::PixelType::U8x3)
             .map_err(|error| DataError::decode(path, format!("resize source: {error}")))?;
+    let cut = fr::images::CroppedImage::new(
+        &source,
+        b.left as u32,
+        b.top as u32,
+        b.width as u32,
+        b.height as u32,
+    )
+    .map_err(|error| DataError::decode(path, format!("resize box: {error}")))?;
     let mut canvas_bytes = fr::images::Image::new(item_size, item_size, fr::PixelType::U8x3);
-    let options = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-        .crop(source_box.left, source_box.top, source_box.width, source_box.height);
+    let options =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
     fr::Resizer::new()
-        .resize(&source, &mut canvas_bytes, &options)
+        .resize(&cut, &mut canvas_bytes, &options)
         .map_err(|error| DataError::decode(path, format!("resize: {error}")))?;
     let canvas = to_planes(canvas_bytes.buffer(), item_size as usize);
     // 2. Flip/rotate/zoom/warp at the canvas size (identity in validation: skipped, as
     //    sampling the identity grid returns the input exactly).
     let canvas = if mode == Mode::Train {
-        let full = Geometry {
-            item_size,
-            output_size: item_size,
-            source_box,
-            affine: affine_matrix(draw),
-            warp: warp_homography(draw.warp.0, draw.warp.1),
-            crop: CanvasCrop::full(item_size),
-        };
+        let full = Geometry { crop: CanvasCrop::full(item_size), ..geometry };
         let mut planes = Planes { side: canvas.side, values: vec![0.0; canvas.values.len()] };
         grid_sample(&canvas, &full.output_to_canvas(), &mut planes.values, canvas.side);
         planes
@@ -93,14 +99,16 @@ pub(crate) fn load(
         Some(side) => area_pool(&cropped, side),
         None => cropped,
     };
-    let size = output_size as usize;
-    let identity = if size > 1 {
-        let step = 2.0 / (size - 1) as f64;
-        Mat3::affine(step, 0.0, -1.0, 0.0, step, -1.0)
-    } else {
-        Mat3::affine(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    // The crop's identity grid (`affine_grid` of the identity, align_corners=True).
+    let identity = Geometry {
+        item_size: crop.side,
+        output_size,
+        source_box: geometry.source_box,
+        affine: Mat3::IDENTITY,
+        warp: Mat3::IDENTITY,
+        crop: CanvasCrop::full(crop.side),
     };
-    grid_sample(&cropped, &identity, out, size);
+    grid_sample(&cropped, &identity.output_to_canvas(), out, output_size as usize);
     // 4. Lighting (training only) on the resampled values.
     if mode == Mode::Train && (draw.brightness != 0.5 || draw.contrast != 1.0) {
         for value in out.iter_mut() {
@@ -175,13 +183,9 @@ fn area_pool(input: &Planes, side: usize) -> Planes {
 fn grid_sample(input: &Planes, map: &Mat3, out: &mut [f32], side: usize) {
     let n = input.side;
     let last = (n - 1) as f64;
+    let mirror = Mirror::new(-1.0, 2.0); // images about −1 and 1, repeated
     let reflect = |value: f64| -> f64 {
-        if (-1.0..=1.0).contains(&value) {
-            return value; // nearly every point: no remainder to take
-        }
-        // Mirror images about −1 and 1, repeated (period 4).
-        let t = (value + 1.0).rem_euclid(4.0);
-        if t <= 2.0 { t - 1.0 } else { 3.0 - t }
+        if (-1.0..=1.0).contains(&value) { value } else { mirror.apply(value) }
     };
     let plane_in = n * n;
     let plane_out = side * side;
