@@ -338,15 +338,11 @@ pub(crate) fn unescape_path(text: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// The commit of the working tree the command runs in, if it is a git checkout.
+/// The commit this binary was built from (HEAD of the checkout `cargo` built it in, recorded
+/// by build.rs; uncommitted changes are not marked), or "unknown" when built outside one. Not
+/// the folder the command runs in: a run names the code that trained it.
 pub(crate) fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".to_string())
+    env!("WICK_BUILD_COMMIT").to_string()
 }
 
 /// The identity of a list of images: SHA-256 over each file's split, class name, path relative
@@ -545,6 +541,24 @@ pub(crate) fn recipe_changes(previous: &toml::Table, current: &toml::Table) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_commit_is_the_one_the_binary_was_built_from() {
+        let recorded = git_commit();
+        // Built here, from this checkout: HEAD of the crate's own folder, wherever the test
+        // runs (the working folder of a user's `wick train` plays no part).
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string());
+        match head {
+            Some(head) => assert_eq!(recorded, head),
+            None => assert_eq!(recorded, "unknown"),
+        }
+    }
 
     #[test]
     fn numbers_read_back_from_run_files_keep_their_digits() {
