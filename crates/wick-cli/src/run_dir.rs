@@ -215,7 +215,8 @@ impl RunDir {
             && recorded["listing"] == valid.listing.as_str()
         {
             return Ok(Some(format!(
-                "note: some validation files under {} changed since training (same names and                  classes); bad_files = \"skip\" decodes them again and skips those that fail",
+                "note: some validation files under {} changed since training (same names and \
+                 classes); bad_files = \"skip\" decodes them again and skips those that fail",
                 valid.root.display()
             )));
         }
