@@ -26,6 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
+/// A second interrupt sooner than this after the first is the same one delivered twice (to the
+/// process and to its process group), not a request to quit without the checkpoint.
+const INTERRUPT_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Parser)]
 #[command(
     name = "wick",
@@ -275,15 +279,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let interrupt = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&interrupt);
+            let first = std::sync::Mutex::new(None::<std::time::Instant>);
             ctrlc::set_handler(move || {
                 // Ctrl-C (SIGINT) and SIGTERM alike (ctrlc's `termination` feature).
-                if flag.swap(true, Ordering::SeqCst) {
-                    // A second signal does not wait for the checkpoint.
-                    std::process::exit(130);
+                let mut first = first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match *first {
+                    // A second signal does not wait for the checkpoint...
+                    Some(at) if at.elapsed() >= INTERRUPT_DEBOUNCE => std::process::exit(130),
+                    // ...unless it is the same interrupt delivered twice: `timeout -s INT` and a
+                    // terminal signal the process and its group, a few microseconds apart.
+                    Some(_) => {}
+                    None => {
+                        *first = Some(std::time::Instant::now());
+                        flag.store(true, Ordering::SeqCst);
+                        eprintln!(
+                            "\ninterrupt: finishing the batch and saving a checkpoint (Ctrl-C again to quit now)"
+                        );
+                    }
                 }
-                eprintln!(
-                    "\ninterrupt: finishing the batch and saving a checkpoint (Ctrl-C again to quit now)"
-                );
             })?;
             let rank = rank
                 .zip(world_size)

@@ -263,14 +263,23 @@ fn a_non_finite_state_is_never_kept_or_resumed() {
     }
 }
 
-/// Sends `signal` to the child once `file` exists, and waits for it.
-fn signal_when(child: &mut std::process::Child, file: &Path, signal: &str) -> Option<i32> {
+/// Sends `signal` to the child once `file` exists, `times` times in a row as fast as `kill`
+/// runs (GNU `timeout -s INT` delivers one interrupt twice: to the process and to its group),
+/// and waits for it.
+fn signal_when(
+    child: &mut std::process::Child,
+    file: &Path,
+    signal: &str,
+    times: usize,
+) -> Option<i32> {
     let started = Instant::now();
     while !file.exists() && child.try_wait().unwrap().is_none() {
         assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    for _ in 0..times {
+        let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    }
     child.wait().unwrap().code()
 }
 
@@ -300,12 +309,15 @@ fn a_resumed_run_is_exact_and_guarded() {
         &"--threads",
         &"1",
     ])
-    .stdout(std::process::Stdio::null())
+    .stdout(std::fs::File::create(work.join("interrupted.log")).unwrap())
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    let code = signal_when(&mut child, &run.join("checkpoint.safetensors"), "-TERM");
+    let code = signal_when(&mut child, &run.join("checkpoint.safetensors"), "-TERM", 2);
     assert_eq!(code, Some(130), "SIGTERM saves a checkpoint and exits 130");
+    // Delivered twice at once, it is still one interrupt: the batch ends and is saved.
+    let log = std::fs::read_to_string(work.join("interrupted.log")).unwrap();
+    assert!(log.contains("saved: rerun the same command to resume"), "{log}");
     // What a kill -9 mid-write leaves behind.
     std::fs::write(run.join(".checkpoint.safetensors.tmp-4000000"), b"partial").unwrap();
     let vocab = std::fs::read_to_string(run.join("vocab.txt")).unwrap();
@@ -425,7 +437,7 @@ fn a_progressive_run_resumes_inside_its_second_stage() {
             .spawn()
             .unwrap();
     // Stage 1's data is built (its show_batch.png drawn) as the stage starts.
-    let code = signal_when(&mut child, &run.join("stage-1/show_batch.png"), "-TERM");
+    let code = signal_when(&mut child, &run.join("stage-1/show_batch.png"), "-TERM", 1);
     assert_eq!(code, Some(130), "SIGTERM saves a checkpoint and exits 130");
     let position = checkpoint_position(&run.join("checkpoint.safetensors"));
     assert!(position[0] >= 1, "the checkpoint is inside stage 1 (fits 1 and 2): {position:?}");
