@@ -144,8 +144,8 @@ impl ItemPipeline {
         out: &mut [f32],
     ) -> Result<()> {
         // The header first: an undecodable file draws nothing from `rng`.
-        image_size(bytes, path)?;
-        self.load_drawn(bytes, path, mode, &self.draw(mode, rng), out)
+        let size = image_size(bytes, path)?;
+        self.load_sized(bytes, path, size, mode, &self.draw(mode, rng), out)
     }
 
     /// The random choices for one image in `mode`: the augmentation's draw (`Train`), only
@@ -177,23 +177,26 @@ impl ItemPipeline {
         draw: &AugDraw,
         out: &mut [f32],
     ) -> Result<()> {
-        let (width, height) = image_size(bytes, path)?;
+        self.load_sized(bytes, path, image_size(bytes, path)?, mode, draw, out)
+    }
+
+    /// [`ItemPipeline::load_drawn`] once the header gave the image's `(width, height)`.
+    fn load_sized(
+        &self,
+        bytes: &[u8],
+        path: &Path,
+        (width, height): (u32, u32),
+        mode: Mode,
+        draw: &AugDraw,
+        out: &mut [f32],
+    ) -> Result<()> {
         let draw = match mode {
             Mode::Train => *draw,
             Mode::Valid => AugDraw::neutral(),
         };
         if self.resampling == Resampling::ThreePass {
             let sizes = (self.item_size, self.output_size, self.method);
-            return crate::three_pass::load(
-                bytes,
-                path,
-                (width, height),
-                sizes,
-                &self.decode,
-                mode,
-                &draw,
-                out,
-            );
+            return crate::three_pass::load(bytes, path, sizes, &self.decode, mode, &draw, out);
         }
         let geometry = match mode {
             Mode::Train => {

@@ -32,11 +32,9 @@ struct Planes {
 /// The file does not decode (the error names `path`), or `method` is `Pad` (fastai pads with
 /// PIL's border, which this path does not reproduce; `ItemPipeline::validate` refuses it
 /// first).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
     bytes: &[u8],
     path: &Path,
-    (width, height): (u32, u32),
     (item_size, output_size, method): (u32, u32, ResizeMethod),
     decode: &DecodeConfig,
     mode: Mode,
@@ -49,11 +47,9 @@ pub(crate) fn load(
             reason: "three_pass resampling supports the crop and squish resize methods".into(),
         });
     }
+    // Full size: PIL's `Resize` sees every source pixel.
     let decoded = decode_rgb(bytes, path, (u32::MAX, u32::MAX), decode)?;
-    let (decoded_w, decoded_h) = (decoded.image.width(), decoded.image.height());
-    if (decoded_w, decoded_h) != (width, height) {
-        return Err(DataError::decode(path, "three_pass resampling needs a full-size decode"));
-    }
+    let (width, height) = (decoded.image.width(), decoded.image.height());
     // 1. `Resize(item_size)`: the crop box cut out (fastai's `crop_pad`, whole pixels), then
     //    PIL's bilinear resize of it (antialiased when it shrinks; only the box's pixels
     //    count), rounded to bytes as PIL stores it.
@@ -94,7 +90,7 @@ pub(crate) fn load(
         Mode::Train => canvas_crop(item_size, draw.crop_area, draw.crop_offset),
         Mode::Valid => CanvasCrop::full(item_size),
     };
-    let cropped = slice(&canvas, crop);
+    let cropped = if crop.side as usize == canvas.side { canvas } else { slice(&canvas, crop) };
     let cropped = match area_target(crop.side, output_size) {
         Some(side) => area_pool(&cropped, side),
         None => cropped,
