@@ -774,7 +774,9 @@ fit = { kind = "one_cycle", epochs = 2, lr_max = 3e-3 }
 mod committed_recipes {
     use super::*;
 
-    /// Every recipe in the repository parses in every profile it declares (and `full`).
+    /// Every recipe in the repository parses in every profile it declares (and `full`), and
+    /// every stage of a training recipe gets a data pipeline the library accepts (fastai's
+    /// three-pass order refuses some settings: `ItemPipeline::validate`).
     #[test]
     fn every_committed_recipe_parses_in_every_profile() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/chapter7");
@@ -793,9 +795,23 @@ mod committed_recipes {
                 profiles.extend(declared.keys().cloned());
             }
             for profile in profiles {
-                parse(&text, &profile).unwrap_or_else(|error| {
+                let (recipe, _) = parse(&text, &profile).unwrap_or_else(|error| {
                     panic!("{} profile {profile}: {error:#}", path.display())
                 });
+                if recipe.from.is_none() {
+                    let plan = crate::plan::Plan::resolve(
+                        recipe,
+                        crate::plan::PlanArgs::on(candle::Device::Cpu),
+                    )
+                    .unwrap_or_else(|error| {
+                        panic!("{} profile {profile}: {error:#}", path.display())
+                    });
+                    for stage in 0..plan.stages.len() {
+                        plan.pipeline(stage).validate().unwrap_or_else(|error| {
+                            panic!("{} profile {profile} stage {stage}: {error}", path.display())
+                        });
+                    }
+                }
                 checked += 1;
             }
         }
