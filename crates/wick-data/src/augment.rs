@@ -235,10 +235,33 @@ pub fn train_geometry(
 /// fastai's lighting on one value in [0, 1]: `sigmoid(contrast · (logit(x) + logit(brightness)))`
 /// with `x` clamped to [1e-7, 1 - 1e-7] (`Brightness` then `Contrast`, in logit space).
 pub fn lighting(x: f64, brightness: f64, contrast: f64) -> f64 {
-    let logit = |p: f64| -(1.0 / p - 1.0).ln();
-    let clamped = x.clamp(1e-7, 1.0 - 1e-7);
-    let t = contrast * (logit(clamped) + logit(brightness));
-    1.0 / (1.0 + (-t).exp())
+    Lighting::new(brightness, contrast).apply(x)
+}
+
+/// [`lighting`] for one draw, with `logit(brightness)` computed once (the same bits per
+/// value).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lighting {
+    logit_brightness: f64,
+    contrast: f64,
+}
+
+impl Lighting {
+    pub(crate) fn new(brightness: f64, contrast: f64) -> Self {
+        Lighting { logit_brightness: logit(brightness), contrast }
+    }
+
+    #[inline]
+    pub(crate) fn apply(&self, x: f64) -> f64 {
+        let clamped = x.clamp(1e-7, 1.0 - 1e-7);
+        let t = self.contrast * (logit(clamped) + self.logit_brightness);
+        1.0 / (1.0 + (-t).exp())
+    }
+}
+
+#[inline]
+fn logit(p: f64) -> f64 {
+    -(1.0 / p - 1.0).ln()
 }
 
 /// The source-value table for one image's lighting draw: `lighting(byte / 255, b, c)` for
