@@ -16,7 +16,8 @@
 //!   whose warm-up takes over a second reports that single run.
 //!
 //! Case names: `c{K}x{K}[s2]_{C}[_{O}]_{H}` (O omitted when equal to C, H the input size),
-//! `maxpool3s2_{C}_{H}`, `bnrelu_{C}_{H}`.
+//! `maxpool3s2_{C}_{H}`, `bnrelu_{C}_{H}`. `--cases` also takes any convolution named by that
+//! pattern (e.g. xresnet18's `c3x3s2_64_128_12`), on both sides.
 //!
 //! Usage: `cargo bench -p wick-nn --bench nn -- [--quick] [--cases a,b] [--impls wick,candle]
 //! [--gemm native|gemm|openblas] [--batch N]`, and for tuning on a machine shared with other
@@ -118,6 +119,35 @@ fn xresnet_cases(image: usize) -> Vec<Case> {
         cases.push(conv(width, width * 4, 1, 1, size));
     }
     cases
+}
+
+/// The convolution a case name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}` (see the module doc).
+fn parse_conv_name(name: &str) -> candle::Result<Case> {
+    let parse = || -> Option<Case> {
+        let rest = name.strip_prefix('c')?;
+        let (kernel, rest) = rest.split_once('x')?;
+        let kernel: usize = kernel.parse().ok()?;
+        let mut parts = rest.split('_');
+        let head = parts.next()?;
+        let stride = match head.strip_prefix(&kernel.to_string())? {
+            "" => 1,
+            "s2" => 2,
+            _ => return None,
+        };
+        let numbers: Vec<usize> = parts.map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let (in_channels, out_channels, size) = match numbers[..] {
+            [channels, size] => (channels, channels, size),
+            [in_channels, out_channels, size] => (in_channels, out_channels, size),
+            _ => return None,
+        };
+        let case = conv(in_channels, out_channels, kernel, stride, size);
+        (case.name() == name).then_some(case)
+    };
+    parse().ok_or_else(|| {
+        candle::Error::Msg(format!(
+            "nn bench: unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}})"
+        ))
+    })
 }
 
 /// Train-mode BatchNorm+ReLU on bottleneck-block activations (stage 1 at 224 and 128 px).
@@ -521,6 +551,12 @@ fn main() -> candle::Result<()> {
             .chain(batch_norm_cases())
             .collect();
         cases.retain(|c| wanted.iter().any(|w| w == c.name()));
+        // Any other convolution named by the pattern, e.g. xresnet18's `c3x3s2_64_128_12`.
+        for name in wanted {
+            if !cases.iter().any(|c| c.name() == name) {
+                cases.push(parse_conv_name(name)?);
+            }
+        }
     }
     if options.compare_gemm {
         return compare_gemm_backends(&cases, options.batch, REPS.load(Ordering::Relaxed));

@@ -14,6 +14,7 @@ then ReLU) count 2 tensors forward and 6 forward+backward.
 
 import argparse
 import json
+import re
 import statistics
 import time
 
@@ -55,6 +56,15 @@ def xresnet_cases(image):
         cases.append(conv_case(width * 4, width, 1, 1, size))
         cases.append(conv_case(width, width * 4, 1, 1, size))
     return cases
+
+
+def parse_conv_name(name):
+    """The convolution a case name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}` (as benches/nn.rs)."""
+    match = re.fullmatch(r"c(\d+)x\1(s2)?_(\d+)(?:_(\d+))?_(\d+)", name)
+    if not match:
+        raise SystemExit(f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}})")
+    kernel, s2, cin, cout, size = match.groups()
+    return conv_case(int(cin), int(cout or cin), int(kernel), 2 if s2 else 1, int(size))
 
 
 CLOCK = {"cpu_time": False, "threads": 2}
@@ -183,7 +193,8 @@ def main():
     cases = xresnet_cases(224) + xresnet_cases(128) + batch_norm_cases()
     if args.cases:
         wanted = args.cases.split(",")
-        cases = [c for c in cases if c["name"] in wanted]
+        known = {c["name"]: c for c in xresnet_cases(64) + xresnet_cases(48) + cases}
+        cases = [known[name] if name in known else parse_conv_name(name) for name in wanted]
     elif args.quick:
         cases = [c for c in cases if c["name"] in QUICK]
     for case in cases:
