@@ -773,56 +773,85 @@ fit = { kind = "one_cycle", epochs = 2, lr_max = 3e-3 }
 #[cfg(test)]
 mod committed_recipes {
     use super::*;
+    use wick_data::{CropDraw, Resampling};
 
-    /// Every recipe in the repository parses in every profile it declares (and `full`), and
-    /// every stage of a training recipe gets a data pipeline the library accepts (fastai's
-    /// three-pass order refuses some settings: `ItemPipeline::validate`).
-    #[test]
-    fn every_committed_recipe_parses_in_every_profile() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/chapter7");
-        let mut checked = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|ext| ext != "toml")
-                || path.file_name().is_some_and(|name| name == "expected.toml")
-            {
+    /// Every profile a recipe declares (and `full`), each parsed, resolved when it trains and
+    /// its stages' data pipelines validated (fastai's three-pass order refuses some settings:
+    /// `ItemPipeline::validate`). Returns the training plans.
+    fn resolve_every_profile(path: &Path) -> Vec<(String, crate::plan::Plan)> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let mut profiles = vec!["full".to_string()];
+        if let Some(declared) = table.get("profiles").and_then(toml::Value::as_table) {
+            profiles.extend(declared.keys().cloned());
+        }
+        let mut plans = Vec::new();
+        for profile in profiles {
+            let (recipe, _) = parse(&text, &profile)
+                .unwrap_or_else(|error| panic!("{} profile {profile}: {error:#}", path.display()));
+            if recipe.from.is_some() {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let table: toml::Table = text.parse().unwrap();
-            let mut profiles = vec!["full".to_string()];
-            if let Some(declared) = table.get("profiles").and_then(toml::Value::as_table) {
-                profiles.extend(declared.keys().cloned());
-            }
-            for profile in profiles {
-                let (recipe, _) = parse(&text, &profile).unwrap_or_else(|error| {
-                    panic!("{} profile {profile}: {error:#}", path.display())
-                });
-                if recipe.from.is_none() {
-                    let plan = crate::plan::Plan::resolve(
-                        recipe,
-                        crate::plan::PlanArgs::on(candle::Device::Cpu),
-                    )
+            let plan =
+                crate::plan::Plan::resolve(recipe, crate::plan::PlanArgs::on(candle::Device::Cpu))
                     .unwrap_or_else(|error| {
                         panic!("{} profile {profile}: {error:#}", path.display())
                     });
-                    for stage in 0..plan.stages.len() {
-                        plan.pipeline(stage).validate().unwrap_or_else(|error| {
-                            panic!("{} profile {profile} stage {stage}: {error}", path.display())
-                        });
-                    }
-                }
+            for stage in 0..plan.stages.len() {
+                plan.pipeline(stage).validate().unwrap_or_else(|error| {
+                    panic!("{} profile {profile} stage {stage}: {error}", path.display())
+                });
+            }
+            plans.push((profile, plan));
+        }
+        plans
+    }
+
+    /// The `.toml` recipes of a folder of the repository (not `expected.toml`, the bands).
+    fn recipes_in(folder: &str) -> Vec<std::path::PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(folder);
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.extension().is_some_and(|ext| ext == "toml")
+                    && path.file_name().is_none_or(|name| name != "expected.toml")
+            })
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Every committed recipe resolves in every profile, with data pipelines the library
+    /// accepts; chapter 7's training recipes (and the reproducibility check's) run fastai's
+    /// order — three resamplings, one crop per batch (decision 0001) — in every profile.
+    #[test]
+    fn every_committed_recipe_resolves_in_every_profile() {
+        let mut checked = 0;
+        for path in recipes_in("recipes/chapter7").into_iter().chain(recipes_in("recipes")) {
+            for (profile, plan) in resolve_every_profile(&path) {
+                let crop_draw = plan.data.augment.map(|augment| augment.crop_draw);
+                assert_eq!(
+                    (plan.data.resampling, crop_draw),
+                    (Resampling::ThreePass, Some(CropDraw::PerBatch)),
+                    "{} profile {profile}",
+                    path.display()
+                );
                 checked += 1;
             }
         }
-        assert!(checked >= 6 * 3, "only {checked} recipe/profile pairs found in {}", dir.display());
+        // Five chapter-7 training recipes in full, notebook, quick and smoke (at least), and
+        // the determinism recipe.
+        assert!(checked >= 21, "only {checked} training recipe/profile pairs found");
     }
 
-    /// The GPU check's recipe (scripts/gpu-check/) parses in every profile, in both precisions.
+    /// The GPU check's recipe (scripts/gpu-check/) resolves in every profile, in both
+    /// precisions.
     #[test]
     fn the_gpu_check_recipe_parses() {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/gpu-check/baseline-128.toml");
+        assert!(!resolve_every_profile(&path).is_empty());
         let text = std::fs::read_to_string(&path).unwrap();
         let (full, _) = parse(&text, "full").unwrap();
         assert_eq!((full.data().size, full.train.precision), (128, PrecisionName::F32));

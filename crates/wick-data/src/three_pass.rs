@@ -1,7 +1,7 @@
 //! fastai's own resampling order, three passes ([`crate::Resampling::ThreePass`]): PIL's
 //! antialiased bilinear `Resize` to the canvas, stored as bytes; the flip/rotate/zoom/warp
-//! `grid_sample` at the canvas size (of the pixels the crop keeps); the crop's `grid_sample` to the output, after fastai's
-//! "area first" pre-shrink when the crop is more than twice the output; lighting on the
+//! `grid_sample` at the canvas size (of the pixels the crop keeps); the crop's `grid_sample`
+//! to the output, after fastai's "area first" pre-shrink when the crop is more than twice the output; lighting on the
 //! resampled values. It follows docs/decisions/0001's account of fastai's chain (and
 //! `fastai-ch7-spec.md` §5.5-5.7) step by step, where the default pipeline composes the same
 //! maps into one resampling: a fidelity option for runs that need fastai's pixels. It follows
@@ -165,15 +165,18 @@ fn area_pool(input: &Planes, side: usize) -> Planes {
 /// `input` at the normalised point `map(x, y)`, reflected into [−1, 1]. `out` is `(3, side,
 /// side)` with `side = window.side`.
 ///
-/// Row by row in three passes, the same arithmetic as a pixel-at-a-time loop (the test
-/// module keeps one as the reference): the source coordinates and taps of the row, then the
-/// bilinear reads of each channel. On x86-64 CPUs with AVX2 and FMA a copy compiled for them
+/// Row by row — the source coordinates and taps of the row, then the bilinear reads of each
+/// channel — with the same arithmetic as a pixel-at-a-time loop (the test module keeps one
+/// as the reference). On x86-64 CPUs with AVX2 and FMA a copy compiled for them
 /// is chosen at run time (the portable baseline has no vector `floor`); Rust never contracts
 /// a multiply and an add into an FMA, so both copies give the same bits.
 fn grid_sample(input: &Planes, map: &Mat3, out: &mut [f32], window: CanvasCrop) {
     let side = window.side as usize;
     assert_eq!(out.len(), 3 * side * side, "grid_sample: output buffer must be (3, S, S)");
-    assert!(input.side > 0 && input.values.len() == 3 * input.side * input.side);
+    assert!(
+        input.side > 0 && input.values.len() == 3 * input.side * input.side,
+        "grid_sample: input must be a non-empty (3, N, N) image"
+    );
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA, the only requirements of `grid_sample_avx2`.
@@ -201,8 +204,8 @@ fn grid_sample_rows(input: &Planes, map: &Mat3, out: &mut [f32], window: CanvasC
     let (left, top) = (f64::from(window.left), f64::from(window.top));
     let plane_in = n * n;
     let plane_out = side * side;
-    // Per output column of the row: the top-left tap, the right tap's column, the bottom
-    // tap's row (each clamped into the image), and the two weights.
+    // Per output column of the row: the flat indices of the top-left, top-right and
+    // bottom-left taps (each clamped into the image), and the two weights.
     let mut top_left = vec![0usize; side];
     let mut right = vec![0usize; side];
     let mut bottom_left = vec![0usize; side];
@@ -331,22 +334,39 @@ mod tests {
         for map in &maps {
             let mut want = vec![0.0f32; 3 * side * side];
             grid_sample_reference(&input, map, &mut want, side);
+            // The copy this machine chooses, and the portable one.
             let mut got = vec![0.0f32; 3 * side * side];
             grid_sample(&input, map, &mut got, CanvasCrop::full(side as u32));
             assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()));
-            let window = CanvasCrop { left: 5, top: 3, side: 17 };
-            let mut part = vec![0.0f32; 3 * 17 * 17];
-            grid_sample(&input, map, &mut part, window);
-            for channel in 0..3 {
-                for row in 0..17 {
-                    for col in 0..17 {
-                        let got = part[channel * 17 * 17 + row * 17 + col];
-                        let want = want[channel * side * side + (row + 3) * side + col + 5];
-                        assert_eq!(got.to_bits(), want.to_bits(), "({channel}, {row}, {col})");
+            let mut portable = vec![0.0f32; 3 * side * side];
+            grid_sample_rows(&input, map, &mut portable, CanvasCrop::full(side as u32));
+            assert!(portable.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()));
+            // A window inside, and one flush with the bottom-right corner.
+            for window in [
+                CanvasCrop { left: 5, top: 3, side: 17 },
+                CanvasCrop { left: 12, top: 12, side: 17 },
+            ] {
+                let w = window.side as usize;
+                let mut part = vec![0.0f32; 3 * w * w];
+                grid_sample(&input, map, &mut part, window);
+                let (left, top) = (window.left as usize, window.top as usize);
+                for channel in 0..3 {
+                    for row in 0..w {
+                        for col in 0..w {
+                            let got = part[channel * w * w + row * w + col];
+                            let want =
+                                want[channel * side * side + (row + top) * side + col + left];
+                            assert_eq!(got.to_bits(), want.to_bits(), "({channel}, {row}, {col})");
+                        }
                     }
                 }
             }
         }
+        // A one-pixel input: every tap is that pixel.
+        let single = Planes { side: 1, values: vec![0.25, 0.5, 0.75] };
+        let mut out = vec![0.0f32; 3 * 4];
+        grid_sample(&single, &maps[1], &mut out, CanvasCrop::full(2));
+        assert_eq!(out, [0.25, 0.25, 0.25, 0.25, 0.5, 0.5, 0.5, 0.5, 0.75, 0.75, 0.75, 0.75]);
     }
 
     #[test]

@@ -140,6 +140,9 @@ fn parse_conv_name(name: &str) -> candle::Result<Case> {
             [in_channels, out_channels, size] => (in_channels, out_channels, size),
             _ => return None,
         };
+        if [kernel, in_channels, out_channels, size].contains(&0) {
+            return None;
+        }
         let case = conv(in_channels, out_channels, kernel, stride, size);
         (case.name() == name).then_some(case)
     };

@@ -48,10 +48,11 @@ def xresnet_cases(image):
     """Same list and order as `xresnet_cases` in benches/nn.rs."""
     stem = image // 2
     cases = [conv_case(3, 32, 3, 2, image), conv_case(32, 32, 3, 1, stem), conv_case(32, 64, 3, 1, stem), pool_case(64, stem)]
+    size = -(-image // 4)  # each stride-2 convolution halves the size, rounding up (div_ceil)
     for stage, width in enumerate([64, 128, 256, 512]):
-        size = (image // 4) >> stage
         if stage > 0:
-            cases.append(conv_case(width, width, 3, 2, size * 2))
+            cases.append(conv_case(width, width, 3, 2, size))
+            size = -(-size // 2)
         cases.append(conv_case(width, width, 3, 1, size))
         cases.append(conv_case(width * 4, width, 1, 1, size))
         cases.append(conv_case(width, width * 4, 1, 1, size))
@@ -63,8 +64,11 @@ def parse_conv_name(name):
     match = re.fullmatch(r"c(\d+)x\1(s2)?_(\d+)(?:_(\d+))?_(\d+)", name)
     if not match:
         raise SystemExit(f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}})")
-    kernel, s2, cin, cout, size = match.groups()
-    return conv_case(int(cin), int(cout or cin), int(kernel), 2 if s2 else 1, int(size))
+    kernel, s2, cin, cout, size = (int(g) if g and g != "s2" else g for g in match.groups())
+    case = conv_case(cin, cout or cin, kernel, 2 if s2 else 1, size) if 0 not in (kernel, cin, cout, size) else None
+    if case is None or case["name"] != name:
+        raise SystemExit(f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}})")
+    return case
 
 
 CLOCK = {"cpu_time": False, "threads": 2}
