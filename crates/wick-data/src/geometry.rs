@@ -332,12 +332,19 @@ pub fn render(geometry: &Geometry, region: &Region<'_>, texels: &TexelTable, out
     );
     assert!(width > 0 && height > 0, "render: empty region image");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, the only requirements of `render_avx2`.
         unsafe { render_avx2(geometry, region, texels, out) };
         return;
     }
     render_rows(geometry, region, texels, out);
+}
+
+/// Whether the running CPU has AVX2 and FMA, for the samplers' run-time choice of their copy
+/// compiled for them (`render`, and the three-pass `grid_sample`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 #[cfg(target_arch = "x86_64")]

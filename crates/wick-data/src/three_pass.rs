@@ -1,8 +1,8 @@
 //! fastai's own resampling order, three passes ([`crate::Resampling::ThreePass`]): PIL's
 //! antialiased bilinear `Resize` to the canvas, stored as bytes; the flip/rotate/zoom/warp
 //! `grid_sample` at the canvas size (of the pixels the crop keeps); the crop's `grid_sample`
-//! to the output, after fastai's "area first" pre-shrink when the crop is more than twice the output; lighting on the
-//! resampled values. It follows docs/decisions/0001's account of fastai's chain (and
+//! to the output, after fastai's "area first" pre-shrink when the crop is more than twice
+//! the output; lighting on the resampled values. It follows docs/decisions/0001's account of fastai's chain (and
 //! `fastai-ch7-spec.md` §5.5-5.7) step by step, where the default pipeline composes the same
 //! maps into one resampling: a fidelity option for runs that need fastai's pixels. It follows
 //! `aug_transforms(size, min_scale < 1)`, whose `RandomResizedCropGPU` does the resize
@@ -17,6 +17,8 @@ use fast_image_resize as fr;
 use crate::augment::{AugDraw, Lighting, canvas_crop, train_geometry};
 use crate::decode::{DecodeConfig, decode_rgb};
 use crate::error::{DataError, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::geometry::has_avx2_fma;
 use crate::geometry::{CanvasCrop, Geometry, Mat3, Mirror, ResizeMethod};
 use crate::pipeline::Mode;
 
@@ -178,7 +180,7 @@ fn grid_sample(input: &Planes, map: &Mat3, out: &mut [f32], window: CanvasCrop) 
         "grid_sample: input must be a non-empty (3, N, N) image"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, the only requirements of `grid_sample_avx2`.
         unsafe { grid_sample_avx2(input, map, out, window) };
         return;
