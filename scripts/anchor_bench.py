@@ -245,6 +245,59 @@ def bench_train(arch, size, args):
     return r
 
 
+def conv_split(arch, size, args):
+    """`--op-split`: the convolutions of `args.steps` training steps under torch.profiler,
+    one JSON line per (convolution shape, pass) with its per-step ms, named like wick's nn
+    bench cases (`c{K}x{K}[s{S}]_{C}[_{O}]_{H}`) so `cargo xtask bench models --profile` can
+    put them beside wick's. Forward is `aten::convolution` (inclusive); backward is
+    `aten::convolution_backward` (inclusive: input and weight gradients together)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = get_model(arch, args.model_src).train()
+    opt = make_opt(args.opt, model.parameters())
+    x = torch.randn(args.bs, 3, size, size)
+    y = torch.randint(0, 10, (args.bs,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(args.steps):
+            step()
+    events = prof.key_averages(group_by_input_shape=True)
+    # The stride of each (input, weight) pair, from its backward's gradient shape.
+    strides = {}
+    for e in events:
+        if e.key == "aten::convolution_backward":
+            grad, inp, weight = e.input_shapes[:3]
+            strides[(tuple(inp), tuple(weight))] = -(-inp[2] // grad[2])
+    rows = {}
+    for e in events:
+        if e.key == "aten::convolution":
+            inp, weight, passname = e.input_shapes[0], e.input_shapes[1], "forward"
+        elif e.key == "aten::convolution_backward":
+            inp, weight, passname = e.input_shapes[1], e.input_shapes[2], "backward"
+        else:
+            continue
+        o, c, kh, kw = weight
+        stride = strides.get((tuple(inp), tuple(weight)), 1)
+        name = f"c{kh}x{kw}" + (f"s{stride}" if stride != 1 else "") + f"_{c}"
+        name += (f"_{o}" if o != c else "") + f"_{inp[2]}" + (f"x{inp[3]}" if inp[3] != inp[2] else "")
+        ms, calls = rows.get((name, passname), (0.0, 0))
+        rows[(name, passname)] = (ms + e.cpu_time_total / 1000.0, calls + e.count)
+    for (name, passname), (ms, calls) in sorted(rows.items()):
+        emit({"bench": "models-conv", "impl": "pytorch", "case": f"train{arch[7:]}_{size}",
+              "batch": args.bs, "conv": name, "pass": passname,
+              "ms": round(ms / args.steps, 3), "calls": calls / args.steps})
+    return {"case": f"train{arch[7:]}_{size}", "kind": "op_split", "bs": args.bs,
+            "steps": args.steps, "convolutions": len(rows)}
+
+
 def bench_infer(arch, size, args):
     torch.manual_seed(0)
     model = get_model(arch, args.model_src)
@@ -533,6 +586,8 @@ def model_case(c):
 
 
 def run_case(c, args):
+    if c.startswith("train") and args.op_split:
+        return conv_split(*model_case(c), args)
     if c.startswith("train"):
         return bench_train(*model_case(c), args)
     if c.startswith("infer"):
@@ -567,6 +622,9 @@ def main():
     ap.add_argument("--verify-fastai", action="store_true",
                     help="check own xresnet == fastai xresnet (needs fastai; ~10 s import)")
     ap.add_argument("--no-env", action="store_true", help="skip the env line")
+    ap.add_argument("--op-split", action="store_true",
+                    help="train cases: instead of timing, profile --steps steps and print each "
+                         "convolution shape's per-step ms (forward, backward)")
     ap.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                     help="run each case in a fresh python process (default unless --quick): "
                          "glibc's malloc state left by earlier cases changes later cases' "

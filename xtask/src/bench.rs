@@ -309,8 +309,10 @@ pub(crate) struct ModelsOptions {
     pub(crate) rounds: usize,
     /// Skip (case, batch) pairs whose images × pixels exceed this (memory).
     pub(crate) max_batch_pixels: usize,
-    /// Also one separate profiled step of this case (batch 32), by kernel.
+    /// Also a separate profiled run of this case, by kernel and by convolution shape.
     pub(crate) profile: Option<String>,
+    /// The batch size of that run.
+    pub(crate) profile_batch: usize,
 }
 
 /// The step times of one (case, batch) on one side, over every round.
@@ -449,10 +451,25 @@ pub(crate) fn models(
         ));
     }
     if let Some(case) = &models.profile {
-        let lines = models_bench(root, &["--case", case, "--warmup", &warmup, "--profile"])?;
+        let batch = models.profile_batch.to_string();
+        let lines = models_bench(
+            root,
+            &[
+                "--case",
+                case,
+                "--batch",
+                &batch,
+                "--steps",
+                &steps,
+                "--warmup",
+                &warmup,
+                "--profile",
+            ],
+        )?;
         table.push_str(&format!(
-            "\nOne training step of {case}, batch 32, by wick-nn kernel, from a separate profiled \
-             run (the profiler's own cost is in it; it is not timed above):\n\n| op | ms | calls |\n|---|---|---|\n"
+            "\nA training step of {case}, batch {batch}, by wick-nn kernel: the mean of {steps} \
+             steps of a separate profiled run (the profiler's own cost is in it; it is not timed \
+             above):\n\n| op | ms | calls |\n|---|---|---|\n"
         ));
         for op in lines.iter().filter(|l| l["bench"] == "models-ops") {
             table.push_str(&format!(
@@ -462,8 +479,105 @@ pub(crate) fn models(
                 op["calls"]
             ));
         }
+        let torch = match &options.python {
+            Some(python) => {
+                anchor_conv_split(python, &options.anchor, case, &batch, &steps, &warmup)?
+            }
+            None => Vec::new(),
+        };
+        table.push_str(&conv_split_table(&lines, &torch));
     }
     Ok(table)
+}
+
+/// The step's convolutions shape by shape, wick's profiled passes beside PyTorch's
+/// (`anchor_bench.py --op-split`; empty without Python): ms per step, forward and backward
+/// (wick's input and weight gradients together, as PyTorch's `convolution_backward` computes
+/// them), most time first.
+fn conv_split_table(wick: &[Value], torch: &[Value]) -> String {
+    // conv -> [wick forward, wick backward, PyTorch forward, PyTorch backward], and calls.
+    let mut rows: BTreeMap<String, ([Option<f64>; 4], f64)> = BTreeMap::new();
+    for line in wick.iter().chain(torch).filter(|l| l["bench"] == "models-conv") {
+        let (Some(conv), Some(ms)) = (line["conv"].as_str(), line["ms"].as_f64()) else {
+            continue;
+        };
+        let is_torch = line["impl"] == "pytorch";
+        let forward = line["op"] == "wick-conv2d" || line["pass"] == "forward";
+        let slot = usize::from(is_torch) * 2 + usize::from(!forward);
+        let (times, calls) = rows.entry(conv.to_string()).or_default();
+        times[slot] = Some(times[slot].unwrap_or(0.0) + ms);
+        if forward && !is_torch {
+            *calls = line["calls"].as_f64().unwrap_or(f64::NAN);
+        }
+    }
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    let wick_total = |t: &[Option<f64>; 4]| t[0].unwrap_or(0.0) + t[1].unwrap_or(0.0);
+    rows.sort_by(|a, b| wick_total(&b.1.0).total_cmp(&wick_total(&a.1.0)));
+    let cell = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into());
+    let mut table = String::from(
+        "\nIts convolutions shape by shape (nn bench case names), ms per step, wick's profiled \
+         passes beside PyTorch's (`anchor_bench.py --op-split`: the same steps under \
+         torch.profiler, `aten::convolution` and `aten::convolution_backward` inclusive); \
+         backward is both gradients:\n\n| convolution | calls | wick forward | PyTorch forward | \
+         wick backward | PyTorch backward | PyTorch/wick (both passes) |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut sums = [0.0f64; 4];
+    for (conv, (times, calls)) in &rows {
+        for (sum, t) in sums.iter_mut().zip(times) {
+            *sum += t.unwrap_or(0.0);
+        }
+        let torch_both = times[2].zip(times[3]).map(|(f, b)| f + b);
+        let ratio = torch_both
+            .map(|t| format!("{:.2}", t / wick_total(times)))
+            .unwrap_or_else(|| "–".into());
+        table.push_str(&format!(
+            "| {conv} | {calls} | {} | {} | {} | {} | {ratio} |\n",
+            cell(times[0]),
+            cell(times[2]),
+            cell(times[1]),
+            cell(times[3])
+        ));
+    }
+    let torch_ran = !torch.is_empty();
+    let ratio = if torch_ran {
+        format!("{:.2}", (sums[2] + sums[3]) / (sums[0] + sums[1]))
+    } else {
+        "–".into()
+    };
+    table.push_str(&format!(
+        "| all | | {:.1} | {} | {:.1} | {} | {ratio} |\n",
+        sums[0],
+        cell(torch_ran.then_some(sums[2])),
+        sums[1],
+        cell(torch_ran.then_some(sums[3])),
+    ));
+    table
+}
+
+/// `anchor_bench.py --op-split` for `case`: its `models-conv` lines.
+fn anchor_conv_split(
+    python: &Path,
+    anchor: &Path,
+    case: &str,
+    batch: &str,
+    steps: &str,
+    warmup: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let mut command = Command::new(python);
+    command.arg(anchor).args([
+        "--cases",
+        case,
+        "--op-split",
+        "--no-isolate",
+        "--no-env",
+        "--bs",
+        batch,
+        "--steps",
+        steps,
+        "--warmup",
+        warmup,
+    ]);
+    json_lines(&mut command)
 }
 
 /// `cargo bench` of wick-train's models bench (release profile).

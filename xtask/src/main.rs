@@ -128,10 +128,13 @@ enum Task {
         /// keeps xresnet50 at 224 px to batch 64 within 24 GiB).
         #[arg(long, default_value_t = 64 * 224 * 224)]
         max_batch_pixels: usize,
-        /// Also profile one step of this case by kernel, in a separate untimed run (models
-        /// suite).
+        /// Also profile this case by kernel, in a separate untimed run of `--steps` steps,
+        /// and its convolutions shape by shape beside PyTorch's profiled step (models suite).
         #[arg(long)]
         profile: Option<String>,
+        /// The batch size of the `--profile` run (models suite).
+        #[arg(long, default_value_t = 32)]
+        profile_batch: usize,
     },
 }
 
@@ -208,6 +211,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             batches,
             max_batch_pixels,
             profile,
+            profile_batch,
         } => {
             let root = project_root();
             let python =
@@ -234,6 +238,7 @@ fn run(task: Task) -> anyhow::Result<()> {
                         rounds,
                         max_batch_pixels,
                         profile,
+                        profile_batch,
                     };
                     ("models", bench::models(&root, &options, &models)?)
                 }

@@ -1,7 +1,9 @@
 //! Opt-in wall-clock accounting of wick-nn's CPU kernels, for the per-op breakdown of a
 //! training step (`cargo xtask bench models`). Off by default; when off, each kernel pays one
 //! relaxed atomic load. When on, every custom op's CPU forward adds its time to a per-op
-//! total; [`take`] returns and clears the totals.
+//! total (per op and shape for the convolutions, named like the nn bench's cases, so that a
+//! step's convolutions can be put beside PyTorch's shape by shape); [`take`] returns and
+//! clears the totals.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -9,7 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static TOTALS: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
+/// An op's name and its case name (empty when the op reports none).
+type OpKey = (&'static str, String);
+
+/// Time and calls per [`OpKey`].
+static TOTALS: Mutex<BTreeMap<OpKey, (Duration, u64)>> = Mutex::new(BTreeMap::new());
 
 /// Turns the accounting on or off (process-wide).
 pub fn set_enabled(enabled: bool) {
@@ -21,18 +27,27 @@ pub fn set_enabled(enabled: bool) {
 pub struct OpTime {
     /// The custom op's name (`wick-conv2d`, `wick-conv2d-backward-input`, ...).
     pub op: &'static str,
+    /// The convolution's case in the nn bench's pattern `c{K}x{K}[s{S}]_{C}[_{O}]_{H}` (input
+    /// channels, output channels when they differ, input size), for the three convolution
+    /// ops (the backward ops name the forward convolution); `None` for the other ops.
+    pub case: Option<String>,
     /// Wall-clock time summed over the calls, in seconds.
     pub seconds: f64,
     /// Times the op ran.
     pub calls: u64,
 }
 
-/// The totals since the last call, by op name; clears them.
+/// The totals since the last call, by op name and case, in that order; clears them.
 pub fn take() -> Vec<OpTime> {
     let mut totals = TOTALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let result = totals
         .iter()
-        .map(|(op, (time, calls))| OpTime { op, seconds: time.as_secs_f64(), calls: *calls })
+        .map(|((op, case), (time, calls))| OpTime {
+            op,
+            case: (!case.is_empty()).then(|| case.clone()),
+            seconds: time.as_secs_f64(),
+            calls: *calls,
+        })
         .collect();
     totals.clear();
     result
@@ -41,12 +56,22 @@ pub fn take() -> Vec<OpTime> {
 /// Measures the enclosing scope for op `op` when accounting is on.
 pub(crate) struct Timer {
     op: &'static str,
+    case: String,
     start: Option<Instant>,
 }
 
 impl Timer {
     pub(crate) fn start(op: &'static str) -> Self {
-        Timer { op, start: ENABLED.load(Ordering::Relaxed).then(Instant::now) }
+        Self::start_for(op, String::new)
+    }
+
+    /// Like [`Timer::start`], keyed also by `case()` (called only when accounting is on).
+    pub(crate) fn start_for(op: &'static str, case: impl FnOnce() -> String) -> Self {
+        if ENABLED.load(Ordering::Relaxed) {
+            Timer { op, case: case(), start: Some(Instant::now()) }
+        } else {
+            Timer { op, case: String::new(), start: None }
+        }
     }
 }
 
@@ -55,7 +80,7 @@ impl Drop for Timer {
         if let Some(start) = self.start {
             let elapsed = start.elapsed();
             let mut totals = TOTALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let entry = totals.entry(self.op).or_default();
+            let entry = totals.entry((self.op, std::mem::take(&mut self.case))).or_default();
             entry.0 += elapsed;
             entry.1 += 1;
         }

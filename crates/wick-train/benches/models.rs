@@ -13,9 +13,11 @@
 //! `--malloc-defaults` leaves glibc's allocator at its defaults (the bench otherwise keeps freed
 //! memory as the `wick` CLI does, `wick_nn::allocator`), to measure what that is worth.
 //!
-//! `--profile` is a different run: after the warm-up it times ONE step with wick-nn's per-op
-//! profiler on and prints only `"bench":"models-ops"` lines (the profiler's own cost makes that
-//! step slower, so it never yields a throughput).
+//! `--profile` is a different run: after the warm-up it runs the `N` steps with wick-nn's
+//! per-op profiler on and prints only per-step means: `"bench":"models-ops"` lines, one per op, and
+//! `"bench":"models-conv"` lines, one per convolution op and shape (named like the nn bench's
+//! cases, for `cargo xtask bench models --profile` to put beside PyTorch's profiled step); the
+//! profiler's own cost makes that step slower, so it never yields a throughput.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -101,27 +103,53 @@ fn main() {
         step();
     }
     if profile {
+        // Every timed step with the profiler on; per-step means.
         wick_nn::profile::set_enabled(true);
-        let (total, forward_backward) = step();
+        let (mut total, mut forward_backward) = (0.0, 0.0);
+        for _ in 0..steps {
+            let (all, middle) = step();
+            (total, forward_backward) = (total + all, forward_backward + middle);
+        }
         wick_nn::profile::set_enabled(false);
+        let per_step = 1.0 / steps as f64;
+        let ms = |seconds: f64| seconds * per_step * 1000.0;
+        let calls = |count: u64| count as f64 * per_step;
         let mut measured = 0.0;
+        // Per op (the totals come sorted by op, then case): its cases' sums.
+        let mut per_op: Vec<(&str, f64, u64)> = Vec::new();
         for op in wick_nn::profile::take() {
             measured += op.seconds;
+            match per_op.last_mut() {
+                Some((name, seconds, count)) if *name == op.op => {
+                    *seconds += op.seconds;
+                    *count += op.calls;
+                }
+                _ => per_op.push((op.op, op.seconds, op.calls)),
+            }
+            if let Some(conv) = &op.case {
+                println!(
+                    "{{\"bench\":\"models-conv\",\"impl\":\"wick\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"{}\",\"conv\":\"{conv}\",\"ms\":{:.3},\"calls\":{}}}",
+                    op.op,
+                    ms(op.seconds),
+                    calls(op.calls)
+                );
+            }
+        }
+        for (op, seconds, count) in per_op {
             println!(
-                "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"{}\",\"ms\":{:.1},\"calls\":{}}}",
-                op.op,
-                op.seconds * 1000.0,
-                op.calls
+                "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"{op}\",\"ms\":{:.1},\"calls\":{}}}",
+                ms(seconds),
+                calls(count)
             );
         }
         println!(
             "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"other (candle ops: head, mean, adds, autograd bookkeeping)\",\"ms\":{:.1},\"calls\":1}}",
-            (forward_backward - measured) * 1000.0
+            ms(forward_backward - measured)
         );
         if train {
             println!(
                 "{{\"bench\":\"models-ops\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"fastai Adam step (fused)\",\"ms\":{:.1},\"calls\":1}}",
-                (total - forward_backward) * 1000.0
+                ms(total - forward_backward)
             );
         }
         return;

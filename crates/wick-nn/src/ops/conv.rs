@@ -168,8 +168,8 @@ impl CustomOp2 for Conv2dOp {
         weight_storage: &CpuStorage,
         weight_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let _timer = crate::profile::Timer::start(self.name());
         let geometry = conv_geometry(input_layout.dims(), weight_layout.dims(), self.config)?;
+        let _timer = crate::profile::Timer::start_for(self.name(), || geometry.case_name());
         let input = f32_row_major(input_storage, input_layout, "conv2d")?;
         let weight = f32_row_major(weight_storage, weight_layout, "conv2d")?;
         let output = conv_cpu::conv2d_forward(&geometry, &input, &weight, gemm_backend())?;
@@ -249,8 +249,8 @@ impl CustomOp2 for Conv2dBackwardInputOp {
         weight_storage: &CpuStorage,
         weight_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let _timer = crate::profile::Timer::start(self.name());
         let (geometry, input_dims) = self.geometry(grad_layout, weight_layout)?;
+        let _timer = crate::profile::Timer::start_for(self.name(), || geometry.case_name());
         let grad = f32_row_major(grad_storage, grad_layout, "conv2d backward (input)")?;
         let weight = f32_row_major(weight_storage, weight_layout, "conv2d backward (input)")?;
         let grad_input =
@@ -330,8 +330,8 @@ impl CustomOp2 for Conv2dBackwardWeightOp {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let _timer = crate::profile::Timer::start(self.name());
         let (geometry, weight_dims) = self.geometry(input_layout, grad_layout)?;
+        let _timer = crate::profile::Timer::start_for(self.name(), || geometry.case_name());
         let input = f32_row_major(input_storage, input_layout, "conv2d backward (weight)")?;
         let grad = f32_row_major(grad_storage, grad_layout, "conv2d backward (weight)")?;
         let grad_weight =

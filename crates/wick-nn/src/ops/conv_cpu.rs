@@ -56,6 +56,27 @@ pub(crate) struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The convolution's name in the nn bench's case pattern (`benches/nn.rs`):
+    /// `c{KH}x{KW}[s{stride}][d{dilation}][g{groups}]_{C}[_{O}]_{H}[x{W}]`, input channels,
+    /// output channels when they differ, the input's size: `c3x3s2_64_128_12`.
+    pub(crate) fn case_name(&self) -> String {
+        let mut name = format!("c{}x{}", self.kernel_height, self.kernel_width);
+        for (tag, value) in [("s", self.stride), ("d", self.dilation), ("g", self.groups)] {
+            if value != 1 {
+                name.push_str(&format!("{tag}{value}"));
+            }
+        }
+        name.push_str(&format!("_{}", self.in_channels));
+        if self.out_channels != self.in_channels {
+            name.push_str(&format!("_{}", self.out_channels));
+        }
+        name.push_str(&format!("_{}", self.in_height));
+        if self.in_width != self.in_height {
+            name.push_str(&format!("x{}", self.in_width));
+        }
+        name
+    }
+
     pub(crate) fn group_in_channels(&self) -> usize {
         self.in_channels / self.groups
     }
@@ -708,4 +729,40 @@ pub(crate) fn sum_in_fixed_runs(
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConvGeometry;
+
+    fn geometry(c: usize, o: usize, k: usize, stride: usize, size: usize) -> ConvGeometry {
+        let out = (size + 2 * (k / 2) - k) / stride + 1;
+        ConvGeometry {
+            batch: 2,
+            in_channels: c,
+            in_height: size,
+            in_width: size,
+            out_channels: o,
+            kernel_height: k,
+            kernel_width: k,
+            out_height: out,
+            out_width: out,
+            padding: k / 2,
+            stride,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+
+    /// The profiler's names are the nn bench's case names (`benches/nn.rs`, `conv`), so a
+    /// step's per-shape split and the bench's rows line up.
+    #[test]
+    fn case_names_follow_the_nn_bench_pattern() {
+        assert_eq!(geometry(64, 64, 3, 1, 12).case_name(), "c3x3_64_12");
+        assert_eq!(geometry(64, 128, 3, 2, 12).case_name(), "c3x3s2_64_128_12");
+        assert_eq!(geometry(256, 512, 1, 1, 2).case_name(), "c1x1_256_512_2");
+        let mut odd = geometry(8, 8, 3, 1, 5);
+        (odd.in_width, odd.dilation, odd.groups) = (7, 2, 4);
+        assert_eq!(odd.case_name(), "c3x3d2g4_8_5x7");
+    }
 }
