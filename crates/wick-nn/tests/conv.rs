@@ -64,6 +64,9 @@ fn cases() -> Vec<Case> {
         case([2, 17, 10, 11], 16, 3, 0, 1),
         case([2, 16, 8, 9], 18, 3, 2, 1),
         case([9, 24, 8, 8], 16, 3, 1, 1),
+        // An item larger than one chunk (24 x 23 blocks against 512 a chunk at 16 channels):
+        // several chunks per item, the last one partial (the usual case at 224 px).
+        case([2, 16, 48, 46], 16, 3, 1, 1),
     ];
     cases.push(Case {
         config: Conv2dConfig { padding: 2, dilation: 2, ..Default::default() },

@@ -32,9 +32,15 @@ use rayon::prelude::*;
 /// Transform-domain positions per block: the 4×4 patch.
 const POSITIONS: usize = 16;
 
-/// A chunk's `V_ξ` (`C × n`) is about this many floats, so that it stays in L2 while its
-/// gemm runs.
-const CHUNK_FLOATS: usize = 64 * 1024;
+/// A chunk's `V_ξ` (`C × n`) is about this many floats, so that a chunk's whole `V` (all 16
+/// positions: 512 KB) and `M` are written and read back near the core (L2, then L3) instead
+/// of through memory. It was 64K floats (one `V_ξ` in L2, the whole `V` 4 MB); 8K measured
+/// faster on every Winograd shape of xresnet18/50 at 48-128 px (`cargo bench -p wick-nn
+/// --bench nn -- --cases C --impls wick --batch 64 --reps 5 --best`, forward + both
+/// gradients, 64K → 8K, two alternations, 2026-11-30: c3x3_64_12 11.6-12.5 → 9.9-10.0 ms,
+/// c3x3_32_64_24 27.5-28.6 → 23.1-25.1, c3x3_32_24 17.8-18.6 → 12.8-14.1, c3x3_64_16
+/// 21.2-21.9 → 18.6-18.8, c3x3_256_8 54.8-55.1 → 51.5-52.7); 4K was no faster than 8K.
+const CHUNK_FLOATS: usize = 8 * 1024;
 
 /// Whether F(2×2, 3×3) runs `g`: a 3×3 kernel, stride 1, no dilation, one group, an output
 /// of at least 8×8 and at least 16 channels on each side. On smaller outputs the per-call
