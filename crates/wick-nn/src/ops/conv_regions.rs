@@ -15,15 +15,17 @@
 //!
 //! Each tap's weights are packed once per call; `X_{r,t}` is generated straight into the
 //! gemm's packing from precomputed pixel offsets. Parallel work is the (region, column
-//! chunk) gemms of the forward pass and the taps of the weight gradient, a split made from
-//! the shapes alone; each sum runs in tap or region order and the products are written
-//! serially, so every result is bit-identical at any thread count
+//! chunk) gemms of the forward pass, the items of its output's scatter and the taps of the
+//! weight gradient, a split made from the shapes alone; each sum runs in tap or region order
+//! and each product value is copied to its one place, so every result is bit-identical at
+//! any thread count
 //! (docs/decisions/0002-deterministic-reductions.md). [`regions`] says where this pays.
 //!
 //! Shapes as in `conv_cpu`: `x (B, C, H, W)`, `w (O, C, KH, KW)`, `y (B, O, OH, OW)`,
 //! one group.
 
 use super::conv_cpu::ConvGeometry;
+use super::storage::par_output;
 use crate::gemm::{
     Accumulate, GemmBackend, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, RowSource, gemm,
 };
@@ -382,17 +384,36 @@ fn forward_with(
             Ok((task, product))
         })
         .collect::<candle::Result<Vec<_>>>()?;
+    // Each item's output gathered from the products, items in parallel (the scatter was
+    // serial: a zero fill and one pass over the output on one thread).
     let plane = g.out_pixels();
-    let mut output = vec![0.0f32; g.output_len()];
-    for (task, product) in &products {
-        let out_pixel =
-            &offsets[task.region].out_pixel[task.first_column..task.first_column + task.columns];
-        for (channel, row) in product.chunks_exact(task.columns).enumerate() {
-            for (&value, &pixel) in row.iter().zip(out_pixel) {
-                output[pixel + channel * plane] = value;
+    let item_out = out_channels * plane;
+    // SAFETY: the regions tile the output plane once and the tasks tile each region's B·R
+    // columns once, so an item's O·OH·OW values are each written once below; `written`
+    // counts them.
+    let output = unsafe {
+        par_output(g.output_len(), item_out, |item, out_item| {
+            let base = item * item_out;
+            let mut written = 0;
+            for (task, product) in &products {
+                let pixels = regions[task.region].pixels();
+                let first = task.first_column.max(item * pixels);
+                let end = (task.first_column + task.columns).min((item + 1) * pixels);
+                if first >= end {
+                    continue;
+                }
+                let out_pixel = &offsets[task.region].out_pixel[first..end];
+                let columns = first - task.first_column..end - task.first_column;
+                for (channel, row) in product.chunks_exact(task.columns).enumerate() {
+                    for (&value, &pixel) in row[columns.clone()].iter().zip(out_pixel) {
+                        out_item[pixel - base + channel * plane].write(value);
+                    }
+                }
+                written += (end - first) * out_channels;
             }
-        }
-    }
+            written
+        })
+    };
     Ok(output)
 }
 
