@@ -45,6 +45,19 @@ const MIN_PADDING_SHARE: f64 = 0.2;
 /// 28 px (5%, 6) 162 vs 130 — im2col (docs/decisions/0005-winograd-and-valid-tap-regions.md).
 const MIN_PADDING_SHARE_TIMES_CHANNELS: f64 = 20.0;
 
+/// ... or, for a strided convolution (whose im2col path costs more against the regions'
+/// per-tap gemms), when the share is at least this and the share times the input channels
+/// at least [`MIN_STRIDED_SHARE_TIMES_CHANNELS`]. Measured as above, forward + both
+/// gradients, regions against im2col, three alternations each (2026-11-30; batch 64 at
+/// 12-16 px, else 32): 64 → 128 ch at 12 px (share 10.8%, ×C = 6.9) 7.6-8.7 vs 9.7-10.0 ms,
+/// at 16 px (8.2%, 5.2) 13.6-13.9 vs 14.1-14.7, 128 → 256 ch at 16 px (8.2%, 10.5) 21.6-22.7
+/// vs 22.6-23.1 — regions; 64 → 128 ch at 32 px (4.0%, 2.6) 32.5-35.0 vs 26.3-26.9, 128 ch at
+/// 32 px (4.1%, 5.3) 70-71 vs 54-56 — im2col; 256 ch at 28 px (4.7%, 12) 145-154 vs 145-148.
+const MIN_STRIDED_PADDING_SHARE: f64 = 0.08;
+
+/// See [`MIN_STRIDED_PADDING_SHARE`].
+const MIN_STRIDED_SHARE_TIMES_CHANNELS: f64 = 5.0;
+
 /// A pass is cut into about this many gemm tasks (columns of the regions).
 const MIN_TASKS: usize = 8;
 
@@ -131,8 +144,12 @@ pub(crate) fn regions(g: &ConvGeometry) -> Option<Vec<Region>> {
     let valid: usize = regions.iter().map(|r| r.pixels() * r.taps()).sum();
     let plain = g.out_pixels() * g.kernel_height * g.kernel_width;
     let padding_share = 1.0 - valid as f64 / plain as f64;
+    let times_channels = padding_share * g.in_channels as f64;
     let pays = padding_share >= MIN_PADDING_SHARE
-        || padding_share * g.in_channels as f64 >= MIN_PADDING_SHARE_TIMES_CHANNELS;
+        || times_channels >= MIN_PADDING_SHARE_TIMES_CHANNELS
+        || (g.stride > 1
+            && padding_share >= MIN_STRIDED_PADDING_SHARE
+            && times_channels >= MIN_STRIDED_SHARE_TIMES_CHANNELS);
     pays.then_some(regions)
 }
 
@@ -574,6 +591,13 @@ mod tests {
             |channels, size| ConvGeometry { in_channels: channels, ..geometry(size, 3, 1, 1) };
         assert!(regions(&deep(256, 14)).is_some());
         assert!(regions(&deep(128, 16)).is_none());
+        // Strided: 64 channels at 12 -> 6 px (10.8% padding, x64 = 6.9) -> regions; 128 at
+        // 32 -> 16 px (4.1%, x128 = 5.3) and 3 at 12 px (10.8%, x3 = 0.3) -> im2col.
+        let strided =
+            |channels, size| ConvGeometry { in_channels: channels, ..geometry(size, 3, 1, 2) };
+        assert!(regions(&strided(64, 12)).is_some());
+        assert!(regions(&strided(128, 32)).is_none());
+        assert!(regions(&strided(3, 12)).is_none());
     }
 
     #[test]
