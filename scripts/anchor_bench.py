@@ -5,8 +5,10 @@ wick's copy of ../shared/bench/anchor_bench.py (which is read-only), with a GPU 
 scripts/gpu-check.sh: `--device cuda` runs the model cases on the GPU (inputs on the
 device, a CUDA synchronise closing every timed step), `--amp bf16` runs the forward pass
 and the loss under torch.autocast(bfloat16) as fastai's `to_bf16()` does (f32 weights and
-optimizer state), and `--cudnn-benchmark` lets cuDNN time its algorithms. Everything
-else is unchanged; on the CPU it measures exactly what the shared script measures.
+optimizer state), and `--cudnn-benchmark` lets cuDNN time its algorithms; and
+`--op-split` (train cases) profiles the steps instead of timing them and prints each
+convolution shape's per-step ms, for `cargo xtask bench models --profile`. Everything else
+is unchanged; on the CPU it measures exactly what the shared script measures.
 
 Measures what a user of the reference stack (PyTorch, optionally fastai)
 gets on this machine, so the Rust numbers have a side-by-side baseline:
@@ -247,12 +249,15 @@ def bench_train(arch, size, args):
 
 def conv_split(arch, size, args):
     """`--op-split`: the convolutions of `args.steps` training steps under torch.profiler,
-    one JSON line per (convolution shape, pass) with its per-step ms, named like wick's nn
-    bench cases (`c{K}x{K}[s{S}]_{C}[_{O}]_{H}`) so `cargo xtask bench models --profile` can
-    put them beside wick's. Forward is `aten::convolution` (inclusive); backward is
-    `aten::convolution_backward` (inclusive: input and weight gradients together)."""
+    one JSON line per (convolution shape, pass) with its per-step ms, named as wick's
+    profiler names them (`ConvGeometry::case_name`: `c{KH}x{KW}[s{S}][d{D}][g{G}][p{P}]_{C}
+    [_{O}]_{H}[x{W}]`) so `cargo xtask bench models --profile` can put them beside wick's.
+    Forward is `aten::convolution` (inclusive); backward is `aten::convolution_backward`
+    (inclusive: input and weight gradients together). CPU, f32, contiguous layout only."""
     from torch.profiler import ProfilerActivity, profile
 
+    if (args.device, args.amp, args.channels_last) != ("cpu", "none", False):
+        raise SystemExit("--op-split profiles the CPU f32 step: no --device/--amp/--channels-last")
     torch.manual_seed(0)
     model = get_model(arch, args.model_src).train()
     opt = make_opt(args.opt, model.parameters())
@@ -264,30 +269,43 @@ def conv_split(arch, size, args):
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    for _ in range(args.warmup):
+    # Each convolution's name, keyed by its input and weight shapes, from the modules
+    # themselves during one step (the profiler records shapes, not strides or padding).
+    names = {}
+
+    def record(module, inputs):
+        inp, weight = tuple(inputs[0].shape), tuple(module.weight.shape)
+        (kh, kw), groups = module.kernel_size, module.groups
+        name = f"c{kh}x{kw}"
+        for tag, value in (("s", module.stride[0]), ("d", module.dilation[0]), ("g", groups)):
+            name += f"{tag}{value}" if value != 1 else ""
+        padding = module.padding[0]
+        name += f"p{padding}" if padding != kh // 2 else ""
+        c, o = weight[1] * groups, weight[0]
+        name += f"_{c}" + (f"_{o}" if o != c else "") + f"_{inp[2]}"
+        name += f"x{inp[3]}" if inp[3] != inp[2] else ""
+        if names.setdefault((inp, weight), name) != name:
+            raise SystemExit(f"--op-split: {names[(inp, weight)]} and {name} share their shapes")
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    step()
+    for hook in hooks:
+        hook.remove()
+    for _ in range(max(args.warmup - 1, 0)):
         step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.steps):
             step()
-    events = prof.key_averages(group_by_input_shape=True)
-    # The stride of each (input, weight) pair, from its backward's gradient shape.
-    strides = {}
-    for e in events:
-        if e.key == "aten::convolution_backward":
-            grad, inp, weight = e.input_shapes[:3]
-            strides[(tuple(inp), tuple(weight))] = -(-inp[2] // grad[2])
     rows = {}
-    for e in events:
+    for e in prof.key_averages(group_by_input_shape=True):
         if e.key == "aten::convolution":
             inp, weight, passname = e.input_shapes[0], e.input_shapes[1], "forward"
         elif e.key == "aten::convolution_backward":
             inp, weight, passname = e.input_shapes[1], e.input_shapes[2], "backward"
         else:
             continue
-        o, c, kh, kw = weight
-        stride = strides.get((tuple(inp), tuple(weight)), 1)
-        name = f"c{kh}x{kw}" + (f"s{stride}" if stride != 1 else "") + f"_{c}"
-        name += (f"_{o}" if o != c else "") + f"_{inp[2]}" + (f"x{inp[3]}" if inp[3] != inp[2] else "")
+        name = names[(tuple(inp), tuple(weight))]
         ms, calls = rows.get((name, passname), (0.0, 0))
         rows[(name, passname)] = (ms + e.cpu_time_total / 1000.0, calls + e.count)
     for (name, passname), (ms, calls) in sorted(rows.items()):

@@ -479,11 +479,12 @@ pub(crate) fn models(
                 op["calls"]
             ));
         }
+        // PyTorch's side profiles training steps only (`--op-split`).
         let torch = match &options.python {
-            Some(python) => {
+            Some(python) if case.starts_with("train") => {
                 anchor_conv_split(python, &options.anchor, case, &batch, &steps, &warmup)?
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         table.push_str(&conv_split_table(&lines, &torch));
     }
@@ -514,22 +515,32 @@ fn conv_split_table(wick: &[Value], torch: &[Value]) -> String {
     let wick_total = |t: &[Option<f64>; 4]| t[0].unwrap_or(0.0) + t[1].unwrap_or(0.0);
     rows.sort_by(|a, b| wick_total(&b.1.0).total_cmp(&wick_total(&a.1.0)));
     let cell = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into());
+    // PyTorch's time over wick's, both passes, where both sides have both passes.
+    let ratio = |t: &[Option<f64>; 4]| match (t[0].zip(t[1]), t[2].zip(t[3])) {
+        (Some((wf, wb)), Some((tf, tb))) if wf + wb > 0.0 => Some((wf + wb, tf + tb)),
+        _ => None,
+    };
     let mut table = String::from(
         "\nIts convolutions shape by shape (nn bench case names), ms per step, wick's profiled \
          passes beside PyTorch's (`anchor_bench.py --op-split`: the same steps under \
          torch.profiler, `aten::convolution` and `aten::convolution_backward` inclusive); \
-         backward is both gradients:\n\n| convolution | calls | wick forward | PyTorch forward | \
+         backward is both gradients; \"all\" sums each column, its ratio over the shapes both \
+         sides ran:\n\n| convolution | calls | wick forward | PyTorch forward | \
          wick backward | PyTorch backward | PyTorch/wick (both passes) |\n|---|---|---|---|---|---|---|\n",
     );
-    let mut sums = [0.0f64; 4];
+    let mut sums = [None::<f64>; 4];
+    let (mut both_wick, mut both_torch) = (0.0, 0.0);
     for (conv, (times, calls)) in &rows {
         for (sum, t) in sums.iter_mut().zip(times) {
-            *sum += t.unwrap_or(0.0);
+            if let Some(t) = t {
+                *sum = Some(sum.unwrap_or(0.0) + t);
+            }
         }
-        let torch_both = times[2].zip(times[3]).map(|(f, b)| f + b);
-        let ratio = torch_both
-            .map(|t| format!("{:.2}", t / wick_total(times)))
-            .unwrap_or_else(|| "–".into());
+        let pair = ratio(times);
+        if let Some((w, t)) = pair {
+            (both_wick, both_torch) = (both_wick + w, both_torch + t);
+        }
+        let ratio = pair.map(|(w, t)| format!("{:.2}", t / w)).unwrap_or_else(|| "–".into());
         table.push_str(&format!(
             "| {conv} | {calls} | {} | {} | {} | {} | {ratio} |\n",
             cell(times[0]),
@@ -538,18 +549,14 @@ fn conv_split_table(wick: &[Value], torch: &[Value]) -> String {
             cell(times[3])
         ));
     }
-    let torch_ran = !torch.is_empty();
-    let ratio = if torch_ran {
-        format!("{:.2}", (sums[2] + sums[3]) / (sums[0] + sums[1]))
-    } else {
-        "–".into()
-    };
+    let all_ratio =
+        if both_wick > 0.0 { format!("{:.2}", both_torch / both_wick) } else { "–".into() };
     table.push_str(&format!(
-        "| all | | {:.1} | {} | {:.1} | {} | {ratio} |\n",
-        sums[0],
-        cell(torch_ran.then_some(sums[2])),
-        sums[1],
-        cell(torch_ran.then_some(sums[3])),
+        "| all | | {} | {} | {} | {} | {all_ratio} |\n",
+        cell(sums[0]),
+        cell(sums[2]),
+        cell(sums[1]),
+        cell(sums[3])
     ));
     table
 }
@@ -638,4 +645,40 @@ fn anchor_case(
         .map(|line| step_times(&line))
         .with_context(|| format!("{command:?} printed no case result"))?;
     Ok((times, peak))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conv_split_table;
+    use serde_json::json;
+
+    /// wick's two gradients add into "backward"; a shape only one side ran gets no ratio and
+    /// stays out of the "all" ratio; the rows come most wick time first.
+    #[test]
+    fn conv_split_table_lines_up_both_sides() {
+        let wick = [
+            json!({"bench": "models-conv", "impl": "wick", "op": "wick-conv2d", "conv": "c3x3_64_12", "ms": 2.0, "calls": 4.0}),
+            json!({"bench": "models-conv", "impl": "wick", "op": "wick-conv2d-backward-input", "conv": "c3x3_64_12", "ms": 3.0, "calls": 4.0}),
+            json!({"bench": "models-conv", "impl": "wick", "op": "wick-conv2d-backward-weight", "conv": "c3x3_64_12", "ms": 5.0, "calls": 4.0}),
+            json!({"bench": "models-conv", "impl": "wick", "op": "wick-conv2d", "conv": "c1x1_64_128_6", "ms": 1.0, "calls": 1.0}),
+            json!({"bench": "models-conv", "impl": "wick", "op": "wick-conv2d-backward-weight", "conv": "c1x1_64_128_6", "ms": 1.0, "calls": 1.0}),
+            json!({"bench": "models-ops", "op": "wick-conv2d", "ms": 99.0, "calls": 5.0}),
+        ];
+        let torch = [
+            json!({"bench": "models-conv", "impl": "pytorch", "conv": "c3x3_64_12", "pass": "forward", "ms": 4.0, "calls": 4.0}),
+            json!({"bench": "models-conv", "impl": "pytorch", "conv": "c3x3_64_12", "pass": "backward", "ms": 11.0, "calls": 4.0}),
+            json!({"case": "train18_48", "kind": "op_split"}),
+        ];
+        let table = conv_split_table(&wick, &torch);
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| {
+                (l.starts_with("| c") && !l.starts_with("| convolution")) || l.starts_with("| all")
+            })
+            .collect();
+        assert_eq!(rows[0], "| c3x3_64_12 | 4 | 2.0 | 4.0 | 8.0 | 11.0 | 1.50 |");
+        assert_eq!(rows[1], "| c1x1_64_128_6 | 1 | 1.0 | – | 1.0 | – | – |");
+        assert_eq!(rows[2], "| all | | 3.0 | 4.0 | 9.0 | 11.0 | 1.50 |");
+        assert!(conv_split_table(&wick, &[]).contains("| all | | 3.0 | – | 9.0 | – | – |"));
+    }
 }

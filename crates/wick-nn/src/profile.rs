@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-/// An op's name and its case name (empty when the op reports none).
+/// An op's name and its convolution's name (empty when the op reports none).
 type OpKey = (&'static str, String);
 
 /// Time and calls per [`OpKey`].
@@ -27,24 +27,26 @@ pub fn set_enabled(enabled: bool) {
 pub struct OpTime {
     /// The custom op's name (`wick-conv2d`, `wick-conv2d-backward-input`, ...).
     pub op: &'static str,
-    /// The convolution's case in the nn bench's pattern `c{K}x{K}[s{S}]_{C}[_{O}]_{H}` (input
-    /// channels, output channels when they differ, input size), for the three convolution
-    /// ops (the backward ops name the forward convolution); `None` for the other ops.
-    pub case: Option<String>,
+    /// For the three convolution ops, the convolution's shape as the nn bench names its cases,
+    /// `c{KH}x{KW}[s{stride}][d{dilation}][g{groups}][p{padding}]_{C}[_{O}]_{H}[x{W}]` (the
+    /// tags only where not 1, or not the kernel's half for the padding; input channels,
+    /// output channels when they differ, input size): `c3x3s2_64_128_12`. The backward ops
+    /// name the forward convolution. `None` for the other ops.
+    pub conv: Option<String>,
     /// Wall-clock time summed over the calls, in seconds.
     pub seconds: f64,
     /// Times the op ran.
     pub calls: u64,
 }
 
-/// The totals since the last call, by op name and case, in that order; clears them.
+/// The totals since the last call, sorted by op name, then convolution; clears them.
 pub fn take() -> Vec<OpTime> {
     let mut totals = TOTALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let result = totals
         .iter()
-        .map(|((op, case), (time, calls))| OpTime {
+        .map(|((op, conv), (time, calls))| OpTime {
             op,
-            case: (!case.is_empty()).then(|| case.clone()),
+            conv: (!conv.is_empty()).then(|| conv.clone()),
             seconds: time.as_secs_f64(),
             calls: *calls,
         })
@@ -56,7 +58,7 @@ pub fn take() -> Vec<OpTime> {
 /// Measures the enclosing scope for op `op` when accounting is on.
 pub(crate) struct Timer {
     op: &'static str,
-    case: String,
+    conv: String,
     start: Option<Instant>,
 }
 
@@ -65,12 +67,12 @@ impl Timer {
         Self::start_for(op, String::new)
     }
 
-    /// Like [`Timer::start`], keyed also by `case()` (called only when accounting is on).
-    pub(crate) fn start_for(op: &'static str, case: impl FnOnce() -> String) -> Self {
+    /// Like [`Timer::start`], keyed also by `conv()` (called only when accounting is on).
+    pub(crate) fn start_for(op: &'static str, conv: impl FnOnce() -> String) -> Self {
         if ENABLED.load(Ordering::Relaxed) {
-            Timer { op, case: case(), start: Some(Instant::now()) }
+            Timer { op, conv: conv(), start: Some(Instant::now()) }
         } else {
-            Timer { op, case: String::new(), start: None }
+            Timer { op, conv: String::new(), start: None }
         }
     }
 }
@@ -80,7 +82,7 @@ impl Drop for Timer {
         if let Some(start) = self.start {
             let elapsed = start.elapsed();
             let mut totals = TOTALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let entry = totals.entry((self.op, std::mem::take(&mut self.case))).or_default();
+            let entry = totals.entry((self.op, std::mem::take(&mut self.conv))).or_default();
             entry.0 += elapsed;
             entry.1 += 1;
         }

@@ -67,6 +67,9 @@ fn cases() -> Vec<Case> {
         // An item larger than one chunk (24 x 23 blocks against 512 a chunk at 16 channels):
         // several chunks per item, the last one partial (the usual case at 224 px).
         case([2, 16, 48, 46], 16, 3, 1, 1),
+        // Padding beyond the kernel's reach: border pixels read only padding (zeros).
+        case([2, 8, 4, 4], 6, 1, 1, 1),
+        case([2, 5, 3, 3], 4, 3, 3, 1),
     ];
     cases.push(Case {
         config: Conv2dConfig { padding: 2, dilation: 2, ..Default::default() },
@@ -75,6 +78,11 @@ fn cases() -> Vec<Case> {
     cases.push(Case {
         config: Conv2dConfig { padding: 2, dilation: 2, ..Default::default() },
         ..case([2, 3, 3, 4], 4, 3, 0, 1)
+    });
+    // A dilated kernel straddling a tiny image: some pixels read no tap.
+    cases.push(Case {
+        config: Conv2dConfig { padding: 2, dilation: 4, ..Default::default() },
+        ..case([2, 3, 2, 2], 4, 2, 0, 1)
     });
     cases.push(Case {
         config: Conv2dConfig { padding: 1, groups: 2, ..Default::default() },

@@ -115,7 +115,8 @@ fn main() {
         let ms = |seconds: f64| seconds * per_step * 1000.0;
         let calls = |count: u64| count as f64 * per_step;
         let mut measured = 0.0;
-        // Per op (the totals come sorted by op, then case): its cases' sums.
+        // Per op: the sums over its convolutions (`take` sorts by op, then convolution, so
+        // an op's entries are consecutive).
         let mut per_op: Vec<(&str, f64, u64)> = Vec::new();
         for op in wick_nn::profile::take() {
             measured += op.seconds;
@@ -126,7 +127,7 @@ fn main() {
                 }
                 _ => per_op.push((op.op, op.seconds, op.calls)),
             }
-            if let Some(conv) = &op.case {
+            if let Some(conv) = &op.conv {
                 println!(
                     "{{\"bench\":\"models-conv\",\"impl\":\"wick\",\"case\":\"{case}\",\"batch\":{batch},\"op\":\"{}\",\"conv\":\"{conv}\",\"ms\":{:.3},\"calls\":{}}}",
                     op.op,

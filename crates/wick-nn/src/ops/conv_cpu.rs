@@ -56,15 +56,20 @@ pub(crate) struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    /// The convolution's name in the nn bench's case pattern (`benches/nn.rs`):
-    /// `c{KH}x{KW}[s{stride}][d{dilation}][g{groups}]_{C}[_{O}]_{H}[x{W}]`, input channels,
-    /// output channels when they differ, the input's size: `c3x3s2_64_128_12`.
+    /// The convolution's name, the nn bench's case pattern (`benches/nn.rs`,
+    /// `c{K}x{K}[s2]_{C}[_{O}]_{H}`) extended to any convolution:
+    /// `c{KH}x{KW}[s{stride}][d{dilation}][g{groups}][p{padding}]_{C}[_{O}]_{H}[x{W}]`, the
+    /// tags only where not 1 (the padding: where not `KH / 2`), input channels, output
+    /// channels when they differ, the input's size: `c3x3s2_64_128_12`.
     pub(crate) fn case_name(&self) -> String {
         let mut name = format!("c{}x{}", self.kernel_height, self.kernel_width);
         for (tag, value) in [("s", self.stride), ("d", self.dilation), ("g", self.groups)] {
             if value != 1 {
                 name.push_str(&format!("{tag}{value}"));
             }
+        }
+        if self.padding != self.kernel_height / 2 {
+            name.push_str(&format!("p{}", self.padding));
         }
         name.push_str(&format!("_{}", self.in_channels));
         if self.out_channels != self.in_channels {
@@ -762,7 +767,7 @@ mod tests {
         assert_eq!(geometry(64, 128, 3, 2, 12).case_name(), "c3x3s2_64_128_12");
         assert_eq!(geometry(256, 512, 1, 1, 2).case_name(), "c1x1_256_512_2");
         let mut odd = geometry(8, 8, 3, 1, 5);
-        (odd.in_width, odd.dilation, odd.groups) = (7, 2, 4);
-        assert_eq!(odd.case_name(), "c3x3d2g4_8_5x7");
+        (odd.in_width, odd.dilation, odd.groups, odd.padding) = (7, 2, 4, 2);
+        assert_eq!(odd.case_name(), "c3x3d2g4p2_8_5x7");
     }
 }

@@ -50,8 +50,8 @@ const MIN_PADDING_SHARE_TIMES_CHANNELS: f64 = 20.0;
 /// at least [`MIN_STRIDED_SHARE_TIMES_CHANNELS`]. Measured as above, forward + both
 /// gradients, regions against im2col, three alternations each (2026-11-30; batch 64 at
 /// 12-16 px, else 32): 64 → 128 ch at 12 px (share 10.8%, ×C = 6.9) 7.6-8.7 vs 9.7-10.0 ms,
-/// at 16 px (8.2%, 5.2) 13.6-13.9 vs 14.1-14.7, 128 → 256 ch at 16 px (8.2%, 10.5) 21.6-22.7
-/// vs 22.6-23.1 — regions; 64 → 128 ch at 32 px (4.0%, 2.6) 32.5-35.0 vs 26.3-26.9, 128 ch at
+/// at 16 px (8.2%, 5.2) 13.6-13.9 vs 14.1-14.7, 128 → 256 ch at 16 px (8.2%, 10.4) 21.6-22.7
+/// vs 22.6-23.1 — regions; 64 → 128 ch at 32 px (4.1%, 2.6) 32.5-35.0 vs 26.3-26.9, 128 ch at
 /// 32 px (4.1%, 5.3) 70-71 vs 54-56 — im2col; 256 ch at 28 px (4.7%, 12) 145-154 vs 145-148.
 const MIN_STRIDED_PADDING_SHARE: f64 = 0.08;
 
@@ -128,7 +128,8 @@ impl Region {
 }
 
 /// The regions of `g`'s output, or `None` when the plain im2col path should run (groups,
-/// no padding, or too little padding for the regions to pay).
+/// no padding, output pixels that read only padding, or too little padding for the regions
+/// to pay). The regions tile the output, each pixel once, and each reads at least one tap.
 pub(crate) fn regions(g: &ConvGeometry) -> Option<Vec<Region>> {
     if g.groups != 1 || g.padding == 0 || g.out_pixels() == 0 || g.batch == 0 {
         return None;
@@ -136,11 +137,14 @@ pub(crate) fn regions(g: &ConvGeometry) -> Option<Vec<Region>> {
     let rows =
         axis_runs(g.out_height, g.in_height, g.kernel_height, g.stride, g.dilation, g.padding);
     let cols = axis_runs(g.out_width, g.in_width, g.kernel_width, g.stride, g.dilation, g.padding);
-    let regions: Vec<Region> = rows
-        .iter()
-        .flat_map(|&r| cols.iter().map(move |&c| Region { rows: r, cols: c }))
-        .filter(|region| region.taps() > 0)
-        .collect();
+    let regions: Vec<Region> =
+        rows.iter().flat_map(|&r| cols.iter().map(move |&c| Region { rows: r, cols: c })).collect();
+    // Output pixels that read only padding (padding beyond the kernel's reach: a 1×1 kernel
+    // with padding 1) are zeros, which the plain path writes; the regions must tile the
+    // output, every pixel reading some tap (the forward's scatter writes each pixel once).
+    if regions.iter().any(|region| region.taps() == 0) {
+        return None;
+    }
     let valid: usize = regions.iter().map(|r| r.pixels() * r.taps()).sum();
     let plain = g.out_pixels() * g.kernel_height * g.kernel_width;
     let padding_share = 1.0 - valid as f64 / plain as f64;
@@ -401,13 +405,12 @@ fn forward_with(
             Ok((task, product))
         })
         .collect::<candle::Result<Vec<_>>>()?;
-    // Each item's output gathered from the products, items in parallel (the scatter was
-    // serial: a zero fill and one pass over the output on one thread).
+    // Each item's output gathered from the products, items in parallel.
     let plane = g.out_pixels();
     let item_out = out_channels * plane;
-    // SAFETY: the regions tile the output plane once and the tasks tile each region's B·R
-    // columns once, so an item's O·OH·OW values are each written once below; `written`
-    // counts them.
+    // SAFETY: the regions tile the output plane once (`regions` returns none where a pixel
+    // would read no tap) and the tasks tile each region's B·R columns once, so an item's
+    // O·OH·OW values are each written once below; `written` counts them.
     let output = unsafe {
         par_output(g.output_len(), item_out, |item, out_item| {
             let base = item * item_out;

@@ -34,7 +34,9 @@ const POSITIONS: usize = 16;
 
 /// A chunk's `V_ξ` (`C × n`) is about this many floats, so that a chunk's whole `V` (all 16
 /// positions: 512 KB) and `M` are written and read back near the core (L2, then L3) instead
-/// of through memory. It was 64K floats (one `V_ξ` in L2, the whole `V` 4 MB); 8K measured
+/// of through memory. (`Tiling::new` keeps a chunk between 64 and 1024 blocks, so above 128
+/// channels a chunk is 64 blocks and larger than this: 1 MB of `V` at 256 channels.) It was
+/// 64K floats (one `V_ξ` in L2, the whole `V` 4 MB); 8K measured
 /// faster on every Winograd shape of xresnet18/50 at 48-128 px (`cargo bench -p wick-nn
 /// --bench nn -- --cases C --impls wick --batch 64 --reps 5 --best`, forward + both
 /// gradients, 64K → 8K, two alternations, 2026-11-30: c3x3_64_12 11.6-12.5 → 9.9-10.0 ms,
