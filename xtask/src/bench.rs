@@ -528,6 +528,18 @@ fn conv_split_table(wick: &[Value], torch: &[Value]) -> String {
          sides ran:\n\n| convolution | calls | wick forward | PyTorch forward | \
          wick backward | PyTorch backward | PyTorch/wick (both passes) |\n|---|---|---|---|---|---|---|\n",
     );
+    // One table row: the four passes in column order, and the ratio of a (wick, PyTorch) pair.
+    let row = |name: &str, calls: &str, t: &[Option<f64>; 4], pair: Option<(f64, f64)>| {
+        let ratio = pair.map(|(w, p)| format!("{:.2}", p / w)).unwrap_or_else(|| "–".into());
+        let calls = if calls.is_empty() { String::new() } else { format!("{calls} ") };
+        format!(
+            "| {name} | {calls}| {} | {} | {} | {} | {ratio} |\n",
+            cell(t[0]),
+            cell(t[2]),
+            cell(t[1]),
+            cell(t[3])
+        )
+    };
     let mut sums = [None::<f64>; 4];
     let (mut both_wick, mut both_torch) = (0.0, 0.0);
     for (conv, (times, calls)) in &rows {
@@ -540,24 +552,10 @@ fn conv_split_table(wick: &[Value], torch: &[Value]) -> String {
         if let Some((w, t)) = pair {
             (both_wick, both_torch) = (both_wick + w, both_torch + t);
         }
-        let ratio = pair.map(|(w, t)| format!("{:.2}", t / w)).unwrap_or_else(|| "–".into());
-        table.push_str(&format!(
-            "| {conv} | {calls} | {} | {} | {} | {} | {ratio} |\n",
-            cell(times[0]),
-            cell(times[2]),
-            cell(times[1]),
-            cell(times[3])
-        ));
+        table.push_str(&row(conv, &calls.to_string(), times, pair));
     }
-    let all_ratio =
-        if both_wick > 0.0 { format!("{:.2}", both_torch / both_wick) } else { "–".into() };
-    table.push_str(&format!(
-        "| all | | {} | {} | {} | {} | {all_ratio} |\n",
-        cell(sums[0]),
-        cell(sums[2]),
-        cell(sums[1]),
-        cell(sums[3])
-    ));
+    let all = (both_wick > 0.0).then_some((both_wick, both_torch));
+    table.push_str(&row("all", "", &sums, all));
     table
 }
 

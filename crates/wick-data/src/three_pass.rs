@@ -2,9 +2,10 @@
 //! antialiased bilinear `Resize` to the canvas, stored as bytes; the flip/rotate/zoom/warp
 //! `grid_sample` at the canvas size (of the pixels the crop keeps); the crop's `grid_sample`
 //! to the output, after fastai's "area first" pre-shrink when the crop is more than twice
-//! the output; lighting on the resampled values. It follows docs/decisions/0001's account of fastai's chain (and
-//! `fastai-ch7-spec.md` §5.5-5.7) step by step, where the default pipeline composes the same
-//! maps into one resampling: a fidelity option for runs that need fastai's pixels. It follows
+//! the output; lighting on the resampled values. It follows docs/decisions/0001's account
+//! of fastai's chain (and `fastai-ch7-spec.md` §5.5-5.7) step by step, where the default
+//! pipeline composes the same maps into one resampling: a fidelity option for runs that need
+//! fastai's pixels. It follows
 //! `aug_transforms(size, min_scale < 1)`, whose `RandomResizedCropGPU` does the resize
 //! (`ItemPipeline::validate` refuses the other cases). Slower than the one pass: about 2.3x at
 //! 96 → 48 px and 13x at 460 → 224 px from 224-px files (`cargo bench -p wick-data --bench

@@ -14,10 +14,10 @@
 //! memory as the `wick` CLI does, `wick_nn::allocator`), to measure what that is worth.
 //!
 //! `--profile` is a different run: after the warm-up it runs the `N` steps with wick-nn's
-//! per-op profiler on and prints only per-step means: `"bench":"models-ops"` lines, one per op, and
-//! `"bench":"models-conv"` lines, one per convolution op and shape (named like the nn bench's
-//! cases, for `cargo xtask bench models --profile` to put beside PyTorch's profiled step); the
-//! profiler's own cost makes that step slower, so it never yields a throughput.
+//! per-op profiler on and prints only per-step means: `"bench":"models-ops"` lines, one per
+//! op, and `"bench":"models-conv"` lines, one per convolution op and shape (named like the nn
+//! bench's cases, for `cargo xtask bench models --profile` to put beside PyTorch's profiled
+//! step); the profiler's own cost makes those steps slower, so they never yield a throughput.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
