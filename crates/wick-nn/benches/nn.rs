@@ -299,13 +299,11 @@ fn parse_options() -> candle::Result<Options> {
                 options.batch = args.next().and_then(|v| v.parse().ok()).unwrap_or(32);
             }
             "--gemm" => {
-                let backend = match args.next().as_deref() {
-                    Some("native") => GemmBackend::Native,
-                    Some("gemm") => GemmBackend::GemmCrate,
-                    Some("openblas") => GemmBackend::OpenBlas,
-                    other => {
-                        candle::bail!("nn bench: unknown --gemm {other:?} (native|gemm|openblas)")
-                    }
+                let name = args.next().unwrap_or_default();
+                let Some(backend) = GemmBackend::from_name(&name) else {
+                    candle::bail!(
+                        "nn bench: unknown --gemm {name:?} (native-avx512|native|gemm|openblas)"
+                    )
                 };
                 set_gemm_backend(backend)?;
             }
@@ -318,11 +316,7 @@ fn parse_options() -> candle::Result<Options> {
 }
 
 fn gemm_name() -> &'static str {
-    match gemm_backend() {
-        GemmBackend::Native => "native",
-        GemmBackend::GemmCrate => "gemm",
-        GemmBackend::OpenBlas => "openblas",
-    }
+    gemm_backend().name()
 }
 
 fn run_conv(case: &Case, implementation: &str, batch: usize) -> candle::Result<String> {
@@ -370,10 +364,7 @@ fn run_conv(case: &Case, implementation: &str, batch: usize) -> candle::Result<S
 /// fastest forward and forward+backward.
 fn compare_gemm_backends(cases: &[Case], batch: usize, reps: usize) -> candle::Result<()> {
     let backends: Vec<GemmBackend> =
-        [GemmBackend::Native, GemmBackend::GemmCrate, GemmBackend::OpenBlas]
-            .into_iter()
-            .filter(|b| b.is_available())
-            .collect();
+        GemmBackend::ALL.into_iter().filter(|b| b.is_available()).collect();
     for case in cases {
         let Case::Conv { name, in_channels, out_channels, kernel, stride, size } = case else {
             continue;
@@ -501,7 +492,7 @@ fn probe_gemm() -> candle::Result<()> {
         (4608, 512, 245),
         (1024, 1024, 1024),
     ];
-    for backend in [GemmBackend::Native, GemmBackend::GemmCrate, GemmBackend::OpenBlas] {
+    for backend in GemmBackend::ALL {
         if !backend.is_available() {
             continue;
         }

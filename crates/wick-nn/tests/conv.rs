@@ -123,10 +123,7 @@ fn candle_conv(x: &Tensor, w: &Tensor, c: Conv2dConfig) -> candle::Result<Tensor
 }
 
 fn backends() -> Vec<GemmBackend> {
-    [GemmBackend::Native, GemmBackend::GemmCrate, GemmBackend::OpenBlas]
-        .into_iter()
-        .filter(|b| b.is_available())
-        .collect()
+    GemmBackend::ALL.into_iter().filter(|b| b.is_available()).collect()
 }
 
 #[test]
@@ -340,6 +337,43 @@ fn gemm_backends_agree_on_a_matmul() -> candle::Result<()> {
             &expected,
             Tol::of_scale(1e-5),
         );
+    }
+    Ok(())
+}
+
+/// The native kernels (AVX2 6×16 and AVX-512 16×16, whichever this CPU runs) round exactly
+/// as their documented order does: each product one FMA, `k` ascending inside blocks of 256,
+/// each block's sum started at 0 and added to `C` in order (the first block stored). So
+/// both kernels give the same bits, and a run does not depend on the machine's vector width.
+/// Shapes: partial tiles of both kernels' MR (6, 16) and of NR (16), three KC blocks.
+#[test]
+fn native_kernels_round_as_documented() -> candle::Result<()> {
+    const KC: usize = 256;
+    let natives: Vec<GemmBackend> = [GemmBackend::Native, GemmBackend::NativeAvx512]
+        .into_iter()
+        .filter(|b| b.is_available())
+        .collect();
+    for (m, k, n) in [(37, 600, 51), (16, 256, 16), (150, 70, 33)] {
+        let a = common::to_vec(&seeded_tensor(&[m, k], 3));
+        let b = common::to_vec(&seeded_tensor(&[k, n], 4));
+        let mut expected = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut c = 0.0f32;
+                for first in (0..k).step_by(KC) {
+                    let block = (first..k.min(first + KC))
+                        .fold(0.0f32, |acc, p| a[i * k + p].mul_add(b[p * n + j], acc));
+                    c = if first == 0 { block } else { c + block };
+                }
+                expected[i * n + j] = c;
+            }
+        }
+        for &backend in &natives {
+            let mut c = vec![f32::NAN; m * n];
+            wick_nn::gemm::matmul_row_major(backend, &a, &b, &mut c, (m, k, n))?;
+            let differ = c.iter().zip(&expected).filter(|(x, y)| x.to_bits() != y.to_bits());
+            assert_eq!(differ.count(), 0, "{backend:?} {m}x{k}x{n}: bits differ");
+        }
     }
     Ok(())
 }

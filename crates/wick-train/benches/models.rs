@@ -1,5 +1,5 @@
 //! `cargo bench -p wick-train --bench models -- --case NAME [--batch B] [--steps N] [--warmup W]
-//! [--profile] [--malloc-defaults]`: the throughput of one xresnet case, for `cargo xtask bench models` to put
+//! [--profile] [--malloc-defaults] [--gemm BACKEND]`: the throughput of one xresnet case, for `cargo xtask bench models` to put
 //! beside PyTorch running the same architecture (`scripts/anchor_bench.py`), alternating the
 //! two process by process. One case per process, so the peak resident memory it reports
 //! (`VmHWM`) is the case's own.
@@ -12,6 +12,9 @@
 //!
 //! `--malloc-defaults` leaves glibc's allocator at its defaults (the bench otherwise keeps freed
 //! memory as the `wick` CLI does, `wick_nn::allocator`), to measure what that is worth.
+//! `--gemm` runs the convolutions on another gemm backend than the CPU's default
+//! (`wick_nn::GemmBackend::name`: `native-avx512`, `native`, `gemm`), to compare them in one
+//! binary.
 //!
 //! `--profile` is a different run: after the warm-up it runs the `N` steps with wick-nn's
 //! per-op profiler on and prints only per-step means: `"bench":"models-ops"` lines, one per
@@ -49,6 +52,13 @@ fn main() {
             "--warmup" => warmup = number(args.next(), "--warmup"),
             "--profile" => profile = true,
             "--malloc-defaults" => malloc_defaults = true,
+            "--gemm" => {
+                let name = args.next().unwrap_or_default();
+                let backend = wick_nn::GemmBackend::from_name(&name).unwrap_or_else(|| {
+                    panic!("unknown --gemm {name:?} (native-avx512|native|gemm)")
+                });
+                wick_nn::set_gemm_backend(backend).expect("--gemm: backend not available here");
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }

@@ -1,8 +1,8 @@
 //! Single-threaded f32 matrix multiply (`C = A·B` or `C += A·B`) over strided views,
-//! with three interchangeable backends: a packed AVX2/FMA kernel written here
-//! ([`GemmBackend::Native`]), the `gemm` crate that candle itself uses
-//! ([`GemmBackend::GemmCrate`]) and Debian's OpenBLAS behind the `openblas` cargo feature
-//! ([`GemmBackend::OpenBlas`]).
+//! with interchangeable backends: packed kernels written here, AVX-512
+//! ([`GemmBackend::NativeAvx512`]) and AVX2/FMA ([`GemmBackend::Native`]), which give the
+//! same bits; the `gemm` crate that candle itself uses ([`GemmBackend::GemmCrate`]); and
+//! Debian's OpenBLAS behind the `openblas` cargo feature ([`GemmBackend::OpenBlas`]).
 //!
 //! The convolutions call this once per batch item (or tile) from inside a rayon loop over
 //! the batch, so every backend runs single-threaded here. The backend is a process-wide
@@ -21,13 +21,16 @@ mod openblas;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-pub(crate) use native::PackedLhs;
+pub(crate) use native::{Kernel, PackedLhs};
 
 /// Which matrix-multiply implementation the CPU convolutions use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmBackend {
     /// Packed 6×16 AVX2/FMA micro-kernel written in this crate (x86-64 with AVX2 and FMA only).
     Native,
+    /// Packed 16×16 AVX-512 micro-kernel written in this crate (x86-64 with AVX-512F only);
+    /// the same blocking and summation order as [`GemmBackend::Native`], so the same bits.
+    NativeAvx512,
     /// The pure-Rust `gemm` crate (what candle's matmul uses), single-threaded.
     GemmCrate,
     /// OpenBLAS `cblas_sgemm` (only with the `openblas` cargo feature).
@@ -35,18 +38,55 @@ pub enum GemmBackend {
 }
 
 impl GemmBackend {
+    /// Every backend, available here or not (benchmarks and tests filter with
+    /// [`GemmBackend::is_available`]).
+    pub const ALL: [GemmBackend; 4] = [
+        GemmBackend::NativeAvx512,
+        GemmBackend::Native,
+        GemmBackend::GemmCrate,
+        GemmBackend::OpenBlas,
+    ];
+
     /// Whether this backend can run in this build on this CPU.
     pub fn is_available(self) -> bool {
-        match self {
-            GemmBackend::Native => native::is_supported(),
-            GemmBackend::GemmCrate => true,
-            GemmBackend::OpenBlas => cfg!(feature = "openblas"),
+        match self.native_kernel() {
+            Some(kernel) => kernel.is_supported(),
+            None => self != GemmBackend::OpenBlas || cfg!(feature = "openblas"),
         }
     }
 
-    /// The default: the native kernel where the CPU has AVX2+FMA, else the `gemm` crate.
+    /// The default: the widest native kernel the CPU runs (AVX-512, else AVX2+FMA), else the
+    /// `gemm` crate.
     pub fn default_for_this_cpu() -> Self {
-        if native::is_supported() { GemmBackend::Native } else { GemmBackend::GemmCrate }
+        [GemmBackend::NativeAvx512, GemmBackend::Native]
+            .into_iter()
+            .find(|backend| backend.is_available())
+            .unwrap_or(GemmBackend::GemmCrate)
+    }
+
+    /// The short name benchmarks print and parse: `native-avx512`, `native`, `gemm`,
+    /// `openblas`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmBackend::Native => "native",
+            GemmBackend::NativeAvx512 => "native-avx512",
+            GemmBackend::GemmCrate => "gemm",
+            GemmBackend::OpenBlas => "openblas",
+        }
+    }
+
+    /// The backend named `name` (see [`GemmBackend::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|backend| backend.name() == name)
+    }
+
+    /// The native micro-kernel of this backend; `None` for the external ones.
+    pub(crate) fn native_kernel(self) -> Option<native::Kernel> {
+        match self {
+            GemmBackend::Native => Some(native::Kernel::Avx2),
+            GemmBackend::NativeAvx512 => Some(native::Kernel::Avx512),
+            GemmBackend::GemmCrate | GemmBackend::OpenBlas => None,
+        }
     }
 
     fn code(self) -> u8 {
@@ -54,6 +94,7 @@ impl GemmBackend {
             GemmBackend::Native => 1,
             GemmBackend::GemmCrate => 2,
             GemmBackend::OpenBlas => 3,
+            GemmBackend::NativeAvx512 => 4,
         }
     }
 }
@@ -67,6 +108,7 @@ pub fn gemm_backend() -> GemmBackend {
         1 => GemmBackend::Native,
         2 => GemmBackend::GemmCrate,
         3 => GemmBackend::OpenBlas,
+        4 => GemmBackend::NativeAvx512,
         _ => GemmBackend::default_for_this_cpu(),
     }
 }
@@ -77,7 +119,7 @@ pub fn set_gemm_backend(backend: GemmBackend) -> candle::Result<()> {
     if !backend.is_available() {
         candle::bail!(
             "set_gemm_backend: {backend:?} is not available (native needs x86-64 AVX2+FMA, \
-             OpenBlas needs the `openblas` cargo feature)"
+             native-avx512 AVX-512F, OpenBlas the `openblas` cargo feature)"
         );
     }
     SELECTED_BACKEND.store(backend.code(), Ordering::Relaxed);
@@ -214,7 +256,8 @@ pub(crate) enum Lhs<'a> {
     Packed(&'a PackedLhs),
 }
 
-/// A left operand prepared for repeated products: packed when the backend is native.
+/// A left operand prepared for repeated products: packed when the backend is native (for
+/// its kernel).
 #[derive(Debug)]
 pub(crate) enum PreparedLhs<'a> {
     Plain(MatRef<'a>),
@@ -223,9 +266,9 @@ pub(crate) enum PreparedLhs<'a> {
 
 impl<'a> PreparedLhs<'a> {
     pub(crate) fn new(backend: GemmBackend, matrix: MatRef<'a>) -> Self {
-        match backend {
-            GemmBackend::Native => PreparedLhs::Packed(PackedLhs::pack(matrix)),
-            GemmBackend::GemmCrate | GemmBackend::OpenBlas => PreparedLhs::Plain(matrix),
+        match backend.native_kernel() {
+            Some(kernel) => PreparedLhs::Packed(PackedLhs::pack(matrix, kernel)),
+            None => PreparedLhs::Plain(matrix),
         }
     }
 
@@ -341,11 +384,11 @@ pub(crate) fn gemm(
         }
         return Ok(());
     }
-    if backend == GemmBackend::Native {
-        return native::gemm(lhs, rhs, dst, accumulate);
+    if let Some(kernel) = backend.native_kernel() {
+        return native::gemm(kernel, lhs, rhs, dst, accumulate);
     }
     let Lhs::Plain(lhs) = lhs else {
-        candle::bail!("gemm: a packed left operand needs the Native backend, not {backend:?}")
+        candle::bail!("gemm: a packed left operand needs a native backend, not {backend:?}")
     };
     let materialized;
     let rhs = match rhs {

@@ -1,53 +1,89 @@
 //! The native f32 gemm: BLIS-style blocking (KC × NC panels of `B` packed per call, MC × KC
-//! blocks of `A` packed per call or ahead of time) around a 6×16 AVX2/FMA micro-kernel that
-//! keeps twelve 8-wide accumulators in registers.
+//! blocks of `A` packed per call or ahead of time) around one of two micro-kernels, chosen
+//! by the CPU ([`Kernel`]): a 6×16 AVX2/FMA kernel that keeps twelve 8-wide accumulators in
+//! registers, and a 16×16 AVX-512 kernel that keeps sixteen 16-wide ones (twice the work per
+//! instruction, and enough independent accumulators to keep two 512-bit FMA units busy).
+//!
+//! Both kernels add each `C` element's products in the same order (`k` ascending inside a
+//! KC block, one FMA per product, blocks added to `C` in order), so they give the same bits:
+//! a run does not change with the vector width of the machine it runs on.
 //!
 //! Blocking for Zen 3 (32 KiB L1d, 512 KiB L2 per core): a 16-column `B` micro-panel of
 //! KC = 256 rows is 16 KiB (lives in L1), an MC × KC = 144 × 256 `A` block is 144 KiB
-//! (lives in L2).
+//! (lives in L2); MC is a multiple of both kernels' MR.
 
 use super::{Accumulate, Lhs, MatMut, MatRef, Rhs};
 use crate::scratch::Scratch;
 use std::cell::RefCell;
 
-const MR: usize = 6;
 const NR: usize = 16;
 const KC: usize = 256;
 const MC: usize = 144;
 const NC: usize = 4080;
+/// The largest MR of the kernels (the partial-tile scratch is sized for it).
+const MAX_MR: usize = 16;
 
-/// Whether the running CPU can execute the micro-kernel.
-pub(super) fn is_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// A micro-kernel of the native gemm. Its MR (rows of a packed `A` panel) fixes the packed
+/// layout, so a [`PackedLhs`] belongs to the kernel it was packed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// 6×16 tiles, AVX2 + FMA.
+    Avx2,
+    /// 16×16 tiles, AVX-512F.
+    Avx512,
+}
+
+impl Kernel {
+    /// Rows of `C` (and of a packed `A` panel) per micro-tile.
+    pub(crate) const fn mr(self) -> usize {
+        match self {
+            Kernel::Avx2 => 6,
+            Kernel::Avx512 => 16,
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Whether the running CPU can execute this kernel.
+    pub(crate) fn is_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            match self {
+                Kernel::Avx2 => avx2,
+                Kernel::Avx512 => avx2 && std::arch::is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
     }
 }
 
-/// A whole left operand packed once into the layout the micro-kernel reads: for each KC
-/// block of columns, `ceil(rows / MR)` panels of `kc × MR` values (rows padded with zeros).
+/// A whole left operand packed once into the layout a micro-kernel reads: for each KC
+/// block of columns, `ceil(rows / MR)` panels of `kc × MR` values (rows padded with zeros),
+/// MR being its kernel's.
 /// The values live in a [`Scratch`] buffer (no zero fill; every value is written).
 #[derive(Debug)]
 pub(crate) struct PackedLhs {
     data: Scratch,
     rows: usize,
     cols: usize,
+    kernel: Kernel,
 }
 
 impl PackedLhs {
-    pub(crate) fn pack(matrix: MatRef<'_>) -> Self {
-        let rows_padded = matrix.rows.div_ceil(MR) * MR;
+    /// `matrix` packed for `kernel`.
+    pub(crate) fn pack(matrix: MatRef<'_>, kernel: Kernel) -> Self {
+        let mr = kernel.mr();
+        let rows_padded = matrix.rows.div_ceil(mr) * mr;
         let mut data = Scratch::take(rows_padded * matrix.cols);
         for pc in (0..matrix.cols).step_by(KC) {
             let kc = KC.min(matrix.cols - pc);
             let block = &mut data[pc * rows_padded..(pc + kc) * rows_padded];
-            pack_lhs_block(matrix, 0, matrix.rows, pc, kc, block);
+            pack_lhs_block(mr, matrix, 0, matrix.rows, pc, kc, block);
         }
-        Self { data, rows: matrix.rows, cols: matrix.cols }
+        Self { data, rows: matrix.rows, cols: matrix.cols, kernel }
     }
 
     /// The `count` matrices whose elements interleave in `data` with unit stride — member `t`
@@ -64,17 +100,19 @@ impl PackedLhs {
         count: usize,
         (rows, cols): (usize, usize),
         (row_stride, col_stride): (usize, usize),
+        kernel: Kernel,
     ) -> Vec<Self> {
         use rayon::prelude::*;
+        let mr = kernel.mr();
         if rows > 0 && cols > 0 {
             let last = count - 1 + (rows - 1) * row_stride + (cols - 1) * col_stride;
             assert!(last < data.len(), "pack_interleaved: element {last} of {}", data.len());
         }
-        let rows_padded = rows.div_ceil(MR) * MR;
-        let panels = rows_padded / MR;
+        let rows_padded = rows.div_ceil(mr) * mr;
+        let panels = rows_padded / mr;
         let mut members: Vec<Scratch> =
             (0..count).map(|_| Scratch::take(rows_padded * cols)).collect();
-        // Each panel's `kc × MR` piece of every KC block of every member, gathered per panel
+        // Each panel's `kc × mr` piece of every KC block of every member, gathered per panel
         // so that the panels can be written in parallel.
         let blocks: Vec<(usize, usize)> =
             (0..cols).step_by(KC).map(|pc| (pc, KC.min(cols - pc))).collect();
@@ -84,20 +122,20 @@ impl PackedLhs {
             for &(_, kc) in &blocks {
                 let (block, tail) = rest.split_at_mut(rows_padded * kc);
                 rest = tail;
-                for (panel, piece) in block.chunks_exact_mut(kc * MR).enumerate() {
+                for (panel, piece) in block.chunks_exact_mut(kc * mr).enumerate() {
                     pieces[panel].push(piece);
                 }
             }
         }
         pieces.into_par_iter().enumerate().for_each(|(panel, mut pieces)| {
             // `pieces` is member-major: member t's block b is `pieces[t·blocks + b]`. Each
-            // piece is written in order; its reads stay within the panel's MR rows of `data`
+            // piece is written in order; its reads stay within the panel's mr rows of `data`
             // (in cache after the first member).
-            let first_row = panel * MR;
-            let panel_rows = MR.min(rows - first_row);
+            let first_row = panel * mr;
+            let panel_rows = mr.min(rows - first_row);
             for (index, piece) in pieces.iter_mut().enumerate() {
                 let (t, (pc, _)) = (index / blocks.len(), blocks[index % blocks.len()]);
-                for (kk, dst) in piece.chunks_exact_mut(MR).enumerate() {
+                for (kk, dst) in piece.chunks_exact_mut(mr).enumerate() {
                     let start = t + first_row * row_stride + (pc + kk) * col_stride;
                     for (ii, value) in dst[..panel_rows].iter_mut().enumerate() {
                         *value = data[start + ii * row_stride];
@@ -106,7 +144,7 @@ impl PackedLhs {
                 }
             }
         });
-        members.into_iter().map(|data| Self { data, rows, cols }).collect()
+        members.into_iter().map(|data| Self { data, rows, cols, kernel }).collect()
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -119,14 +157,32 @@ impl PackedLhs {
 
     /// The packed panels of rows `ic..` for the KC block starting at column `pc`.
     fn block(&self, pc: usize, kc: usize, ic: usize) -> &[f32] {
-        let rows_padded = self.rows.div_ceil(MR) * MR;
+        let mr = self.kernel.mr();
+        let rows_padded = self.rows.div_ceil(mr) * mr;
         let start = pc * rows_padded + ic * kc;
         &self.data[start..pc * rows_padded + rows_padded * kc]
     }
 }
 
-/// Packs rows `row0..row0+rows`, columns `col0..col0+kc` of `a` into MR-row panels.
+/// Packs rows `row0..row0+rows`, columns `col0..col0+kc` of `a` into `mr`-row panels.
 fn pack_lhs_block(
+    mr: usize,
+    a: MatRef<'_>,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    match mr {
+        6 => pack_lhs_panels::<6>(a, row0, rows, col0, kc, out),
+        16 => pack_lhs_panels::<16>(a, row0, rows, col0, kc, out),
+        _ => unreachable!("no kernel has MR = {mr}"),
+    }
+}
+
+/// [`pack_lhs_block`] for a kernel's `MR`.
+fn pack_lhs_panels<const MR: usize>(
     a: MatRef<'_>,
     row0: usize,
     rows: usize,
@@ -373,15 +429,26 @@ thread_local! {
     static PACK_BUFFERS: RefCell<PackBuffers> = RefCell::default();
 }
 
+/// `C (+)= A·B` with `kernel`.
+///
+/// # Errors
+/// If the CPU cannot run `kernel`, or `lhs` was packed for another kernel.
 pub(super) fn gemm(
+    kernel: Kernel,
     lhs: Lhs<'_>,
     rhs: Rhs<'_>,
     mut dst: MatMut<'_>,
     accumulate: Accumulate,
 ) -> candle::Result<()> {
-    if !is_supported() {
-        candle::bail!("gemm: the Native backend needs an x86-64 CPU with AVX2 and FMA");
+    if !kernel.is_supported() {
+        candle::bail!("gemm: this CPU cannot run the native {kernel:?} kernel");
     }
+    if let Lhs::Packed(packed) = lhs
+        && packed.kernel != kernel
+    {
+        candle::bail!("gemm: A was packed for the {:?} kernel, not {kernel:?}", packed.kernel);
+    }
+    let mr = kernel.mr();
     let (m, k, n) = (dst.rows, rhs.rows(), dst.cols);
     let dst_row_stride = dst.row_stride;
     let dst_ptr = dst.ptr();
@@ -407,7 +474,7 @@ pub(super) fn gemm(
                     let mc = MC.min(m - ic);
                     let lhs_block: &[f32] = match lhs {
                         Lhs::Plain(a) => {
-                            pack_lhs_block(a, ic, mc, pc, kc, lhs_pack);
+                            pack_lhs_block(mr, a, ic, mc, pc, kc, lhs_pack);
                             lhs_pack
                         }
                         Lhs::Packed(packed) => packed.block(pc, kc, ic),
@@ -415,9 +482,11 @@ pub(super) fn gemm(
                     // SAFETY: `dst` addresses rows `0..m` and columns `0..n` (bounds-checked
                     // in `MatMut::new`); this block covers rows `ic..ic+mc` and columns
                     // `jc..jc+nc`, inside it. The packed blocks hold ceil(mc/MR)·MR·kc and
-                    // ceil(nc/NR)·NR·kc values, which is what the macro-kernel reads.
+                    // ceil(nc/NR)·NR·kc values, which is what the macro-kernel reads; the
+                    // CPU runs `kernel` (checked above).
                     unsafe {
                         macro_kernel(
+                            kernel,
                             mc,
                             nc,
                             kc,
@@ -439,9 +508,11 @@ pub(super) fn gemm(
 ///
 /// # Safety
 /// `dst` must be valid for writes at `i * dst_row_stride + j` for `i < mc`, `j < nc`;
-/// `lhs` must hold `ceil(mc/MR)·MR·kc` packed values and `rhs` `ceil(nc/NR)·NR·kc`.
+/// `lhs` must hold `ceil(mc/MR)·MR·kc` values packed for `kernel` and `rhs`
+/// `ceil(nc/NR)·NR·kc`; the CPU must support `kernel`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel(
+    kernel: Kernel,
     mc: usize,
     nc: usize,
     kc: usize,
@@ -451,24 +522,34 @@ unsafe fn macro_kernel(
     dst_row_stride: usize,
     add: bool,
 ) {
-    debug_assert!(lhs.len() >= mc.div_ceil(MR) * MR * kc);
+    let full_mr = kernel.mr();
+    debug_assert!(lhs.len() >= mc.div_ceil(full_mr) * full_mr * kc);
     debug_assert!(rhs.len() >= nc.div_ceil(NR) * NR * kc);
+    // SAFETY (both arms): the caller guarantees the extents of `c`, `a` and `b` for a full
+    // MR × NR tile and that the CPU runs `kernel`.
+    let tile_kernel = |a: *const f32, b: *const f32, c: *mut f32, rs_c: usize, add: bool| unsafe {
+        match kernel {
+            Kernel::Avx2 => kernel_6x16(kc, a, b, c, rs_c, add),
+            Kernel::Avx512 => kernel_16x16(kc, a, b, c, rs_c, add),
+        }
+    };
     for jr in (0..nc).step_by(NR) {
         let nr = NR.min(nc - jr);
         let rhs_panel = rhs[jr * kc..].as_ptr();
-        for ir in (0..mc).step_by(MR) {
-            let mr = MR.min(mc - ir);
+        for ir in (0..mc).step_by(full_mr) {
+            let mr = full_mr.min(mc - ir);
             let lhs_panel = lhs[ir * kc..].as_ptr();
             // SAFETY: the caller guarantees the extents of `dst`, `lhs` and `rhs`; the
             // micro-kernel reads kc·MR values of the A panel and kc·NR of the B panel, and
-            // writes an mr × nr tile at row `ir`, column `jr` of `dst`.
+            // writes an mr × nr tile at row `ir`, column `jr` of `dst` (a partial tile goes
+            // through `scratch`, which holds MAX_MR × NR).
             unsafe {
                 let tile = dst.add(ir * dst_row_stride + jr);
-                if mr == MR && nr == NR {
-                    kernel_6x16(kc, lhs_panel, rhs_panel, tile, dst_row_stride, add);
+                if mr == full_mr && nr == NR {
+                    tile_kernel(lhs_panel, rhs_panel, tile, dst_row_stride, add);
                 } else {
-                    let mut scratch = [0.0f32; MR * NR];
-                    kernel_6x16(kc, lhs_panel, rhs_panel, scratch.as_mut_ptr(), NR, false);
+                    let mut scratch = [0.0f32; MAX_MR * NR];
+                    tile_kernel(lhs_panel, rhs_panel, scratch.as_mut_ptr(), NR, false);
                     for i in 0..mr {
                         for j in 0..nr {
                             let out = tile.add(i * dst_row_stride + j);
@@ -484,7 +565,7 @@ unsafe fn macro_kernel(
 /// The 6×16 micro-kernel: `C[0..6, 0..16] (+)= A_panel · B_panel`.
 ///
 /// # Safety
-/// `a` must be readable for `kc * MR` floats, `b` for `kc * NR`, and `c` writable (and
+/// `a` must be readable for `kc * 6` floats, `b` for `kc * NR`, and `c` writable (and
 /// readable when `add`) at `i * rs_c + j` for `i < 6`, `j < 16`. The CPU must support
 /// AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
@@ -503,7 +584,7 @@ unsafe fn kernel_6x16(
     unsafe {
         // Start fetching the C tile now: it is usually outside L2 (a large output or
         // gradient), and the loop below hides the latency.
-        for i in 0..MR {
+        for i in 0..6 {
             let row = c.wrapping_add(i * rs_c) as *const i8;
             _mm_prefetch::<_MM_HINT_T0>(row);
             _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(63));
@@ -543,7 +624,7 @@ unsafe fn kernel_6x16(
             let a5 = _mm256_broadcast_ss(&*a.add(5));
             c50 = _mm256_fmadd_ps(a5, b0, c50);
             c51 = _mm256_fmadd_ps(a5, b1, c51);
-            a = a.add(MR);
+            a = a.add(6);
             b = b.add(NR);
         }
         let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
@@ -560,8 +641,56 @@ unsafe fn kernel_6x16(
     }
 }
 
-/// Portable stand-in so the crate builds off x86-64; never called there because
-/// [`is_supported`] is false and [`gemm`] bails first.
+/// The 16×16 micro-kernel: `C[0..16, 0..16] (+)= A_panel · B_panel`, one 16-wide
+/// accumulator per row of `C`; each step loads one row of B and multiplies it by each of
+/// A's 16 values broadcast (the compiler folds the broadcast into the FMA's memory operand).
+///
+/// # Safety
+/// `a` must be readable for `kc * 16` floats, `b` for `kc * NR`, and `c` writable (and
+/// readable when `add`) at `i * rs_c + j` for `i < 16`, `j < 16`. The CPU must support
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn kernel_16x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs_c: usize,
+    add: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 16;
+    // SAFETY: every pointer offset below stays within the extents the caller guarantees
+    // (prefetches of addresses just past a row are hints and never fault).
+    unsafe {
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * rs_c) as *const i8);
+        }
+        let mut acc = [_mm512_setzero_ps(); MR];
+        let mut a = a;
+        let mut b = b;
+        for _ in 0..kc {
+            let row = _mm512_loadu_ps(b);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(i)), row, *acc);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for (i, acc) in acc.into_iter().enumerate() {
+            let row = c.add(i * rs_c);
+            if add {
+                _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), acc));
+            } else {
+                _mm512_storeu_ps(row, acc);
+            }
+        }
+    }
+}
+
+/// Portable stand-ins so the crate builds off x86-64; never called there because no
+/// [`Kernel`] is supported and [`gemm`] bails first.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_6x16(
     kc: usize,
@@ -572,6 +701,32 @@ unsafe fn kernel_6x16(
     add: bool,
 ) {
     // SAFETY: same contract as the x86-64 kernel.
+    unsafe { portable_kernel::<6>(kc, a, b, c, rs_c, add) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_16x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs_c: usize,
+    add: bool,
+) {
+    // SAFETY: same contract as the x86-64 kernel.
+    unsafe { portable_kernel::<16>(kc, a, b, c, rs_c, add) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn portable_kernel<const MR: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs_c: usize,
+    add: bool,
+) {
+    // SAFETY: same contract as the x86-64 kernels.
     unsafe {
         for i in 0..MR {
             for j in 0..NR {
@@ -595,21 +750,24 @@ mod tests {
     /// and their transposes).
     #[test]
     fn interleaved_members_pack_like_each_member_alone() {
-        let (count, rows, cols) = (3, 13, KC + 44);
+        let (count, rows, cols) = (3, 19, KC + 44);
         let data: Vec<f32> = (0..count * rows * cols).map(|i| (i % 251) as f32 - 125.0).collect();
-        for (row_stride, col_stride) in [(count * cols, count), (count, count * rows)] {
-            let packed =
-                PackedLhs::pack_interleaved(&data, count, (rows, cols), (row_stride, col_stride));
-            assert_eq!(packed.len(), count);
-            for (t, member) in packed.iter().enumerate() {
-                let view = MatRef::new(&data, t, (rows, cols), (row_stride, col_stride)).unwrap();
-                let alone = PackedLhs::pack(view);
-                assert_eq!((member.rows, member.cols), (rows, cols));
-                assert_eq!(
-                    &member.data[..],
-                    &alone.data[..],
-                    "member {t}, strides {row_stride}, {col_stride}"
-                );
+        for kernel in [Kernel::Avx2, Kernel::Avx512] {
+            for (row_stride, col_stride) in [(count * cols, count), (count, count * rows)] {
+                let strides = (row_stride, col_stride);
+                let packed =
+                    PackedLhs::pack_interleaved(&data, count, (rows, cols), strides, kernel);
+                assert_eq!(packed.len(), count);
+                for (t, member) in packed.iter().enumerate() {
+                    let view = MatRef::new(&data, t, (rows, cols), strides).unwrap();
+                    let alone = PackedLhs::pack(view, kernel);
+                    assert_eq!((member.rows, member.cols, member.kernel), (rows, cols, kernel));
+                    assert_eq!(
+                        &member.data[..],
+                        &alone.data[..],
+                        "{kernel:?} member {t}, strides {row_stride}, {col_stride}"
+                    );
+                }
             }
         }
     }

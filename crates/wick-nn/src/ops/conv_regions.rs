@@ -27,7 +27,8 @@
 use super::conv_cpu::ConvGeometry;
 use super::storage::par_output;
 use crate::gemm::{
-    Accumulate, GemmBackend, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, RowSource, gemm,
+    Accumulate, GemmBackend, Kernel, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, RowSource,
+    gemm,
 };
 use crate::scratch::Scratch;
 use rayon::prelude::*;
@@ -311,10 +312,10 @@ struct TapWeights<'a> {
 }
 
 impl<'a> TapWeights<'a> {
-    /// Every tap of `weight (O, C, KH, KW)` packed for the native gemm in one pass over the
-    /// weight: the forward pass's `w[:, :, ky, kx]` (`O × C`) or, `flipped`, the input
-    /// gradient's `w[:, :, KH-1-ky, KW-1-kx]ᵀ` (`C × O`; see [`TapWeights::flipped`]).
-    fn packed(g: &ConvGeometry, weight: &[f32], flipped: bool) -> Self {
+    /// Every tap of `weight (O, C, KH, KW)` packed for the native gemm's `kernel` in one pass
+    /// over the weight: the forward pass's `w[:, :, ky, kx]` (`O × C`) or, `flipped`, the
+    /// input gradient's `w[:, :, KH-1-ky, KW-1-kx]ᵀ` (`C × O`; see [`TapWeights::flipped`]).
+    fn packed(g: &ConvGeometry, weight: &[f32], flipped: bool, kernel: Kernel) -> Self {
         let (o, c) = (g.out_channels, g.in_channels);
         let kernel_taps = g.kernel_height * g.kernel_width;
         let packed = if flipped {
@@ -323,11 +324,13 @@ impl<'a> TapWeights<'a> {
                 kernel_taps,
                 (c, o),
                 (kernel_taps, c * kernel_taps),
+                kernel,
             );
             transposed.reverse();
             transposed
         } else {
-            PackedLhs::pack_interleaved(weight, kernel_taps, (o, c), (c * kernel_taps, kernel_taps))
+            let strides = (c * kernel_taps, kernel_taps);
+            PackedLhs::pack_interleaved(weight, kernel_taps, (o, c), strides, kernel)
         };
         Self {
             lhs: packed.into_iter().map(PreparedLhs::Packed).collect(),
@@ -445,8 +448,9 @@ pub(crate) fn forward(
     weight: &[f32],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
-    if backend == GemmBackend::Native {
-        return forward_with(g, regions, input, &TapWeights::packed(g, weight, false), backend);
+    if let Some(kernel) = backend.native_kernel() {
+        let weights = TapWeights::packed(g, weight, false, kernel);
+        return forward_with(g, regions, input, &weights, backend);
     }
     let taps = taps_by_filter(g, weight);
     let weights = TapWeights::forward(g, &taps, backend)?;
@@ -464,8 +468,8 @@ pub(crate) fn backward_input(
     weight: &[f32],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
-    if backend == GemmBackend::Native {
-        let weights = TapWeights::packed(g, weight, true);
+    if let Some(kernel) = backend.native_kernel() {
+        let weights = TapWeights::packed(g, weight, true, kernel);
         return forward_with(flipped, regions, grad_output, &weights, backend);
     }
     let taps = taps_by_filter(g, weight);
