@@ -20,7 +20,8 @@
 //! pattern (e.g. xresnet18's `c3x3s2_64_128_12`), on both sides.
 //!
 //! Usage: `cargo bench -p wick-nn --bench nn -- [--quick] [--cases a,b] [--impls wick,candle]
-//! [--gemm native|gemm|openblas] [--batch N]`, and for tuning on a machine shared with other
+//! [--gemm native-avx512|native|gemm|openblas] [--batch N]` (`native` is the AVX2 kernel, also
+//! on an AVX-512 machine), and for tuning on a machine shared with other
 //! jobs: `--cpu-time` (CPU time per rayon thread instead of wall time), `--best` (fastest
 //! sample instead of the median), `--reps N`, `--probe-gemm` (the bare single-threaded gemm
 //! backends on conv-shaped products), `--compare-gemm` (every conv case with every available
@@ -315,10 +316,6 @@ fn parse_options() -> candle::Result<Options> {
     Ok(options)
 }
 
-fn gemm_name() -> &'static str {
-    gemm_backend().name()
-}
-
 fn run_conv(case: &Case, implementation: &str, batch: usize) -> candle::Result<String> {
     let Case::Conv { name, in_channels, out_channels, kernel, stride, size } = case else {
         candle::bail!("run_conv: not a conv case");
@@ -347,7 +344,7 @@ fn run_conv(case: &Case, implementation: &str, batch: usize) -> candle::Result<S
         Ok(())
     })?;
     let gemm = if implementation == "wick" {
-        format!(",\"gemm\":\"{}\"", gemm_name())
+        format!(",\"gemm\":\"{}\"", gemm_backend().name())
     } else {
         String::new()
     };
@@ -363,8 +360,7 @@ fn run_conv(case: &Case, implementation: &str, batch: usize) -> candle::Result<S
 /// repetition (so that load from other processes hits them alike) and print each one's
 /// fastest forward and forward+backward.
 fn compare_gemm_backends(cases: &[Case], batch: usize, reps: usize) -> candle::Result<()> {
-    let backends: Vec<GemmBackend> =
-        GemmBackend::ALL.into_iter().filter(|b| b.is_available()).collect();
+    let backends: Vec<GemmBackend> = GemmBackend::available().collect();
     for case in cases {
         let Case::Conv { name, in_channels, out_channels, kernel, stride, size } = case else {
             continue;
@@ -492,10 +488,7 @@ fn probe_gemm() -> candle::Result<()> {
         (4608, 512, 245),
         (1024, 1024, 1024),
     ];
-    for backend in GemmBackend::ALL {
-        if !backend.is_available() {
-            continue;
-        }
+    for backend in GemmBackend::available() {
         for (m, k, n) in shapes {
             let a = wick_nn_vec(m * k, 1)?;
             let b = wick_nn_vec(k * n, 2)?;

@@ -7,11 +7,13 @@
 //! The convolutions call this once per batch item (or tile) from inside a rayon loop over
 //! the batch, so every backend runs single-threaded here. The backend is a process-wide
 //! setting so that benchmarks can compare them on the same convolution code. The default
-//! is the native kernel on x86-64 with AVX2+FMA (else the `gemm` crate): measured on the
-//! xresnet50 conv shapes with `cargo bench -p wick-nn --bench nn -- --compare-gemm`, it
-//! beats the `gemm` crate on forward+backward (e.g. 3×3 64→64 at 56×56, batch 32: 94 vs 74
-//! GFLOP/s) mostly because the convolution can hand it pre-packed weights and an im2col
-//! matrix generated straight into its packing buffers.
+//! is the widest native kernel the CPU runs (AVX-512, else AVX2+FMA, else the `gemm`
+//! crate): measured on the xresnet50 conv shapes with `cargo bench -p wick-nn --bench nn --
+//! --compare-gemm`, the AVX2 kernel beats the `gemm` crate on forward+backward (e.g. 3×3
+//! 64→64 at 56×56, batch 32: 94 vs 74 GFLOP/s, AMD EPYC) mostly because the convolution can
+//! hand it pre-packed weights and an im2col matrix generated straight into its packing
+//! buffers; on an AVX-512 Xeon the AVX-512 kernel runs the bare products at 70-121 GFLOP/s
+//! against the AVX2 kernel's 65-82 (`--probe-gemm`, docs/performance.md).
 //!
 //! Matrix legend: `A` is `m × k`, `B` is `k × n`, `C` is `m × n`.
 
@@ -28,8 +30,9 @@ pub(crate) use native::{Kernel, PackedLhs};
 pub enum GemmBackend {
     /// Packed 6×16 AVX2/FMA micro-kernel written in this crate (x86-64 with AVX2 and FMA only).
     Native,
-    /// Packed 16×16 AVX-512 micro-kernel written in this crate (x86-64 with AVX-512F only);
-    /// the same blocking and summation order as [`GemmBackend::Native`], so the same bits.
+    /// Packed 16×16 AVX-512 micro-kernel written in this crate (x86-64 with AVX-512F, AVX2
+    /// and FMA only); the same blocking and summation order as [`GemmBackend::Native`], so
+    /// the same bits.
     NativeAvx512,
     /// The pure-Rust `gemm` crate (what candle's matmul uses), single-threaded.
     GemmCrate,
@@ -55,13 +58,20 @@ impl GemmBackend {
         }
     }
 
+    /// The backends that can run in this build on this CPU, in [`GemmBackend::ALL`]'s order.
+    pub fn available() -> impl Iterator<Item = GemmBackend> {
+        Self::ALL.into_iter().filter(|backend| backend.is_available())
+    }
+
     /// The default: the widest native kernel the CPU runs (AVX-512, else AVX2+FMA), else the
-    /// `gemm` crate.
+    /// `gemm` crate (the first available of [`GemmBackend::ALL`]).
     pub fn default_for_this_cpu() -> Self {
-        [GemmBackend::NativeAvx512, GemmBackend::Native]
-            .into_iter()
-            .find(|backend| backend.is_available())
-            .unwrap_or(GemmBackend::GemmCrate)
+        Self::available().next().unwrap_or(GemmBackend::GemmCrate)
+    }
+
+    /// Whether this is one of the packed kernels written in this crate.
+    pub fn is_native(self) -> bool {
+        self.native_kernel().is_some()
     }
 
     /// The short name benchmarks print and parse: `native-avx512`, `native`, `gemm`,
@@ -89,13 +99,9 @@ impl GemmBackend {
         }
     }
 
+    /// The stored form of a selection: 1 + its index in [`GemmBackend::ALL`].
     fn code(self) -> u8 {
-        match self {
-            GemmBackend::Native => 1,
-            GemmBackend::GemmCrate => 2,
-            GemmBackend::OpenBlas => 3,
-            GemmBackend::NativeAvx512 => 4,
-        }
+        1 + Self::ALL.iter().position(|backend| *backend == self).unwrap_or(0) as u8
     }
 }
 
@@ -105,11 +111,8 @@ static SELECTED_BACKEND: AtomicU8 = AtomicU8::new(0);
 /// The backend the CPU convolutions currently use.
 pub fn gemm_backend() -> GemmBackend {
     match SELECTED_BACKEND.load(Ordering::Relaxed) {
-        1 => GemmBackend::Native,
-        2 => GemmBackend::GemmCrate,
-        3 => GemmBackend::OpenBlas,
-        4 => GemmBackend::NativeAvx512,
-        _ => GemmBackend::default_for_this_cpu(),
+        0 => GemmBackend::default_for_this_cpu(),
+        code => GemmBackend::ALL[usize::from(code) - 1],
     }
 }
 
@@ -119,7 +122,7 @@ pub fn set_gemm_backend(backend: GemmBackend) -> candle::Result<()> {
     if !backend.is_available() {
         candle::bail!(
             "set_gemm_backend: {backend:?} is not available (native needs x86-64 AVX2+FMA, \
-             native-avx512 AVX-512F, OpenBlas the `openblas` cargo feature)"
+             native-avx512 also AVX-512F, OpenBlas the `openblas` cargo feature)"
         );
     }
     SELECTED_BACKEND.store(backend.code(), Ordering::Relaxed);

@@ -6,7 +6,7 @@
 //!
 //! Both kernels add each `C` element's products in the same order (`k` ascending inside a
 //! KC block, one FMA per product, blocks added to `C` in order), so they give the same bits:
-//! a run does not change with the vector width of the machine it runs on.
+//! the convolutions do not change with the vector width of the machine they run on.
 //!
 //! Blocking for Zen 3 (32 KiB L1d, 512 KiB L2 per core): a 16-column `B` micro-panel of
 //! KC = 256 rows is 16 KiB (lives in L1), an MC × KC = 144 × 256 `A` block is 144 KiB
@@ -21,7 +21,17 @@ const KC: usize = 256;
 const MC: usize = 144;
 const NC: usize = 4080;
 /// The largest MR of the kernels (the partial-tile scratch is sized for it).
-const MAX_MR: usize = 16;
+const MAX_MR: usize = Kernel::Avx512.mr();
+
+// What the unsafe code below relies on: an MC-row block is whole panels of either kernel
+// (the per-call `A` buffer holds MC × KC, and `PackedLhs::block` starts at a panel), and a
+// partial tile of either kernel fits the scratch.
+const _: () = assert!(
+    MC.is_multiple_of(Kernel::Avx2.mr())
+        && MC.is_multiple_of(Kernel::Avx512.mr())
+        && Kernel::Avx2.mr() <= MAX_MR
+        && Kernel::Avx512.mr() <= MAX_MR
+);
 
 /// A micro-kernel of the native gemm. Its MR (rows of a packed `A` panel) fixes the packed
 /// layout, so a [`PackedLhs`] belongs to the kernel it was packed for.
@@ -81,7 +91,7 @@ impl PackedLhs {
         for pc in (0..matrix.cols).step_by(KC) {
             let kc = KC.min(matrix.cols - pc);
             let block = &mut data[pc * rows_padded..(pc + kc) * rows_padded];
-            pack_lhs_block(mr, matrix, 0, matrix.rows, pc, kc, block);
+            pack_lhs_block(kernel, matrix, 0, matrix.rows, pc, kc, block);
         }
         Self { data, rows: matrix.rows, cols: matrix.cols, kernel }
     }
@@ -164,9 +174,10 @@ impl PackedLhs {
     }
 }
 
-/// Packs rows `row0..row0+rows`, columns `col0..col0+kc` of `a` into `mr`-row panels.
+/// Packs rows `row0..row0+rows`, columns `col0..col0+kc` of `a` into `kernel`'s MR-row
+/// panels.
 fn pack_lhs_block(
-    mr: usize,
+    kernel: Kernel,
     a: MatRef<'_>,
     row0: usize,
     rows: usize,
@@ -174,10 +185,11 @@ fn pack_lhs_block(
     kc: usize,
     out: &mut [f32],
 ) {
-    match mr {
-        6 => pack_lhs_panels::<6>(a, row0, rows, col0, kc, out),
-        16 => pack_lhs_panels::<16>(a, row0, rows, col0, kc, out),
-        _ => unreachable!("no kernel has MR = {mr}"),
+    const AVX2: usize = Kernel::Avx2.mr();
+    const AVX512: usize = Kernel::Avx512.mr();
+    match kernel {
+        Kernel::Avx2 => pack_lhs_panels::<AVX2>(a, row0, rows, col0, kc, out),
+        Kernel::Avx512 => pack_lhs_panels::<AVX512>(a, row0, rows, col0, kc, out),
     }
 }
 
@@ -448,7 +460,6 @@ pub(super) fn gemm(
     {
         candle::bail!("gemm: A was packed for the {:?} kernel, not {kernel:?}", packed.kernel);
     }
-    let mr = kernel.mr();
     let (m, k, n) = (dst.rows, rhs.rows(), dst.cols);
     let dst_row_stride = dst.row_stride;
     let dst_ptr = dst.ptr();
@@ -474,7 +485,7 @@ pub(super) fn gemm(
                     let mc = MC.min(m - ic);
                     let lhs_block: &[f32] = match lhs {
                         Lhs::Plain(a) => {
-                            pack_lhs_block(mr, a, ic, mc, pc, kc, lhs_pack);
+                            pack_lhs_block(kernel, a, ic, mc, pc, kc, lhs_pack);
                             lhs_pack
                         }
                         Lhs::Packed(packed) => packed.block(pc, kc, ic),
@@ -528,10 +539,16 @@ unsafe fn macro_kernel(
     // SAFETY (both arms): the caller guarantees the extents of `c`, `a` and `b` for a full
     // MR × NR tile and that the CPU runs `kernel`.
     let tile_kernel = |a: *const f32, b: *const f32, c: *mut f32, rs_c: usize, add: bool| unsafe {
+        #[cfg(target_arch = "x86_64")]
         match kernel {
             Kernel::Avx2 => kernel_6x16(kc, a, b, c, rs_c, add),
             Kernel::Avx512 => kernel_16x16(kc, a, b, c, rs_c, add),
-        }
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        match kernel {
+            Kernel::Avx2 => portable_kernel::<6>(kc, a, b, c, rs_c, add),
+            Kernel::Avx512 => portable_kernel::<16>(kc, a, b, c, rs_c, add),
+        };
     };
     for jr in (0..nc).step_by(NR) {
         let nr = NR.min(nc - jr);
@@ -542,7 +559,8 @@ unsafe fn macro_kernel(
             // SAFETY: the caller guarantees the extents of `dst`, `lhs` and `rhs`; the
             // micro-kernel reads kc·MR values of the A panel and kc·NR of the B panel, and
             // writes an mr × nr tile at row `ir`, column `jr` of `dst` (a partial tile goes
-            // through `scratch`, which holds MAX_MR × NR).
+            // through `scratch`, which holds MAX_MR × NR; MC is whole panels, so a panel
+            // starts at every `ir`).
             unsafe {
                 let tile = dst.add(ir * dst_row_stride + jr);
                 if mr == full_mr && nr == NR {
@@ -552,8 +570,11 @@ unsafe fn macro_kernel(
                     tile_kernel(lhs_panel, rhs_panel, scratch.as_mut_ptr(), NR, false);
                     for i in 0..mr {
                         for j in 0..nr {
+                            // As the kernels store: the sum itself, or `C + sum` (so that a
+                            // -0.0 sum stays -0.0 as it does in a full tile).
                             let out = tile.add(i * dst_row_stride + j);
-                            *out = if add { *out } else { 0.0 } + scratch[i * NR + j];
+                            let sum = scratch[i * NR + j];
+                            *out = if add { *out + sum } else { sum };
                         }
                     }
                 }
@@ -662,10 +683,13 @@ unsafe fn kernel_16x16(
     use std::arch::x86_64::*;
     const MR: usize = 16;
     // SAFETY: every pointer offset below stays within the extents the caller guarantees
-    // (prefetches of addresses just past a row are hints and never fault).
+    // (the prefetches are hints and never fault).
     unsafe {
+        // Each row of the C tile: its first and its last float (two lines when unaligned).
         for i in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * rs_c) as *const i8);
+            let row = c.wrapping_add(i * rs_c) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(63));
         }
         let mut acc = [_mm512_setzero_ps(); MR];
         let mut a = a;
@@ -689,34 +713,8 @@ unsafe fn kernel_16x16(
     }
 }
 
-/// Portable stand-ins so the crate builds off x86-64; never called there because no
-/// [`Kernel`] is supported and [`gemm`] bails first.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_6x16(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rs_c: usize,
-    add: bool,
-) {
-    // SAFETY: same contract as the x86-64 kernel.
-    unsafe { portable_kernel::<6>(kc, a, b, c, rs_c, add) }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_16x16(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rs_c: usize,
-    add: bool,
-) {
-    // SAFETY: same contract as the x86-64 kernel.
-    unsafe { portable_kernel::<16>(kc, a, b, c, rs_c, add) }
-}
-
+/// Portable stand-in for both kernels so the crate builds off x86-64; never called there
+/// because no [`Kernel`] is supported and [`gemm`] bails first.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn portable_kernel<const MR: usize>(
     kc: usize,
@@ -735,7 +733,7 @@ unsafe fn portable_kernel<const MR: usize>(
                     sum += *a.add(kk * MR + i) * *b.add(kk * NR + j);
                 }
                 let out = c.add(i * rs_c + j);
-                *out = if add { *out } else { 0.0 } + sum;
+                *out = if add { *out + sum } else { sum };
             }
         }
     }
@@ -744,6 +742,39 @@ unsafe fn portable_kernel<const MR: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each kernel this CPU runs, with `A` packed ahead of time and the product added to a `C`
+    /// that holds values (the convolutions' accumulating path), rounds as the module doc says:
+    /// one FMA per product, `k` ascending in KC blocks, each block's sum added to `C` in
+    /// order. Rows past the first MC block (150 > 144) and partial tiles of both MRs and NR.
+    #[test]
+    fn packed_accumulating_products_round_as_documented() {
+        let (m, k, n) = (150, 2 * KC + 88, 51);
+        let value = |i: usize, salt: usize| ((i * 7919 + salt) % 2003) as f32 / 1001.0 - 1.0;
+        let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
+        let mut expected = c0.clone();
+        for (i, row) in expected.chunks_exact_mut(n).enumerate() {
+            for (j, out) in row.iter_mut().enumerate() {
+                for first in (0..k).step_by(KC) {
+                    let block = (first..k.min(first + KC))
+                        .fold(0.0f32, |acc, p| a[i * k + p].mul_add(b[p * n + j], acc));
+                    *out += block;
+                }
+            }
+        }
+        let kernels = [Kernel::Avx2, Kernel::Avx512];
+        for kernel in kernels.into_iter().filter(|kernel| kernel.is_supported()) {
+            let packed = PackedLhs::pack(MatRef::row_major(&a, m, k).unwrap(), kernel);
+            let mut c = c0.clone();
+            let rhs = Rhs::Matrix(MatRef::row_major(&b, k, n).unwrap());
+            let dst = MatMut::row_major(&mut c, m, n).unwrap();
+            gemm(kernel, Lhs::Packed(&packed), rhs, dst, Accumulate::Add).unwrap();
+            let differ = c.iter().zip(&expected).filter(|(x, y)| x.to_bits() != y.to_bits());
+            assert_eq!(differ.count(), 0, "{kernel:?}: bits differ");
+        }
+    }
 
     /// The one-pass packing of interleaved members equals packing each member on its own,
     /// across two KC blocks and a partial row panel, in both stride orders (a weight's taps
