@@ -5,11 +5,10 @@
 //! the output; lighting on the resampled values. It follows docs/decisions/0001's account
 //! of fastai's chain (and `fastai-ch7-spec.md` §5.5-5.7) step by step, where the default
 //! pipeline composes the same maps into one resampling: a fidelity option for runs that need
-//! fastai's pixels. It follows
-//! `aug_transforms(size, min_scale < 1)`, whose `RandomResizedCropGPU` does the resize
-//! (`ItemPipeline::validate` refuses the other cases). Slower than the one pass: about 2.3x at
-//! 96 → 48 px and 13x at 460 → 224 px from 224-px files (`cargo bench -p wick-data --bench
-//! data`, docs/performance.md).
+//! fastai's pixels. It follows `aug_transforms(size, min_scale < 1)`, whose
+//! `RandomResizedCropGPU` does the resize (`ItemPipeline::validate` refuses the other
+//! cases). Slower than the one pass: about 2.3x at 96 → 48 px and 13x at 460 → 224 px from
+//! 224-px files (`cargo bench -p wick-data --bench data`, docs/performance.md).
 
 use std::path::Path;
 

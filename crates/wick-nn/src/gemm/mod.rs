@@ -99,9 +99,10 @@ impl GemmBackend {
         }
     }
 
-    /// The stored form of a selection: 1 + its index in [`GemmBackend::ALL`].
+    /// The stored form of a selection: 1 + its index in [`GemmBackend::ALL`] (0 is "none").
     fn code(self) -> u8 {
-        1 + Self::ALL.iter().position(|backend| *backend == self).unwrap_or(0) as u8
+        let index = Self::ALL.iter().position(|backend| *backend == self);
+        1 + index.expect("GemmBackend::ALL lists every backend") as u8
     }
 }
 
@@ -451,4 +452,19 @@ fn openblas_gemm(
     _accumulate: Accumulate,
 ) -> candle::Result<()> {
     candle::bail!("gemm: the OpenBlas backend needs the `openblas` cargo feature")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GemmBackend;
+
+    /// Every backend is in `ALL` once, and its stored code and its name both lead back to it.
+    #[test]
+    fn every_backend_round_trips_through_its_code_and_name() {
+        for backend in GemmBackend::ALL {
+            assert_eq!(GemmBackend::ALL[usize::from(backend.code()) - 1], backend);
+            assert_eq!(GemmBackend::from_name(backend.name()), Some(backend));
+        }
+        assert_eq!(GemmBackend::from_name("avx512"), None);
+    }
 }

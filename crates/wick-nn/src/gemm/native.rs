@@ -536,20 +536,6 @@ unsafe fn macro_kernel(
     let full_mr = kernel.mr();
     debug_assert!(lhs.len() >= mc.div_ceil(full_mr) * full_mr * kc);
     debug_assert!(rhs.len() >= nc.div_ceil(NR) * NR * kc);
-    // SAFETY (both arms): the caller guarantees the extents of `c`, `a` and `b` for a full
-    // MR × NR tile and that the CPU runs `kernel`.
-    let tile_kernel = |a: *const f32, b: *const f32, c: *mut f32, rs_c: usize, add: bool| unsafe {
-        #[cfg(target_arch = "x86_64")]
-        match kernel {
-            Kernel::Avx2 => kernel_6x16(kc, a, b, c, rs_c, add),
-            Kernel::Avx512 => kernel_16x16(kc, a, b, c, rs_c, add),
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        match kernel {
-            Kernel::Avx2 => portable_kernel::<6>(kc, a, b, c, rs_c, add),
-            Kernel::Avx512 => portable_kernel::<16>(kc, a, b, c, rs_c, add),
-        };
-    };
     for jr in (0..nc).step_by(NR) {
         let nr = NR.min(nc - jr);
         let rhs_panel = rhs[jr * kc..].as_ptr();
@@ -564,10 +550,11 @@ unsafe fn macro_kernel(
             unsafe {
                 let tile = dst.add(ir * dst_row_stride + jr);
                 if mr == full_mr && nr == NR {
-                    tile_kernel(lhs_panel, rhs_panel, tile, dst_row_stride, add);
+                    micro_kernel(kernel, kc, lhs_panel, rhs_panel, tile, dst_row_stride, add);
                 } else {
                     let mut scratch = [0.0f32; MAX_MR * NR];
-                    tile_kernel(lhs_panel, rhs_panel, scratch.as_mut_ptr(), NR, false);
+                    let scratch_ptr = scratch.as_mut_ptr();
+                    micro_kernel(kernel, kc, lhs_panel, rhs_panel, scratch_ptr, NR, false);
                     for i in 0..mr {
                         for j in 0..nr {
                             // As the kernels store: the sum itself, or `C + sum` (so that a
@@ -580,6 +567,35 @@ unsafe fn macro_kernel(
                 }
             }
         }
+    }
+}
+
+/// `kernel`'s micro-kernel on one full `MR × NR` tile: `C (+)= A_panel · B_panel`.
+///
+/// # Safety
+/// As the kernel's own: `a` readable for `kc · MR` floats, `b` for `kc · NR`, `c` writable
+/// (and readable when `add`) at `i * rs_c + j` for `i < MR`, `j < NR`; the CPU runs `kernel`.
+unsafe fn micro_kernel(
+    kernel: Kernel,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs_c: usize,
+    add: bool,
+) {
+    // SAFETY: the caller's guarantees are the kernels' contracts.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        match kernel {
+            Kernel::Avx2 => kernel_6x16(kc, a, b, c, rs_c, add),
+            Kernel::Avx512 => kernel_16x16(kc, a, b, c, rs_c, add),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        match kernel {
+            Kernel::Avx2 => portable_kernel::<6>(kc, a, b, c, rs_c, add),
+            Kernel::Avx512 => portable_kernel::<16>(kc, a, b, c, rs_c, add),
+        };
     }
 }
 
