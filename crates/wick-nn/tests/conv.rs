@@ -47,6 +47,7 @@ fn cases() -> Vec<Case> {
         case([1, 3, 20, 17], 8, 7, 3, 2),    // 7x7 stem-like
         case([5, 16, 4, 4], 8, 3, 1, 1),     // tiny images: several items per gemm tile
         case([6, 24, 3, 3], 12, 1, 0, 1),    // tiny pointwise, items grouped
+        case([8, 20, 4, 4], 32, 1, 0, 1),    // grouped items' planes: whole 16-column tiles
         case([2, 32, 12, 12], 150, 3, 1, 1), // gemm with M > 144 and K > 256 (several blocks)
         case([2, 16, 40, 40], 8, 3, 1, 1),   // image cut into several column tiles
         case([1, 2, 3, 3], 1, 3, 1, 1),      // kernel as large as the image
@@ -91,6 +92,11 @@ fn cases() -> Vec<Case> {
     cases.push(Case {
         config: Conv2dConfig { stride: 2, groups: 4, ..Default::default() },
         ..case([3, 8, 6, 6], 8, 1, 0, 1)
+    });
+    // Grouped pointwise items of 4 pixels: one 16-column tile spans four items' planes.
+    cases.push(Case {
+        config: Conv2dConfig { groups: 2, ..Default::default() },
+        ..case([12, 8, 2, 2], 40, 1, 0, 1)
     });
     cases.push(Case {
         config: Conv2dConfig { padding: 1, groups: 2, stride: 1, dilation: 1 },

@@ -200,7 +200,9 @@ impl<'a> MatRef<'a> {
 }
 
 /// A mutable strided matrix view with unit column stride (rows are contiguous), which all
-/// the convolution outputs are.
+/// the convolution outputs are. Its columns may come in blocks of `item_cols`, block `b`
+/// starting `b · item_stride` after the first ([`MatMut::items`]): the `O × (items·P)`
+/// output of several batch items of an `(items, O, P)` tensor, written in place.
 #[derive(Debug)]
 pub(crate) struct MatMut<'a> {
     data: &'a mut [f32],
@@ -208,9 +210,17 @@ pub(crate) struct MatMut<'a> {
     rows: usize,
     cols: usize,
     row_stride: usize,
+    /// Columns per block; `cols` (one block) for a plain matrix.
+    item_cols: usize,
+    /// Distance between the first elements of consecutive blocks.
+    item_stride: usize,
 }
 
 impl<'a> MatMut<'a> {
+    /// A `rows × cols` view whose element `(i, j)` is `data[offset + i·row_stride + j]`.
+    ///
+    /// # Errors
+    /// If the view reaches past the end of `data`.
     pub(crate) fn new(
         data: &'a mut [f32],
         offset: usize,
@@ -218,11 +228,50 @@ impl<'a> MatMut<'a> {
         row_stride: usize,
     ) -> candle::Result<Self> {
         check_view_bounds(data.len(), offset, rows, cols, row_stride, 1)?;
-        Ok(Self { data, offset, rows, cols, row_stride })
+        Ok(Self { data, offset, rows, cols, row_stride, item_cols: cols.max(1), item_stride: 0 })
     }
 
+    /// A dense row-major `rows × cols` matrix at the start of `data`.
     pub(crate) fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> candle::Result<Self> {
         Self::new(data, 0, (rows, cols), cols)
+    }
+
+    /// A `rows × (items·item_cols)` view made of `items` blocks of `item_cols` columns:
+    /// element `(i, b·item_cols + j)` is `data[offset + b·item_stride + i·row_stride + j]`.
+    /// Rows `first..first+rows` of the `(items, R, P)` tensor of a unit of batch items seen
+    /// as one `rows × (items·P)` matrix: `offset = first·P`, `row_stride = P`,
+    /// `item_stride = R·P`.
+    ///
+    /// # Errors
+    /// If the view reaches past the end of `data`.
+    pub(crate) fn items(
+        data: &'a mut [f32],
+        offset: usize,
+        rows: usize,
+        (items, item_cols): (usize, usize),
+        (row_stride, item_stride): (usize, usize),
+    ) -> candle::Result<Self> {
+        let cols = items * item_cols;
+        if cols > 0 {
+            // The last block holds the view's last element (strides are not negative).
+            let last_block = offset + (items - 1) * item_stride;
+            check_view_bounds(data.len(), last_block, rows, item_cols, row_stride, 1)?;
+        }
+        Ok(Self { data, offset, rows, cols, row_stride, item_cols: item_cols.max(1), item_stride })
+    }
+
+    /// Whether the columns come in more than one block.
+    fn is_blocked(&self) -> bool {
+        self.item_cols < self.cols
+    }
+
+    /// Row `i`'s contiguous pieces: `(first column, index in data, length)`.
+    fn row_pieces(&self, i: usize) -> impl Iterator<Item = (usize, usize, usize)> + use<> {
+        let (cols, item_cols, row_start) = (self.cols, self.item_cols, i * self.row_stride);
+        let (offset, item_stride) = (self.offset, self.item_stride);
+        (0..cols).step_by(item_cols).map(move |j| {
+            (j, offset + (j / item_cols) * item_stride + row_start, item_cols.min(cols - j))
+        })
     }
 
     fn ptr(&mut self) -> *mut f32 {
@@ -382,8 +431,9 @@ pub(crate) fn gemm(
     if k == 0 {
         if accumulate == Accumulate::Overwrite {
             for i in 0..m {
-                let start = dst.offset + i * dst.row_stride;
-                dst.data[start..start + n].fill(0.0);
+                for (_, start, len) in dst.row_pieces(i) {
+                    dst.data[start..start + len].fill(0.0);
+                }
             }
         }
         return Ok(());
@@ -394,6 +444,25 @@ pub(crate) fn gemm(
     let Lhs::Plain(lhs) = lhs else {
         candle::bail!("gemm: a packed left operand needs a native backend, not {backend:?}")
     };
+    if dst.is_blocked() {
+        // The other backends take plain matrices: the product goes through a dense copy.
+        let mut dense = vec![0.0f32; m * n];
+        if accumulate == Accumulate::Add {
+            for i in 0..m {
+                for (j, start, len) in dst.row_pieces(i) {
+                    dense[i * n + j..i * n + j + len]
+                        .copy_from_slice(&dst.data[start..start + len]);
+                }
+            }
+        }
+        gemm(backend, Lhs::Plain(lhs), rhs, MatMut::row_major(&mut dense, m, n)?, accumulate)?;
+        for i in 0..m {
+            for (j, start, len) in dst.row_pieces(i) {
+                dst.data[start..start + len].copy_from_slice(&dense[i * n + j..i * n + j + len]);
+            }
+        }
+        return Ok(());
+    }
     let materialized;
     let rhs = match rhs {
         Rhs::Matrix(matrix) => matrix,
@@ -466,5 +535,16 @@ mod tests {
             assert_eq!(GemmBackend::from_name(backend.name()), Some(backend));
         }
         assert_eq!(GemmBackend::from_name("avx512"), None);
+    }
+
+    /// An items view is checked up to its last block's last row: 3 items of 2 channels × 4
+    /// pixels (24 floats) hold channel 1 of each (offset 4, strides 4 and 8), not channels
+    /// 1-2 of each.
+    #[test]
+    fn items_views_are_bounds_checked_to_the_last_block() {
+        let mut data = vec![0.0f32; 24];
+        assert!(super::MatMut::items(&mut data, 4, 1, (3, 4), (4, 8)).is_ok());
+        assert!(super::MatMut::items(&mut data, 4, 2, (3, 4), (4, 8)).is_err());
+        assert!(super::MatMut::items(&mut data, 0, 2, (3, 5), (4, 8)).is_err());
     }
 }

@@ -461,8 +461,12 @@ pub(super) fn gemm(
         candle::bail!("gemm: A was packed for the {:?} kernel, not {kernel:?}", packed.kernel);
     }
     let (m, k, n) = (dst.rows, rhs.rows(), dst.cols);
-    let dst_row_stride = dst.row_stride;
-    let dst_ptr = dst.ptr();
+    let layout = DstLayout {
+        ptr: dst.ptr(),
+        row_stride: dst.row_stride,
+        item_cols: dst.item_cols,
+        item_stride: dst.item_stride,
+    };
     PACK_BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
         let PackBuffers { lhs: lhs_buffer, rhs: rhs_buffer, row: row_buffer } = &mut *buffers;
@@ -490,21 +494,19 @@ pub(super) fn gemm(
                         }
                         Lhs::Packed(packed) => packed.block(pc, kc, ic),
                     };
-                    // SAFETY: `dst` addresses rows `0..m` and columns `0..n` (bounds-checked
-                    // in `MatMut::new`); this block covers rows `ic..ic+mc` and columns
-                    // `jc..jc+nc`, inside it. The packed blocks hold ceil(mc/MR)·MR·kc and
-                    // ceil(nc/NR)·NR·kc values, which is what the macro-kernel reads; the
-                    // CPU runs `kernel` (checked above).
+                    // SAFETY: `layout` addresses rows `0..m` and columns `0..n` of `dst`
+                    // (bounds-checked in `MatMut::new` / `MatMut::items`); this block covers
+                    // rows `ic..ic+mc` and columns `jc..jc+nc`, inside it. The packed blocks
+                    // hold ceil(mc/MR)·MR·kc and ceil(nc/NR)·NR·kc values, which is what the
+                    // macro-kernel reads; the CPU runs `kernel` (checked above).
                     unsafe {
                         macro_kernel(
                             kernel,
-                            mc,
-                            nc,
-                            kc,
+                            (mc, nc, kc),
                             lhs_block,
                             rhs_pack,
-                            dst_ptr.add(ic * dst_row_stride + jc),
-                            dst_row_stride,
+                            layout,
+                            (ic, jc),
                             add,
                         );
                     }
@@ -515,22 +517,43 @@ pub(super) fn gemm(
     Ok(())
 }
 
-/// Multiplies a packed `mc × kc` block of A by a packed `kc × nc` block of B into `dst`.
+/// Where `C` lies: element `(i, j)` at `ptr + i·row_stride + (j / item_cols)·item_stride +
+/// j % item_cols` (a [`MatMut`], blocked by items or not).
+#[derive(Clone, Copy)]
+struct DstLayout {
+    ptr: *mut f32,
+    row_stride: usize,
+    item_cols: usize,
+    item_stride: usize,
+}
+
+impl DstLayout {
+    /// The address of `C[i, j]` (computed, not dereferenced).
+    fn at(self, i: usize, j: usize) -> *mut f32 {
+        let column = (j / self.item_cols) * self.item_stride + j % self.item_cols;
+        self.ptr.wrapping_add(i * self.row_stride + column)
+    }
+
+    /// Whether columns `j..j+len` of a row are contiguous (in one block).
+    fn contiguous(self, j: usize, len: usize) -> bool {
+        j % self.item_cols + len <= self.item_cols
+    }
+}
+
+/// Multiplies a packed `mc × kc` block of A by a packed `kc × nc` block of B into the
+/// `mc × nc` block of `C` at `(row0, col0)`.
 ///
 /// # Safety
-/// `dst` must be valid for writes at `i * dst_row_stride + j` for `i < mc`, `j < nc`;
-/// `lhs` must hold `ceil(mc/MR)·MR·kc` values packed for `kernel` and `rhs`
-/// `ceil(nc/NR)·NR·kc`; the CPU must support `kernel`.
-#[allow(clippy::too_many_arguments)]
+/// `dst` must be valid for writes at `(row0 + i, col0 + j)` for `i < mc`, `j < nc`; `lhs`
+/// must hold `ceil(mc/MR)·MR·kc` values packed for `kernel` and `rhs` `ceil(nc/NR)·NR·kc`;
+/// the CPU must support `kernel`.
 unsafe fn macro_kernel(
     kernel: Kernel,
-    mc: usize,
-    nc: usize,
-    kc: usize,
+    (mc, nc, kc): (usize, usize, usize),
     lhs: &[f32],
     rhs: &[f32],
-    dst: *mut f32,
-    dst_row_stride: usize,
+    dst: DstLayout,
+    (row0, col0): (usize, usize),
     add: bool,
 ) {
     let full_mr = kernel.mr();
@@ -539,30 +562,40 @@ unsafe fn macro_kernel(
     for jr in (0..nc).step_by(NR) {
         let nr = NR.min(nc - jr);
         let rhs_panel = rhs[jr * kc..].as_ptr();
+        let (col, whole_columns) = (col0 + jr, nr == NR && dst.contiguous(col0 + jr, NR));
         for ir in (0..mc).step_by(full_mr) {
             let mr = full_mr.min(mc - ir);
-            let lhs_panel = lhs[ir * kc..].as_ptr();
+            let (row, lhs_panel) = (row0 + ir, lhs[ir * kc..].as_ptr());
             // SAFETY: the caller guarantees the extents of `dst`, `lhs` and `rhs`; the
             // micro-kernel reads kc·MR values of the A panel and kc·NR of the B panel, and
-            // writes an mr × nr tile at row `ir`, column `jr` of `dst` (a partial tile goes
-            // through `scratch`, which holds MAX_MR × NR; MC is whole panels, so a panel
-            // starts at every `ir`).
+            // writes an mr × nr tile at row `row`, column `col` of `dst`: straight when it
+            // is whole rows of MR and NR contiguous columns, else through `scratch` (which
+            // holds MAX_MR × NR; MC is whole panels, so a panel starts at every `ir`) and
+            // element by element.
             unsafe {
-                let tile = dst.add(ir * dst_row_stride + jr);
-                if mr == full_mr && nr == NR {
-                    micro_kernel(kernel, kc, lhs_panel, rhs_panel, tile, dst_row_stride, add);
+                if mr == full_mr && whole_columns {
+                    let tile = dst.at(row, col);
+                    micro_kernel(kernel, kc, lhs_panel, rhs_panel, tile, dst.row_stride, add);
                 } else {
                     let mut scratch = [0.0f32; MAX_MR * NR];
                     let scratch_ptr = scratch.as_mut_ptr();
                     micro_kernel(kernel, kc, lhs_panel, rhs_panel, scratch_ptr, NR, false);
-                    for i in 0..mr {
-                        for j in 0..nr {
+                    // Piece by piece of columns contiguous in `C` (one item's, or all).
+                    let mut j = 0;
+                    while j < nr {
+                        let len = (dst.item_cols - (col + j) % dst.item_cols).min(nr - j);
+                        let piece = dst.at(row, col + j);
+                        for i in 0..mr {
+                            let out = piece.add(i * dst.row_stride);
+                            let sums = &scratch[i * NR + j..i * NR + j + len];
                             // As the kernels store: the sum itself, or `C + sum` (so that a
                             // -0.0 sum stays -0.0 as it does in a full tile).
-                            let out = tile.add(i * dst_row_stride + j);
-                            let sum = scratch[i * NR + j];
-                            *out = if add { *out + sum } else { sum };
+                            for (t, &sum) in sums.iter().enumerate() {
+                                let out = out.add(t);
+                                *out = if add { *out + sum } else { sum };
+                            }
                         }
+                        j += len;
                     }
                 }
             }
@@ -759,19 +792,20 @@ unsafe fn portable_kernel<const MR: usize>(
 mod tests {
     use super::*;
 
-    /// Each kernel this CPU runs, with `A` packed ahead of time and the product added to a `C`
-    /// that holds values (the convolutions' accumulating path), rounds as the module doc says:
-    /// one FMA per product, `k` ascending in KC blocks, each block's sum added to `C` in
-    /// order. Rows past the first MC block (150 > 144) and partial tiles of both MRs and NR.
-    #[test]
-    fn packed_accumulating_products_round_as_documented() {
-        let (m, k, n) = (150, 2 * KC + 88, 51);
-        let value = |i: usize, salt: usize| ((i * 7919 + salt) % 2003) as f32 / 1001.0 - 1.0;
-        let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
-        let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
-        let mut expected = c0.clone();
-        for (i, row) in expected.chunks_exact_mut(n).enumerate() {
+    fn value(i: usize, salt: usize) -> f32 {
+        ((i * 7919 + salt) % 2003) as f32 / 1001.0 - 1.0
+    }
+
+    /// `C + A·B` as the module doc says the kernels round: one FMA per product, `k`
+    /// ascending in KC blocks, each block's sum added to `C` in order (all row-major).
+    fn documented_sum(
+        a: &[f32],
+        b: &[f32],
+        c0: &[f32],
+        (m, k, n): (usize, usize, usize),
+    ) -> Vec<f32> {
+        let mut expected = c0.to_vec();
+        for (i, row) in expected.chunks_exact_mut(n).enumerate().take(m) {
             for (j, out) in row.iter_mut().enumerate() {
                 for first in (0..k).step_by(KC) {
                     let block = (first..k.min(first + KC))
@@ -780,8 +814,24 @@ mod tests {
                 }
             }
         }
-        let kernels = [Kernel::Avx2, Kernel::Avx512];
-        for kernel in kernels.into_iter().filter(|kernel| kernel.is_supported()) {
+        expected
+    }
+
+    fn supported_kernels() -> impl Iterator<Item = Kernel> {
+        [Kernel::Avx2, Kernel::Avx512].into_iter().filter(|kernel| kernel.is_supported())
+    }
+
+    /// Each kernel this CPU runs, with `A` packed ahead of time and the product added to a `C`
+    /// that holds values (the convolutions' accumulating path), rounds as the module doc says.
+    /// Rows past the first MC block (150 > 144) and partial tiles of both MRs and NR.
+    #[test]
+    fn packed_accumulating_products_round_as_documented() {
+        let (m, k, n) = (150, 2 * KC + 88, 51);
+        let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
+        let expected = documented_sum(&a, &b, &c0, (m, k, n));
+        for kernel in supported_kernels() {
             let packed = PackedLhs::pack(MatRef::row_major(&a, m, k).unwrap(), kernel);
             let mut c = c0.clone();
             let rhs = Rhs::Matrix(MatRef::row_major(&b, k, n).unwrap());
@@ -789,6 +839,49 @@ mod tests {
             gemm(kernel, Lhs::Packed(&packed), rhs, dst, Accumulate::Add).unwrap();
             let differ = c.iter().zip(&expected).filter(|(x, y)| x.to_bits() != y.to_bits());
             assert_eq!(differ.count(), 0, "{kernel:?}: bits differ");
+        }
+    }
+
+    /// A `C` whose columns are items' planes (`MatMut::items`: the `(items, rows, P)` output
+    /// of a unit of batch items) gets the bits of a plain one, accumulating over two KC
+    /// blocks, whether a 16-column tile spans several items (P = 4, 12), is one item's
+    /// (P = 16) or is cut by an item's end (P = 24); the elements between the blocks' rows
+    /// (other channels of the items) are left alone.
+    #[test]
+    fn items_planes_as_columns_get_the_bits_of_a_plain_matrix() {
+        let (m, k, n) = (20, KC + 40, 48);
+        let a: Vec<f32> = (0..m * k).map(|i| value(i, 4)).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| value(i, 5)).collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| value(i, 6)).collect();
+        let expected = documented_sum(&a, &b, &c0, (m, k, n));
+        for kernel in supported_kernels() {
+            for pixels in [4, 12, 16, 24] {
+                // Items of `m + 3` channels; the product fills channels 2..2+m of each.
+                let (items, channels) = (n / pixels, m + 3);
+                let sentinel = 7.5f32;
+                let mut tensor = vec![sentinel; items * channels * pixels];
+                for i in 0..m {
+                    for j in 0..n {
+                        let (item, pixel) = (j / pixels, j % pixels);
+                        tensor[(item * channels + 2 + i) * pixels + pixel] = c0[i * n + j];
+                    }
+                }
+                let packed = PackedLhs::pack(MatRef::row_major(&a, m, k).unwrap(), kernel);
+                let rhs = Rhs::Matrix(MatRef::row_major(&b, k, n).unwrap());
+                let strides = (pixels, channels * pixels);
+                let dst = MatMut::items(&mut tensor, 2 * pixels, m, (items, pixels), strides);
+                gemm(kernel, Lhs::Packed(&packed), rhs, dst.unwrap(), Accumulate::Add).unwrap();
+                for (index, got) in tensor.iter().enumerate() {
+                    let (item, channel, pixel) =
+                        (index / (channels * pixels), index / pixels % channels, index % pixels);
+                    let want = if (2..2 + m).contains(&channel) {
+                        expected[(channel - 2) * n + item * pixels + pixel]
+                    } else {
+                        sentinel
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "{kernel:?}, P {pixels}, at {index}");
+                }
+            }
         }
     }
 

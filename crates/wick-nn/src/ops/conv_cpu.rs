@@ -13,7 +13,9 @@
 //! forward's `col` is never stored whole: the native gemm packs it straight from the image
 //! row by row ([`Im2colRows`]); other backends get it materialised per tile. Large images
 //! are cut into column tiles so that buffers stay near L2; small images (late stages) are
-//! grouped several items to a tile so that the gemm has enough columns. The weights, the
+//! grouped several items to a tile so that the gemm has enough columns, its product written
+//! straight into the items' planes (`MatMut::items`) and, for a 1×1 convolution, its right
+//! operand read straight from them (`ItemRows`). The weights, the
 //! left operand of every item's product, are packed once per call. Two shapes leave
 //! this path: 3×3 stride-1 convolutions on outputs of 8×8 and more run as Winograd
 //! F(2×2, 3×3) (`conv_winograd`, 2.25x fewer multiply-adds), and small images where much of
@@ -341,6 +343,31 @@ impl ItemColumns {
         }
     }
 
+    /// Group `group`'s input-channel rows of a pointwise convolution (whose input pixels are
+    /// its output pixels): the right operand of the unit's forward product, as is.
+    fn of_input_group(geometry: &ConvGeometry, group: usize, items: usize) -> Self {
+        let channels = geometry.group_in_channels();
+        Self {
+            channels_per_item: geometry.in_channels,
+            pixels: geometry.in_pixels(),
+            first_channel: group * channels,
+            channels,
+            items,
+        }
+    }
+
+    /// The rows of `tensor` seen as a matrix, generated row by row into a gemm's packing.
+    fn reader(self, tensor: &[f32]) -> ItemRows<'_> {
+        ItemRows { columns: self, tensor }
+    }
+
+    /// The `channels × (items·P)` matrix's view into `tensor`, for a gemm to write in place.
+    fn writer(self, tensor: &mut [f32]) -> candle::Result<MatMut<'_>> {
+        let Self { channels_per_item, pixels, first_channel, channels, items } = self;
+        let strides = (pixels, channels_per_item * pixels);
+        MatMut::items(tensor, first_channel * pixels, channels, (items, pixels), strides)
+    }
+
     /// `(offset in the tensor, offset in the matrix)` of every `pixels`-long row.
     fn rows(self) -> impl Iterator<Item = (usize, usize)> {
         let Self { channels_per_item, pixels, first_channel, channels, items } = self;
@@ -360,12 +387,32 @@ impl ItemColumns {
             matrix[m..m + pixels].copy_from_slice(&tensor[t..t + pixels]);
         }
     }
+}
 
-    /// The inverse of [`ItemColumns::gather`].
-    fn scatter(self, matrix: &[f32], tensor: &mut [f32]) {
-        let pixels = self.pixels;
-        for (t, m) in self.rows() {
-            tensor[t..t + pixels].copy_from_slice(&matrix[m..m + pixels]);
+/// An [`ItemColumns`] matrix of a tensor, read row by row.
+struct ItemRows<'a> {
+    columns: ItemColumns,
+    tensor: &'a [f32],
+}
+
+impl RowSource for ItemRows<'_> {
+    fn rows(&self) -> usize {
+        self.columns.channels
+    }
+
+    fn cols(&self) -> usize {
+        self.columns.items * self.columns.pixels
+    }
+
+    fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
+        let ItemColumns { channels_per_item, pixels, first_channel, .. } = self.columns;
+        let mut done = 0;
+        while done < out.len() {
+            let (item, pixel) = ((col0 + done) / pixels, (col0 + done) % pixels);
+            let len = (pixels - pixel).min(out.len() - done);
+            let start = (item * channels_per_item + first_channel + row) * pixels + pixel;
+            out[done..done + len].copy_from_slice(&self.tensor[start..start + len]);
+            done += len;
         }
     }
 }
@@ -448,26 +495,38 @@ pub(crate) fn conv2d_forward(
                     }
                 }
             } else {
+                // Each group's `og × (items·P)` product is written straight into the items'
+                // output planes.
                 let count = items * pixels;
                 let runs = column_runs(&g, 0, count);
-                let mut product = vec![0.0f32; og * count];
                 for (group, lhs) in weights.iter().enumerate() {
-                    let columns = Im2colRows {
-                        geometry: &g,
-                        input: in_unit,
-                        group,
-                        runs: &runs,
-                        columns: count,
-                    };
-                    let dst = MatMut::row_major(&mut product, og, count)?;
-                    gemm(
-                        backend,
-                        lhs.as_lhs(),
-                        Rhs::Generated(&columns),
-                        dst,
-                        Accumulate::Overwrite,
-                    )?;
-                    ItemColumns::of_group(&g, group, items).scatter(&product, out_unit);
+                    let dst = ItemColumns::of_group(&g, group, items).writer(out_unit)?;
+                    if g.is_pointwise() {
+                        let columns = ItemColumns::of_input_group(&g, group, items);
+                        let columns = columns.reader(in_unit);
+                        gemm(
+                            backend,
+                            lhs.as_lhs(),
+                            Rhs::Generated(&columns),
+                            dst,
+                            Accumulate::Overwrite,
+                        )?;
+                    } else {
+                        let columns = Im2colRows {
+                            geometry: &g,
+                            input: in_unit,
+                            group,
+                            runs: &runs,
+                            columns: count,
+                        };
+                        gemm(
+                            backend,
+                            lhs.as_lhs(),
+                            Rhs::Generated(&columns),
+                            dst,
+                            Accumulate::Overwrite,
+                        )?;
+                    }
                 }
             }
             Ok(())
@@ -531,6 +590,17 @@ pub(crate) fn conv2d_backward_input(
                     let rhs = MatRef::new(dy_unit, group * og * pixels, (og, pixels), (pixels, 1))?;
                     let dst = MatMut::new(dx_unit, group * cg * pixels, (cg, pixels), pixels)?;
                     gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                }
+                return Ok(());
+            }
+            if g.is_pointwise() {
+                // `dx` of each group's input channels is `wᵀ · dy` of its output channels,
+                // the items side by side: read from and written to the planes in place.
+                for (group, lhs) in weights_transposed.iter().enumerate() {
+                    let rhs = ItemColumns::of_group(&g, group, items);
+                    let rhs = rhs.reader(dy_unit);
+                    let dst = ItemColumns::of_input_group(&g, group, items).writer(dx_unit)?;
+                    gemm(backend, lhs.as_lhs(), Rhs::Generated(&rhs), dst, Accumulate::Overwrite)?;
                 }
                 return Ok(());
             }
@@ -693,9 +763,19 @@ pub(crate) fn conv2d_backward_weight(
             let mut columns = Vec::new();
             for group in 0..g.groups {
                 ItemColumns::of_group(&g, group, items).gather(dy_unit, &mut gathered);
-                let source =
-                    Im2colRows { geometry: &g, input: in_unit, group, runs: &runs, columns: count };
-                materialize_into(&source, &mut columns);
+                if g.is_pointwise() {
+                    let source = ItemColumns::of_input_group(&g, group, items).reader(in_unit);
+                    materialize_into(&source, &mut columns);
+                } else {
+                    let source = Im2colRows {
+                        geometry: &g,
+                        input: in_unit,
+                        group,
+                        runs: &runs,
+                        columns: count,
+                    };
+                    materialize_into(&source, &mut columns);
+                }
                 let lhs = MatRef::row_major(&gathered, og, count)?;
                 let rhs = MatRef::row_major(&columns, kg, count)?.transpose();
                 let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;
