@@ -59,15 +59,24 @@ def xresnet_cases(image):
     return cases
 
 
-def parse_conv_name(name):
-    """The convolution a case name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}` (as benches/nn.rs)."""
+def parse_case_name(name):
+    """The convolution or batch-norm case a name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}` or
+    `bnrelu_{C}_{H}` (as benches/nn.rs)."""
+    unknown = f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}} or bnrelu_{{C}}_{{H}})"
+    bn = re.fullmatch(r"bnrelu_(\d+)_(\d+)", name)
+    if bn:
+        channels, size = int(bn.group(1)), int(bn.group(2))
+        case = bn_case(channels, size)
+        if 0 in (channels, size) or case["name"] != name:
+            raise SystemExit(unknown)
+        return case
     match = re.fullmatch(r"c(\d+)x\1(s2)?_(\d+)(?:_(\d+))?_(\d+)", name)
     if not match:
-        raise SystemExit(f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}})")
+        raise SystemExit(unknown)
     kernel, s2, cin, cout, size = (int(g) if g and g != "s2" else g for g in match.groups())
     case = conv_case(cin, cout or cin, kernel, 2 if s2 else 1, size) if 0 not in (kernel, cin, cout, size) else None
     if case is None or case["name"] != name:
-        raise SystemExit(f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}})")
+        raise SystemExit(unknown)
     return case
 
 
@@ -198,7 +207,7 @@ def main():
     if args.cases:
         wanted = args.cases.split(",")
         known = {c["name"]: c for c in xresnet_cases(64) + xresnet_cases(48) + cases}
-        cases = [known[name] if name in known else parse_conv_name(name) for name in wanted]
+        cases = [known[name] if name in known else parse_case_name(name) for name in wanted]
     elif args.quick:
         cases = [c for c in cases if c["name"] in QUICK]
     for case in cases:

@@ -126,6 +126,48 @@ fn non_contiguous_and_f64_inputs_match_the_f32_path() -> candle::Result<()> {
     Ok(())
 }
 
+/// The batch statistics stay accurate where a one-pass `Σx² - (Σx)²/n` would not: values
+/// near 1000 with a spread of about 0.01 (variance ~3e-5, seven orders below the mean's
+/// square), each item's planes offset differently (so the planes' own means differ from the
+/// channel's). Expected: mean and biased variance in f64 over the same f32 values (what
+/// `torch.var_mean(x.double(), dim=(0, 2, 3), unbiased=False)` computes); tolerance 1e-3
+/// relative on the variance, 1e-7 on the mean.
+#[test]
+fn batch_statistics_are_accurate_far_from_zero() -> candle::Result<()> {
+    let (batch, channels, plane) = (3, 2, 5 * 7);
+    let value = |b: usize, c: usize, p: usize| {
+        1000.0 + c as f32 + 0.004 * b as f32 + 0.01 * ((p * 37 + b * 11 + c * 5) % 17) as f32 / 17.0
+    };
+    let mut data = Vec::new();
+    for b in 0..batch {
+        for c in 0..channels {
+            data.extend((0..plane).map(|p| value(b, c, p)));
+        }
+    }
+    let x = Tensor::from_vec(data.clone(), (batch, channels, 5, 7), &Device::Cpu)?;
+    let ones = Tensor::ones(channels, DType::F32, &Device::Cpu)?;
+    let zeros = Tensor::zeros(channels, DType::F32, &Device::Cpu)?;
+    let config = wick_nn::ops::BatchNormOpConfig::default();
+    let (_, stats) = wick_nn::ops::batch_norm_train(&x, &ones, &zeros, config)?;
+    let (means, variances) = (to_vec(&stats.mean), to_vec(&stats.variance));
+    for c in 0..channels {
+        let values: Vec<f64> = (0..batch)
+            .flat_map(|b| data[(b * channels + c) * plane..][..plane].iter().map(|v| *v as f64))
+            .collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let variance =
+            values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / values.len() as f64;
+        assert!(
+            (means[c] as f64 - mean).abs() <= 1e-7 * mean,
+            "channel {c}: mean {} vs {mean}",
+            means[c]
+        );
+        let error = (variances[c] as f64 - variance).abs() / variance;
+        assert!(error <= 1e-3, "channel {c}: variance {} vs {variance} ({error:e})", variances[c]);
+    }
+    Ok(())
+}
+
 #[test]
 fn variables_are_named_like_candle_nn() -> candle::Result<()> {
     let map = VarMap::new();
