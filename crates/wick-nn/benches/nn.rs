@@ -16,8 +16,8 @@
 //!   whose warm-up takes over a second reports that single run.
 //!
 //! Case names: `c{K}x{K}[s2]_{C}[_{O}]_{H}` (O omitted when equal to C, H the input size),
-//! `maxpool3s2_{C}_{H}`, `bnrelu_{C}_{H}`. `--cases` also takes any convolution or batch-norm
-//! case named by those patterns (e.g. xresnet18's `c3x3s2_64_128_12`), on both sides.
+//! `maxpool3s2_{C}_{H}`, `bnrelu_{C}_{H}`. `--cases` also takes any case named by those
+//! patterns (e.g. xresnet18's `c3x3s2_64_128_12`), on both sides.
 //!
 //! Usage: `cargo bench -p wick-nn --bench nn -- [--quick] [--cases a,b] [--impls wick,candle]
 //! [--gemm native-avx512|native|gemm|openblas] [--batch N]` (`native` is the AVX2 kernel, also
@@ -122,15 +122,19 @@ fn xresnet_cases(image: usize) -> Vec<Case> {
     cases
 }
 
-/// The convolution or batch-norm case a name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}` or
-/// `bnrelu_{C}_{H}` (see the module doc).
+/// The case a name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}`, `bnrelu_{C}_{H}` or
+/// `maxpool3s2_{C}_{H}` (see the module doc).
 fn parse_case_name(name: &str) -> candle::Result<Case> {
     let parse = || -> Option<Case> {
-        if let Some(rest) = name.strip_prefix("bnrelu_") {
-            let (channels, size) = rest.split_once('_')?;
-            let (channels, size) = (channels.parse().ok()?, size.parse().ok()?);
-            let case = batch_norm_relu(channels, size);
-            return (case.name() == name && channels * size > 0).then_some(case);
+        for (prefix, make) in
+            [("bnrelu_", batch_norm_relu as fn(usize, usize) -> Case), ("maxpool3s2_", max_pool)]
+        {
+            if let Some(rest) = name.strip_prefix(prefix) {
+                let (channels, size) = rest.split_once('_')?;
+                let (channels, size) = (channels.parse().ok()?, size.parse().ok()?);
+                let case = make(channels, size);
+                return (case.name() == name && channels * size > 0).then_some(case);
+            }
         }
         let rest = name.strip_prefix('c')?;
         let (kernel, rest) = rest.split_once('x')?;
@@ -156,8 +160,8 @@ fn parse_case_name(name: &str) -> candle::Result<Case> {
     };
     parse().ok_or_else(|| {
         candle::Error::Msg(format!(
-            "nn bench: unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}} \
-             or bnrelu_{{C}}_{{H}})"
+            "nn bench: unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}}, \
+             bnrelu_{{C}}_{{H}} or maxpool3s2_{{C}}_{{H}})"
         ))
     })
 }

@@ -60,16 +60,18 @@ def xresnet_cases(image):
 
 
 def parse_case_name(name):
-    """The convolution or batch-norm case a name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}` or
-    `bnrelu_{C}_{H}` (as benches/nn.rs)."""
-    unknown = f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}} or bnrelu_{{C}}_{{H}})"
-    bn = re.fullmatch(r"bnrelu_(\d+)_(\d+)", name)
-    if bn:
-        channels, size = int(bn.group(1)), int(bn.group(2))
-        case = bn_case(channels, size)
-        if 0 in (channels, size) or case["name"] != name:
-            raise SystemExit(unknown)
-        return case
+    """The case a name describes, `c{K}x{K}[s2]_{C}[_{O}]_{H}`, `bnrelu_{C}_{H}` or
+    `maxpool3s2_{C}_{H}` (as benches/nn.rs)."""
+    unknown = (f"unknown case {name} (not in the lists, and not c{{K}}x{{K}}[s2]_{{C}}[_{{O}}]_{{H}}, "
+               "bnrelu_{C}_{H} or maxpool3s2_{C}_{H})")
+    for prefix, make in (("bnrelu", bn_case), ("maxpool3s2", pool_case)):
+        other = re.fullmatch(prefix + r"_(\d+)_(\d+)", name)
+        if other:
+            channels, size = int(other.group(1)), int(other.group(2))
+            case = make(channels, size)
+            if 0 in (channels, size) or case["name"] != name:
+                raise SystemExit(unknown)
+            return case
     match = re.fullmatch(r"c(\d+)x\1(s2)?_(\d+)(?:_(\d+))?_(\d+)", name)
     if not match:
         raise SystemExit(unknown)

@@ -298,9 +298,11 @@ fn ceil_mode_accepts_inputs_smaller_than_the_kernel_like_pytorch() {
 fn max_pool_gradient_matches_a_row_major_scan_with_ties_and_nans() -> candle::Result<()> {
     let device = candle::Device::Cpu;
     for (b, c, h, w) in [(2, 3, 7, 9), (1, 2, 8, 6), (1, 1, 5, 5)] {
-        // Four levels only, so most windows hold tied maxima; a NaN in every 23rd value.
+        // Three levels from a hash of the index, so most windows hold tied maxima, in one row
+        // as across rows; a NaN in every 23rd value.
+        let level = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 7) % 3;
         let xs: Vec<f32> = (0..b * c * h * w)
-            .map(|i| if i % 23 == 7 { f32::NAN } else { ((i * 37 + i / 5) % 4) as f32 })
+            .map(|i| if i % 23 == 7 { f32::NAN } else { level(i) as f32 })
             .collect();
         let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (b, c, h, w), &device)?)?;
         for (kernel, stride, padding, ceil_mode) in WINDOWS {

@@ -20,7 +20,7 @@
 //! padding, kernel == stride, no partial window) and fail otherwise.
 
 use super::storage::f32_row_major;
-use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Square max pooling window.
@@ -391,13 +391,12 @@ impl CustomOp1 for MaxPool2dOp {
     fn bwd(
         &self,
         xs: &Tensor,
-        _output: &Tensor,
+        output: &Tensor,
         grad_output: &Tensor,
     ) -> candle::Result<Option<Tensor>> {
-        let grad_output = super::for_kernel(grad_output)?;
-        let grad_input =
-            xs.apply_op2_no_bwd(&grad_output, &MaxPool2dBackwardOp { config: self.config })?;
-        Ok(Some(grad_input))
+        let (output, grad_output) = (super::for_kernel(output)?, super::for_kernel(grad_output)?);
+        let op = MaxPool2dBackwardOp { config: self.config };
+        Ok(Some(xs.apply_op3_no_bwd(&output, &grad_output, &op)?))
     }
 }
 
@@ -405,21 +404,19 @@ impl CustomOp1 for MaxPool2dOp {
 /// row-major scan order (the first value equal to the window's max, NaN equal to NaN: the
 /// same position as PyTorch's scan, which replaces the best only on a strictly greater value
 /// or a NaN — except in a window with two or more NaNs, where PyTorch's goes to the last).
-/// The maxima come from the forward's own [`pool_plane`]; the position search is branch-free
-/// (scanned backwards, each match overwriting the position), since on real activations the
-/// comparisons are unpredictable.
+/// The maxima are the forward's output (`maxima`, the plane's `OH × OW`); the position
+/// search is branch-free (scanned backwards, each match overwriting the position), since on
+/// real activations the comparisons are unpredictable.
 fn max_pool_backward_plane(
     plane: &[f32],
+    maxima: &[f32],
     grad: &[f32],
     geometry: &PoolGeometry,
     window: &Window,
-    scratch: &mut (RowScratch, Vec<f32>),
+    rows: &RowScratch,
     grad_input: &mut [f32],
 ) {
     let width = geometry.in_width;
-    let (rows, maxima) = scratch;
-    maxima.resize(geometry.out_plane(), 0.0);
-    pool_plane::<Max>(plane, geometry, window, rows, maxima);
     // The buffer comes from calloc: writing the zeros here (rather than reading the lazily
     // zeroed pages first) takes one page fault per page instead of two.
     grad_input.fill(0.0);
@@ -431,21 +428,63 @@ fn max_pool_backward_plane(
         let (y0, y1, _) = window.range(out_y, geometry.in_height);
         let windows = rows.column_windows.iter();
         for ((&g, &max), &(x0, x1, _)) in grad_row.iter().zip(max_row).zip(windows) {
-            let max_is_nan = max.is_nan();
-            let mut at = y0 * width + x0;
-            for y in (y0..y1).rev() {
-                for x in (x0..x1).rev() {
-                    let value = plane[y * width + x];
-                    let hit = (value == max) | (max_is_nan & value.is_nan());
-                    at = if hit { y * width + x } else { at };
-                }
-            }
+            let at = if (y1 - y0, x1 - x0) == (3, 3) {
+                // A whole 3×3 window (all but the borders of xresnet's stem pool): the same
+                // scan with its bounds known, unrolled.
+                first_max_at::<3, 3>(plane, width, (y0, x0), max)
+            } else {
+                first_max_at_dyn(plane, width, (y0, y1), (x0, x1), max)
+            };
             grad_input[at] += g;
         }
     }
 }
 
-/// Gradient of max pooling: an op on `(xs (B, C, H, W), grad_output (B, C, OH, OW))`.
+/// Whether `value` is the window's `max` as PyTorch's scan finds it (a NaN matches a NaN).
+#[inline(always)]
+fn is_max(value: f32, max: f32) -> bool {
+    (value == max) | (max.is_nan() & value.is_nan())
+}
+
+/// The index in `plane` of the first element of the `KH × KW` window at `(y0, x0)` equal to
+/// its `max`, scanned backwards with each match overwriting the position (branch-free).
+#[inline(always)]
+fn first_max_at<const KH: usize, const KW: usize>(
+    plane: &[f32],
+    width: usize,
+    (y0, x0): (usize, usize),
+    max: f32,
+) -> usize {
+    let mut at = y0 * width + x0;
+    for y in (y0..y0 + KH).rev() {
+        let row: &[f32; KW] = plane[y * width + x0..][..KW].try_into().expect("KW values");
+        for x in (0..KW).rev() {
+            at = if is_max(row[x], max) { y * width + x0 + x } else { at };
+        }
+    }
+    at
+}
+
+/// [`first_max_at`] for a window of any size (clipped at the borders).
+fn first_max_at_dyn(
+    plane: &[f32],
+    width: usize,
+    (y0, y1): (usize, usize),
+    (x0, x1): (usize, usize),
+    max: f32,
+) -> usize {
+    let mut at = y0 * width + x0;
+    for y in (y0..y1).rev() {
+        for x in (x0..x1).rev() {
+            at = if is_max(plane[y * width + x], max) { y * width + x } else { at };
+        }
+    }
+    at
+}
+
+/// Gradient of max pooling: an op on `(xs (B, C, H, W), output (B, C, OH, OW), grad_output
+/// (B, C, OH, OW))`, `output` the forward's (each window's maximum, so that the backward
+/// does not pool again).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MaxPool2dBackwardOp {
     pub(crate) config: MaxPool2dConfig,
@@ -472,7 +511,7 @@ impl MaxPool2dBackwardOp {
     }
 }
 
-impl CustomOp2 for MaxPool2dBackwardOp {
+impl CustomOp3 for MaxPool2dBackwardOp {
     fn name(&self) -> &'static str {
         "wick-max-pool2d-backward"
     }
@@ -481,28 +520,37 @@ impl CustomOp2 for MaxPool2dBackwardOp {
         &self,
         input_storage: &CpuStorage,
         input_layout: &Layout,
+        output_storage: &CpuStorage,
+        output_layout: &Layout,
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
         let geometry = self.geometry(input_layout, grad_layout)?;
+        if output_layout.shape() != grad_layout.shape() {
+            candle::bail!(
+                "max_pool2d backward: output {:?} does not match grad {:?}",
+                output_layout.dims(),
+                grad_layout.dims()
+            );
+        }
         let input = f32_row_major(input_storage, input_layout, "max_pool2d backward")?;
+        let maxima = f32_row_major(output_storage, output_layout, "max_pool2d backward")?;
         let grad = f32_row_major(grad_storage, grad_layout, "max_pool2d backward")?;
         let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
         if geometry.out_plane() > 0 && !grad_input.is_empty() {
+            let rows = RowScratch::new(&geometry, &window);
             grad_input
                 .par_chunks_mut(geometry.in_plane())
                 .zip(input.par_chunks(geometry.in_plane()))
+                .zip(maxima.par_chunks(geometry.out_plane()))
                 .zip(grad.par_chunks(geometry.out_plane()))
-                .for_each_init(
-                    || (RowScratch::new(&geometry, &window), Vec::new()),
-                    |scratch, ((dx_plane, in_plane), dy_plane)| {
-                        max_pool_backward_plane(
-                            in_plane, dy_plane, &geometry, &window, scratch, dx_plane,
-                        );
-                    },
-                );
+                .for_each(|(((dx_plane, in_plane), max_plane), dy_plane)| {
+                    max_pool_backward_plane(
+                        in_plane, max_plane, dy_plane, &geometry, &window, &rows, dx_plane,
+                    );
+                });
         }
         Ok((CpuStorage::F32(grad_input), geometry.input_shape()))
     }
@@ -512,6 +560,8 @@ impl CustomOp2 for MaxPool2dBackwardOp {
         &self,
         input: &candle::CudaStorage,
         input_layout: &Layout,
+        _output: &candle::CudaStorage,
+        _output_layout: &Layout,
         grad: &candle::CudaStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(candle::CudaStorage, Shape)> {
