@@ -8,6 +8,9 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
+/// Values per rayon task of [`try_par_output`] when its chunks are smaller.
+const RUN_VALUES: usize = 16 * 1024;
+
 /// A new output of `len` values written in parallel chunks of `chunk` (the last one shorter),
 /// with no zero fill first: `write(index, values)` gets chunk `index` as uninitialised memory,
 /// writes every value of it and returns how many values it wrote (with [`write_values`], or
@@ -52,15 +55,26 @@ pub(crate) unsafe fn try_par_output(
     write: impl Fn(usize, &mut [MaybeUninit<f32>]) -> candle::Result<usize> + Sync,
 ) -> candle::Result<Vec<f32>> {
     assert!(chunk > 0 || len == 0, "par_output: chunks of 0 values for {len} values");
+    let chunk = chunk.max(1);
+    // Chunks go to rayon in runs of about RUN_VALUES values, one task and one result a run:
+    // a BatchNorm plane of 2×2 is a chunk of 4 values, and a task per chunk cost more than
+    // the values' own arithmetic (the runs are cut from the sizes alone).
+    let per_run = (RUN_VALUES / chunk).max(1);
     let mut out = Vec::with_capacity(len);
-    let written: Vec<candle::Result<bool>> = out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
+    let short_counts: Vec<candle::Result<usize>> = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk * per_run)
         .enumerate()
-        .map(|(index, values)| Ok(write(index, values)? == values.len()))
+        .map(|(run, values)| {
+            let mut short = 0;
+            for (offset, values) in values.chunks_mut(chunk).enumerate() {
+                short += usize::from(write(run * per_run + offset, values)? != values.len());
+            }
+            Ok(short)
+        })
         .collect();
     let mut short = 0;
-    for whole in written {
-        short += usize::from(!whole?);
+    for run_short in short_counts {
+        short += run_short?;
     }
     assert_eq!(short, 0, "par_output: {short} chunks were not written whole");
     // SAFETY: each of the `len` values was written: every chunk's writer reported its chunk
@@ -166,6 +180,21 @@ mod output_tests {
             unsafe { par_output(0, 0, |_, values| write_values(values, std::iter::empty())) }
                 .is_empty()
         );
+    }
+
+    /// Small chunks are handed out in runs: across several runs (and a last partial run and
+    /// chunk) every chunk still gets its own index and its own place.
+    #[test]
+    fn small_chunks_in_runs_keep_their_indices() {
+        let len = 2 * RUN_VALUES + 10;
+        // SAFETY: the writer counts with `write_values`.
+        let out = unsafe {
+            par_output(len, 3, |index, values| {
+                let len = values.len();
+                write_values(values, (0..len).map(|position| (index * 3 + position) as f32))
+            })
+        };
+        assert!(out.iter().enumerate().all(|(i, value)| *value == i as f32));
     }
 
     #[test]
