@@ -126,9 +126,9 @@ fn non_contiguous_and_f64_inputs_match_the_f32_path() -> candle::Result<()> {
     Ok(())
 }
 
-/// The batch statistics stay accurate where a one-pass `Σx² - (Σx)²/n` would not: values
-/// near 1000 with a spread of about 0.01 (variance ~3e-5, seven orders below the mean's
-/// square), each item's planes offset differently (so the planes' own means differ from the
+/// The batch statistics stay accurate where a one-pass `Σx² - (Σx)²/n` in f32 would not:
+/// values near 1000 with a spread of about 0.01 (variance ~2e-5, ten orders below the
+/// mean's square), each item's planes offset differently (so the planes' own means differ from the
 /// channel's). Expected: mean and biased variance in f64 over the same f32 values (what
 /// `torch.var_mean(x.double(), dim=(0, 2, 3), unbiased=False)` computes); tolerance 1e-3
 /// relative on the variance, 1e-7 on the mean.

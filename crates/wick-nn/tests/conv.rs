@@ -93,10 +93,11 @@ fn cases() -> Vec<Case> {
         config: Conv2dConfig { stride: 2, groups: 4, ..Default::default() },
         ..case([3, 8, 6, 6], 8, 1, 0, 1)
     });
-    // Grouped pointwise items of 4 pixels: one 16-column tile spans four items' planes.
+    // Grouped pointwise items of 4 pixels (a unit of 4 of the 16 items: 16 columns): one
+    // 16-column tile spans four items' planes.
     cases.push(Case {
         config: Conv2dConfig { groups: 2, ..Default::default() },
-        ..case([12, 8, 2, 2], 40, 1, 0, 1)
+        ..case([16, 8, 2, 2], 40, 1, 0, 1)
     });
     cases.push(Case {
         config: Conv2dConfig { padding: 1, groups: 2, stride: 1, dilation: 1 },

@@ -21,6 +21,7 @@ mod native;
 #[cfg(feature = "openblas")]
 mod openblas;
 
+use crate::scratch::Scratch;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub(crate) use native::{Kernel, PackedLhs};
@@ -251,10 +252,18 @@ impl<'a> MatMut<'a> {
         (items, item_cols): (usize, usize),
         (row_stride, item_stride): (usize, usize),
     ) -> candle::Result<Self> {
-        let cols = items * item_cols;
+        let overflow = || {
+            candle::Error::Msg(format!(
+                "gemm: an items view of {items} × {item_cols} columns at offset {offset}, item stride {item_stride}, overflows"
+            ))
+        };
+        let cols = items.checked_mul(item_cols).ok_or_else(overflow)?;
         if cols > 0 {
             // The last block holds the view's last element (strides are not negative).
-            let last_block = offset + (items - 1) * item_stride;
+            let last_block = (items - 1)
+                .checked_mul(item_stride)
+                .and_then(|start| start.checked_add(offset))
+                .ok_or_else(overflow)?;
             check_view_bounds(data.len(), last_block, rows, item_cols, row_stride, 1)?;
         }
         Ok(Self { data, offset, rows, cols, row_stride, item_cols: item_cols.max(1), item_stride })
@@ -275,7 +284,7 @@ impl<'a> MatMut<'a> {
     }
 
     fn ptr(&mut self) -> *mut f32 {
-        // The offset is in bounds (or the view is empty), checked in `new`.
+        // The offset is in bounds (or the view is empty), checked in `new` / `items`.
         self.data.as_mut_ptr().wrapping_add(self.offset)
     }
 }
@@ -291,14 +300,17 @@ fn check_view_bounds(
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let last = offset + (rows - 1) * row_stride + (cols - 1) * col_stride;
-    if last >= len {
-        candle::bail!(
-            "gemm: a {rows}x{cols} view at offset {offset} with strides ({row_stride}, {col_stride}) \
-             reaches element {last} of a buffer of {len}"
-        );
+    let last = (rows - 1)
+        .checked_mul(row_stride)
+        .zip((cols - 1).checked_mul(col_stride))
+        .and_then(|(down, across)| down.checked_add(across)?.checked_add(offset));
+    let view =
+        || format!("a {rows}x{cols} view at offset {offset}, strides ({row_stride}, {col_stride})");
+    match last {
+        Some(last) if last < len => Ok(()),
+        Some(last) => candle::bail!("gemm: {} reaches element {last} of a buffer of {len}", view()),
+        None => candle::bail!("gemm: {} overflows the address space", view()),
     }
-    Ok(())
 }
 
 /// The left operand of a product: either a plain view, or one packed ahead of time for the
@@ -445,8 +457,9 @@ pub(crate) fn gemm(
         candle::bail!("gemm: a packed left operand needs a native backend, not {backend:?}")
     };
     if dst.is_blocked() {
-        // The other backends take plain matrices: the product goes through a dense copy.
-        let mut dense = vec![0.0f32; m * n];
+        // The other backends take plain matrices: the product goes through a dense copy
+        // (read only when accumulating, after the copy in).
+        let mut dense = Scratch::take(m * n);
         if accumulate == Accumulate::Add {
             for i in 0..m {
                 for (j, start, len) in dst.row_pieces(i) {

@@ -5,7 +5,8 @@
 //! `y (B, O, OH, OW)`; G groups, `P = OH·OW` output pixels, `KG = (C/G)·KH·KW` patch length.
 //! Per batch item and group `g`:
 //! - forward:      `y_g (O/G × P)  = w_g (O/G × KG) · col_g (KG × P)`
-//! - grad input:   stride 1: the forward convolution of `dy` with the flipped, transposed
+//! - grad input:   1×1 stride 1 unpadded: `dx_g (C/G × P) = w_gᵀ (C/G × O/G) · dy_g (O/G × P)`
+//!   in place; other stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   kernel; otherwise `dcol_g (KG × P) = w_gᵀ (KG × O/G) · dy_g (O/G × P)`, then col2im
 //! - grad weight:  `dw_g (O/G × KG) += dy_g (O/G × P) · col_gᵀ (P × KG)`, summed over items
 //!
@@ -319,9 +320,11 @@ fn col2im_add(
     }
 }
 
-/// Group `group`'s output-channel rows of each of `items` items of a unit's `(items, O, P)`
-/// output-shaped tensor, seen as a `og × (items·P)` matrix (og = O / groups, P = output
-/// pixels): what one gemm over a multi-item unit reads or writes.
+/// A group's channel rows of each of `items` items of a unit's `(items, R, P)` tensor, seen
+/// as a `channels × (items·P)` matrix: what one gemm over a multi-item unit reads or writes.
+/// [`ItemColumns::of_group`]: the output (or output-gradient) channels of a group, `R = O`,
+/// `P` output pixels; [`ItemColumns::of_input_group`]: a pointwise convolution's input (or
+/// input-gradient) channels, `R = C`.
 #[derive(Debug, Clone, Copy)]
 struct ItemColumns {
     channels_per_item: usize,
@@ -498,35 +501,25 @@ pub(crate) fn conv2d_forward(
                 // Each group's `og × (items·P)` product is written straight into the items'
                 // output planes.
                 let count = items * pixels;
-                let runs = column_runs(&g, 0, count);
+                let runs = if g.is_pointwise() { Vec::new() } else { column_runs(&g, 0, count) };
                 for (group, lhs) in weights.iter().enumerate() {
                     let dst = ItemColumns::of_group(&g, group, items).writer(out_unit)?;
-                    if g.is_pointwise() {
-                        let columns = ItemColumns::of_input_group(&g, group, items);
-                        let columns = columns.reader(in_unit);
-                        gemm(
-                            backend,
-                            lhs.as_lhs(),
-                            Rhs::Generated(&columns),
-                            dst,
-                            Accumulate::Overwrite,
-                        )?;
-                    } else {
-                        let columns = Im2colRows {
-                            geometry: &g,
-                            input: in_unit,
-                            group,
-                            runs: &runs,
-                            columns: count,
-                        };
-                        gemm(
-                            backend,
-                            lhs.as_lhs(),
-                            Rhs::Generated(&columns),
-                            dst,
-                            Accumulate::Overwrite,
-                        )?;
-                    }
+                    let planes = ItemColumns::of_input_group(&g, group, items).reader(in_unit);
+                    let im2col = Im2colRows {
+                        geometry: &g,
+                        input: in_unit,
+                        group,
+                        runs: &runs,
+                        columns: count,
+                    };
+                    let columns: &dyn RowSource = if g.is_pointwise() { &planes } else { &im2col };
+                    gemm(
+                        backend,
+                        lhs.as_lhs(),
+                        Rhs::Generated(columns),
+                        dst,
+                        Accumulate::Overwrite,
+                    )?;
                 }
             }
             Ok(())
@@ -537,7 +530,8 @@ pub(crate) fn conv2d_forward(
 
 /// `dx` from `dy (B, O, OH, OW)` and `w`; both row-major.
 ///
-/// A stride-1 convolution whose padding is at most the dilated kernel reach takes the
+/// A 1×1 stride-1 unpadded convolution writes `dx = wᵀ·dy` straight into the items' planes.
+/// Another stride-1 convolution whose padding is at most the dilated kernel reach takes the
 /// input gradient as a forward convolution of `dy` with the flipped, transposed kernel
 /// (padding `dilation·(K-1) - padding`), which needs no col2im scatter. Other strided
 /// convolutions go through `dcol = wᵀ·dy` and col2im.
@@ -758,24 +752,16 @@ pub(crate) fn conv2d_backward_weight(
             }
         } else {
             let count = items * pixels;
-            let runs = column_runs(&g, 0, count);
+            let runs = if g.is_pointwise() { Vec::new() } else { column_runs(&g, 0, count) };
             let mut gathered = vec![0.0f32; og * count];
             let mut columns = Vec::new();
             for group in 0..g.groups {
                 ItemColumns::of_group(&g, group, items).gather(dy_unit, &mut gathered);
-                if g.is_pointwise() {
-                    let source = ItemColumns::of_input_group(&g, group, items).reader(in_unit);
-                    materialize_into(&source, &mut columns);
-                } else {
-                    let source = Im2colRows {
-                        geometry: &g,
-                        input: in_unit,
-                        group,
-                        runs: &runs,
-                        columns: count,
-                    };
-                    materialize_into(&source, &mut columns);
-                }
+                let planes = ItemColumns::of_input_group(&g, group, items).reader(in_unit);
+                let im2col =
+                    Im2colRows { geometry: &g, input: in_unit, group, runs: &runs, columns: count };
+                let source: &dyn RowSource = if g.is_pointwise() { &planes } else { &im2col };
+                materialize_into(source, &mut columns);
                 let lhs = MatRef::row_major(&gathered, og, count)?;
                 let rhs = MatRef::row_major(&columns, kg, count)?.transpose();
                 let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;

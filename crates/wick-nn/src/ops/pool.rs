@@ -248,10 +248,16 @@ struct RowScratch {
 
 impl RowScratch {
     fn new(geometry: &PoolGeometry, window: &Window) -> Self {
-        let column_windows =
-            (0..geometry.out_width).map(|x| window.range(x, geometry.in_width)).collect();
-        Self { values: vec![0.0; geometry.in_width], column_windows }
+        Self {
+            values: vec![0.0; geometry.in_width],
+            column_windows: column_windows(geometry, window),
+        }
     }
+}
+
+/// Every output column's window `(x0, x1, count with padding)`.
+fn column_windows(geometry: &PoolGeometry, window: &Window) -> Vec<(usize, usize, usize)> {
+    (0..geometry.out_width).map(|x| window.range(x, geometry.in_width)).collect()
 }
 
 /// What sets max pooling apart from average pooling in the shared forward code: how the
@@ -413,7 +419,7 @@ fn max_pool_backward_plane(
     grad: &[f32],
     geometry: &PoolGeometry,
     window: &Window,
-    rows: &RowScratch,
+    column_windows: &[(usize, usize, usize)],
     grad_input: &mut [f32],
 ) {
     let width = geometry.in_width;
@@ -426,7 +432,7 @@ fn max_pool_backward_plane(
         .enumerate()
     {
         let (y0, y1, _) = window.range(out_y, geometry.in_height);
-        let windows = rows.column_windows.iter();
+        let windows = column_windows.iter();
         for ((&g, &max), &(x0, x1, _)) in grad_row.iter().zip(max_row).zip(windows) {
             let at = if (y1 - y0, x1 - x0) == (3, 3) {
                 // A whole 3×3 window (all but the borders of xresnet's stem pool): the same
@@ -483,8 +489,8 @@ fn first_max_at_dyn(
 }
 
 /// Gradient of max pooling: an op on `(xs (B, C, H, W), output (B, C, OH, OW), grad_output
-/// (B, C, OH, OW))`, `output` the forward's (each window's maximum, so that the backward
-/// does not pool again).
+/// (B, C, OH, OW))`, `output` the forward's (each window's maximum, so that the CPU backward
+/// does not pool again; the CUDA kernel finds the maxima itself).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MaxPool2dBackwardOp {
     pub(crate) config: MaxPool2dConfig,
@@ -492,20 +498,23 @@ pub(crate) struct MaxPool2dBackwardOp {
 
 impl MaxPool2dBackwardOp {
     /// The geometry of the pooling of input `input_layout`, checked against its output
-    /// gradient `grad_layout`.
+    /// `output_layout` and output gradient `grad_layout`.
     fn geometry(
         &self,
         input_layout: &Layout,
+        output_layout: &Layout,
         grad_layout: &Layout,
     ) -> candle::Result<PoolGeometry> {
         let window = Window::from(self.config);
         let geometry = PoolGeometry::new(input_layout.dims(), &window, "max_pool2d backward")?;
-        if grad_layout.shape() != &geometry.output_shape() {
-            candle::bail!(
-                "max_pool2d backward: grad {:?} does not match the pooled shape {:?}",
-                grad_layout.dims(),
-                geometry.output_shape().dims()
-            );
+        for (name, layout) in [("output", output_layout), ("grad", grad_layout)] {
+            if layout.shape() != &geometry.output_shape() {
+                candle::bail!(
+                    "max_pool2d backward: {name} {:?} does not match the pooled shape {:?}",
+                    layout.dims(),
+                    geometry.output_shape().dims()
+                );
+            }
         }
         Ok(geometry)
     }
@@ -527,20 +536,13 @@ impl CustomOp3 for MaxPool2dBackwardOp {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let _timer = crate::profile::Timer::start(self.name());
         let window = Window::from(self.config);
-        let geometry = self.geometry(input_layout, grad_layout)?;
-        if output_layout.shape() != grad_layout.shape() {
-            candle::bail!(
-                "max_pool2d backward: output {:?} does not match grad {:?}",
-                output_layout.dims(),
-                grad_layout.dims()
-            );
-        }
+        let geometry = self.geometry(input_layout, output_layout, grad_layout)?;
         let input = f32_row_major(input_storage, input_layout, "max_pool2d backward")?;
         let maxima = f32_row_major(output_storage, output_layout, "max_pool2d backward")?;
         let grad = f32_row_major(grad_storage, grad_layout, "max_pool2d backward")?;
         let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
         if geometry.out_plane() > 0 && !grad_input.is_empty() {
-            let rows = RowScratch::new(&geometry, &window);
+            let column_windows = column_windows(&geometry, &window);
             grad_input
                 .par_chunks_mut(geometry.in_plane())
                 .zip(input.par_chunks(geometry.in_plane()))
@@ -548,7 +550,13 @@ impl CustomOp3 for MaxPool2dBackwardOp {
                 .zip(grad.par_chunks(geometry.out_plane()))
                 .for_each(|(((dx_plane, in_plane), max_plane), dy_plane)| {
                     max_pool_backward_plane(
-                        in_plane, max_plane, dy_plane, &geometry, &window, &rows, dx_plane,
+                        in_plane,
+                        max_plane,
+                        dy_plane,
+                        &geometry,
+                        &window,
+                        &column_windows,
+                        dx_plane,
                     );
                 });
         }
@@ -561,12 +569,13 @@ impl CustomOp3 for MaxPool2dBackwardOp {
         input: &candle::CudaStorage,
         input_layout: &Layout,
         _output: &candle::CudaStorage,
-        _output_layout: &Layout,
+        output_layout: &Layout,
         grad: &candle::CudaStorage,
         grad_layout: &Layout,
     ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        // The CUDA kernel finds each window's maximum itself; `output` is checked, not read.
         let window = Window::from(self.config);
-        let geometry = self.geometry(input_layout, grad_layout)?;
+        let geometry = self.geometry(input_layout, output_layout, grad_layout)?;
         let shape = geometry.cuda_shape(&window);
         super::cuda::pool::max_pool_backward(input, input_layout, grad, grad_layout, &shape)
     }

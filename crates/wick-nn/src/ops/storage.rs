@@ -56,10 +56,14 @@ pub(crate) unsafe fn try_par_output(
 ) -> candle::Result<Vec<f32>> {
     assert!(chunk > 0 || len == 0, "par_output: chunks of 0 values for {len} values");
     let chunk = chunk.max(1);
-    // Chunks go to rayon in runs of about RUN_VALUES values, one task and one result a run:
+    // Chunks go to rayon in runs of up to RUN_VALUES values, one task and one result a run:
     // a BatchNorm plane of 2×2 is a chunk of 4 values, and a task per chunk cost more than
-    // the values' own arithmetic (the runs are cut from the sizes alone).
-    let per_run = (RUN_VALUES / chunk).max(1);
+    // the values' own arithmetic. A run is never so long that fewer than four runs a thread
+    // remain (a Winograd unit is a chunk of real work). Each chunk is written the same way
+    // in any run, so the output does not depend on the grouping or the thread count.
+    let chunks = len.div_ceil(chunk);
+    let per_run =
+        (RUN_VALUES / chunk).min(chunks / (4 * rayon::current_num_threads()).max(1)).max(1);
     let mut out = Vec::with_capacity(len);
     let short_counts: Vec<candle::Result<usize>> = out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk * per_run)
@@ -183,10 +187,11 @@ mod output_tests {
     }
 
     /// Small chunks are handed out in runs: across several runs (and a last partial run and
-    /// chunk) every chunk still gets its own index and its own place.
+    /// chunk: 2·RUN_VALUES + 11 is not a multiple of 3) every chunk still gets its own index
+    /// and its own place.
     #[test]
     fn small_chunks_in_runs_keep_their_indices() {
-        let len = 2 * RUN_VALUES + 10;
+        let len = 2 * RUN_VALUES + 11;
         // SAFETY: the writer counts with `write_values`.
         let out = unsafe {
             par_output(len, 3, |index, values| {
@@ -228,5 +233,19 @@ mod output_tests {
         };
         let error = result.expect_err("chunks 1 and 2 fail").to_string();
         assert!(error.contains("chunk 1 failed"), "{error}");
+        // Across runs too: the first failing chunk in chunk order, whichever run ends first.
+        let (chunk, first_bad) = (4, RUN_VALUES / 2 + 3);
+        // SAFETY: the writer counts with `write_values`.
+        let result = unsafe {
+            try_par_output(4 * RUN_VALUES, chunk, |index, values| {
+                if index >= first_bad && index % 7 == first_bad % 7 {
+                    candle::bail!("chunk {index} failed");
+                }
+                let len = values.len();
+                Ok(write_values(values, (0..len).map(|position| position as f32)))
+            })
+        };
+        let error = result.expect_err("chunks fail in several runs").to_string();
+        assert!(error.contains(&format!("chunk {first_bad} failed")), "{error}");
     }
 }
