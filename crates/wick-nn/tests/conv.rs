@@ -348,11 +348,12 @@ fn gemm_backends_agree_on_a_matmul() -> candle::Result<()> {
     Ok(())
 }
 
-/// The native kernels (AVX2 6×16 and AVX-512 16×16, whichever this CPU runs) round exactly
+/// The native kernels (AVX2 6×16 and AVX-512 12×32, whichever this CPU runs) round exactly
 /// as their documented order does: each product one FMA, `k` ascending inside blocks of 256,
 /// each block's sum started at 0 and added to `C` in order (the first block stored). So
 /// both kernels give the same bits, and a run does not depend on the machine's vector width.
-/// Shapes: partial tiles of both kernels' MR (6, 16) and of NR (16), three KC blocks.
+/// Shapes: partial tiles of both kernels' MR (6, 12) and of NR (16), pairs of whole panels
+/// (the AVX-512 kernel's 32 columns) beside a lone or partial one, three KC blocks.
 #[test]
 fn native_kernels_round_as_documented() -> candle::Result<()> {
     const KC: usize = 256;

@@ -12,7 +12,7 @@
 //! --compare-gemm`, the AVX2 kernel beats the `gemm` crate on forward+backward (e.g. 3×3
 //! 64→64 at 56×56, batch 32: 94 vs 74 GFLOP/s, AMD EPYC) mostly because the convolution can
 //! hand it pre-packed weights and an im2col matrix generated straight into its packing
-//! buffers; on an AVX-512 Xeon the AVX-512 kernel runs the bare products at 70-121 GFLOP/s
+//! buffers; on an AVX-512 Xeon the AVX-512 kernel runs the bare products at 92-146 GFLOP/s
 //! against the AVX2 kernel's 65-82 (`--probe-gemm`, docs/performance.md).
 //!
 //! Matrix legend: `A` is `m × k`, `B` is `k × n`, `C` is `m × n`.
@@ -31,7 +31,7 @@ pub(crate) use native::{Kernel, PackedLhs};
 pub enum GemmBackend {
     /// Packed 6×16 AVX2/FMA micro-kernel written in this crate (x86-64 with AVX2 and FMA only).
     Native,
-    /// Packed 16×16 AVX-512 micro-kernel written in this crate (x86-64 with AVX-512F, AVX2
+    /// Packed 12×32 AVX-512 micro-kernel written in this crate (x86-64 with AVX-512F, AVX2
     /// and FMA only); the same blocking and summation order as [`GemmBackend::Native`], so
     /// the same bits.
     NativeAvx512,
