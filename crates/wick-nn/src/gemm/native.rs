@@ -3,7 +3,8 @@
 //! by the CPU ([`Kernel`]): a 6×16 AVX2/FMA kernel that keeps twelve 8-wide accumulators in
 //! registers, and a 12×32 AVX-512 kernel that keeps twenty-four 16-wide ones, two 16-column
 //! `B` panels at once (twice the work per instruction, and two FMAs per value read from `A`,
-//! so that loads do not hold back two 512-bit FMA units); a lone panel runs 12×16.
+//! so that loads do not hold back two 512-bit FMA units); a lone panel runs 12×16, and the
+//! partial A panel of an M that is not a multiple of 12 runs only its own rows.
 //!
 //! Both kernels add each `C` element's products in the same order (`k` ascending inside a
 //! KC block, one FMA per product, blocks added to `C` in order), so they give the same bits:
@@ -572,13 +573,13 @@ unsafe fn macro_kernel(
             let (row, lhs_panel) = (row0 + ir, lhs[ir * kc..].as_ptr());
             // SAFETY: the caller guarantees the extents of `dst`, `lhs` and `rhs`; a pair
             // reads kc·MR values of the A panel and kc·NR of each of the B panels at `jr`
-            // and `jr + NR` (both whole, inside `rhs`), and writes whole rows of MR and
-            // NR contiguous columns at `col` and at `col + NR`.
+            // and `jr + NR` (both whole, inside `rhs`), and writes `mr` rows (the panel's
+            // rows inside `C`) of NR contiguous columns at `col` and at `col + NR`.
             unsafe {
-                if whole_pair && mr == full_mr {
+                if whole_pair {
                     let rhs_panels = (rhs[jr * kc..].as_ptr(), rhs[(jr + NR) * kc..].as_ptr());
                     let tiles = (dst.at(row, col), dst.at(row, col + NR));
-                    pair_kernel(kc, lhs_panel, rhs_panels, tiles, dst.row_stride, add);
+                    pair_kernel(kc, lhs_panel, mr, rhs_panels, tiles, dst.row_stride, add);
                 } else {
                     for panel in (jr..nc.min(jr + if pair { 2 * NR } else { NR })).step_by(NR) {
                         let nr = NR.min(nc - panel);
@@ -640,27 +641,46 @@ unsafe fn single_tile(
     }
 }
 
-/// The AVX-512 kernel on two whole tiles side by side: `C[.., 0..16]` from B panel
-/// `rhs.0`, `C[.., 16..32]` from `rhs.1`, at `tiles.0` and `tiles.1`.
+/// The AVX-512 kernel on two whole panels side by side, the first `rows` (1..=12) rows of
+/// the A panel: `C[.., 0..16]` from B panel `rhs.0` at `tiles.0`, `C[.., 16..32]` from
+/// `rhs.1` at `tiles.1`. A partial A panel (the last of an M that is not a multiple of 12:
+/// every channel count of xresnet) runs only its rows, straight into `C`.
 ///
 /// # Safety
-/// As [`kernel_12x32`]'s.
+/// As [`kernel_rows_x32`]'s, for `ROWS = rows`; `1 <= rows <= 12`.
 unsafe fn pair_kernel(
     kc: usize,
     a: *const f32,
+    rows: usize,
     rhs: (*const f32, *const f32),
     tiles: (*mut f32, *mut f32),
     rs_c: usize,
     add: bool,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! dispatch {
+        ($($rows:literal)*) => {
+            match rows {
+                // SAFETY: the caller's guarantees are the kernel's contract.
+                $($rows => unsafe { kernel_rows_x32::<$rows>(kc, a, rhs, tiles, rs_c, add) },)*
+                _ => unreachable!("pair_kernel: {rows} rows of a 12-row panel"),
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    dispatch!(12 11 10 9 8 7 6 5 4 3 2 1);
+    #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: the caller's guarantees are the kernel's contract.
     unsafe {
-        #[cfg(target_arch = "x86_64")]
-        kernel_12x32(kc, a, rhs, tiles, rs_c, add);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            portable_kernel::<12>(kc, a, rhs.0, tiles.0, rs_c, add);
-            portable_kernel::<12>(kc, a, rhs.1, tiles.1, rs_c, add);
+        let mut scratch = [0.0f32; 12 * NR];
+        for (b, c) in [(rhs.0, tiles.0), (rhs.1, tiles.1)] {
+            portable_kernel::<12>(kc, a, b, scratch.as_mut_ptr(), NR, false);
+            for i in 0..rows {
+                for j in 0..NR {
+                    let out = c.add(i * rs_c + j);
+                    *out = if add { *out + scratch[i * NR + j] } else { scratch[i * NR + j] };
+                }
+            }
         }
     }
 }
@@ -824,20 +844,21 @@ unsafe fn kernel_12x16(
     }
 }
 
-/// The 12×32 micro-kernel, the AVX-512 kernel's main one: two B panels side by side,
-/// `C[0..12, 0..16]` at `c.0` from `b.0` and `C[0..12, 16..32]` at `c.1` from `b.1`, 24
-/// accumulators; each step loads a row of each panel and multiplies both by each of A's 12
-/// values broadcast — two FMAs per value read from A, where the 16×16 shape did one (its
-/// loads, one per FMA, kept the two FMA units from filling: 132-142 against 145-157 GFLOP/s
-/// for this shape with the data in cache, one core, 2026-11-30).
+/// The 12×32 micro-kernel, the AVX-512 kernel's main one, on the first `ROWS` rows of a
+/// 12-row A panel: two B panels side by side, `C[0..ROWS, 0..16]` at `c.0` from `b.0` and
+/// `C[0..ROWS, 16..32]` at `c.1` from `b.1`, 2·ROWS accumulators; each step loads a row of
+/// each panel and multiplies both by each of A's values broadcast — two FMAs per value read
+/// from A, where the 16×16 shape did one (its loads, one per FMA, kept the two FMA units
+/// from filling: 132-142 against 145-157 GFLOP/s for this shape with the data in cache,
+/// one core, 2026-11-30).
 ///
 /// # Safety
 /// `a` must be readable for `kc * 12` floats, `b.0` and `b.1` for `kc * NR` each, and
-/// `c.0`, `c.1` writable (and readable when `add`) at `i * rs_c + j` for `i < 12`,
-/// `j < 16`. The CPU must support AVX-512F.
+/// `c.0`, `c.1` writable (and readable when `add`) at `i * rs_c + j` for `i < ROWS`,
+/// `j < 16`; `ROWS <= 12`. The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn kernel_12x32(
+unsafe fn kernel_rows_x32<const ROWS: usize>(
     kc: usize,
     a: *const f32,
     b: (*const f32, *const f32),
@@ -850,18 +871,18 @@ unsafe fn kernel_12x32(
     // SAFETY: every pointer offset below stays within the extents the caller guarantees
     // (the prefetches are hints and never fault).
     unsafe {
-        for i in 0..MR {
+        for i in 0..ROWS {
             _mm_prefetch::<_MM_HINT_T0>(c.0.wrapping_add(i * rs_c) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.0.wrapping_add(i * rs_c + NR - 1) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.1.wrapping_add(i * rs_c) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.1.wrapping_add(i * rs_c + NR - 1) as *const i8);
         }
-        let mut left = [_mm512_setzero_ps(); MR];
-        let mut right = [_mm512_setzero_ps(); MR];
+        let mut left = [_mm512_setzero_ps(); ROWS];
+        let mut right = [_mm512_setzero_ps(); ROWS];
         let (mut a, mut b0, mut b1) = (a, b.0, b.1);
         for _ in 0..kc {
             let (row0, row1) = (_mm512_loadu_ps(b0), _mm512_loadu_ps(b1));
-            for i in 0..MR {
+            for i in 0..ROWS {
                 let value = _mm512_set1_ps(*a.add(i));
                 left[i] = _mm512_fmadd_ps(value, row0, left[i]);
                 right[i] = _mm512_fmadd_ps(value, row1, right[i]);
@@ -870,7 +891,7 @@ unsafe fn kernel_12x32(
             b0 = b0.add(NR);
             b1 = b1.add(NR);
         }
-        for i in 0..MR {
+        for i in 0..ROWS {
             for (tile, acc) in [(c.0, left[i]), (c.1, right[i])] {
                 let row = tile.add(i * rs_c);
                 if add {
