@@ -4,7 +4,8 @@
 //! registers, and a 12×32 AVX-512 kernel that keeps twenty-four 16-wide ones, two 16-column
 //! `B` panels at once (twice the work per instruction, and two FMAs per value read from `A`,
 //! so that loads do not hold back two 512-bit FMA units); a lone panel runs 12×16, and the
-//! partial A panel of an M that is not a multiple of 12 runs only its own rows.
+//! partial A panel of an M that is not a multiple of 12 runs only its own rows
+//! (docs/decisions/0007-avx512-kernel-shape.md).
 //!
 //! Both kernels add each `C` element's products in the same order (`k` ascending inside a
 //! KC block, one FMA per product, blocks added to `C` in order), so they give the same bits:
