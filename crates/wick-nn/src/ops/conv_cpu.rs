@@ -335,28 +335,28 @@ struct ItemColumns {
 }
 
 impl ItemColumns {
+    /// Group `group`'s output-channel rows (`O/G` of `O` an item, `P` output pixels).
     fn of_group(geometry: &ConvGeometry, group: usize, items: usize) -> Self {
-        let channels = geometry.group_out_channels();
-        Self {
-            channels_per_item: geometry.out_channels,
-            pixels: geometry.out_pixels(),
-            first_channel: group * channels,
-            channels,
-            items,
-        }
+        let (total, pixels) = (geometry.out_channels, geometry.out_pixels());
+        Self::group_rows(total, geometry.group_out_channels(), pixels, group, items)
     }
 
     /// Group `group`'s input-channel rows of a pointwise convolution (whose input pixels are
     /// its output pixels): the right operand of the unit's forward product, as is.
     fn of_input_group(geometry: &ConvGeometry, group: usize, items: usize) -> Self {
-        let channels = geometry.group_in_channels();
-        Self {
-            channels_per_item: geometry.in_channels,
-            pixels: geometry.in_pixels(),
-            first_channel: group * channels,
-            channels,
-            items,
-        }
+        let (total, pixels) = (geometry.in_channels, geometry.in_pixels());
+        Self::group_rows(total, geometry.group_in_channels(), pixels, group, items)
+    }
+
+    /// Group `group`'s `channels` rows of `channels_per_item` an item, `pixels` long.
+    fn group_rows(
+        channels_per_item: usize,
+        channels: usize,
+        pixels: usize,
+        group: usize,
+        items: usize,
+    ) -> Self {
+        Self { channels_per_item, pixels, first_channel: group * channels, channels, items }
     }
 
     /// The rows of `tensor` seen as a matrix, generated row by row into a gemm's packing.
@@ -369,26 +369,6 @@ impl ItemColumns {
         let Self { channels_per_item, pixels, first_channel, channels, items } = self;
         let strides = (pixels, channels_per_item * pixels);
         MatMut::items(tensor, first_channel * pixels, channels, (items, pixels), strides)
-    }
-
-    /// `(offset in the tensor, offset in the matrix)` of every `pixels`-long row.
-    fn rows(self) -> impl Iterator<Item = (usize, usize)> {
-        let Self { channels_per_item, pixels, first_channel, channels, items } = self;
-        let width = items * pixels;
-        (0..items).flat_map(move |item| {
-            (0..channels).map(move |channel| {
-                let tensor = (item * channels_per_item + first_channel + channel) * pixels;
-                (tensor, channel * width + item * pixels)
-            })
-        })
-    }
-
-    /// Copies the rows out of `tensor` into `matrix`.
-    fn gather(self, tensor: &[f32], matrix: &mut [f32]) {
-        let pixels = self.pixels;
-        for (t, m) in self.rows() {
-            matrix[m..m + pixels].copy_from_slice(&tensor[t..t + pixels]);
-        }
     }
 }
 
@@ -621,13 +601,12 @@ pub(crate) fn conv2d_backward_input(
             } else {
                 let count = items * pixels;
                 let runs = column_runs(&g, 0, count);
-                let mut gathered = vec![0.0f32; og * count];
                 let mut columns = vec![0.0f32; kg * count];
                 for (group, lhs) in weights_transposed.iter().enumerate() {
-                    ItemColumns::of_group(&g, group, items).gather(dy_unit, &mut gathered);
-                    let rhs = MatRef::row_major(&gathered, og, count)?;
+                    let rhs = ItemColumns::of_group(&g, group, items).reader(dy_unit);
                     let dst = MatMut::row_major(&mut columns, kg, count)?;
-                    gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                    let rhs = Rhs::Generated(&rhs);
+                    gemm(backend, lhs.as_lhs(), rhs, dst, Accumulate::Overwrite)?;
                     col2im_add(&g, &columns, group, &runs, count, dx_unit);
                 }
             }
@@ -753,10 +732,12 @@ pub(crate) fn conv2d_backward_weight(
         } else {
             let count = items * pixels;
             let runs = if g.is_pointwise() { Vec::new() } else { column_runs(&g, 0, count) };
-            let mut gathered = vec![0.0f32; og * count];
-            let mut columns = Vec::new();
+            let (mut gathered, mut columns) = (Vec::new(), Vec::new());
             for group in 0..g.groups {
-                ItemColumns::of_group(&g, group, items).gather(dy_unit, &mut gathered);
+                materialize_into(
+                    &ItemColumns::of_group(&g, group, items).reader(dy_unit),
+                    &mut gathered,
+                );
                 let planes = ItemColumns::of_input_group(&g, group, items).reader(in_unit);
                 let im2col =
                     Im2colRows { geometry: &g, input: in_unit, group, runs: &runs, columns: count };
