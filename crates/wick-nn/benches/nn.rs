@@ -23,7 +23,8 @@
 //! [--gemm native-avx512|native|gemm|openblas] [--batch N]` (`native` is the AVX2 kernel, also
 //! on an AVX-512 machine), and for tuning on a machine shared with other
 //! jobs: `--cpu-time` (CPU time per rayon thread instead of wall time), `--best` (fastest
-//! sample instead of the median), `--reps N`, `--probe-gemm` (the bare single-threaded gemm
+//! sample instead of the median), `--reps N`, `--profile` (each wick conv case's time per
+//! op: forward, input gradient, weight gradient; `"bench":"nn-ops"` lines), `--probe-gemm` (the bare single-threaded gemm
 //! backends on conv-shaped products), `--compare-gemm` (every conv case with every available
 //! gemm backend, alternating backends each repetition; `"bench":"nn-gemm"` lines).
 
@@ -209,6 +210,9 @@ static CPU_TIME: AtomicBool = AtomicBool::new(false);
 static BEST: AtomicBool = AtomicBool::new(false);
 /// `--reps N`: timed runs per wick measurement (default 5).
 static REPS: AtomicUsize = AtomicUsize::new(5);
+/// Set by `--profile`: after a wick conv case's timings, `reps` more forward+backward runs
+/// with wick-nn's per-op accounting on, one `"bench":"nn-ops"` line per op (ms per call).
+static PROFILE: AtomicBool = AtomicBool::new(false);
 /// Set by `--probe-gemm`: everything runs on the main thread.
 static PROBING: AtomicBool = AtomicBool::new(false);
 
@@ -295,6 +299,7 @@ fn parse_options() -> candle::Result<Options> {
             "--compare-gemm" => options.compare_gemm = true,
             "--cpu-time" => CPU_TIME.store(true, Ordering::Relaxed),
             "--best" => BEST.store(true, Ordering::Relaxed),
+            "--profile" => PROFILE.store(true, Ordering::Relaxed),
             "--reps" => {
                 REPS.store(
                     args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
@@ -355,6 +360,11 @@ fn run_conv(case: &Case, implementation: &str, batch: usize) -> candle::Result<S
         drop(grads);
         Ok(())
     })?;
+    if implementation == "wick" && PROFILE.load(Ordering::Relaxed) {
+        print_op_split(name, reps, || {
+            forward(xv.as_tensor(), wv.as_tensor())?.backward().map(drop)
+        })?;
+    }
     let gemm = if implementation == "wick" {
         format!(",\"gemm\":\"{}\"", gemm_backend().name())
     } else {
@@ -366,6 +376,30 @@ fn run_conv(case: &Case, implementation: &str, batch: usize) -> candle::Result<S
         flops / fwd_ms / 1e6,
         3.0 * flops / fwdbwd_ms / 1e6
     ))
+}
+
+/// `--profile`: `reps` runs of `run` with the per-op accounting on (after one untimed run),
+/// then each op's mean time per call.
+fn print_op_split(
+    case: &str,
+    reps: usize,
+    mut run: impl FnMut() -> candle::Result<()>,
+) -> candle::Result<()> {
+    run()?;
+    wick_nn::profile::set_enabled(true);
+    let _ = wick_nn::profile::take();
+    for _ in 0..reps {
+        run()?;
+    }
+    wick_nn::profile::set_enabled(false);
+    for op in wick_nn::profile::take() {
+        println!(
+            "{{\"bench\":\"nn-ops\",\"case\":\"{case}\",\"op\":\"{}\",\"ms\":{:.3}}}",
+            op.op,
+            op.seconds * 1e3 / op.calls.max(1) as f64
+        );
+    }
+    Ok(())
 }
 
 /// `--compare-gemm`: for each conv case, alternate the available gemm backends on every

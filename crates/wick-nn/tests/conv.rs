@@ -48,6 +48,7 @@ fn cases() -> Vec<Case> {
         case([5, 16, 4, 4], 8, 3, 1, 1),     // tiny images: several items per gemm tile
         case([6, 24, 3, 3], 12, 1, 0, 1),    // tiny pointwise, items grouped
         case([8, 20, 4, 4], 32, 1, 0, 1),    // grouped items' planes: whole 16-column tiles
+        case([32, 8, 2, 2], 24, 1, 0, 1),    // 2x2 planes, 8 items a unit: 32-column tiles
         case([2, 32, 12, 12], 150, 3, 1, 1), // gemm with M > 144 and K > 256 (several blocks)
         case([2, 16, 40, 40], 8, 3, 1, 1),   // image cut into several column tiles
         case([1, 2, 3, 3], 1, 3, 1, 1),      // kernel as large as the image

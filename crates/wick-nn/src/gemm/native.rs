@@ -577,10 +577,17 @@ unsafe fn macro_kernel(
             // and `jr + NR` (both whole, inside `rhs`), and writes `mr` rows (the panel's
             // rows inside `C`) of NR contiguous columns at `col` and at `col + NR`.
             unsafe {
+                let rhs_panels = || (rhs[jr * kc..].as_ptr(), rhs[(jr + NR) * kc..].as_ptr());
                 if whole_pair {
-                    let rhs_panels = (rhs[jr * kc..].as_ptr(), rhs[(jr + NR) * kc..].as_ptr());
                     let tiles = (dst.at(row, col), dst.at(row, col + NR));
-                    pair_kernel(kc, lhs_panel, mr, rhs_panels, tiles, dst.row_stride, add);
+                    pair_kernel(kc, lhs_panel, mr, rhs_panels(), tiles, dst.row_stride, add);
+                } else if pair {
+                    // Columns cut by items (planes under 16 pixels): the pair's 12 × 32 tile
+                    // through scratch, then scattered piece by piece.
+                    let mut scratch = [0.0f32; MAX_MR * 2 * NR];
+                    let s = scratch.as_mut_ptr();
+                    pair_kernel(kc, lhs_panel, mr, rhs_panels(), (s, s.add(NR)), 2 * NR, false);
+                    scatter_tile(&scratch, 2 * NR, dst, (row, col, mr, 2 * NR), add);
                 } else {
                     for panel in (jr..nc.min(jr + if pair { 2 * NR } else { NR })).step_by(NR) {
                         let nr = NR.min(nc - panel);
@@ -622,23 +629,47 @@ unsafe fn single_tile(
         let mut scratch = [0.0f32; MAX_MR * NR];
         let scratch_ptr = scratch.as_mut_ptr();
         micro_kernel(kernel, kc, lhs_panel, rhs_panel, scratch_ptr, NR, false);
-        // Piece by piece of columns contiguous in `C` (one item's, or all).
-        let mut j = 0;
-        while j < nr {
-            let len = (dst.item_cols - (col + j) % dst.item_cols).min(nr - j);
-            let piece = dst.at(row, col + j);
-            for i in 0..mr {
+        scatter_tile(&scratch, NR, dst, (row, col, mr, nr), add);
+    }
+}
+
+/// Stores an `mr × nr` tile computed into `scratch` (row stride `stride`) at `(row, col)` of
+/// `C`, piece by piece of columns contiguous in `C` (one item's, or all).
+///
+/// # Safety
+/// `dst` writable (and readable when `add`) at `(row + i, col + j)` for `i < mr`, `j < nr`;
+/// `scratch` holds `mr` rows of `stride >= nr`.
+unsafe fn scatter_tile(
+    scratch: &[f32],
+    stride: usize,
+    dst: DstLayout,
+    (row, col, mr, nr): (usize, usize, usize, usize),
+    add: bool,
+) {
+    let mut j = 0;
+    while j < nr {
+        let len = (dst.item_cols - (col + j) % dst.item_cols).min(nr - j);
+        let piece = dst.at(row, col + j);
+        for i in 0..mr {
+            let sums = &scratch[i * stride + j..i * stride + j + len];
+            // SAFETY: the caller's guarantees; `piece` + `i·row_stride + t` is `C[row + i,
+            // col + j + t]` with `j + t < nr`, inside one item's contiguous columns.
+            unsafe {
                 let out = piece.add(i * dst.row_stride);
-                let sums = &scratch[i * NR + j..i * NR + j + len];
                 // As the kernels store: the sum itself, or `C + sum` (so that a -0.0 sum
-                // stays -0.0 as it does in a full tile).
+                // stays -0.0 as it does in a full tile). A 2×2 plane's four values as one
+                // fixed-size move (the general loop compiles to a `memcpy` call).
+                if let (false, Ok(four)) = (add, <[f32; 4]>::try_from(sums)) {
+                    out.cast::<[f32; 4]>().write_unaligned(four);
+                    continue;
+                }
                 for (t, &sum) in sums.iter().enumerate() {
                     let out = out.add(t);
                     *out = if add { *out + sum } else { sum };
                 }
             }
-            j += len;
         }
+        j += len;
     }
 }
 

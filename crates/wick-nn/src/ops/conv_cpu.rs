@@ -22,11 +22,13 @@
 //! F(2×2, 3×3) (`conv_winograd`, 2.25x fewer multiply-adds), and small images where much of
 //! the im2col matrix would be padding run over their valid taps only (`conv_regions`).
 
+use super::storage::{par_output, write_values};
 use super::{conv_regions, conv_winograd};
 use crate::gemm::{
     Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
     materialize_into,
 };
+use crate::scratch::Scratch;
 use rayon::prelude::*;
 
 /// Target size of one im2col / col2im tile buffer.
@@ -394,7 +396,12 @@ impl RowSource for ItemRows<'_> {
             let (item, pixel) = ((col0 + done) / pixels, (col0 + done) % pixels);
             let len = (pixels - pixel).min(out.len() - done);
             let start = (item * channels_per_item + first_channel + row) * pixels + pixel;
-            out[done..done + len].copy_from_slice(&self.tensor[start..start + len]);
+            let (dst, src) = (&mut out[done..done + len], &self.tensor[start..start + len]);
+            // A 2×2 plane as one fixed-size move (`copy_from_slice` is a `memcpy` call).
+            match (<&mut [f32; 4]>::try_from(&mut *dst), <&[f32; 4]>::try_from(src)) {
+                (Ok(dst), Ok(src)) => *dst = *src,
+                _ => dst.copy_from_slice(src),
+            }
             done += len;
         }
     }
@@ -690,7 +697,7 @@ pub(crate) fn conv2d_backward_weight(
         return Ok(vec![0.0; weight_len]);
     }
     let units = g.batch.div_ceil(plan.items_per_unit);
-    let accumulate_unit = |mut grad_weight: Vec<f32>, unit: usize| -> candle::Result<Vec<f32>> {
+    let accumulate_unit = |grad_weight: &mut [f32], unit: usize, mode: Accumulate| {
         let first_item = unit * plan.items_per_unit;
         let items = plan.items_per_unit.min(g.batch - first_item);
         let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
@@ -701,13 +708,15 @@ pub(crate) fn conv2d_backward_weight(
                     let lhs = MatRef::new(dy_unit, group * og * pixels, (og, pixels), (pixels, 1))?;
                     let rhs = MatRef::new(in_unit, group * kg * pixels, (kg, pixels), (pixels, 1))?
                         .transpose();
-                    let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;
-                    gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+                    let dst = MatMut::new(grad_weight, group * og * kg, (og, kg), kg)?;
+                    gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, mode)?;
                 }
-                return Ok(grad_weight);
+                return Ok(());
             }
             let mut columns = Vec::new();
-            for (first, count) in item_tiles(&plan, pixels) {
+            for (tile, (first, count)) in item_tiles(&plan, pixels).enumerate() {
+                // Each group's weights from the unit's first tile on: written, then added to.
+                let mode = if tile == 0 { mode } else { Accumulate::Add };
                 let runs = column_runs(&g, first, count);
                 for group in 0..g.groups {
                     let source = Im2colRows {
@@ -725,8 +734,8 @@ pub(crate) fn conv2d_backward_weight(
                         (pixels, 1),
                     )?;
                     let rhs = MatRef::row_major(&columns, kg, count)?.transpose();
-                    let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;
-                    gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+                    let dst = MatMut::new(grad_weight, group * og * kg, (og, kg), kg)?;
+                    gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, mode)?;
                 }
             }
         } else {
@@ -745,42 +754,73 @@ pub(crate) fn conv2d_backward_weight(
                 materialize_into(source, &mut columns);
                 let lhs = MatRef::row_major(&gathered, og, count)?;
                 let rhs = MatRef::row_major(&columns, kg, count)?.transpose();
-                let dst = MatMut::new(&mut grad_weight, group * og * kg, (og, kg), kg)?;
-                gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+                let dst = MatMut::new(grad_weight, group * og * kg, (og, kg), kg)?;
+                gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, mode)?;
             }
         }
-        Ok(grad_weight)
+        Ok(())
     };
     sum_in_fixed_runs(units, weight_len, accumulate_unit)
 }
 
-/// The sum over `units` work units of `accumulate(partial, unit)`, each adding its unit's
-/// terms into a `len`-long partial sum: the units are cut into at most [`PARALLEL_SPLITS`]
-/// runs of consecutive units, each run accumulates in unit order (in parallel with the
-/// others), then the runs' sums are added in run order — the same additions in the same
-/// order whatever the number of threads (docs/decisions/0002-deterministic-reductions.md).
+/// The sum over `units` work units of `accumulate(partial, unit, mode)`, each writing its
+/// unit's terms into a `len`-long partial sum — `mode` is [`Accumulate::Overwrite`] for the
+/// first unit of a partial (which must then write every value: the partials are [`Scratch`]
+/// buffers, not zeroed) and [`Accumulate::Add`] after. The units are cut into at most
+/// [`PARALLEL_SPLITS`] runs of consecutive units, each run accumulates in unit order (in
+/// parallel with the others), then the runs' sums are added in run order — the same
+/// additions in the same order whatever the number of threads
+/// (docs/decisions/0002-deterministic-reductions.md).
 pub(crate) fn sum_in_fixed_runs(
     units: usize,
     len: usize,
-    accumulate: impl Fn(Vec<f32>, usize) -> candle::Result<Vec<f32>> + Sync,
+    accumulate: impl Fn(&mut [f32], usize, Accumulate) -> candle::Result<()> + Sync,
 ) -> candle::Result<Vec<f32>> {
+    if units == 0 {
+        return Ok(vec![0.0f32; len]);
+    }
+    const _: () = assert!(PARALLEL_SPLITS == 4, "the final sum below adds up to 4 runs");
     let units_per_run = units.div_ceil(PARALLEL_SPLITS).max(1);
     let runs = units.div_ceil(units_per_run);
     let partials = (0..runs)
         .into_par_iter()
         .map(|run| {
+            let mut partial = Scratch::take(len);
             let first = run * units_per_run;
-            (first..units.min(first + units_per_run)).try_fold(vec![0.0f32; len], &accumulate)
+            for unit in first..units.min(first + units_per_run) {
+                let mode = if unit == first { Accumulate::Overwrite } else { Accumulate::Add };
+                accumulate(&mut partial, unit, mode)?;
+            }
+            Ok(partial)
         })
         .collect::<candle::Result<Vec<_>>>()?;
-    let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| vec![0.0f32; len]);
-    for partial in partials {
-        for (t, p) in total.iter_mut().zip(&partial) {
-            *t += p;
-        }
-    }
-    Ok(total)
+    // Each element adds the runs in run order, `((p0 + p1) + p2) + p3`; elements in parallel
+    // chunks (megabytes of weight gradient at the late stages), with no zero fill.
+    const CHUNK: usize = 16 * 1024;
+    // SAFETY: `write_values` counts what it writes; each zip is as long as the chunk.
+    Ok(unsafe {
+        par_output(len, CHUNK, |index, out| {
+            let at = index * CHUNK;
+            let run = |r: usize| &partials[r][at..at + out.len()];
+            match partials.len() {
+                1 => write_values(out, run(0).iter().copied()),
+                2 => write_values(out, run(0).iter().zip(run(1)).map(|(a, b)| a + b)),
+                3 => write_values(
+                    out,
+                    run(0).iter().zip(run(1)).zip(run(2)).map(|((a, b), c)| a + b + c),
+                ),
+                _ => write_values(
+                    out,
+                    run(0)
+                        .iter()
+                        .zip(run(1))
+                        .zip(run(2))
+                        .zip(run(3))
+                        .map(|(((a, b), c), d)| a + b + c + d),
+                ),
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -438,7 +438,7 @@ pub(crate) fn backward_weight(
     let item_out = o * g.out_pixels();
     let units = g.batch.div_ceil(tiling.items_per_unit);
     let du_len = POSITIONS * o * c;
-    let accumulate_unit = |mut du: Vec<f32>, unit: usize| -> candle::Result<Vec<f32>> {
+    let accumulate_unit = |du: &mut [f32], unit: usize, mode: Accumulate| {
         let first_item = unit * tiling.items_per_unit;
         let items = tiling.items_per_unit.min(g.batch - first_item);
         let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
@@ -450,7 +450,9 @@ pub(crate) fn backward_weight(
         let (mut v_buffer, mut dm_buffer) =
             (Scratch::take(POSITIONS * c * most), Scratch::take(POSITIONS * o * most));
         let mut scratch = vec![0.0f32; 4 * bw];
-        for (first_row, rows) in tiling.chunks(items) {
+        for (chunk, (first_row, rows)) in tiling.chunks(items).enumerate() {
+            // `dU` from the unit's first chunk on: written, then added to.
+            let mode = if chunk == 0 { mode } else { Accumulate::Add };
             let n = rows * bw;
             let v = &mut v_buffer[..POSITIONS * c * n];
             let dm = &mut dm_buffer[..POSITIONS * o * n];
@@ -509,11 +511,11 @@ pub(crate) fn backward_weight(
             for xi in 0..POSITIONS {
                 let lhs = MatRef::new(dm, xi * o * n, (o, n), (n, 1))?;
                 let rhs = MatRef::new(v, xi * c * n, (c, n), (n, 1))?.transpose();
-                let dst = MatMut::new(&mut du, xi * o * c, (o, c), c)?;
-                gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, Accumulate::Add)?;
+                let dst = MatMut::new(du, xi * o * c, (o, c), c)?;
+                gemm(backend, Lhs::Plain(lhs), Rhs::Matrix(rhs), dst, mode)?;
             }
         }
-        Ok(du)
+        Ok(())
     };
     let du = sum_in_fixed_runs(units, du_len, accumulate_unit)?;
     // Filters in parallel, each built whole (an indexed parallel collect writes the vector in
