@@ -253,44 +253,43 @@ fn transform_input(
     let item_len = g.in_channels * plane;
     let position_len = g.in_channels * n;
     let padded_width = 2 * bw + 2;
-    // Four input rows of one block row, padded with zeros on both sides, and Bᵀ of them.
-    // Padded column xx holds input column xx - padding: only `[lead, lead + count)` is ever
-    // written, so the zeros either side are written once, here (no per-row fills).
-    let mut padded = vec![0.0f32; 4 * padded_width];
+    // Bᵀ of the four input rows of one block row, padded with zeros on both sides: padded
+    // column xx holds input column xx - padding. Only `[lead, lead + count)` is ever written,
+    // so the zeros either side are written once, here (no per-row fills). The input rows are
+    // read in place (a row outside the image reads `zeros`), not copied into a padded buffer
+    // first (a `memcpy` call per row).
     let mut rows_t = vec![0.0f32; 4 * padded_width];
     let lead = g.padding.min(padded_width);
     let count = g.in_width.min(padded_width - lead);
+    let zeros = vec![0.0f32; count];
     for channel in 0..g.in_channels {
         for row in 0..rows {
             let (item, by) =
                 ((first_row + row) / tiling.blocks_h, (first_row + row) % tiling.blocks_h);
             let base = item * item_len + channel * plane;
-            for r in 0..4 {
-                let dst = &mut padded[r * padded_width + lead..r * padded_width + lead + count];
-                match (2 * by + r).checked_sub(g.padding).filter(|&y| y < g.in_height) {
-                    Some(y) => {
-                        let start = base + y * g.in_width;
-                        dst.copy_from_slice(&input[start..start + count]);
-                    }
-                    None => {
-                        for value in dst.iter_mut() {
-                            *value = 0.0;
-                        }
-                    }
-                }
-            }
+            let input_row =
+                |r: usize| match (2 * by + r).checked_sub(g.padding).filter(|&y| y < g.in_height) {
+                    Some(y) => &input[base + y * g.in_width..base + y * g.in_width + count],
+                    None => &zeros[..],
+                };
+            let (d0, d1, d2, d3) = (input_row(0), input_row(1), input_row(2), input_row(3));
             // t = Bᵀ d along the rows, for every column at once.
-            for x in 0..padded_width {
-                let (d0, d1, d2, d3) = (
-                    padded[x],
-                    padded[padded_width + x],
-                    padded[2 * padded_width + x],
-                    padded[3 * padded_width + x],
-                );
-                rows_t[x] = d0 - d2;
-                rows_t[padded_width + x] = d1 + d2;
-                rows_t[2 * padded_width + x] = d2 - d1;
-                rows_t[3 * padded_width + x] = d1 - d3;
+            let (t0, rest) = rows_t.split_at_mut(padded_width);
+            let (t1, rest) = rest.split_at_mut(padded_width);
+            let (t2, t3) = rest.split_at_mut(padded_width);
+            let span = lead..lead + count;
+            let (t0, t1, t2, t3) = (
+                &mut t0[span.clone()],
+                &mut t1[span.clone()],
+                &mut t2[span.clone()],
+                &mut t3[span],
+            );
+            for x in 0..count {
+                let (d0, d1, d2, d3) = (d0[x], d1[x], d2[x], d3[x]);
+                t0[x] = d0 - d2;
+                t1[x] = d1 + d2;
+                t2[x] = d2 - d1;
+                t3[x] = d1 - d3;
             }
             // V = t B along the columns: position (r, s) of block bx, written as one
             // contiguous run over bx per position.
