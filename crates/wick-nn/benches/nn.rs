@@ -23,8 +23,8 @@
 //! [--gemm native-avx512|native|gemm|openblas] [--batch N]` (`native` is the AVX2 kernel, also
 //! on an AVX-512 machine), and for tuning on a machine shared with other
 //! jobs: `--cpu-time` (CPU time per rayon thread instead of wall time), `--best` (fastest
-//! sample instead of the median), `--reps N`, `--profile` (each wick conv case's time per
-//! op: forward, input gradient, weight gradient; `"bench":"nn-ops"` lines), `--probe-gemm` (the bare single-threaded gemm
+//! sample instead of the median), `--reps N`, `--profile` (each wick conv or batch-norm case's
+//! time per op: forward, input gradient, weight gradient, statistics, ...; `"bench":"nn-ops"` lines), `--probe-gemm` (the bare single-threaded gemm
 //! backends on conv-shaped products), `--compare-gemm` (every conv case with every available
 //! gemm backend, alternating backends each repetition; `"bench":"nn-gemm"` lines).
 
@@ -210,8 +210,9 @@ static CPU_TIME: AtomicBool = AtomicBool::new(false);
 static BEST: AtomicBool = AtomicBool::new(false);
 /// `--reps N`: timed runs per wick measurement (default 5).
 static REPS: AtomicUsize = AtomicUsize::new(5);
-/// Set by `--profile`: after a wick conv case's timings, `reps` more forward+backward runs
-/// with wick-nn's per-op accounting on, one `"bench":"nn-ops"` line per op (ms per call).
+/// Set by `--profile`: after a wick conv or batch-norm case's timings, `reps` more
+/// forward+backward runs with wick-nn's per-op accounting on, one `"bench":"nn-ops"` line per
+/// op (ms per call).
 static PROFILE: AtomicBool = AtomicBool::new(false);
 /// Set by `--probe-gemm`: everything runs on the main thread.
 static PROBING: AtomicBool = AtomicBool::new(false);
@@ -511,6 +512,11 @@ fn run_batch_norm(case: &Case, implementation: &str, batch: usize) -> candle::Re
     let fwd_ms = time_ms(reps, single_above, || forward(&x).map(drop))?;
     let xv = Var::from_tensor(&x)?;
     let fwdbwd_ms = time_ms(reps, single_above, || forward(xv.as_tensor())?.backward().map(drop))?;
+    if implementation == "wick" && PROFILE.load(Ordering::Relaxed) {
+        print_op_split(name, REPS.load(Ordering::Relaxed), || {
+            forward(xv.as_tensor())?.backward().map(drop)
+        })?;
+    }
     // Forward reads x and writes y; backward reads x, y and dy and writes dx.
     let tensor_bytes = (4 * x.elem_count()) as f64;
     Ok(format!(
