@@ -176,6 +176,30 @@ fn gradients_match_finite_differences() -> candle::Result<()> {
     Ok(())
 }
 
+/// Windows that tile the input exactly (kernel == stride, no padding, sizes divisible: the
+/// kernels' direct path, xresnet's shortcut pool) against the naive loops and finite
+/// differences, both reductions.
+#[test]
+fn exactly_tiling_windows_match_naive_loops_and_finite_differences() -> candle::Result<()> {
+    for window in [(2, 2, 0, true), (2, 2, 0, false), (3, 3, 0, false), (1, 1, 0, false)] {
+        let (kernel, stride, padding, ceil_mode) = window;
+        let x = (seeded_tensor(&[2, 3, 6, 12], 40 + kernel as u64) - 0.5)?;
+        let ours = ops::max_pool2d(&x, max_config(kernel, stride, padding, ceil_mode))?;
+        let reference =
+            naive_pool(&x, window, |v, _| v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)));
+        assert_close(&format!("max {window:?}"), &ours, &reference, Tol::of_scale(0.0));
+        let ours = ops::avg_pool2d(&x, avg_config(kernel, stride, padding, ceil_mode))?;
+        let reference = naive_pool(&x, window, |v, divisor| v.iter().sum::<f32>() / divisor as f32);
+        assert_close(&format!("avg {window:?}"), &ours, &reference, Tol::of_scale(1e-6));
+        let x = distinct_tensor(&[1, 2, 6, 6], 5, 0.01, -0.5);
+        let config = max_config(kernel, stride, padding, ceil_mode);
+        check_gradient(&x, |x| ops::max_pool2d(x, config), &format!("max {window:?}"))?;
+        let config = avg_config(kernel, stride, padding, ceil_mode);
+        check_gradient(&x, |x| ops::avg_pool2d(x, config), &format!("avg {window:?}"))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn max_pool_gradient_goes_to_the_first_of_tied_maxima() -> candle::Result<()> {
     // One 2x2 window of equal values: PyTorch's CPU kernel picks the first in scan order.

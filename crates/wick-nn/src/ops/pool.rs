@@ -19,7 +19,7 @@
 //! devices the ops fall back to candle's pooling where candle's semantics coincide (no
 //! padding, kernel == stride, no partial window) and fail otherwise.
 
-use super::storage::f32_row_major;
+use super::storage::{f32_row_major, par_output};
 use candle::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -328,6 +328,17 @@ fn pool_forward_cpu<R: PoolReduction>(
 ) -> candle::Result<(CpuStorage, Shape)> {
     let geometry = PoolGeometry::new(layout.dims(), &window, R::OP)?;
     let input = f32_row_major(storage, layout, R::OP)?;
+    if let Some(k) = exact_tiles(&geometry, &window) {
+        let (in_plane, out_plane) = (geometry.in_plane(), geometry.out_plane());
+        // SAFETY: each writer fills its whole plane (every output of every row).
+        let output = unsafe {
+            par_output(geometry.planes * out_plane, out_plane, |index, out| {
+                let plane = &input[index * in_plane..(index + 1) * in_plane];
+                pool_tiles::<R>(plane, &geometry, k, out)
+            })
+        };
+        return Ok((CpuStorage::F32(output), geometry.output_shape()));
+    }
     let mut output = vec![0.0f32; geometry.planes * geometry.out_plane()];
     if !output.is_empty() {
         output
@@ -341,6 +352,50 @@ fn pool_forward_cpu<R: PoolReduction>(
             );
     }
     Ok((CpuStorage::F32(output), geometry.output_shape()))
+}
+
+/// The side `k` of windows that tile the input exactly — kernel == stride == `k` (at most
+/// [`MAX_TILE`]), no padding, every input pixel in one whole window (xresnet's shortcut
+/// `AvgPool2d(2, ceil_mode=True)` on even sizes) — or `None`.
+fn exact_tiles(geometry: &PoolGeometry, window: &Window) -> Option<usize> {
+    let k = window.kernel;
+    (window.stride == k
+        && window.padding == 0
+        && (1..=MAX_TILE).contains(&k)
+        && geometry.out_height * k == geometry.in_height
+        && geometry.out_width * k == geometry.in_width)
+        .then_some(k)
+}
+
+/// The largest window [`exact_tiles`] takes (its column values live on the stack).
+const MAX_TILE: usize = 8;
+
+/// Pooling of one plane tiled exactly by `k × k` windows, written straight into `out` (no
+/// row buffers, no zero fill): each window's columns folded over its rows in order, then
+/// [`PoolReduction::window_value`] — the same arithmetic in the same order as [`pool_plane`].
+/// Returns the values written (the whole plane).
+fn pool_tiles<R: PoolReduction>(
+    plane: &[f32],
+    geometry: &PoolGeometry,
+    k: usize,
+    out: &mut [std::mem::MaybeUninit<f32>],
+) -> usize {
+    let width = geometry.in_width;
+    let mut columns = [0.0f32; MAX_TILE];
+    for (rows, out_row) in
+        plane.chunks_exact(k * width).zip(out.chunks_exact_mut(geometry.out_width))
+    {
+        for (x0, value) in (0..width).step_by(k).zip(out_row.iter_mut()) {
+            for (j, column) in columns[..k].iter_mut().enumerate() {
+                *column = rows[x0 + j];
+                for y in 1..k {
+                    *column = R::combine(*column, rows[y * width + x0 + j]);
+                }
+            }
+            value.write(R::window_value(&columns[..k], k * k));
+        }
+    }
+    geometry.out_plane()
 }
 
 /// Separable pooling of one plane: per output row, the column-wise reduction over the
@@ -406,13 +461,14 @@ impl CustomOp1 for MaxPool2dOp {
     }
 }
 
-/// Max pooling backward of one plane: each window's gradient goes to its first maximum in
-/// row-major scan order (the first value equal to the window's max, NaN equal to NaN: the
-/// same position as PyTorch's scan, which replaces the best only on a strictly greater value
-/// or a NaN — except in a window with two or more NaNs, where PyTorch's goes to the last).
-/// The maxima are the forward's output (`maxima`, the plane's `OH × OW`); the position
-/// search is branch-free (scanned backwards, each match overwriting the position), since on
-/// real activations the comparisons are unpredictable.
+/// Max pooling backward of one plane, added into `grad_input` (zeroed by the caller): each
+/// window's gradient goes to its first maximum in row-major scan order (the first value equal
+/// to the window's max, NaN equal to NaN: the same position as PyTorch's scan, which replaces
+/// the best only on a strictly greater value or a NaN — except in a window with two or more
+/// NaNs, where PyTorch's goes to the last). The maxima are the forward's output (`maxima`, the
+/// plane's `OH × OW`); the position search is branch-free (scanned backwards, each match
+/// overwriting the position), since on real activations the comparisons are unpredictable,
+/// and a NaN maximum (never, on real activations: a predictable branch) takes its own scan.
 fn max_pool_backward_plane(
     plane: &[f32],
     maxima: &[f32],
@@ -423,9 +479,6 @@ fn max_pool_backward_plane(
     grad_input: &mut [f32],
 ) {
     let width = geometry.in_width;
-    // The buffer comes from calloc: writing the zeros here (rather than reading the lazily
-    // zeroed pages first) takes one page fault per page instead of two.
-    grad_input.fill(0.0);
     for (out_y, (grad_row, max_row)) in grad
         .chunks_exact(geometry.out_width)
         .zip(maxima.chunks_exact(geometry.out_width))
@@ -434,9 +487,10 @@ fn max_pool_backward_plane(
         let (y0, y1, _) = window.range(out_y, geometry.in_height);
         let windows = column_windows.iter();
         for ((&g, &max), &(x0, x1, _)) in grad_row.iter().zip(max_row).zip(windows) {
-            let at = if (y1 - y0, x1 - x0) == (3, 3) {
-                // A whole 3×3 window (all but the borders of xresnet's stem pool): the same
-                // scan with its bounds known, unrolled.
+            let at = if (y1 - y0, x1 - x0) == (3, 3) && !max.is_nan() {
+                // A whole 3×3 window (all but the borders of xresnet's stem pool) with a
+                // number for its maximum: the same scan with its bounds known, unrolled, and
+                // equality the only match.
                 first_max_at::<3, 3>(plane, width, (y0, x0), max)
             } else {
                 first_max_at_dyn(plane, width, (y0, y1), (x0, x1), max)
@@ -453,7 +507,8 @@ fn is_max(value: f32, max: f32) -> bool {
 }
 
 /// The index in `plane` of the first element of the `KH × KW` window at `(y0, x0)` equal to
-/// its `max`, scanned backwards with each match overwriting the position (branch-free).
+/// its `max` (a number, not NaN), scanned backwards with each match overwriting the position
+/// (branch-free).
 #[inline(always)]
 fn first_max_at<const KH: usize, const KW: usize>(
     plane: &[f32],
@@ -465,7 +520,7 @@ fn first_max_at<const KH: usize, const KW: usize>(
     for y in (y0..y0 + KH).rev() {
         let row: &[f32; KW] = plane[y * width + x0..][..KW].try_into().expect("KW values");
         for x in (0..KW).rev() {
-            at = if is_max(row[x], max) { y * width + x0 + x } else { at };
+            at = if row[x] == max { y * width + x0 + x } else { at };
         }
     }
     at
@@ -540,26 +595,30 @@ impl CustomOp3 for MaxPool2dBackwardOp {
         let input = f32_row_major(input_storage, input_layout, "max_pool2d backward")?;
         let maxima = f32_row_major(output_storage, output_layout, "max_pool2d backward")?;
         let grad = f32_row_major(grad_storage, grad_layout, "max_pool2d backward")?;
-        let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
-        if geometry.out_plane() > 0 && !grad_input.is_empty() {
-            let column_windows = column_windows(&geometry, &window);
-            grad_input
-                .par_chunks_mut(geometry.in_plane())
-                .zip(input.par_chunks(geometry.in_plane()))
-                .zip(maxima.par_chunks(geometry.out_plane()))
-                .zip(grad.par_chunks(geometry.out_plane()))
-                .for_each(|(((dx_plane, in_plane), max_plane), dy_plane)| {
-                    max_pool_backward_plane(
-                        in_plane,
-                        max_plane,
-                        dy_plane,
-                        &geometry,
-                        &window,
-                        &column_windows,
-                        dx_plane,
-                    );
-                });
-        }
+        let column_windows = column_windows(&geometry, &window);
+        let (in_plane, out_plane) = (geometry.in_plane(), geometry.out_plane());
+        // SAFETY: each writer zeroes its whole plane before anything reads it, then adds the
+        // window gradients into it.
+        let grad_input = unsafe {
+            par_output(geometry.planes * in_plane, in_plane, |index, dx| {
+                for value in dx.iter_mut() {
+                    value.write(0.0);
+                }
+                // SAFETY: every value of `dx` was just written.
+                let dx = &mut *(dx as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]);
+                let planes = index * out_plane..(index + 1) * out_plane;
+                max_pool_backward_plane(
+                    &input[index * in_plane..(index + 1) * in_plane],
+                    &maxima[planes.clone()],
+                    &grad[planes],
+                    &geometry,
+                    &window,
+                    &column_windows,
+                    dx,
+                );
+                dx.len()
+            })
+        };
         Ok((CpuStorage::F32(grad_input), geometry.input_shape()))
     }
 
@@ -647,6 +706,17 @@ impl CustomOp1 for AvgPool2dBackwardOp {
         let window = Window::from(self.config);
         let geometry = self.geometry(layout)?;
         let grad = f32_row_major(storage, layout, "avg_pool2d backward")?;
+        if let Some(k) = exact_tiles(&geometry, &window) {
+            let (in_plane, out_plane) = (geometry.in_plane(), geometry.out_plane());
+            // SAFETY: each writer fills its whole plane (every pixel of every row).
+            let grad_input = unsafe {
+                par_output(geometry.planes * in_plane, in_plane, |index, dx| {
+                    let dy = &grad[index * out_plane..(index + 1) * out_plane];
+                    avg_pool_backward_tiles(dy, &geometry, k, dx)
+                })
+            };
+            return Ok((CpuStorage::F32(grad_input), geometry.input_shape()));
+        }
         let mut grad_input = vec![0.0f32; geometry.planes * geometry.in_plane()];
         if geometry.out_plane() > 0 && !grad_input.is_empty() {
             grad_input
@@ -694,6 +764,32 @@ impl AvgPool2dBackwardOp {
         }
         Ok(geometry)
     }
+}
+
+/// Average pooling backward of one plane tiled exactly by `k × k` windows (see
+/// [`exact_tiles`]), written straight into `dx`: every pixel gets its window's gradient over
+/// `k²` — as `0 + share`, the value [`avg_pool_backward_plane`]'s zeroed sums hold (so a
+/// `-0.0` share is `+0.0` there too). Returns the values written (the whole plane).
+fn avg_pool_backward_tiles(
+    grad: &[f32],
+    geometry: &PoolGeometry,
+    k: usize,
+    dx: &mut [std::mem::MaybeUninit<f32>],
+) -> usize {
+    let (width, count) = (geometry.in_width, (k * k) as f32);
+    for (grad_row, dx_rows) in
+        grad.chunks_exact(geometry.out_width).zip(dx.chunks_exact_mut(k * width))
+    {
+        for dx_row in dx_rows.chunks_exact_mut(width) {
+            for (&g, dx_window) in grad_row.iter().zip(dx_row.chunks_exact_mut(k)) {
+                let value = 0.0 + g / count;
+                for dx in dx_window {
+                    dx.write(value);
+                }
+            }
+        }
+    }
+    geometry.in_plane()
 }
 
 /// Average pooling backward of one plane: per output row, spread each gradient over its
