@@ -22,7 +22,7 @@
 //! F(2×2, 3×3) (`conv_winograd`, 2.25x fewer multiply-adds), and small images where much of
 //! the im2col matrix would be padding run over their valid taps only (`conv_regions`).
 
-use super::storage::{par_output, write_values};
+use super::storage::{par_output, try_par_zeroed, write_values};
 use super::{conv_regions, conv_winograd};
 use crate::gemm::{
     Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
@@ -437,82 +437,57 @@ pub(crate) fn conv2d_forward(
         })
         .collect::<candle::Result<Vec<_>>>()?;
     let plan = TilePlan::new(&g);
-    let mut output = vec![0.0f32; g.output_len()];
-    if output.is_empty() {
-        return Ok(output);
+    if g.output_len() == 0 {
+        return Ok(Vec::new());
     }
-    output.par_chunks_mut(plan.items_per_unit * item_out).enumerate().try_for_each(
-        |(unit, out_unit)| -> candle::Result<()> {
-            let items = out_unit.len() / item_out;
-            let first_item = unit * plan.items_per_unit;
-            let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
-            if items == 1 {
-                for (first, count) in item_tiles(&plan, pixels) {
-                    let runs = column_runs(&g, first, count);
-                    for (group, lhs) in weights.iter().enumerate() {
-                        let dst = MatMut::new(
-                            out_unit,
-                            group * og * pixels + first,
-                            (og, count),
-                            pixels,
+    try_par_zeroed(g.output_len(), plan.items_per_unit * item_out, |unit, out_unit| {
+        let items = out_unit.len() / item_out;
+        let first_item = unit * plan.items_per_unit;
+        let in_unit = &input[first_item * item_in..(first_item + items) * item_in];
+        if items == 1 {
+            for (first, count) in item_tiles(&plan, pixels) {
+                let runs = column_runs(&g, first, count);
+                for (group, lhs) in weights.iter().enumerate() {
+                    let dst =
+                        MatMut::new(out_unit, group * og * pixels + first, (og, count), pixels)?;
+                    if g.is_pointwise() {
+                        let offset = group * g.group_in_channels() * pixels + first;
+                        let rhs = MatRef::new(in_unit, offset, (kg, count), (pixels, 1))?;
+                        gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
+                    } else {
+                        let columns = Im2colRows {
+                            geometry: &g,
+                            input: in_unit,
+                            group,
+                            runs: &runs,
+                            columns: count,
+                        };
+                        gemm(
+                            backend,
+                            lhs.as_lhs(),
+                            Rhs::Generated(&columns),
+                            dst,
+                            Accumulate::Overwrite,
                         )?;
-                        if g.is_pointwise() {
-                            let offset = group * g.group_in_channels() * pixels + first;
-                            let rhs = MatRef::new(in_unit, offset, (kg, count), (pixels, 1))?;
-                            gemm(
-                                backend,
-                                lhs.as_lhs(),
-                                Rhs::Matrix(rhs),
-                                dst,
-                                Accumulate::Overwrite,
-                            )?;
-                        } else {
-                            let columns = Im2colRows {
-                                geometry: &g,
-                                input: in_unit,
-                                group,
-                                runs: &runs,
-                                columns: count,
-                            };
-                            gemm(
-                                backend,
-                                lhs.as_lhs(),
-                                Rhs::Generated(&columns),
-                                dst,
-                                Accumulate::Overwrite,
-                            )?;
-                        }
                     }
                 }
-            } else {
-                // Each group's `og × (items·P)` product is written straight into the items'
-                // output planes.
-                let count = items * pixels;
-                let runs = if g.is_pointwise() { Vec::new() } else { column_runs(&g, 0, count) };
-                for (group, lhs) in weights.iter().enumerate() {
-                    let dst = ItemColumns::of_group(&g, group, items).writer(out_unit)?;
-                    let planes = ItemColumns::of_input_group(&g, group, items).reader(in_unit);
-                    let im2col = Im2colRows {
-                        geometry: &g,
-                        input: in_unit,
-                        group,
-                        runs: &runs,
-                        columns: count,
-                    };
-                    let columns: &dyn RowSource = if g.is_pointwise() { &planes } else { &im2col };
-                    gemm(
-                        backend,
-                        lhs.as_lhs(),
-                        Rhs::Generated(columns),
-                        dst,
-                        Accumulate::Overwrite,
-                    )?;
-                }
             }
-            Ok(())
-        },
-    )?;
-    Ok(output)
+        } else {
+            // Each group's `og × (items·P)` product is written straight into the items'
+            // output planes.
+            let count = items * pixels;
+            let runs = if g.is_pointwise() { Vec::new() } else { column_runs(&g, 0, count) };
+            for (group, lhs) in weights.iter().enumerate() {
+                let dst = ItemColumns::of_group(&g, group, items).writer(out_unit)?;
+                let planes = ItemColumns::of_input_group(&g, group, items).reader(in_unit);
+                let im2col =
+                    Im2colRows { geometry: &g, input: in_unit, group, runs: &runs, columns: count };
+                let columns: &dyn RowSource = if g.is_pointwise() { &planes } else { &im2col };
+                gemm(backend, lhs.as_lhs(), Rhs::Generated(columns), dst, Accumulate::Overwrite)?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `dx` from `dy (B, O, OH, OW)` and `w`; both row-major.
@@ -557,70 +532,65 @@ pub(crate) fn conv2d_backward_input(
         })
         .collect::<candle::Result<Vec<_>>>()?;
     let plan = TilePlan::new(&g);
-    let mut grad_input = vec![0.0f32; g.input_len()];
-    if grad_input.is_empty() || pixels == 0 {
-        return Ok(grad_input);
+    if g.input_len() == 0 || pixels == 0 {
+        return Ok(vec![0.0f32; g.input_len()]);
     }
-    grad_input.par_chunks_mut(plan.items_per_unit * item_in).enumerate().try_for_each(
-        |(unit, dx_unit)| -> candle::Result<()> {
-            let items = dx_unit.len() / item_in;
-            let first_item = unit * plan.items_per_unit;
-            let dy_unit = &grad_output[first_item * item_out..(first_item + items) * item_out];
-            if items == 1 && g.is_pointwise() {
-                for (group, lhs) in weights_transposed.iter().enumerate() {
-                    let rhs = MatRef::new(dy_unit, group * og * pixels, (og, pixels), (pixels, 1))?;
-                    let dst = MatMut::new(dx_unit, group * cg * pixels, (cg, pixels), pixels)?;
-                    gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
-                }
-                return Ok(());
+    // Each unit's input gradient is zeroed in its own task (col2im adds into it).
+    try_par_zeroed(g.input_len(), plan.items_per_unit * item_in, |unit, dx_unit| {
+        let items = dx_unit.len() / item_in;
+        let first_item = unit * plan.items_per_unit;
+        let dy_unit = &grad_output[first_item * item_out..(first_item + items) * item_out];
+        if items == 1 && g.is_pointwise() {
+            for (group, lhs) in weights_transposed.iter().enumerate() {
+                let rhs = MatRef::new(dy_unit, group * og * pixels, (og, pixels), (pixels, 1))?;
+                let dst = MatMut::new(dx_unit, group * cg * pixels, (cg, pixels), pixels)?;
+                gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
             }
-            if g.is_pointwise() {
-                // `dx` of each group's input channels is `wᵀ · dy` of its output channels,
-                // the items side by side: read from and written to the planes in place.
-                for (group, lhs) in weights_transposed.iter().enumerate() {
-                    let rhs = ItemColumns::of_group(&g, group, items);
-                    let rhs = rhs.reader(dy_unit);
-                    let dst = ItemColumns::of_input_group(&g, group, items).writer(dx_unit)?;
-                    gemm(backend, lhs.as_lhs(), Rhs::Generated(&rhs), dst, Accumulate::Overwrite)?;
-                }
-                return Ok(());
+            return Ok(());
+        }
+        if g.is_pointwise() {
+            // `dx` of each group's input channels is `wᵀ · dy` of its output channels,
+            // the items side by side: read from and written to the planes in place.
+            for (group, lhs) in weights_transposed.iter().enumerate() {
+                let rhs = ItemColumns::of_group(&g, group, items);
+                let rhs = rhs.reader(dy_unit);
+                let dst = ItemColumns::of_input_group(&g, group, items).writer(dx_unit)?;
+                gemm(backend, lhs.as_lhs(), Rhs::Generated(&rhs), dst, Accumulate::Overwrite)?;
             }
-            // The buffer comes from calloc: writing the zeros here (rather than reading the
-            // lazily zeroed pages in col2im first) takes one page fault per page, not two.
-            dx_unit.fill(0.0);
-            if items == 1 {
-                let mut columns = Vec::new();
-                for (first, count) in item_tiles(&plan, pixels) {
-                    let runs = column_runs(&g, first, count);
-                    columns.resize(kg * count, 0.0);
-                    for (group, lhs) in weights_transposed.iter().enumerate() {
-                        let rhs = MatRef::new(
-                            dy_unit,
-                            group * og * pixels + first,
-                            (og, count),
-                            (pixels, 1),
-                        )?;
-                        let dst = MatMut::row_major(&mut columns, kg, count)?;
-                        gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
-                        col2im_add(&g, &columns, group, &runs, count, dx_unit);
-                    }
-                }
-            } else {
-                let count = items * pixels;
-                let runs = column_runs(&g, 0, count);
-                let mut columns = vec![0.0f32; kg * count];
+            return Ok(());
+        }
+        if items == 1 {
+            let mut columns = Vec::new();
+            for (first, count) in item_tiles(&plan, pixels) {
+                let runs = column_runs(&g, first, count);
+                columns.resize(kg * count, 0.0);
                 for (group, lhs) in weights_transposed.iter().enumerate() {
-                    let rhs = ItemColumns::of_group(&g, group, items).reader(dy_unit);
+                    let rhs = MatRef::new(
+                        dy_unit,
+                        group * og * pixels + first,
+                        (og, count),
+                        (pixels, 1),
+                    )?;
                     let dst = MatMut::row_major(&mut columns, kg, count)?;
-                    let rhs = Rhs::Generated(&rhs);
-                    gemm(backend, lhs.as_lhs(), rhs, dst, Accumulate::Overwrite)?;
+                    gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
                     col2im_add(&g, &columns, group, &runs, count, dx_unit);
                 }
             }
-            Ok(())
-        },
-    )?;
-    Ok(grad_input)
+        } else {
+            let count = items * pixels;
+            let runs = column_runs(&g, 0, count);
+            // Written whole by each group's gemm before col2im reads it.
+            let mut columns = Scratch::take(kg * count);
+            for (group, lhs) in weights_transposed.iter().enumerate() {
+                let rhs = ItemColumns::of_group(&g, group, items).reader(dy_unit);
+                let dst = MatMut::row_major(&mut columns, kg, count)?;
+                let rhs = Rhs::Generated(&rhs);
+                gemm(backend, lhs.as_lhs(), rhs, dst, Accumulate::Overwrite)?;
+                col2im_add(&g, &columns, group, &runs, count, dx_unit);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The convolution whose forward pass is the input gradient of `g`, when there is one

@@ -19,7 +19,7 @@
 //! devices the ops fall back to candle's pooling where candle's semantics coincide (no
 //! padding, kernel == stride, no partial window) and fail otherwise.
 
-use super::storage::{f32_row_major, par_output};
+use super::storage::{f32_row_major, par_output, try_par_zeroed};
 use candle::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -597,28 +597,19 @@ impl CustomOp3 for MaxPool2dBackwardOp {
         let grad = f32_row_major(grad_storage, grad_layout, "max_pool2d backward")?;
         let column_windows = column_windows(&geometry, &window);
         let (in_plane, out_plane) = (geometry.in_plane(), geometry.out_plane());
-        // SAFETY: each writer zeroes its whole plane before anything reads it, then adds the
-        // window gradients into it.
-        let grad_input = unsafe {
-            par_output(geometry.planes * in_plane, in_plane, |index, dx| {
-                for value in dx.iter_mut() {
-                    value.write(0.0);
-                }
-                // SAFETY: every value of `dx` was just written.
-                let dx = &mut *(dx as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]);
-                let planes = index * out_plane..(index + 1) * out_plane;
-                max_pool_backward_plane(
-                    &input[index * in_plane..(index + 1) * in_plane],
-                    &maxima[planes.clone()],
-                    &grad[planes],
-                    &geometry,
-                    &window,
-                    &column_windows,
-                    dx,
-                );
-                dx.len()
-            })
-        };
+        let grad_input = try_par_zeroed(geometry.planes * in_plane, in_plane, |index, dx| {
+            let planes = index * out_plane..(index + 1) * out_plane;
+            max_pool_backward_plane(
+                &input[index * in_plane..(index + 1) * in_plane],
+                &maxima[planes.clone()],
+                &grad[planes],
+                &geometry,
+                &window,
+                &column_windows,
+                dx,
+            );
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(grad_input), geometry.input_shape()))
     }
 

@@ -88,6 +88,33 @@ pub(crate) unsafe fn try_par_output(
     Ok(out)
 }
 
+/// A new output of `len` values made in parallel chunks of `chunk`, each zeroed by its own
+/// writer just before `write(index, values)` gets it (initialised, so that a kernel may add
+/// into it or hand it to a gemm). `vec![0.0; len]` zeroes the whole output on one thread
+/// first: glibc's `calloc` clears the reused memory it hands out with a `memset`.
+///
+/// # Errors
+/// The first chunk's error (in chunk order), if any writer fails.
+pub(crate) fn try_par_zeroed(
+    len: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [f32]) -> candle::Result<()> + Sync,
+) -> candle::Result<Vec<f32>> {
+    // SAFETY: each writer zeroes its whole chunk before anything reads it, and reports it
+    // whole.
+    unsafe {
+        try_par_output(len, chunk, |index, values| {
+            for value in values.iter_mut() {
+                value.write(0.0);
+            }
+            // SAFETY: every value of the chunk was just written.
+            let values = &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]);
+            write(index, values)?;
+            Ok(values.len())
+        })
+    }
+}
+
 /// Writes `values` into `out` from its start; returns how many were written (the shorter of
 /// the two lengths).
 #[inline(always)]
