@@ -87,15 +87,34 @@ pub(crate) struct PackedLhs {
 }
 
 impl PackedLhs {
-    /// `matrix` packed for `kernel`.
+    /// `matrix` packed for `kernel`: each KC block's MC-row pieces in parallel (a
+    /// convolution's weights are packed once per call, megabytes at the late stages, while
+    /// the gemms that use them wait).
     pub(crate) fn pack(matrix: MatRef<'_>, kernel: Kernel) -> Self {
+        use rayon::prelude::*;
         let mr = kernel.mr();
         let rows_padded = matrix.rows.div_ceil(mr) * mr;
         let mut data = Scratch::take(rows_padded * matrix.cols);
+        // (first column, columns, first row, rows, the piece's packed values).
+        let mut pieces = Vec::new();
+        let mut rest: &mut [f32] = &mut data;
         for pc in (0..matrix.cols).step_by(KC) {
             let kc = KC.min(matrix.cols - pc);
-            let block = &mut data[pc * rows_padded..(pc + kc) * rows_padded];
-            pack_lhs_block(kernel, matrix, 0, matrix.rows, pc, kc, block);
+            for ic in (0..matrix.rows).step_by(MC) {
+                let mc = MC.min(matrix.rows - ic);
+                let (piece, tail) = rest.split_at_mut(mc.div_ceil(mr) * mr * kc);
+                rest = tail;
+                pieces.push((pc, kc, ic, mc, piece));
+            }
+        }
+        // Small weights on the calling thread: a rayon task costs more than their copy.
+        let pack = |(pc, kc, ic, mc, piece): (usize, usize, usize, usize, &mut [f32])| {
+            pack_lhs_block(kernel, matrix, ic, mc, pc, kc, piece)
+        };
+        if rows_padded * matrix.cols >= 64 * 1024 {
+            pieces.into_par_iter().for_each(pack);
+        } else {
+            pieces.into_iter().for_each(pack);
         }
         Self { data, rows: matrix.rows, cols: matrix.cols, kernel }
     }
