@@ -23,8 +23,9 @@
 //! [--gemm native-avx512|native|gemm|openblas] [--batch N]` (`native` is the AVX2 kernel, also
 //! on an AVX-512 machine), and for tuning on a machine shared with other
 //! jobs: `--cpu-time` (CPU time per rayon thread instead of wall time), `--best` (fastest
-//! sample instead of the median), `--reps N`, `--profile` (each wick conv or batch-norm case's
-//! time per op: forward, input gradient, weight gradient, statistics, ...; `"bench":"nn-ops"` lines), `--probe-gemm` (the bare single-threaded gemm
+//! sample instead of the median), `--reps N`, `--profile` (each wick conv or batch-norm
+//! case's time per op: forward, input gradient, weight gradient, statistics, ...;
+//! `"bench":"nn-ops"` lines), `--probe-gemm` (the bare single-threaded gemm
 //! backends on conv-shaped products), `--compare-gemm` (every conv case with every available
 //! gemm backend, alternating backends each repetition; `"bench":"nn-gemm"` lines).
 

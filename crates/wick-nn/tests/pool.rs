@@ -112,18 +112,23 @@ fn output_sizes_follow_pytorch() -> candle::Result<()> {
     Ok(())
 }
 
+/// Max and average pooling of `x` with `window` against the naive loops.
+fn check_forward(x: &Tensor, window: (usize, usize, usize, bool)) -> candle::Result<()> {
+    let (kernel, stride, padding, ceil_mode) = window;
+    let ours = ops::max_pool2d(x, max_config(kernel, stride, padding, ceil_mode))?;
+    let reference =
+        naive_pool(x, window, |v, _| v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)));
+    assert_close(&format!("max {window:?}"), &ours, &reference, Tol::of_scale(0.0));
+    let ours = ops::avg_pool2d(x, avg_config(kernel, stride, padding, ceil_mode))?;
+    let reference = naive_pool(x, window, |v, divisor| v.iter().sum::<f32>() / divisor as f32);
+    assert_close(&format!("avg {window:?}"), &ours, &reference, Tol::of_scale(1e-6));
+    Ok(())
+}
+
 #[test]
 fn forward_matches_naive_loops() -> candle::Result<()> {
     for (index, &window) in WINDOWS.iter().enumerate() {
-        let (kernel, stride, padding, ceil_mode) = window;
-        let x = (seeded_tensor(&[2, 3, 9, 8], 10 + index as u64) - 0.5)?;
-        let ours = ops::max_pool2d(&x, max_config(kernel, stride, padding, ceil_mode))?;
-        let reference =
-            naive_pool(&x, window, |v, _| v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)));
-        assert_close(&format!("max {window:?}"), &ours, &reference, Tol::of_scale(0.0));
-        let ours = ops::avg_pool2d(&x, avg_config(kernel, stride, padding, ceil_mode))?;
-        let reference = naive_pool(&x, window, |v, divisor| v.iter().sum::<f32>() / divisor as f32);
-        assert_close(&format!("avg {window:?}"), &ours, &reference, Tol::of_scale(1e-6));
+        check_forward(&(seeded_tensor(&[2, 3, 9, 8], 10 + index as u64) - 0.5)?, window)?;
     }
     Ok(())
 }
@@ -162,16 +167,21 @@ fn check_gradient(
     Ok(())
 }
 
+/// Max and average pooling's gradients against finite differences, on an input of `dims`
+/// whose values are 0.01 apart (a 1e-3 nudge never changes which element is the max).
+fn check_gradients(dims: &[usize], window: (usize, usize, usize, bool)) -> candle::Result<()> {
+    let (kernel, stride, padding, ceil_mode) = window;
+    let x = distinct_tensor(dims, 5, 0.01, -0.5);
+    let config = max_config(kernel, stride, padding, ceil_mode);
+    check_gradient(&x, |x| ops::max_pool2d(x, config), &format!("max {window:?}"))?;
+    let config = avg_config(kernel, stride, padding, ceil_mode);
+    check_gradient(&x, |x| ops::avg_pool2d(x, config), &format!("avg {window:?}"))
+}
+
 #[test]
 fn gradients_match_finite_differences() -> candle::Result<()> {
     for &window in &WINDOWS {
-        let (kernel, stride, padding, ceil_mode) = window;
-        // Distinct values 0.01 apart: a 1e-3 nudge never changes which element is the max.
-        let x = distinct_tensor(&[1, 2, 7, 6], 5, 0.01, -0.5);
-        let config = max_config(kernel, stride, padding, ceil_mode);
-        check_gradient(&x, |x| ops::max_pool2d(x, config), &format!("max {window:?}"))?;
-        let config = avg_config(kernel, stride, padding, ceil_mode);
-        check_gradient(&x, |x| ops::avg_pool2d(x, config), &format!("avg {window:?}"))?;
+        check_gradients(&[1, 2, 7, 6], window)?;
     }
     Ok(())
 }
@@ -182,20 +192,8 @@ fn gradients_match_finite_differences() -> candle::Result<()> {
 #[test]
 fn exactly_tiling_windows_match_naive_loops_and_finite_differences() -> candle::Result<()> {
     for window in [(2, 2, 0, true), (2, 2, 0, false), (3, 3, 0, false), (1, 1, 0, false)] {
-        let (kernel, stride, padding, ceil_mode) = window;
-        let x = (seeded_tensor(&[2, 3, 6, 12], 40 + kernel as u64) - 0.5)?;
-        let ours = ops::max_pool2d(&x, max_config(kernel, stride, padding, ceil_mode))?;
-        let reference =
-            naive_pool(&x, window, |v, _| v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)));
-        assert_close(&format!("max {window:?}"), &ours, &reference, Tol::of_scale(0.0));
-        let ours = ops::avg_pool2d(&x, avg_config(kernel, stride, padding, ceil_mode))?;
-        let reference = naive_pool(&x, window, |v, divisor| v.iter().sum::<f32>() / divisor as f32);
-        assert_close(&format!("avg {window:?}"), &ours, &reference, Tol::of_scale(1e-6));
-        let x = distinct_tensor(&[1, 2, 6, 6], 5, 0.01, -0.5);
-        let config = max_config(kernel, stride, padding, ceil_mode);
-        check_gradient(&x, |x| ops::max_pool2d(x, config), &format!("max {window:?}"))?;
-        let config = avg_config(kernel, stride, padding, ceil_mode);
-        check_gradient(&x, |x| ops::avg_pool2d(x, config), &format!("avg {window:?}"))?;
+        check_forward(&(seeded_tensor(&[2, 3, 6, 12], 40 + window.0 as u64) - 0.5)?, window)?;
+        check_gradients(&[1, 2, 6, 6], window)?;
     }
     Ok(())
 }

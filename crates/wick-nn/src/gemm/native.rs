@@ -594,26 +594,26 @@ unsafe fn macro_kernel(
             // SAFETY: the caller guarantees the extents of `dst`, `lhs` and `rhs`; a pair
             // reads kc·MR values of the A panel and kc·NR of each of the B panels at `jr`
             // and `jr + NR` (both whole, inside `rhs`), and writes `mr` rows (the panel's
-            // rows inside `C`) of NR contiguous columns at `col` and at `col + NR`.
+            // rows inside `C`) of NR columns at `col` and at `col + NR`: straight when both
+            // halves are contiguous, else into the 12 × 32 scratch tile (row stride 2·NR,
+            // `mr <= MAX_MR` rows) and from there through `scatter_tile` (the same extents).
             unsafe {
                 let rhs_panels = || (rhs[jr * kc..].as_ptr(), rhs[(jr + NR) * kc..].as_ptr());
                 if whole_pair {
                     let tiles = (dst.at(row, col), dst.at(row, col + NR));
                     pair_kernel(kc, lhs_panel, mr, rhs_panels(), tiles, dst.row_stride, add);
                 } else if pair {
-                    // Columns cut by items (planes under 16 pixels): the pair's 12 × 32 tile
-                    // through scratch, then scattered piece by piece.
+                    // 32 columns that cross an item's end (`MatMut::items` on planes of
+                    // fewer than 256 pixels): the pair's tile through scratch, then scattered
+                    // piece by piece.
                     let mut scratch = [0.0f32; MAX_MR * 2 * NR];
                     let s = scratch.as_mut_ptr();
                     pair_kernel(kc, lhs_panel, mr, rhs_panels(), (s, s.add(NR)), 2 * NR, false);
                     scatter_tile(&scratch, 2 * NR, dst, (row, col, mr, 2 * NR), add);
                 } else {
-                    for panel in (jr..nc.min(jr + if pair { 2 * NR } else { NR })).step_by(NR) {
-                        let nr = NR.min(nc - panel);
-                        let rhs_panel = rhs[panel * kc..].as_ptr();
-                        let tile = (row, col0 + panel, mr, nr);
-                        single_tile(kernel, kc, lhs_panel, rhs_panel, dst, tile, add);
-                    }
+                    let nr = NR.min(nc - jr);
+                    let rhs_panel = rhs[jr * kc..].as_ptr();
+                    single_tile(kernel, kc, lhs_panel, rhs_panel, dst, (row, col, mr, nr), add);
                 }
             }
         }
@@ -1036,19 +1036,29 @@ mod tests {
     }
 
     /// A `C` whose columns are items' planes (`MatMut::items`: the `(items, rows, P)` output
-    /// of a unit of batch items) gets the bits of a plain one, accumulating over two KC
-    /// blocks, whether a 16-column tile spans several items (P = 4, 12), is one item's
-    /// (P = 16) or is cut by an item's end (P = 24); the elements between the blocks' rows
-    /// (other channels of the items) are left alone.
+    /// of a unit of batch items) gets the bits of a plain one, added to or overwritten, over
+    /// two KC blocks, whether a 16-column tile spans several items (P = 4, 12), is one item's
+    /// (P = 16) or is cut by an item's end (P = 24) — on AVX-512 the 32-column pairs of the
+    /// first 32 columns cross items' ends except at P = 16, and go through the scratch tile;
+    /// the elements between the blocks' rows (other channels of the items) are left alone.
     #[test]
     fn items_planes_as_columns_get_the_bits_of_a_plain_matrix() {
         let (m, k, n) = (20, KC + 40, 48);
         let a: Vec<f32> = (0..m * k).map(|i| value(i, 4)).collect();
         let b: Vec<f32> = (0..k * n).map(|i| value(i, 5)).collect();
         let c0: Vec<f32> = (0..m * n).map(|i| value(i, 6)).collect();
-        let expected = documented_sum(&a, &b, &c0, (m, k, n));
+        // Adding to `c0`; overwriting a `C` of NaNs (never read), whose first KC block's sum
+        // is stored as it is (no product here sums to -0.0, so `0 + sum` is the same bits).
+        let cases = [
+            (Accumulate::Add, c0.clone(), documented_sum(&a, &b, &c0, (m, k, n))),
+            (Accumulate::Overwrite, vec![f32::NAN; m * n], {
+                documented_sum(&a, &b, &vec![0.0; m * n], (m, k, n))
+            }),
+        ];
         for kernel in supported_kernels() {
-            for pixels in [4, 12, 16, 24] {
+            for (pixels, (accumulate, c0, expected)) in
+                [4, 12, 16, 24].into_iter().flat_map(|p| cases.iter().map(move |c| (p, c)))
+            {
                 // Items of `m + 3` channels; the product fills channels 2..2+m of each.
                 let (items, channels) = (n / pixels, m + 3);
                 let sentinel = 7.5f32;
@@ -1063,7 +1073,7 @@ mod tests {
                 let rhs = Rhs::Matrix(MatRef::row_major(&b, k, n).unwrap());
                 let strides = (pixels, channels * pixels);
                 let dst = MatMut::items(&mut tensor, 2 * pixels, m, (items, pixels), strides);
-                gemm(kernel, Lhs::Packed(&packed), rhs, dst.unwrap(), Accumulate::Add).unwrap();
+                gemm(kernel, Lhs::Packed(&packed), rhs, dst.unwrap(), *accumulate).unwrap();
                 for (index, got) in tensor.iter().enumerate() {
                     let (item, channel, pixel) =
                         (index / (channels * pixels), index / pixels % channels, index % pixels);
@@ -1072,7 +1082,8 @@ mod tests {
                     } else {
                         sentinel
                     };
-                    assert_eq!(got.to_bits(), want.to_bits(), "{kernel:?}, P {pixels}, at {index}");
+                    let what = format!("{kernel:?} {accumulate:?}, P {pixels}, at {index}");
+                    assert_eq!(got.to_bits(), want.to_bits(), "{what}");
                 }
             }
         }

@@ -358,13 +358,12 @@ fn pool_forward_cpu<R: PoolReduction>(
 /// [`MAX_TILE`]), no padding, every input pixel in one whole window (xresnet's shortcut
 /// `AvgPool2d(2, ceil_mode=True)` on even sizes) — or `None`.
 fn exact_tiles(geometry: &PoolGeometry, window: &Window) -> Option<usize> {
+    // candle's condition (kernel == stride, no padding, sizes divisible) is this one; the
+    // output size then is the input's over k in either rounding mode.
     let k = window.kernel;
-    (window.stride == k
-        && window.padding == 0
-        && (1..=MAX_TILE).contains(&k)
-        && geometry.out_height * k == geometry.in_height
-        && geometry.out_width * k == geometry.in_width)
-        .then_some(k)
+    (candle_pool_matches(window, geometry.in_height, geometry.in_width)
+        && (1..=MAX_TILE).contains(&k))
+    .then_some(k)
 }
 
 /// The largest window [`exact_tiles`] takes (its column values live on the stack).

@@ -1,7 +1,8 @@
 //! Reading candle CPU storage inside custom ops: an f32 slice in row-major order whatever
 //! the layout (borrowed when the tensor is contiguous, gathered through the strides when
-//! it is not, e.g. after `transpose` or `narrow`); and making an op's output without a zero
-//! fill first ([`par_output`]).
+//! it is not, e.g. after `transpose` or `narrow`); and making an op's output in parallel
+//! chunks, without a zero fill ([`par_output`]) or with each chunk zeroed by the task that
+//! fills it ([`try_par_zeroed`]).
 
 use candle::{CpuStorage, Layout};
 use rayon::prelude::*;
