@@ -590,7 +590,9 @@ fn main() -> candle::Result<()> {
             .chain(xresnet_cases(48))
             .chain(batch_norm_cases())
             .collect();
-        cases.retain(|c| wanted.iter().any(|w| w == c.name()));
+        // Each wanted case once (a shape can belong to several of those lists).
+        let mut seen = std::collections::HashSet::new();
+        cases.retain(|c| wanted.iter().any(|w| w == c.name()) && seen.insert(c.name().to_owned()));
         // Any other convolution named by the pattern, e.g. xresnet18's `c3x3s2_64_128_12`.
         for name in wanted {
             if !cases.iter().any(|c| c.name() == name) {

@@ -214,6 +214,34 @@ mod output_tests {
         );
     }
 
+    /// `try_par_zeroed` hands each writer its chunk zeroed (a writer that adds into it sees
+    /// only its own additions), keeps the chunks' order, and returns the first failing
+    /// chunk's error in chunk order.
+    #[test]
+    fn zeroed_chunks_start_at_zero_and_report_the_first_error() {
+        // Under glibc's mmap threshold, after a freed buffer of ones of the same size: the
+        // output's memory is most likely that buffer's, not fresh zero pages.
+        let len = RUN_VALUES + 5;
+        drop(std::hint::black_box(vec![1.0f32; len]));
+        let out = try_par_zeroed(len, 7, |index, values| {
+            assert!(values.iter().all(|&v| v == 0.0), "chunk {index} not zeroed");
+            for (position, value) in values.iter_mut().enumerate() {
+                *value += (index * 7 + position) as f32;
+            }
+            Ok(())
+        })
+        .expect("no writer fails");
+        assert!(out.iter().enumerate().all(|(i, &v)| v == i as f32));
+        let error = try_par_zeroed(len, 7, |index, _| {
+            if index >= 100 && index % 3 == 1 {
+                candle::bail!("chunk {index} failed");
+            }
+            Ok(())
+        })
+        .expect_err("chunks fail");
+        assert!(error.to_string().contains("chunk 100 failed"), "{error}");
+    }
+
     /// Small chunks are handed out in runs: across several runs (and a last partial run and
     /// chunk: 2·RUN_VALUES + 11 is not a multiple of 3) every chunk still gets its own index
     /// and its own place.
