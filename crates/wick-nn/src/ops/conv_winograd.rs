@@ -240,6 +240,14 @@ impl Tiling {
 /// `V` of the blocks of block rows `[first_row, first_row + rows)` of a unit (block row =
 /// item·blocks_h + by) into `v (16, C, n)`, `n = rows · blocks_w`; `input` starts at the
 /// unit's first item. Values outside the image are 0.
+///
+/// `V = Bᵀ (d B)`: the column step first, once per input row — `h_s = (c0 - c2, c1 + c2,
+/// c2 - c1, c1 - c3)` of each block's four columns — into even and odd padded rows kept
+/// apart, then the row step, which for position `(r, s)` reads `h_s` of padded rows `2·by +
+/// r`: an even or odd row `by` or `by + 1`. With the parities apart those reads, and the
+/// writes to `V`, run contiguously over all of an item's block rows in the chunk, so the row
+/// step is 16 long streams per channel (it was four short rows per block row, and each input
+/// row's column step was done twice, once for each block row its patch rows overlap).
 fn transform_input(
     g: &ConvGeometry,
     tiling: &Tiling,
@@ -247,73 +255,82 @@ fn transform_input(
     (first_row, rows): (usize, usize),
     v: &mut [f32],
 ) {
-    let bw = tiling.blocks_w;
+    let (bw, bh) = (tiling.blocks_w, tiling.blocks_h);
     let n = rows * bw;
     let plane = g.in_height * g.in_width;
     let item_len = g.in_channels * plane;
     let position_len = g.in_channels * n;
+    // The input rows of a run, padded with zeros on both sides: padded column xx holds input
+    // column xx - padding. Only `[lead, lead + count)` is ever written, so the zeros either
+    // side are written once, here. A run's rows are all copied before any is read back: read
+    // at once, the column step's loads (which straddle the copy's stores) waited on store
+    // forwarding, a quarter of this function's time (`perf annotate`).
     let padded_width = 2 * bw + 2;
-    // Bᵀ of the four input rows of each block row, padded with zeros on both sides: padded
-    // column xx holds input column xx - padding. Only `[lead, lead + count)` is ever written,
-    // so the zeros either side are written once, here (no per-row fills). The input rows are
-    // read in place (a row outside the image reads `zeros`), not copied into a padded buffer
-    // first (a `memcpy` call per row). All of a channel's block rows are transformed along the
-    // rows before any is read back along the columns: read back at once, the column step's
-    // loads (at even offsets, straddling the row step's stores) waited on store forwarding,
-    // over half of this function's time (`perf annotate`).
-    let row_len = 4 * padded_width;
-    let mut rows_t = vec![0.0f32; rows * row_len];
+    let most_rows = 2 * rows.min(bh) + 2;
+    let mut padded = vec![0.0f32; most_rows * padded_width];
     let lead = g.padding.min(padded_width);
     let count = g.in_width.min(padded_width - lead);
-    let zeros = vec![0.0f32; count];
+    // `h_s` of the padded rows of one item's run of block rows (at most `bh`, plus one row
+    // of blocks below): slot `parity · 4 + s`, row `k / 2` of padded row `2·by_first + k`.
+    let slot_len = (rows.min(bh) + 1) * bw;
+    let mut h = vec![0.0f32; 8 * slot_len];
     for channel in 0..g.in_channels {
-        for (row, t) in rows_t.chunks_exact_mut(row_len).enumerate() {
-            let (item, by) =
-                ((first_row + row) / tiling.blocks_h, (first_row + row) % tiling.blocks_h);
+        let mut row = 0;
+        while row < rows {
+            let (item, by_first) = ((first_row + row) / bh, (first_row + row) % bh);
+            let run = (bh - by_first).min(rows - row);
             let base = item * item_len + channel * plane;
-            let input_row =
-                |r: usize| match (2 * by + r).checked_sub(g.padding).filter(|&y| y < g.in_height) {
-                    Some(y) => &input[base + y * g.in_width..base + y * g.in_width + count],
-                    None => &zeros[..],
-                };
-            let (d0, d1, d2, d3) = (input_row(0), input_row(1), input_row(2), input_row(3));
-            // t = Bᵀ d along the rows, for every column at once.
-            let (t0, rest) = t.split_at_mut(padded_width);
-            let (t1, rest) = rest.split_at_mut(padded_width);
-            let (t2, t3) = rest.split_at_mut(padded_width);
-            let span = lead..lead + count;
-            let (t0, t1, t2, t3) = (
-                &mut t0[span.clone()],
-                &mut t1[span.clone()],
-                &mut t2[span.clone()],
-                &mut t3[span],
-            );
-            for x in 0..count {
-                let (d0, d1, d2, d3) = (d0[x], d1[x], d2[x], d3[x]);
-                t0[x] = d0 - d2;
-                t1[x] = d1 + d2;
-                t2[x] = d2 - d1;
-                t3[x] = d1 - d3;
+            let input_row = |k: usize| {
+                let y = (2 * by_first + k).checked_sub(g.padding).filter(|&y| y < g.in_height)?;
+                Some(&input[base + y * g.in_width..base + y * g.in_width + count])
+            };
+            let padded_rows = padded.chunks_exact_mut(padded_width).take(2 * run + 2);
+            for (k, padded) in padded_rows.enumerate() {
+                if let Some(row) = input_row(k) {
+                    padded[lead..lead + count].copy_from_slice(row);
+                }
             }
-        }
-        for (row, t) in rows_t.chunks_exact(row_len).enumerate() {
-            // V = t B along the columns: position (r, s) of block bx, written as one
-            // contiguous run over bx per position.
+            for (k, padded) in padded.chunks_exact(padded_width).take(2 * run + 2).enumerate() {
+                let at = (k / 2) * bw;
+                let [h0, h1, h2, h3] =
+                    four_runs(&mut h, (4 * (k % 2)) * slot_len + at, slot_len, bw);
+                match input_row(k) {
+                    Some(_) => transform_columns(padded, [h0, h1, h2, h3]),
+                    None => [h0, h1, h2, h3].into_iter().for_each(|h| h.fill(0.0)),
+                }
+            }
+            // The row step over the run: `(h_s[2by] - h_s[2by+2], h_s[2by+1] + h_s[2by+2],
+            // h_s[2by+2] - h_s[2by+1], h_s[2by+1] - h_s[2by+3])` for all of its blocks.
+            let len = run * bw;
             let at = channel * n + row * bw;
-            for (r, t) in t.chunks_exact(padded_width).enumerate() {
-                let base = r * 4 * position_len + at;
-                let (v0, rest) = v[base..].split_at_mut(position_len);
-                let (v1, rest) = rest.split_at_mut(position_len);
-                let (v2, v3) = rest.split_at_mut(position_len);
-                let v = [&mut v0[..bw], &mut v1[..bw], &mut v2[..bw], &mut v3[..bw]];
-                transform_columns(t, v);
+            for s in 0..4 {
+                let even = &h[s * slot_len..s * slot_len + len + bw];
+                let odd = &h[(4 + s) * slot_len..(4 + s) * slot_len + len + bw];
+                let (e0, e1, o0, o1) = (&even[..len], &even[bw..], &odd[..len], &odd[bw..]);
+                let [v0, v1, v2, v3] = four_runs(v, s * position_len + at, 4 * position_len, len);
+                for j in 0..len {
+                    let (e0, e1, o0, o1) = (e0[j], e1[j], o0[j], o1[j]);
+                    v0[j] = e0 - e1;
+                    v1[j] = o0 + e1;
+                    v2[j] = e1 - o0;
+                    v3[j] = o0 - o1;
+                }
             }
+            row += run;
         }
     }
 }
 
-/// One row of `V = t B`: `v[s][bx]` from `t[2·bx .. 2·bx + 4]` (`t` holds `2·bw + 2` values,
-/// each `v[s]` `bw`): `(t0 - t2, t1 + t2, t2 - t1, t1 - t3)`.
+/// The four runs `buffer[first + i·stride ..][..len]`, `i` in `0..4` (`len <= stride`).
+fn four_runs(buffer: &mut [f32], first: usize, stride: usize, len: usize) -> [&mut [f32]; 4] {
+    let (a, rest) = buffer[first..].split_at_mut(stride);
+    let (b, rest) = rest.split_at_mut(stride);
+    let (c, d) = rest.split_at_mut(stride);
+    [&mut a[..len], &mut b[..len], &mut c[..len], &mut d[..len]]
+}
+
+/// The column step `h = d B` of one padded row: `v[s][bx]` from `t[2·bx .. 2·bx + 4]` (`t`
+/// holds `2·bw + 2` values, each `v[s]` `bw`): `(t0 - t2, t1 + t2, t2 - t1, t1 - t3)`.
 #[inline(always)]
 fn transform_columns(t: &[f32], v: [&mut [f32]; 4]) {
     let bw = v[0].len();
@@ -385,7 +402,8 @@ fn forward_with(
             let most = tiling.most_blocks(items);
             let (mut v_buffer, mut m_buffer) =
                 (Scratch::take(POSITIONS * c * most), Scratch::take(POSITIONS * o * most));
-            let mut scratch = vec![0.0f32; 8 * bw];
+            // `t = Aᵀ m` of one channel over the chunk: slot `s·2 + i` holds row i, column s.
+            let mut t_buffer = vec![0.0f32; 8 * most];
             for (first_row, rows) in tiling.chunks(items) {
                 let n = rows * bw;
                 let v = &mut v_buffer[..POSITIONS * c * n];
@@ -397,29 +415,28 @@ fn forward_with(
                     gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
                 }
                 for channel in 0..o {
+                    // The first step over all of the chunk's blocks at once: eight streams of
+                    // `n` (one short run per block row was slower: `M` is read from L2).
+                    let m_at = |xi: usize| &m[(xi * o + channel) * n..(xi * o + channel + 1) * n];
+                    for s in 0..4 {
+                        let (m0, m1, m2, m3) = (m_at(s), m_at(4 + s), m_at(8 + s), m_at(12 + s));
+                        let (t0, rest) = t_buffer[s * 2 * most..].split_at_mut(most);
+                        let (t0, t1) = (&mut t0[..n], &mut rest[..n]);
+                        for j in 0..n {
+                            t0[j] = m0[j] + m1[j] + m2[j];
+                            t1[j] = m1[j] - m2[j] - m3[j];
+                        }
+                    }
                     for row in 0..rows {
                         let block_row = first_row + row;
                         let (item, by) = (block_row / tiling.blocks_h, block_row % tiling.blocks_h);
-                        let at = channel * n + row * bw;
-                        let m_at = |xi: usize| &m[xi * o * n + at..xi * o * n + at + bw];
-                        // t = Aᵀ m: rows i of the 2×4 result, column s, over all blocks.
-                        for s in 0..4 {
-                            let (m0, m1, m2, m3) =
-                                (m_at(s), m_at(4 + s), m_at(8 + s), m_at(12 + s));
-                            let (t0, rest) = scratch[s * 2 * bw..].split_at_mut(bw);
-                            let t1 = &mut rest[..bw];
-                            for bx in 0..bw {
-                                t0[bx] = m0[bx] + m1[bx] + m2[bx];
-                                t1[bx] = m1[bx] - m2[bx] - m3[bx];
-                            }
-                        }
                         let plane = item * item_out + channel * pixels;
                         for i in 0..2 {
                             let oy = 2 * by + i;
                             if oy >= g.out_height {
                                 break;
                             }
-                            let t_at = |s: usize| &scratch[(s * 2 + i) * bw..(s * 2 + i + 1) * bw];
+                            let t_at = |s: usize| &t_buffer[(s * 2 + i) * most + row * bw..][..bw];
                             let (t0, t1, t2, t3) = (t_at(0), t_at(1), t_at(2), t_at(3));
                             let out_row = &mut out_unit
                                 [plane + oy * g.out_width..plane + (oy + 1) * g.out_width];
@@ -611,6 +628,67 @@ mod tests {
                 }
                 let got = dg[a * 3 + b];
                 assert!((got - want).abs() < 1e-5, "dg[{a}][{b}]: {got} vs {want}");
+            }
+        }
+    }
+
+    /// `transform_input` over chunks that start and end inside items, on odd and even sizes
+    /// and paddings 0-2, equals [`transform_patch`] of each block's zero-padded 4×4 patch:
+    /// the same two-term sums, so to float rounding (the steps run in the other order).
+    #[test]
+    fn transform_input_equals_the_patch_transform() {
+        for (height, width, padding) in [(9, 10, 1), (8, 8, 0), (7, 12, 2), (16, 16, 1)] {
+            let (out_height, out_width) = (height + 2 * padding - 2, width + 2 * padding - 2);
+            let g = ConvGeometry {
+                batch: 3,
+                in_channels: 2,
+                in_height: height,
+                in_width: width,
+                out_channels: 2,
+                kernel_height: 3,
+                kernel_width: 3,
+                out_height,
+                out_width,
+                padding,
+                stride: 1,
+                dilation: 1,
+                groups: 1,
+            };
+            let input: Vec<f32> = (0..g.batch * 2 * height * width)
+                .map(|i| ((i * 37) % 23) as f32 * 0.25 - 2.0)
+                .collect();
+            let at = |item: usize, channel: usize, y: isize, x: isize| {
+                let inside = (0..height as isize).contains(&y) && (0..width as isize).contains(&x);
+                let index = ((item * 2 + channel) * height + y.max(0) as usize) * width;
+                if inside { input[index + x as usize] } else { 0.0 }
+            };
+            let (bh, bw) = (out_height.div_ceil(2), out_width.div_ceil(2));
+            // Chunks of 3 block rows over all items: runs cut inside items and across them.
+            let tiling =
+                Tiling { blocks_h: bh, blocks_w: bw, items_per_unit: 3, rows_per_chunk: 3 };
+            for (first_row, rows) in tiling.chunks(3) {
+                let n = rows * bw;
+                let mut v = vec![f32::NAN; POSITIONS * 2 * n];
+                transform_input(&g, &tiling, &input, (first_row, rows), &mut v);
+                for row in 0..rows {
+                    let (item, by) = ((first_row + row) / bh, (first_row + row) % bh);
+                    for (channel, bx) in (0..2).flat_map(|c| (0..bw).map(move |bx| (c, bx))) {
+                        let d: [f32; 16] = std::array::from_fn(|i| {
+                            let y = (2 * by + i / 4) as isize - padding as isize;
+                            at(item, channel, y, (2 * bx + i % 4) as isize - padding as isize)
+                        });
+                        let want = transform_patch(&d);
+                        for (xi, want) in want.iter().enumerate() {
+                            let got = v[(xi * 2 + channel) * n + row * bw + bx];
+                            assert!(
+                                (got - want).abs() <= 1e-5,
+                                "{height}x{width} p{padding} row {} block {bx} channel \
+                                 {channel} position {xi}: {got} vs {want}",
+                                first_row + row
+                            );
+                        }
+                    }
+                }
             }
         }
     }
