@@ -272,30 +272,14 @@ impl Planes {
 /// channels would form, so the result does not depend on the thread count. (Walking channel
 /// by channel instead jumps `C·H·W` floats between planes: on the late stages' 4×4 and 8×8
 /// planes every plane is on its own page, and the gradient sums ran 5x slower than the
-/// memory-order input-gradient pass over the same tensors.)
-fn channel_sums<const N: usize>(
-    planes: Planes,
-    per_plane: impl Fn(usize, usize) -> [f64; N] + Sync,
-) -> Vec<[f64; N]> {
-    channel_sums_with(planes, || (), |_, b, c| per_plane(b, c))
-}
-
-/// [`channel_sums`] with a working state made by `init` once per rayon task and lent to each
-/// of its planes.
-fn channel_sums_with<const N: usize, S>(
+/// memory-order input-gradient pass over the same tensors.) `per_plane` gets a working state
+/// made by `init` once per rayon task and lent to each of its planes.
+fn channel_sums<const N: usize, S>(
     planes: Planes,
     init: impl Fn() -> S + Sync + Send,
     per_plane: impl Fn(&mut S, usize, usize) -> [f64; N] + Sync,
 ) -> Vec<[f64; N]> {
-    // Enough planes per rayon task to amortise it on small planes (about 16K elements).
-    let min_planes = (16 * 1024 / planes.plane.max(1)).max(1);
-    let per_plane: Vec<[f64; N]> = (0..planes.batch * planes.channels)
-        .into_par_iter()
-        .with_min_len(min_planes)
-        .map_init(init, |state, index| {
-            per_plane(state, index / planes.channels, index % planes.channels)
-        })
-        .collect();
+    let per_plane = plane_values(planes, init, per_plane);
     let mut totals = vec![[0.0f64; N]; planes.channels];
     for item in per_plane.chunks(planes.channels) {
         for (total, plane) in totals.iter_mut().zip(item) {
@@ -305,6 +289,24 @@ fn channel_sums_with<const N: usize, S>(
         }
     }
     totals
+}
+
+/// `per_plane(state, b, c)` of every plane, computed in parallel in memory order and
+/// returned in that order (index `b·C + c`); `state` as in [`channel_sums`].
+fn plane_values<const N: usize, S>(
+    planes: Planes,
+    init: impl Fn() -> S + Sync + Send,
+    per_plane: impl Fn(&mut S, usize, usize) -> [f64; N] + Sync,
+) -> Vec<[f64; N]> {
+    // Enough planes per rayon task to amortise it on small planes (about 16K elements).
+    let min_planes = (16 * 1024 / planes.plane.max(1)).max(1);
+    (0..planes.batch * planes.channels)
+        .into_par_iter()
+        .with_min_len(min_planes)
+        .map_init(init, |state, index| {
+            per_plane(state, index / planes.channels, index % planes.channels)
+        })
+        .collect()
 }
 
 /// Mean and biased variance per channel: `(B, C, H, W) -> (2, C)`.
@@ -325,14 +327,39 @@ impl CustomOp1 for BatchStatisticsOp {
         let planes = Planes::of(layout, "batch_norm_train")?;
         let x = f32_row_major(storage, layout, "batch_norm_train")?;
         let n = planes.count() as f64;
-        // Two passes (mean, then squared deviations) for an accurate variance.
-        let sums = channel_sums(planes, |b, c| [sum_f64(planes.plane_of(&x, b, c))]);
-        let means: Vec<f64> = sums.iter().map(|[s]| s / n).collect();
-        let squares = channel_sums(planes, |b, c| {
-            [squared_deviation_f64(planes.plane_of(&x, b, c), means[c])]
-        });
+        // One pass over `x` from memory and two over each plane (its sum, then the squared
+        // deviations from its own mean while it is in cache), joined per channel as Chan,
+        // Golub & LeVeque do: `M2 = Σ_p [M2_p + n_p·(mean_p - mean)²]`, planes in order
+        // b = 0, 1, .... As accurate as two passes over the whole tensor, which read it from
+        // memory twice.
+        let plane_n = planes.plane as f64;
+        let plane_mean = |sum: f64| if planes.plane > 0 { sum / plane_n } else { 0.0 };
+        let per_plane = plane_values(
+            planes,
+            || (),
+            |_, b, c| {
+                let values = planes.plane_of(&x, b, c);
+                let sum = sum_f64(values);
+                [sum, squared_deviation_f64(values, plane_mean(sum))]
+            },
+        );
+        // The channel sums: the same sums, in the same order, as a pass of its own.
+        let mut means = vec![0.0f64; planes.channels];
+        for item in per_plane.chunks(planes.channels) {
+            for (mean, [sum, _]) in means.iter_mut().zip(item) {
+                *mean += sum;
+            }
+        }
+        means.iter_mut().for_each(|mean| *mean /= n);
+        let mut squares = vec![0.0f64; planes.channels];
+        for item in per_plane.chunks(planes.channels) {
+            for ((square, [sum, deviations]), mean) in squares.iter_mut().zip(item).zip(&means) {
+                let shift = plane_mean(*sum) - mean;
+                *square += deviations + plane_n * shift * shift;
+            }
+        }
         let mut out: Vec<f32> = means.iter().map(|m| *m as f32).collect();
-        out.extend(squares.iter().map(|[s]| (s / n) as f32));
+        out.extend(squares.iter().map(|s| (s / n) as f32));
         Ok((CpuStorage::F32(out), Shape::from((2, planes.channels))))
     }
 }
@@ -533,7 +560,7 @@ impl CustomOp2 for BatchNormGradientSumsOp {
         let t = &*self.channels;
         // Each rayon task's buffers for the terms, reused over its planes.
         let init = || ([0.0f32; 64], [0.0f32; 64]);
-        let sums = channel_sums_with(planes, init, |terms, b, c| {
+        let sums = channel_sums(planes, init, |terms, b, c| {
             let (x, grad) = (planes.plane_of(&x, b, c), planes.plane_of(&grad, b, c));
             let (mean, masked) = (t.mean[c], t.mask(c));
             // Blocks of 512 summed in eight f32 lanes (lane `l` adds values `l, l + 8, ...`
