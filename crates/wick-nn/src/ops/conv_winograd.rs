@@ -338,27 +338,30 @@ fn transform_columns(t: &[f32], v: [&mut [f32]; 4]) {
     let [v0, v1, v2, v3] = v;
     let mut bx = 0;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: each group reads t[2·bx .. 2·bx + 10] with 2·bx + 10 <= 2·bw + 2 (bx + 4 <= bw)
-    // and writes v[s][bx .. bx + 4], inside the lengths asserted above. SSE is part of
+    // SAFETY: each group reads t[2·bx_ .. 2·bx_ + 10] with 2·bx_ + 10 <= 2·bw + 2 (bx_ + 4 <=
+    // bw) and writes v[s][bx_ .. bx_ + 4], inside the lengths asserted above. SSE is part of
     // x86-64's baseline.
     unsafe {
         use std::arch::x86_64::*;
         // Four blocks at a time: evens and odds of t[x..x+8] and of t[x+2..x+10] by shuffles
         // (the compiler's own vectorisation of the loop below comes and goes with its
         // surroundings).
-        while bx + 4 <= bw {
-            let p = t.as_ptr().add(2 * bx);
+        // Where 4 does not divide `bw`, the last group overlaps the one before it and writes
+        // its values again (the same values): no scalar tail (a third of a 12-px row).
+        while bx < bw && bw >= 4 {
+            let bx_ = bx.min(bw - 4);
+            let p = t.as_ptr().add(2 * bx_);
             let (a, b) = (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4)));
             let (c, d) = (_mm_loadu_ps(p.add(2)), _mm_loadu_ps(p.add(6)));
             let t0 = _mm_shuffle_ps::<0x88>(a, b); // t[x], t[x+2], t[x+4], t[x+6]
             let t1 = _mm_shuffle_ps::<0xDD>(a, b); // t[x+1], ...
             let t2 = _mm_shuffle_ps::<0x88>(c, d); // t[x+2], ...
             let t3 = _mm_shuffle_ps::<0xDD>(c, d); // t[x+3], ...
-            _mm_storeu_ps(v0.as_mut_ptr().add(bx), _mm_sub_ps(t0, t2));
-            _mm_storeu_ps(v1.as_mut_ptr().add(bx), _mm_add_ps(t1, t2));
-            _mm_storeu_ps(v2.as_mut_ptr().add(bx), _mm_sub_ps(t2, t1));
-            _mm_storeu_ps(v3.as_mut_ptr().add(bx), _mm_sub_ps(t1, t3));
-            bx += 4;
+            _mm_storeu_ps(v0.as_mut_ptr().add(bx_), _mm_sub_ps(t0, t2));
+            _mm_storeu_ps(v1.as_mut_ptr().add(bx_), _mm_add_ps(t1, t2));
+            _mm_storeu_ps(v2.as_mut_ptr().add(bx_), _mm_sub_ps(t2, t1));
+            _mm_storeu_ps(v3.as_mut_ptr().add(bx_), _mm_sub_ps(t1, t3));
+            bx = bx_ + 4;
         }
     }
     for bx in bx..bw {
@@ -460,23 +463,26 @@ fn untransform_row(t: [&[f32]; 4], out: &mut [std::mem::MaybeUninit<f32>]) {
     let pairs = out.len() / 2;
     let mut bx = 0;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: each group reads t[s][bx .. bx + 4] (bx + 4 <= pairs <= bw, the lengths
-    // asserted above) and writes out[2·bx .. 2·bx + 8] (2·bx + 8 <= 2·pairs <= out.len());
+    // SAFETY: each group reads t[s][bx_ .. bx_ + 4] (bx_ + 4 <= pairs <= bw, the lengths
+    // asserted above) and writes out[2·bx_ .. 2·bx_ + 8] (2·bx_ + 8 <= 2·pairs <= out.len());
     // `MaybeUninit<f32>` has f32's layout. SSE is part of x86-64's baseline.
     unsafe {
         use std::arch::x86_64::*;
         // Four blocks at a time, interleaved by unpacks (the compiler's vectorised loop needs
         // more blocks than a 16-px row has and fell back to scalar stores). The same sums,
         // in the same order, as the scalar tail below.
-        while bx + 4 <= pairs {
-            let load = |t: &[f32]| _mm_loadu_ps(t.as_ptr().add(bx));
+        // The last group overlapping the one before where 4 does not divide `pairs` (as in
+        // `transform_columns`).
+        while bx < pairs && pairs >= 4 {
+            let bx_ = bx.min(pairs - 4);
+            let load = |t: &[f32]| _mm_loadu_ps(t.as_ptr().add(bx_));
             let (a0, a1, a2, a3) = (load(t0), load(t1), load(t2), load(t3));
             let even = _mm_add_ps(_mm_add_ps(a0, a1), a2);
             let odd = _mm_sub_ps(_mm_sub_ps(a1, a2), a3);
-            let to = out.as_mut_ptr().add(2 * bx).cast::<f32>();
+            let to = out.as_mut_ptr().add(2 * bx_).cast::<f32>();
             _mm_storeu_ps(to, _mm_unpacklo_ps(even, odd));
             _mm_storeu_ps(to.add(4), _mm_unpackhi_ps(even, odd));
-            bx += 4;
+            bx = bx_ + 4;
         }
     }
     for bx in bx..pairs {
@@ -513,16 +519,18 @@ fn split_row(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     assert!(even.len() == row.len().div_ceil(2) && odd.len() == even.len());
     let mut bx = 0;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: each group reads row[2·bx .. 2·bx + 8] (bx + 4 <= pairs) and writes
-    // even/odd[bx .. bx + 4] (bx + 4 <= pairs <= their length). SSE is x86-64's baseline.
+    // SAFETY: each group reads row[2·bx_ .. 2·bx_ + 8] (bx_ + 4 <= pairs) and writes
+    // even/odd[bx_ .. bx_ + 4] (bx_ + 4 <= pairs <= their length). SSE is x86-64's baseline.
     unsafe {
         use std::arch::x86_64::*;
-        while bx + 4 <= pairs {
-            let from = row.as_ptr().add(2 * bx);
+        // The last group overlapping the one before (as in `transform_columns`).
+        while bx < pairs && pairs >= 4 {
+            let bx_ = bx.min(pairs - 4);
+            let from = row.as_ptr().add(2 * bx_);
             let (a, b) = (_mm_loadu_ps(from), _mm_loadu_ps(from.add(4)));
-            _mm_storeu_ps(even.as_mut_ptr().add(bx), _mm_shuffle_ps::<0x88>(a, b));
-            _mm_storeu_ps(odd.as_mut_ptr().add(bx), _mm_shuffle_ps::<0xDD>(a, b));
-            bx += 4;
+            _mm_storeu_ps(even.as_mut_ptr().add(bx_), _mm_shuffle_ps::<0x88>(a, b));
+            _mm_storeu_ps(odd.as_mut_ptr().add(bx_), _mm_shuffle_ps::<0xDD>(a, b));
+            bx = bx_ + 4;
         }
     }
     for bx in bx..pairs {
