@@ -279,9 +279,14 @@ fn channel_sums<const N: usize, S>(
     init: impl Fn() -> S + Sync + Send,
     per_plane: impl Fn(&mut S, usize, usize) -> [f64; N] + Sync,
 ) -> Vec<[f64; N]> {
-    let per_plane = plane_values(planes, init, per_plane);
-    let mut totals = vec![[0.0f64; N]; planes.channels];
-    for item in per_plane.chunks(planes.channels) {
+    sum_per_channel(&plane_values(planes, init, per_plane), planes.channels)
+}
+
+/// Each channel's values of `per_plane` (index `b·C + c`, as [`plane_values`] returns them)
+/// added in order `b = 0, 1, ...`.
+fn sum_per_channel<const N: usize>(per_plane: &[[f64; N]], channels: usize) -> Vec<[f64; N]> {
+    let mut totals = vec![[0.0f64; N]; channels];
+    for item in per_plane.chunks(channels) {
         for (total, plane) in totals.iter_mut().zip(item) {
             for (t, v) in total.iter_mut().zip(plane) {
                 *t += v;
@@ -343,23 +348,18 @@ impl CustomOp1 for BatchStatisticsOp {
                 [sum, squared_deviation_f64(values, plane_mean(sum))]
             },
         );
-        // The channel sums: the same sums, in the same order, as a pass of its own.
-        let mut means = vec![0.0f64; planes.channels];
-        for item in per_plane.chunks(planes.channels) {
-            for (mean, [sum, _]) in means.iter_mut().zip(item) {
-                *mean += sum;
-            }
-        }
-        means.iter_mut().for_each(|mean| *mean /= n);
-        let mut squares = vec![0.0f64; planes.channels];
-        for item in per_plane.chunks(planes.channels) {
-            for ((square, [sum, deviations]), mean) in squares.iter_mut().zip(item).zip(&means) {
-                let shift = plane_mean(*sum) - mean;
-                *square += deviations + plane_n * shift * shift;
-            }
-        }
+        // The mean's sums are the same, in the same order, as a pass of its own would form.
+        let totals = sum_per_channel(&per_plane, planes.channels);
+        let means: Vec<f64> = totals.iter().map(|[sum, _]| sum / n).collect();
+        let shifts: Vec<[f64; 1]> = (per_plane.iter().enumerate())
+            .map(|(index, [sum, _])| {
+                let shift = plane_mean(*sum) - means[index % planes.channels];
+                [plane_n * shift * shift]
+            })
+            .collect();
+        let shifts = sum_per_channel(&shifts, planes.channels);
         let mut out: Vec<f32> = means.iter().map(|m| *m as f32).collect();
-        out.extend(squares.iter().map(|s| (s / n) as f32));
+        out.extend(totals.iter().zip(&shifts).map(|([_, m2], [shift])| ((m2 + shift) / n) as f32));
         Ok((CpuStorage::F32(out), Shape::from((2, planes.channels))))
     }
 }

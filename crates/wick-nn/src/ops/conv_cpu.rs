@@ -298,7 +298,8 @@ fn even_columns(src: &[f32], dst: &mut [f32]) {
 /// `dst[2·i] += src[i]` (a stride-2 col2im row; `dst` holds at least `2·src.len() - 1`
 /// values): four at a time where eight can be read — the even values split out by a shuffle,
 /// added to, and interleaved back with the odd ones untouched, so every value gets the bits
-/// of the scalar loop — else one by one.
+/// of the scalar loop — else one by one. (Unlike the Winograd rows' copies, a last group may
+/// not overlap the one before: it would add twice.)
 #[inline]
 fn add_to_even_columns(src: &[f32], dst: &mut [f32]) {
     assert!(dst.len() + 1 >= 2 * src.len());
@@ -867,8 +868,12 @@ mod tests {
                 let start: Vec<f32> =
                     (0..len).map(|x| if x % 2 == 1 { -0.0 } else { x as f32 }).collect();
                 let src: Vec<f32> = (0..n).map(|i| 0.5 + i as f32).collect();
-                let mut dst = start.clone();
-                add_to_even_columns(&src, &mut dst);
+                // Between sentinels: a raw store past either end changes one.
+                let mut padded = [vec![-1.0f32], start.clone(), vec![-1.0]].concat();
+                add_to_even_columns(&src, &mut padded[1..=len]);
+                let ends = [padded[0], padded[len + 1]];
+                assert_eq!(ends, [-1.0, -1.0], "n {n}: written past its ends");
+                let dst = &padded[1..=len];
                 for (x, (got, was)) in dst.iter().zip(&start).enumerate() {
                     let want = if x % 2 == 0 && x / 2 < n { was + src[x / 2] } else { *was };
                     assert_eq!(got.to_bits(), want.to_bits(), "n {n}, row of {len}, value {x}");
@@ -886,10 +891,12 @@ mod tests {
             for extra in [0, 4] {
                 let len = (2 * n + extra).saturating_sub(1);
                 let src: Vec<f32> = (0..len).map(|x| x as f32).collect();
-                let mut dst = vec![f32::NAN; n];
-                even_columns(&src, &mut dst);
+                // Between sentinels: a raw store past either end changes one.
+                let mut dst = vec![-1.0f32; n + 2];
+                even_columns(&src, &mut dst[1..=n]);
                 let want: Vec<f32> = (0..n).map(|i| (2 * i) as f32).collect();
-                assert_eq!(dst, want, "n {n}, source of {len}");
+                assert_eq!(dst[1..=n], want, "n {n}, source of {len}");
+                assert_eq!([dst[0], dst[n + 1]], [-1.0, -1.0], "n {n}: written past its ends");
             }
         }
     }

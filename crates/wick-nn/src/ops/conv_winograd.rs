@@ -106,7 +106,8 @@ fn untransform_filter_gradient(du: [f32; 16]) -> [f32; 9] {
 }
 
 /// `V = Bᵀ d B` of one 4×4 patch, `Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`
-/// (the reference for [`transform_input`], which does the same along whole rows).
+/// (the reference for [`transform_input`], which takes the same sums along whole rows and in
+/// the other order, `Bᵀ (d B)`).
 #[cfg(test)]
 fn transform_patch(d: &[f32; 16]) -> [f32; 16] {
     let mut t = [0.0f32; 16]; // Bᵀ d
@@ -129,7 +130,8 @@ fn transform_patch(d: &[f32; 16]) -> [f32; 16] {
 }
 
 /// `Y = Aᵀ m A` (2×2) of one 4×4 product, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]` (the reference
-/// for the output transform in [`forward_with`], which runs along whole block rows).
+/// for the output transform in [`forward_with`], whose first step runs over a chunk's blocks
+/// and whose second along output rows).
 #[cfg(test)]
 fn untransform_block(m: &[f32; 16]) -> [f32; 4] {
     let mut t = [0.0f32; 8]; // Aᵀ m: 2×4
@@ -241,13 +243,14 @@ impl Tiling {
 /// item·blocks_h + by) into `v (16, C, n)`, `n = rows · blocks_w`; `input` starts at the
 /// unit's first item. Values outside the image are 0.
 ///
-/// `V = Bᵀ (d B)`: the column step first, once per input row — `h_s = (c0 - c2, c1 + c2,
-/// c2 - c1, c1 - c3)` of each block's four columns — into even and odd padded rows kept
-/// apart, then the row step, which for position `(r, s)` reads `h_s` of padded rows `2·by +
-/// r`: an even or odd row `by` or `by + 1`. With the parities apart those reads, and the
-/// writes to `V`, run contiguously over all of an item's block rows in the chunk, so the row
-/// step is 16 long streams per channel (it was four short rows per block row, and each input
-/// row's column step was done twice, once for each block row its patch rows overlap).
+/// `V = Bᵀ (d B)`: the column step first, once per padded row of a run of an item's block
+/// rows in the chunk — `h_s = (c0 - c2, c1 + c2, c2 - c1, c1 - c3)` of each block's four
+/// columns, zeros for rows outside the image — into even and odd padded rows kept apart;
+/// then the row step. Block row `by`'s patch rows `2·by .. 2·by + 4` are even row `by`, odd
+/// row `by`, even row `by + 1` and odd row `by + 1`, so with the parities apart its reads,
+/// and its writes to `V`, run contiguously over the whole run: 16 long streams per channel
+/// (it was four short rows per block row, and the column step of each patch row was done
+/// twice, once for each block row whose patch holds it).
 fn transform_input(
     g: &ConvGeometry,
     tiling: &Tiling,
@@ -286,8 +289,8 @@ fn transform_input(
             };
             let padded_rows = padded.chunks_exact_mut(padded_width).take(2 * run + 2);
             for (k, padded) in padded_rows.enumerate() {
-                if let Some(row) = input_row(k) {
-                    padded[lead..lead + count].copy_from_slice(row);
+                if let Some(source) = input_row(k) {
+                    padded[lead..lead + count].copy_from_slice(source);
                 }
             }
             for (k, padded) in padded.chunks_exact(padded_width).take(2 * run + 2).enumerate() {
@@ -348,7 +351,7 @@ fn transform_columns(t: &[f32], v: [&mut [f32]; 4]) {
         // surroundings).
         // Where 4 does not divide `bw`, the last group overlaps the one before it and writes
         // its values again (the same values): no scalar tail (a third of a 12-px row).
-        while bx < bw && bw >= 4 {
+        while bw >= 4 && bx < bw {
             let bx_ = bx.min(bw - 4);
             let p = t.as_ptr().add(2 * bx_);
             let (a, b) = (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4)));
@@ -470,10 +473,10 @@ fn untransform_row(t: [&[f32]; 4], out: &mut [std::mem::MaybeUninit<f32>]) {
         use std::arch::x86_64::*;
         // Four blocks at a time, interleaved by unpacks (the compiler's vectorised loop needs
         // more blocks than a 16-px row has and fell back to scalar stores). The same sums,
-        // in the same order, as the scalar tail below.
+        // in the same order, as the scalar loop below (rows of under four pairs).
         // The last group overlapping the one before where 4 does not divide `pairs` (as in
         // `transform_columns`).
-        while bx < pairs && pairs >= 4 {
+        while pairs >= 4 && bx < pairs {
             let bx_ = bx.min(pairs - 4);
             let load = |t: &[f32]| _mm_loadu_ps(t.as_ptr().add(bx_));
             let (a0, a1, a2, a3) = (load(t0), load(t1), load(t2), load(t3));
@@ -524,7 +527,7 @@ fn split_row(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     unsafe {
         use std::arch::x86_64::*;
         // The last group overlapping the one before (as in `transform_columns`).
-        while bx < pairs && pairs >= 4 {
+        while pairs >= 4 && bx < pairs {
             let bx_ = bx.min(pairs - 4);
             let from = row.as_ptr().add(2 * bx_);
             let (a, b) = (_mm_loadu_ps(from), _mm_loadu_ps(from.add(4)));
@@ -762,21 +765,31 @@ mod tests {
         }
     }
 
-    /// `untransform_row` (four blocks at a time by SSE, then a scalar tail, then an odd last
-    /// column) equals the scalar formula at every width from 1 to 13, bit for bit (the same
-    /// sums in the same order); `split_row` returns each column to its place, 0 past the end.
+    /// `untransform_row` (four blocks at a time by SSE, the last group overlapping the one
+    /// before; under four pairs one by one; then an odd last column) equals the scalar
+    /// formula at every width from 1 to 13, bit for bit (the same sums in the same order);
+    /// `split_row` returns each column to its place, 0 past the end; `transform_columns`
+    /// gives each block's four column-step sums; none writes outside its outputs.
     #[test]
-    fn output_rows_and_split_rows_match_the_scalar_formulas() {
+    fn row_helpers_match_the_scalar_formulas_and_stay_in_bounds() {
+        // Each output lies inside a larger buffer between sentinels: a write past either end
+        // (which the slices' own bounds would not catch, the stores being raw) changes one.
+        const SENTINEL: f32 = -7.25;
+        let sentinels_kept = |buffer: &[f32], what: &str| {
+            let ends = [buffer[0], buffer[buffer.len() - 1]];
+            assert!(ends.iter().all(|&x| x == SENTINEL), "{what}: written past its ends");
+        };
         for width in 1..=13usize {
             let bw = width.div_ceil(2);
             let t: Vec<Vec<f32>> = (0..4)
                 .map(|s| (0..bw).map(|bx| ((s * 31 + bx * 7) % 11) as f32 * 0.37 - 1.5).collect())
                 .collect();
-            let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); width];
-            untransform_row([&t[0], &t[1], &t[2], &t[3]], &mut out);
-            for (x, got) in out.iter().enumerate() {
-                // SAFETY: every element was initialised (NaN) before the call.
-                let got = unsafe { got.assume_init() };
+            let mut out = vec![std::mem::MaybeUninit::new(SENTINEL); width + 2];
+            untransform_row([&t[0], &t[1], &t[2], &t[3]], &mut out[1..=width]);
+            // SAFETY: every element was initialised (the sentinel) before the call.
+            let out: Vec<f32> = out.iter().map(|x| unsafe { x.assume_init() }).collect();
+            sentinels_kept(&out, "output row");
+            for (x, got) in out[1..=width].iter().enumerate() {
                 let bx = x / 2;
                 let want = match x % 2 {
                     0 => t[0][bx] + t[1][bx] + t[2][bx],
@@ -785,13 +798,36 @@ mod tests {
                 assert_eq!(got.to_bits(), want.to_bits(), "width {width}, column {x}");
             }
             let row: Vec<f32> = (0..width).map(|x| x as f32 + 1.0).collect();
-            let (mut even, mut odd) = (vec![f32::NAN; bw], vec![f32::NAN; bw]);
-            split_row(&row, &mut even, &mut odd);
+            let mut split = vec![SENTINEL; 2 * bw + 3];
+            let (even, odd) = split[1..].split_at_mut(bw + 1);
+            split_row(&row, &mut even[..bw], &mut odd[..bw]);
+            sentinels_kept(&split, "split row");
+            assert_eq!(split[bw + 1], SENTINEL, "width {width}: even written past its end");
             for bx in 0..bw {
-                assert_eq!(even[bx], (2 * bx + 1) as f32, "width {width}, even {bx}");
+                assert_eq!(split[1 + bx], (2 * bx + 1) as f32, "width {width}, even {bx}");
                 let want = if 2 * bx + 1 < width { (2 * bx + 2) as f32 } else { 0.0 };
-                assert_eq!(odd[bx], want, "width {width}, odd {bx}");
+                assert_eq!(split[bw + 2 + bx], want, "width {width}, odd {bx}");
             }
+            // The column step on a padded row of `2·bw + 2` values: each of the four outputs
+            // between sentinels, against the formula.
+            let padded: Vec<f32> = (0..2 * bw + 2).map(|x| ((x * 13) % 7) as f32 - 2.5).collect();
+            let mut h = vec![SENTINEL; 4 * (bw + 1) + 1];
+            let [h0, h1, h2, h3] = four_runs(&mut h[1..], 0, bw + 1, bw);
+            transform_columns(&padded, [h0, h1, h2, h3]);
+            for s in 0..4 {
+                let (start, gap) = (1 + s * (bw + 1), s * (bw + 1));
+                assert_eq!(h[gap], SENTINEL, "width {width}: h{s} written before its start");
+                for bx in 0..bw {
+                    let p = &padded[2 * bx..2 * bx + 4];
+                    let want = [p[0] - p[2], p[1] + p[2], p[2] - p[1], p[1] - p[3]][s];
+                    assert_eq!(
+                        h[start + bx].to_bits(),
+                        want.to_bits(),
+                        "width {width}, h{s}[{bx}]"
+                    );
+                }
+            }
+            sentinels_kept(&h, "column step");
         }
     }
 }
