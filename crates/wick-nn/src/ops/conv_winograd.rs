@@ -608,9 +608,9 @@ pub(crate) fn backward_weight(
                     let (item, by) = (block_row / tiling.blocks_h, block_row % tiling.blocks_h);
                     let plane = item * item_out + channel * pixels;
                     for i in 0..2 {
-                        let [e, o_] = [i, 2 + i].map(|slot| slot * most + row * bw);
-                        let (even, odd) = split.split_at_mut(o_);
-                        let (e, o_) = (&mut even[e..e + bw], &mut odd[..bw]);
+                        let [even_at, odd_at] = [i, 2 + i].map(|slot| slot * most + row * bw);
+                        let (before, from_odd) = split.split_at_mut(odd_at);
+                        let (e, o_) = (&mut before[even_at..even_at + bw], &mut from_odd[..bw]);
                         let oy = 2 * by + i;
                         if oy >= g.out_height {
                             e.fill(0.0);
