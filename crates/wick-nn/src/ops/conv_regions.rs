@@ -530,21 +530,22 @@ pub(crate) fn backward_weight(
             Ok(product)
         })
         .collect::<candle::Result<Vec<_>>>()?;
-    // dw[o][c][tap] = per_tap[tap][o·C + c], written in order with no zero fill first.
-    if kernel_taps == 9 {
-        // 3×3 (nearly every convolution here): filters in parallel, each built whole (an
-        // indexed parallel collect writes the vector in place).
-        let taps: Vec<&[f32]> = per_tap.iter().map(|tap| &tap[..o * c]).collect();
-        let filters: Vec<[f32; 9]> = (0..o * c)
-            .into_par_iter()
-            .map(|index| std::array::from_fn(|tap| taps[tap][index]))
-            .collect();
-        return Ok(filters.into_flattened());
-    }
-    let mut grad_weight = Vec::with_capacity(g.weight_len());
-    for index in 0..o * c {
-        grad_weight.extend(per_tap.iter().map(|tap| tap[index]));
-    }
+    // dw[o][c][tap] = per_tap[tap][o·C + c]: filters in parallel, each filter's C·KH·KW
+    // values written whole (within L1) from the taps' rows, read in order. (An element-wise
+    // collect of `[f32; 9]` arrays stalled on reading each array back from the stack.)
+    let taps: Vec<&[f32]> = per_tap.iter().map(|tap| &tap[..o * c]).collect();
+    // SAFETY: each chunk is one filter's C·KH·KW values, and the loops below write every
+    // (channel, tap) of it once.
+    let grad_weight = unsafe {
+        par_output(g.weight_len(), c * kernel_taps, |filter, out| {
+            for (tap, values) in taps.iter().enumerate() {
+                for (channel, &value) in values[filter * c..(filter + 1) * c].iter().enumerate() {
+                    out[channel * kernel_taps + tap].write(value);
+                }
+            }
+            c * kernel_taps
+        })
+    };
     Ok(grad_weight)
 }
 

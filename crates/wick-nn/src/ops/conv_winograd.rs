@@ -24,7 +24,7 @@
 //! Shapes as in `conv_cpu`: `x (B, C, H, W)`, `w (O, C, 3, 3)`, `y (B, O, OH, OW)`, one group.
 
 use super::conv_cpu::{ConvGeometry, PARALLEL_SPLITS, sum_in_fixed_runs};
-use super::storage::try_par_output;
+use super::storage::{par_output, try_par_output};
 use crate::gemm::{Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, gemm};
 use crate::scratch::Scratch;
 use rayon::prelude::*;
@@ -646,13 +646,27 @@ pub(crate) fn backward_weight(
         Ok(())
     };
     let du = sum_in_fixed_runs(units, du_len, accumulate_unit)?;
-    // Filters in parallel, each built whole (an indexed parallel collect writes the vector in
-    // place, with no zero fill first).
-    let filters: Vec<[f32; 9]> = (0..o * c)
-        .into_par_iter()
-        .map(|index| untransform_filter_gradient(std::array::from_fn(|xi| du[xi * o * c + index])))
-        .collect();
-    Ok(filters.into_flattened())
+    Ok(untransform_filter_gradients(&du, o, c))
+}
+
+/// `dw (O, C, 3, 3)` from `dU` (16 planes of `O × C`): filters in parallel, each filter's
+/// `C·9` values written whole from the 16 planes' rows, read in order.
+fn untransform_filter_gradients(du: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let plane = o * c;
+    // SAFETY: each chunk is one filter's C·9 values; every channel's 9 are written below.
+    unsafe {
+        par_output(plane * 9, c * 9, |filter, out| {
+            for (channel, dst) in out.chunks_exact_mut(9).enumerate() {
+                let index = filter * c + channel;
+                let dg =
+                    untransform_filter_gradient(std::array::from_fn(|xi| du[xi * plane + index]));
+                for (d, value) in dst.iter_mut().zip(dg) {
+                    d.write(value);
+                }
+            }
+            c * 9
+        })
+    }
 }
 
 #[cfg(test)]
