@@ -60,6 +60,9 @@ fn cases() -> Vec<Case> {
         case([3, 4, 2, 5], 6, 3, 1, 1),
         case([2, 5, 6, 6], 3, 3, 1, 1),
         case([2, 4, 1, 1], 5, 3, 1, 1), // 1x1 image: only the centre tap is ever read
+        // Batches whose regions fill whole 16-column panels (read a panel at a time).
+        case([20, 8, 2, 2], 12, 3, 1, 1),
+        case([12, 6, 4, 4], 5, 3, 1, 1),
         // Winograd F(2x2, 3x3) (conv_winograd): odd output sizes (partial 2x2 blocks), no
         // padding, padding 2, items grouped into one unit, and the input gradient's flip.
         case([3, 16, 9, 11], 20, 3, 1, 1),

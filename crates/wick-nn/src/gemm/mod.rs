@@ -369,7 +369,36 @@ pub(crate) trait RowSource: Sync {
     fn cols(&self) -> usize;
     /// Writes `S[row, col0..col0 + out.len()]` into `out`.
     fn read_row(&self, row: usize, col0: usize, out: &mut [f32]);
+
+    /// Whether the native kernel should pack this source a column at a time
+    /// ([`RowSource::read_column`]): a source whose rows gather from far-apart places and
+    /// whose columns run through memory in order.
+    fn reads_columns(&self) -> bool {
+        false
+    }
+
+    /// Writes `S[row0 + kk, col]` into `out[kk · stride]` for `kk < rows` (by
+    /// [`RowSource::read_row`] unless the source reads its columns directly).
+    fn read_column(&self, col: usize, row0: usize, rows: usize, out: &mut [f32], stride: usize) {
+        let mut value = [0.0f32];
+        for (kk, dst) in out.iter_mut().step_by(stride).take(rows).enumerate() {
+            self.read_row(row0 + kk, col, &mut value);
+            *dst = value[0];
+        }
+    }
+
+    /// Writes the 16 columns `col0..col0 + 16` of rows `row0..row0 + rows` into `out` as a
+    /// packed panel, `S[row0 + kk, col0 + j]` at `out[kk · 16 + j]` (column by column unless
+    /// the source does better).
+    fn read_panel(&self, col0: usize, row0: usize, rows: usize, out: &mut [f32]) {
+        for j in 0..PANEL_COLUMNS {
+            self.read_column(col0 + j, row0, rows, &mut out[j..], PANEL_COLUMNS);
+        }
+    }
 }
+
+/// Columns of a packed `B` panel of the native kernels ([`RowSource::read_panel`]).
+pub(crate) const PANEL_COLUMNS: usize = 16;
 
 /// The right operand of a product.
 #[derive(Clone, Copy)]

@@ -16,11 +16,11 @@
 //! (lives in L2); MC is a multiple of both kernels' MR. The AVX-512 kernel's two panels
 //! (32 KiB) and its 12 KiB A panel fit the 48 KiB L1d of the Xeons that have it.
 
-use super::{Accumulate, Lhs, MatMut, MatRef, Rhs};
+use super::{Accumulate, Lhs, MatMut, MatRef, PANEL_COLUMNS, Rhs};
 use crate::scratch::Scratch;
 use std::cell::RefCell;
 
-const NR: usize = 16;
+const NR: usize = PANEL_COLUMNS;
 const KC: usize = 256;
 const MC: usize = 144;
 const NC: usize = 4080;
@@ -287,6 +287,18 @@ fn pack_rhs_block(
     }
     match b {
         Rhs::Matrix(matrix) => pack_rhs_matrix(matrix, row0, kc, col0, cols, out),
+        Rhs::Generated(source) if source.reads_columns() => {
+            // Whole panels at once; the last partial panel's columns each straight into
+            // their place (every NR-th value).
+            for panel in 0..full_panels {
+                let dst = &mut out[panel * kc * NR..(panel + 1) * kc * NR];
+                source.read_panel(col0 + panel * NR, row0, kc, dst);
+            }
+            for jj in full_panels * NR..cols {
+                let start = (jj / NR) * kc * NR + jj % NR;
+                source.read_column(col0 + jj, row0, kc, &mut out[start..], NR);
+            }
+        }
         Rhs::Generated(source) => {
             // Generate each row once (into L1) and deal its 16-float pieces to the panels.
             let row = &mut row_buffer[..cols];

@@ -27,8 +27,8 @@
 use super::conv_cpu::ConvGeometry;
 use super::storage::par_output;
 use crate::gemm::{
-    Accumulate, GemmBackend, Kernel, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, RowSource,
-    gemm,
+    Accumulate, GemmBackend, Kernel, Lhs, MatMut, MatRef, PANEL_COLUMNS, PackedLhs, PreparedLhs,
+    Rhs, RowSource, gemm,
 };
 use crate::scratch::Scratch;
 use rayon::prelude::*;
@@ -282,6 +282,77 @@ impl RowSource for TapColumns<'_> {
             *value = self.input[pixel + plus - self.tap_minus];
         }
     }
+
+    /// A row is one value from each of up to B items' channel planes, far apart (and, at
+    /// strides of a power of two, in the same cache set); a column walks one item's planes in
+    /// order.
+    fn reads_columns(&self) -> bool {
+        true
+    }
+
+    fn read_column(&self, col: usize, row0: usize, rows: usize, out: &mut [f32], stride: usize) {
+        if rows == 0 {
+            return;
+        }
+        let start = self.in_pixel[col] + row0 * self.plane + self.tap_plus - self.tap_minus;
+        let src = &self.input[start..start + (rows - 1) * self.plane + 1];
+        let dst = &mut out[..(rows - 1) * stride + 1];
+        for (to, from) in dst.chunks_mut(stride).zip(src.chunks(self.plane)) {
+            to[0] = from[0];
+        }
+    }
+
+    fn read_panel(&self, col0: usize, row0: usize, rows: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if rows > 0 && std::arch::is_x86_feature_detected!("avx512f") {
+            let pixels = &self.in_pixel[col0..col0 + PANEL_COLUMNS];
+            let first = pixels.iter().min().copied().unwrap_or(0);
+            let last = pixels.iter().max().copied().unwrap_or(0);
+            let base = first + row0 * self.plane + self.tap_plus - self.tap_minus;
+            let end = last - first + base + (rows - 1) * self.plane;
+            if let (Ok(_), true, true) =
+                (i32::try_from(last - first), end < self.input.len(), out.len() >= rows * 16)
+            {
+                let offsets: [i32; PANEL_COLUMNS] =
+                    std::array::from_fn(|j| (pixels[j] - first) as i32);
+                // SAFETY: AVX-512F is present (checked above); every address the gather forms,
+                // `base + kk·plane + offsets[j]` for `kk < rows`, is at most `end`, inside
+                // `input`; `out` holds the `rows × 16` values written.
+                unsafe { gather_panel(&self.input[base..], &offsets, self.plane, rows, out) };
+                return;
+            }
+        }
+        for j in 0..PANEL_COLUMNS {
+            self.read_column(col0 + j, row0, rows, &mut out[j..], PANEL_COLUMNS);
+        }
+    }
+}
+
+/// `out[kk·16 + j] = input[kk·plane + offsets[j]]` for `kk < rows`: one 16-lane gather and
+/// one store per panel row.
+///
+/// # Safety
+/// AVX-512F must be available; `kk·plane + offsets[j]` must be inside `input` for every
+/// `kk < rows` and `j`, and `out` must hold `rows · 16` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_panel(
+    input: &[f32],
+    offsets: &[i32; PANEL_COLUMNS],
+    plane: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::{_mm512_i32gather_ps, _mm512_loadu_si512, _mm512_storeu_ps};
+    // SAFETY: the caller's bounds: every gathered address is inside `input`, every store
+    // inside `out`.
+    unsafe {
+        let index = _mm512_loadu_si512(offsets.as_ptr().cast());
+        for kk in 0..rows {
+            let values = _mm512_i32gather_ps::<4>(index, input.as_ptr().add(kk * plane).cast());
+            _mm512_storeu_ps(out.as_mut_ptr().add(kk * PANEL_COLUMNS), values);
+        }
+    }
 }
 
 /// The transpose of [`TapColumns`]: an `n × C` matrix whose row is one column.
@@ -299,7 +370,23 @@ impl RowSource for TapRows<'_> {
     fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
         let t = &self.0;
         let start = t.in_pixel[row] + col0 * t.plane + t.tap_plus - t.tap_minus;
-        for (i, value) in out.iter_mut().enumerate() {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if out.len() >= PANEL_COLUMNS && std::arch::is_x86_feature_detected!("avx512f") {
+            // 16 channels a gather: offsets 0, plane, ..., 15·plane, then 16·plane on.
+            let groups = out.len() / PANEL_COLUMNS;
+            let offsets: [i32; PANEL_COLUMNS] = std::array::from_fn(|j| (j * t.plane) as i32);
+            let last = start + (groups * PANEL_COLUMNS - 1) * t.plane;
+            if i32::try_from((PANEL_COLUMNS - 1) * t.plane).is_ok() && last < t.input.len() {
+                let step = PANEL_COLUMNS * t.plane;
+                // SAFETY: AVX-512F is present (checked above); the gather's addresses are
+                // `start + m·plane` for `m < groups·16`, the last of them `last`, inside
+                // `input`; `out` holds `groups · 16` values.
+                unsafe { gather_panel(&t.input[start..], &offsets, step, groups, out) };
+                done = groups * PANEL_COLUMNS;
+            }
+        }
+        for (i, value) in out.iter_mut().enumerate().skip(done) {
             *value = t.input[start + i * t.plane];
         }
     }
@@ -606,6 +693,64 @@ mod tests {
         assert!(regions(&strided(64, 12)).is_some());
         assert!(regions(&strided(128, 32)).is_none());
         assert!(regions(&strided(3, 12)).is_none());
+    }
+
+    #[test]
+    fn tap_columns_read_panels_and_columns_as_rows() {
+        // 20 items of 3 channels at 4x4 (plane 16), tap (2, 1) at the interior region: a
+        // panel, a column and the rows must agree, and a panel writes only its 16 · rows.
+        let g = ConvGeometry { batch: 20, ..geometry(4, 3, 1, 1) };
+        let input: Vec<f32> = (0..g.batch * 3 * 16).map(|i| i as f32).collect();
+        let interior = regions(&g).unwrap()[4];
+        let offsets = RegionOffsets::new(&g, &interior);
+        let columns = TapColumns::new(&g, &input, &offsets.in_pixel, 2, 1);
+        assert_eq!(columns.cols(), 80);
+        for (col0, row0, rows) in [(0, 0, 3), (16, 1, 2), (64, 2, 1)] {
+            let mut panel = vec![-1.0f32; rows * PANEL_COLUMNS + 5];
+            columns.read_panel(col0, row0, rows, &mut panel);
+            let mut row = vec![0.0f32; PANEL_COLUMNS];
+            for kk in 0..rows {
+                columns.read_row(row0 + kk, col0, &mut row);
+                assert_eq!(&panel[kk * PANEL_COLUMNS..(kk + 1) * PANEL_COLUMNS], &row[..]);
+            }
+            assert!(panel[rows * PANEL_COLUMNS..].iter().all(|&v| v == -1.0));
+            // The transpose reads the same values: column j of `columns` is row j of `rows_of`.
+            let rows_of = TapRows(TapColumns::new(&g, &input, &offsets.in_pixel, 2, 1));
+            let mut transposed = vec![0.0f32; rows];
+            rows_of.read_row(col0 + 3, row0, &mut transposed);
+            for kk in 0..rows {
+                assert_eq!(transposed[kk], panel[kk * PANEL_COLUMNS + 3]);
+            }
+            let mut column = vec![-1.0f32; 2 * rows];
+            columns.read_column(col0 + 3, row0, rows, &mut column, 2);
+            for kk in 0..rows {
+                assert_eq!(column[2 * kk], panel[kk * PANEL_COLUMNS + 3]);
+                assert_eq!(column[2 * kk + 1], -1.0);
+            }
+        }
+        // Item 1's pixel (1, 1) read through tap (2, 1) is its pixel (2, 1): channel 0 at
+        // 48 + 2·4 + 1.
+        let mut row = vec![0.0f32; 1];
+        columns.read_row(0, 4, &mut row);
+        assert_eq!(row[0], 57.0);
+    }
+
+    #[test]
+    fn tap_rows_read_many_channels_as_the_columns_do() {
+        // 40 channels: a row of 37 from channel 1 is two 16-channel gathers and a tail of 5.
+        let g = ConvGeometry { batch: 2, in_channels: 40, ..geometry(4, 3, 1, 1) };
+        let input: Vec<f32> = (0..2 * 40 * 16).map(|i| i as f32).collect();
+        let edge = regions(&g).unwrap()[1];
+        let offsets = RegionOffsets::new(&g, &edge);
+        let rows_of = TapRows(TapColumns::new(&g, &input, &offsets.in_pixel, 1, 2));
+        let mut row = [-1.0f32; 38];
+        rows_of.read_row(3, 1, &mut row[..37]);
+        let mut column = vec![0.0f32; 1];
+        for (i, &value) in row[..37].iter().enumerate() {
+            rows_of.0.read_row(1 + i, 3, &mut column);
+            assert_eq!(value, column[0], "channel {}", 1 + i);
+        }
+        assert_eq!(row[37], -1.0);
     }
 
     #[test]
