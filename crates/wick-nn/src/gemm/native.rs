@@ -180,6 +180,61 @@ impl PackedLhs {
         members.into_iter().map(|data| Self { data, rows, cols, kernel }).collect()
     }
 
+    /// `N` matrices of `rows × cols`, packed for `kernel`, whose elements `(i, j)` are made
+    /// together: `element(i, j)[t]` is member `t`'s `A_t[i, j]` (the taps of one filter, or
+    /// its 16 Winograd transforms). Parallel over row panels; each element is made once, its
+    /// values written into their members in order (column kk's MR rows of a panel, then
+    /// column kk + 1), every value written once.
+    pub(crate) fn pack_members<const N: usize>(
+        (rows, cols): (usize, usize),
+        kernel: Kernel,
+        element: impl Fn(usize, usize) -> [f32; N] + Sync,
+    ) -> Vec<Self> {
+        use rayon::prelude::*;
+        let count = N;
+        let mr = kernel.mr();
+        let rows_padded = rows.div_ceil(mr) * mr;
+        let panels = rows_padded / mr;
+        let mut members: Vec<Scratch> =
+            (0..count).map(|_| Scratch::take(rows_padded * cols)).collect();
+        // Each panel's `kc × mr` piece of every KC block of every member, gathered per panel
+        // so that the panels can be written in parallel.
+        let blocks: Vec<(usize, usize)> =
+            (0..cols).step_by(KC).map(|pc| (pc, KC.min(cols - pc))).collect();
+        let mut pieces: Vec<Vec<&mut [f32]>> = (0..panels).map(|_| Vec::new()).collect();
+        for member in &mut members {
+            let mut rest: &mut [f32] = member;
+            for &(_, kc) in &blocks {
+                let (block, tail) = rest.split_at_mut(rows_padded * kc);
+                rest = tail;
+                for (panel, piece) in block.chunks_exact_mut(kc * mr).enumerate() {
+                    pieces[panel].push(piece);
+                }
+            }
+        }
+        pieces.into_par_iter().enumerate().for_each(|(panel, mut pieces)| {
+            // `pieces` is member-major: member t's block b is `pieces[t·blocks + b]`.
+            let first_row = panel * mr;
+            let panel_rows = mr.min(rows - first_row);
+            for (b, &(pc, kc)) in blocks.iter().enumerate() {
+                let mut block: Vec<&mut [f32]> =
+                    pieces.iter_mut().skip(b).step_by(blocks.len()).map(|p| &mut **p).collect();
+                for kk in 0..kc {
+                    for ii in 0..panel_rows {
+                        let values = element(first_row + ii, pc + kk);
+                        for (piece, value) in block.iter_mut().zip(values) {
+                            piece[kk * mr + ii] = value;
+                        }
+                    }
+                    for piece in &mut block {
+                        piece[kk * mr + panel_rows..(kk + 1) * mr].fill(0.0);
+                    }
+                }
+            }
+        });
+        members.into_iter().map(|data| Self { data, rows, cols, kernel }).collect()
+    }
+
     pub(crate) fn rows(&self) -> usize {
         self.rows
     }
@@ -1103,7 +1158,8 @@ mod tests {
 
     /// The one-pass packing of interleaved members equals packing each member on its own,
     /// across two KC blocks and a partial row panel, in both stride orders (a weight's taps
-    /// and their transposes).
+    /// and their transposes); so does making each element's members together
+    /// ([`PackedLhs::pack_members`]).
     #[test]
     fn interleaved_members_pack_like_each_member_alone() {
         let (count, rows, cols) = (3, 19, KC + 44);
@@ -1113,7 +1169,13 @@ mod tests {
                 let strides = (row_stride, col_stride);
                 let packed =
                     PackedLhs::pack_interleaved(&data, count, (rows, cols), strides, kernel);
-                assert_eq!(packed.len(), count);
+                let made = PackedLhs::pack_members((rows, cols), kernel, |i, j| {
+                    std::array::from_fn::<f32, 3, _>(|t| data[t + i * row_stride + j * col_stride])
+                });
+                assert_eq!((packed.len(), made.len()), (count, count));
+                for (member, made) in packed.iter().zip(&made) {
+                    assert_eq!(&member.data[..], &made.data[..]);
+                }
                 for (t, member) in packed.iter().enumerate() {
                     let view = MatRef::new(&data, t, (rows, cols), strides).unwrap();
                     let alone = PackedLhs::pack(view, kernel);

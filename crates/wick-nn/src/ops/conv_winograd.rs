@@ -25,7 +25,9 @@
 
 use super::conv_cpu::{ConvGeometry, PARALLEL_SPLITS, sum_in_fixed_runs};
 use super::storage::{par_output, try_par_output};
-use crate::gemm::{Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, gemm};
+use crate::gemm::{
+    Accumulate, GemmBackend, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, gemm,
+};
 use crate::scratch::Scratch;
 use rayon::prelude::*;
 
@@ -377,18 +379,51 @@ fn transform_columns(t: &[f32], v: [&mut [f32]; 4]) {
     }
 }
 
-/// `y` of convolution `g` from the transformed weights `u (16, O, C)`.
+/// `y` of convolution `run` from the weight of convolution `original`: `run` is `original`
+/// itself or, `flipped`, its flipped convolution (the input gradient), whose filter
+/// `(c', o')` is the original's `(o, c) = (o', c')` rotated by 180°. The 16 transformed
+/// weights `U_ξ (O' × C')` are packed for a native kernel straight from the filters (one
+/// pass, each filter transformed once), or laid out as planes for the other backends.
+fn forward_from_weight(
+    (original, run): (&ConvGeometry, &ConvGeometry),
+    input: &[f32],
+    weight: &[f32],
+    flipped: bool,
+    backend: GemmBackend,
+) -> candle::Result<Vec<f32>> {
+    let g = run;
+    let (rows, cols) = (g.out_channels, g.in_channels);
+    if let Some(kernel) = backend.native_kernel() {
+        let packed = PackedLhs::pack_members((rows, cols), kernel, |i, j| {
+            let (oo, cc) = if flipped { (j, i) } else { (i, j) };
+            let at = (oo * original.in_channels + cc) * 9;
+            let mut f: [f32; 9] = std::array::from_fn(|t| weight[at + t]);
+            if flipped {
+                f.reverse();
+            }
+            transform_filter(f)
+        });
+        let lhs: Vec<PreparedLhs<'_>> = packed.into_iter().map(PreparedLhs::Packed).collect();
+        return forward_with(g, input, &lhs, backend);
+    }
+    let u = transform_weights(original, weight, flipped);
+    let lhs = (0..POSITIONS)
+        .map(|xi| {
+            let plane = MatRef::new(&u, xi * rows * cols, (rows, cols), (cols, 1))?;
+            Ok(PreparedLhs::new(backend, plane))
+        })
+        .collect::<candle::Result<Vec<_>>>()?;
+    forward_with(g, input, &lhs, backend)
+}
+
+/// `y` of convolution `g` from its 16 transformed weights `U_ξ (O × C)`, prepared.
 fn forward_with(
     g: &ConvGeometry,
     input: &[f32],
-    u: &[f32],
+    packed: &[PreparedLhs<'_>],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
     let (o, c) = (g.out_channels, g.in_channels);
-    let packed = (0..POSITIONS)
-        .into_par_iter()
-        .map(|xi| Ok(PreparedLhs::new(backend, MatRef::new(u, xi * o * c, (o, c), (c, 1))?)))
-        .collect::<candle::Result<Vec<_>>>()?;
     let tiling = Tiling::new(g, c.max(o));
     let bw = tiling.blocks_w;
     let item_in = c * g.in_height * g.in_width;
@@ -553,7 +588,7 @@ pub(crate) fn forward(
     weight: &[f32],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
-    forward_with(g, input, &transform_weights(g, weight, false), backend)
+    forward_from_weight((g, g), input, weight, false, backend)
 }
 
 /// `dx` of convolution `g` as the forward pass of its flipped convolution `flipped` (which
@@ -565,7 +600,7 @@ pub(crate) fn backward_input(
     weight: &[f32],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
-    forward_with(flipped, grad_output, &transform_weights(g, weight, true), backend)
+    forward_from_weight((g, flipped), grad_output, weight, true, backend)
 }
 
 /// `dw` of convolution `g` (which [`applies`]) from `x` and `dy`; both row-major.
