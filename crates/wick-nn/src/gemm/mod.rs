@@ -361,39 +361,59 @@ impl Lhs<'_> {
     }
 }
 
-/// A matrix `S` that is never stored whole: its rows are generated on demand (an im2col
-/// matrix read straight from the image). The native kernel packs from it directly; the
-/// other backends get it materialised.
+/// A matrix `S` that is never stored whole: its rows (or, for a source that says so, its
+/// columns and whole 16-column panels) are generated on demand (an im2col matrix read
+/// straight from the image). The native kernel packs from it directly; the other backends get
+/// it materialised.
 pub(crate) trait RowSource: Sync {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
     /// Writes `S[row, col0..col0 + out.len()]` into `out`.
     fn read_row(&self, row: usize, col0: usize, out: &mut [f32]);
 
-    /// Whether the native kernel should pack this source a column at a time
-    /// ([`RowSource::read_column`]): a source whose rows gather from far-apart places and
-    /// whose columns run through memory in order.
+    /// Whether the native kernel should pack this source a panel at a time
+    /// ([`RowSource::read_panel`], and [`RowSource::read_column`] for a last partial panel)
+    /// rather than a row at a time: a source whose rows gather from far-apart places and whose
+    /// columns run through memory in order.
     fn reads_columns(&self) -> bool {
         false
     }
 
     /// Writes `S[row0 + kk, col]` into `out[kk · stride]` for `kk < rows` (by
     /// [`RowSource::read_row`] unless the source reads its columns directly).
+    ///
+    /// # Panics
+    /// If `out` is shorter than `(rows - 1) · stride + 1`.
     fn read_column(&self, col: usize, row0: usize, rows: usize, out: &mut [f32], stride: usize) {
+        if rows == 0 {
+            return;
+        }
+        let out = &mut out[..(rows - 1) * stride + 1];
         let mut value = [0.0f32];
-        for (kk, dst) in out.iter_mut().step_by(stride).take(rows).enumerate() {
+        for (kk, dst) in out.iter_mut().step_by(stride).enumerate() {
             self.read_row(row0 + kk, col, &mut value);
             *dst = value[0];
         }
     }
 
     /// Writes the 16 columns `col0..col0 + 16` of rows `row0..row0 + rows` into `out` as a
-    /// packed panel, `S[row0 + kk, col0 + j]` at `out[kk · 16 + j]` (column by column unless
-    /// the source does better).
+    /// packed panel, `S[row0 + kk, col0 + j]` at `out[kk · 16 + j]` (column by column,
+    /// [`read_panel_by_columns`], unless the source does better).
     fn read_panel(&self, col0: usize, row0: usize, rows: usize, out: &mut [f32]) {
-        for j in 0..PANEL_COLUMNS {
-            self.read_column(col0 + j, row0, rows, &mut out[j..], PANEL_COLUMNS);
-        }
+        read_panel_by_columns(self, col0, row0, rows, out);
+    }
+}
+
+/// [`RowSource::read_panel`] by [`RowSource::read_column`], one column at a time.
+pub(crate) fn read_panel_by_columns(
+    source: &(impl RowSource + ?Sized),
+    col0: usize,
+    row0: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    for j in 0..PANEL_COLUMNS {
+        source.read_column(col0 + j, row0, rows, &mut out[j..], PANEL_COLUMNS);
     }
 }
 
@@ -567,7 +587,40 @@ fn openblas_gemm(
 
 #[cfg(test)]
 mod tests {
-    use super::GemmBackend;
+    use super::{GemmBackend, PANEL_COLUMNS, RowSource};
+
+    /// `S[r][c] = 100·r + c`, 5 × 20, read only by rows: the trait's column and panel reads.
+    struct Numbers;
+
+    impl RowSource for Numbers {
+        fn rows(&self) -> usize {
+            5
+        }
+
+        fn cols(&self) -> usize {
+            20
+        }
+
+        fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
+            for (j, value) in out.iter_mut().enumerate() {
+                *value = (100 * row + col0 + j) as f32;
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_source_reads_columns_and_panels_through_its_rows() {
+        let mut column = [-1.0f32; 6];
+        Numbers.read_column(7, 1, 3, &mut column, 2);
+        assert_eq!(column, [107.0, -1.0, 207.0, -1.0, 307.0, -1.0]);
+        let mut panel = vec![-1.0f32; 2 * PANEL_COLUMNS + 1];
+        Numbers.read_panel(4, 3, 2, &mut panel);
+        for (kk, j) in (0..2).flat_map(|kk| (0..PANEL_COLUMNS).map(move |j| (kk, j))) {
+            assert_eq!(panel[kk * PANEL_COLUMNS + j], (100 * (3 + kk) + 4 + j) as f32);
+        }
+        assert_eq!(panel[2 * PANEL_COLUMNS], -1.0);
+        assert!(!Numbers.reads_columns());
+    }
 
     /// Every backend is in `ALL` once, and its stored code and its name both lead back to it.
     #[test]

@@ -86,6 +86,15 @@ pub(crate) struct PackedLhs {
     kernel: Kernel,
 }
 
+/// One row panel's `kc × MR` piece of one KC block of one member, as
+/// [`PackedLhs::pack_by_panels`] hands it out.
+struct Piece<'a> {
+    member: usize,
+    /// The KC block's first column.
+    first_column: usize,
+    values: &'a mut [f32],
+}
+
 impl PackedLhs {
     /// `matrix` packed for `kernel`: each KC block's MC-row pieces in parallel (a
     /// convolution's weights are packed once per call, megabytes at the late stages, while
@@ -135,90 +144,50 @@ impl PackedLhs {
         (row_stride, col_stride): (usize, usize),
         kernel: Kernel,
     ) -> Vec<Self> {
-        use rayon::prelude::*;
-        let mr = kernel.mr();
         if rows > 0 && cols > 0 {
             let last = count - 1 + (rows - 1) * row_stride + (cols - 1) * col_stride;
             assert!(last < data.len(), "pack_interleaved: element {last} of {}", data.len());
         }
-        let rows_padded = rows.div_ceil(mr) * mr;
-        let panels = rows_padded / mr;
-        let mut members: Vec<Scratch> =
-            (0..count).map(|_| Scratch::take(rows_padded * cols)).collect();
-        // Each panel's `kc × mr` piece of every KC block of every member, gathered per panel
-        // so that the panels can be written in parallel.
-        let blocks: Vec<(usize, usize)> =
-            (0..cols).step_by(KC).map(|pc| (pc, KC.min(cols - pc))).collect();
-        let mut pieces: Vec<Vec<&mut [f32]>> = (0..panels).map(|_| Vec::new()).collect();
-        for member in &mut members {
-            let mut rest: &mut [f32] = member;
-            for &(_, kc) in &blocks {
-                let (block, tail) = rest.split_at_mut(rows_padded * kc);
-                rest = tail;
-                for (panel, piece) in block.chunks_exact_mut(kc * mr).enumerate() {
-                    pieces[panel].push(piece);
-                }
-            }
-        }
-        pieces.into_par_iter().enumerate().for_each(|(panel, mut pieces)| {
-            // `pieces` is member-major: member t's block b is `pieces[t·blocks + b]`. Each
-            // piece is written in order; its reads stay within the panel's mr rows of `data`
-            // (in cache after the first member).
-            let first_row = panel * mr;
-            let panel_rows = mr.min(rows - first_row);
-            for (index, piece) in pieces.iter_mut().enumerate() {
-                let (t, (pc, _)) = (index / blocks.len(), blocks[index % blocks.len()]);
-                for (kk, dst) in piece.chunks_exact_mut(mr).enumerate() {
-                    let start = t + first_row * row_stride + (pc + kk) * col_stride;
+        let mr = kernel.mr();
+        Self::pack_by_panels(count, (rows, cols), kernel, |first_row, panel_rows, pieces| {
+            // Member by member, each piece written in order; the reads stay within the panel's
+            // mr rows of `data` (in cache after the first member). (All members of an element
+            // at once — `count` write streams — was slower for a 3×3 weight.)
+            for Piece { member, first_column, values } in pieces {
+                for (kk, dst) in values.chunks_exact_mut(mr).enumerate() {
+                    let start = member + first_row * row_stride + (first_column + kk) * col_stride;
                     for (ii, value) in dst[..panel_rows].iter_mut().enumerate() {
                         *value = data[start + ii * row_stride];
                     }
                     dst[panel_rows..].fill(0.0);
                 }
             }
-        });
-        members.into_iter().map(|data| Self { data, rows, cols, kernel }).collect()
+        })
     }
 
     /// `N` matrices of `rows × cols`, packed for `kernel`, whose elements `(i, j)` are made
-    /// together: `element(i, j)[t]` is member `t`'s `A_t[i, j]` (the taps of one filter, or
-    /// its 16 Winograd transforms). Parallel over row panels; each element is made once, its
-    /// values written into their members in order (column kk's MR rows of a panel, then
-    /// column kk + 1), every value written once.
+    /// together: `element(i, j)[t]` is member `t`'s `A_t[i, j]` (a 3×3 filter's 16 Winograd
+    /// transforms). Parallel over row panels; each element is made once, its values written
+    /// into their members in order (column kk's MR rows of a panel, then column kk + 1),
+    /// every value written once.
     pub(crate) fn pack_members<const N: usize>(
         (rows, cols): (usize, usize),
         kernel: Kernel,
         element: impl Fn(usize, usize) -> [f32; N] + Sync,
     ) -> Vec<Self> {
-        use rayon::prelude::*;
-        let count = N;
         let mr = kernel.mr();
-        let rows_padded = rows.div_ceil(mr) * mr;
-        let panels = rows_padded / mr;
-        let mut members: Vec<Scratch> =
-            (0..count).map(|_| Scratch::take(rows_padded * cols)).collect();
-        // Each panel's `kc × mr` piece of every KC block of every member, gathered per panel
-        // so that the panels can be written in parallel.
-        let blocks: Vec<(usize, usize)> =
-            (0..cols).step_by(KC).map(|pc| (pc, KC.min(cols - pc))).collect();
-        let mut pieces: Vec<Vec<&mut [f32]>> = (0..panels).map(|_| Vec::new()).collect();
-        for member in &mut members {
-            let mut rest: &mut [f32] = member;
-            for &(_, kc) in &blocks {
-                let (block, tail) = rest.split_at_mut(rows_padded * kc);
-                rest = tail;
-                for (panel, piece) in block.chunks_exact_mut(kc * mr).enumerate() {
-                    pieces[panel].push(piece);
+        Self::pack_by_panels(N, (rows, cols), kernel, |first_row, panel_rows, pieces| {
+            // The pieces of one KC block, one per member, side by side.
+            let mut by_block: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+            for Piece { member, first_column, values } in pieces {
+                if member == 0 {
+                    by_block.push((first_column, Vec::with_capacity(N)));
                 }
+                let block = by_block.iter_mut().find(|(start, _)| *start == first_column);
+                block.expect("member 0 opened every block").1.push(values);
             }
-        }
-        pieces.into_par_iter().enumerate().for_each(|(panel, mut pieces)| {
-            // `pieces` is member-major: member t's block b is `pieces[t·blocks + b]`.
-            let first_row = panel * mr;
-            let panel_rows = mr.min(rows - first_row);
-            for (b, &(pc, kc)) in blocks.iter().enumerate() {
-                let mut block: Vec<&mut [f32]> =
-                    pieces.iter_mut().skip(b).step_by(blocks.len()).map(|p| &mut **p).collect();
+            for (pc, mut block) in by_block {
+                let kc = block.first().map_or(0, |piece| piece.len() / mr);
                 for kk in 0..kc {
                     for ii in 0..panel_rows {
                         let values = element(first_row + ii, pc + kk);
@@ -231,12 +200,63 @@ impl PackedLhs {
                     }
                 }
             }
+        })
+    }
+
+    /// `count` packed matrices of `rows × cols` for `kernel`, their row panels written in
+    /// parallel: `fill(first_row, panel_rows, pieces)` gets one panel's `kc × MR` piece of
+    /// every KC block of every member, member-major, and writes every value of each (zeros in
+    /// rows past `panel_rows`).
+    fn pack_by_panels(
+        count: usize,
+        (rows, cols): (usize, usize),
+        kernel: Kernel,
+        fill: impl Fn(usize, usize, Vec<Piece<'_>>) + Sync,
+    ) -> Vec<Self> {
+        use rayon::prelude::*;
+        let mr = kernel.mr();
+        let rows_padded = rows.div_ceil(mr) * mr;
+        let panels = rows_padded / mr;
+        let mut members: Vec<Scratch> =
+            (0..count).map(|_| Scratch::take(rows_padded * cols)).collect();
+        let blocks: Vec<(usize, usize)> =
+            (0..cols).step_by(KC).map(|pc| (pc, KC.min(cols - pc))).collect();
+        let mut pieces: Vec<Vec<&mut [f32]>> = (0..panels).map(|_| Vec::new()).collect();
+        for member in &mut members {
+            let mut rest: &mut [f32] = member;
+            for &(_, kc) in &blocks {
+                let (block, tail) = rest.split_at_mut(rows_padded * kc);
+                rest = tail;
+                for (panel, piece) in block.chunks_exact_mut(kc * mr).enumerate() {
+                    pieces[panel].push(piece);
+                }
+            }
+        }
+        pieces.into_par_iter().enumerate().for_each(|(panel, mut pieces)| {
+            let first_row = panel * mr;
+            let panel_rows = mr.min(rows - first_row);
+            let pieces = pieces
+                .iter_mut()
+                .enumerate()
+                .map(|(index, values)| Piece {
+                    member: index / blocks.len(),
+                    first_column: blocks[index % blocks.len()].0,
+                    values,
+                })
+                .collect();
+            fill(first_row, panel_rows, pieces);
         });
         members.into_iter().map(|data| Self { data, rows, cols, kernel }).collect()
     }
 
     pub(crate) fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// The packed values (tests compare packings).
+    #[cfg(test)]
+    pub(crate) fn values(&self) -> &[f32] {
+        &self.data
     }
 
     pub(crate) fn cols(&self) -> usize {
@@ -325,7 +345,7 @@ fn pack_lhs_panels<const MR: usize>(
 }
 
 /// Packs rows `row0..row0+kc`, columns `col0..col0+cols` of `b` into NR-column panels;
-/// `row_buffer` holds one generated row.
+/// `row_buffer` holds one generated row (of a source read by rows).
 fn pack_rhs_block(
     b: Rhs<'_>,
     row0: usize,
@@ -1174,6 +1194,7 @@ mod tests {
                 });
                 assert_eq!((packed.len(), made.len()), (count, count));
                 for (member, made) in packed.iter().zip(&made) {
+                    assert_eq!((made.rows, made.cols, made.kernel), (rows, cols, kernel));
                     assert_eq!(&member.data[..], &made.data[..]);
                 }
                 for (t, member) in packed.iter().enumerate() {

@@ -14,11 +14,12 @@
 //!   `conv_cpu::conv2d_backward_input`), with `w_t` read transposed from the same buffer.
 //!
 //! Each tap's weights are packed once per call; `X_{r,t}` is generated straight into the
-//! gemm's packing from precomputed pixel offsets. Parallel work is the (region, column
-//! chunk) gemms of the forward pass, the items of its output's scatter and the taps of the
-//! weight gradient, a split made from the shapes alone; each sum runs in tap or region order
-//! and each product value is copied to its one place, so every result is bit-identical at
-//! any thread count
+//! gemm's packing from precomputed pixel offsets (a 16-column panel by one AVX-512 gather per
+//! row, walking each item's planes in order, where the CPU has them). Parallel work is the
+//! (region, column chunk) gemms of the forward pass, the items of its output's scatter, the
+//! taps of the weight gradient and its filters' reorder, a split made from the shapes alone;
+//! each sum runs in tap or region order and each product value is copied to its one place, so
+//! every result is bit-identical at any thread count
 //! (docs/decisions/0002-deterministic-reductions.md). [`regions`] says where this pays.
 //!
 //! Shapes as in `conv_cpu`: `x (B, C, H, W)`, `w (O, C, KH, KW)`, `y (B, O, OH, OW)`,
@@ -28,7 +29,7 @@ use super::conv_cpu::ConvGeometry;
 use super::storage::par_output;
 use crate::gemm::{
     Accumulate, GemmBackend, Kernel, Lhs, MatMut, MatRef, PANEL_COLUMNS, PackedLhs, PreparedLhs,
-    Rhs, RowSource, gemm,
+    Rhs, RowSource, gemm, read_panel_by_columns,
 };
 use crate::scratch::Scratch;
 use rayon::prelude::*;
@@ -285,9 +286,10 @@ impl RowSource for TapColumns<'_> {
 
     /// A row is one value from each of up to B items' channel planes, far apart (and, at
     /// strides of a power of two, in the same cache set); a column walks one item's planes in
-    /// order.
+    /// order. Only where a panel is one gather per row (AVX-512): without, a column at a time
+    /// is not faster than a row dealt into the panels.
     fn reads_columns(&self) -> bool {
-        true
+        has_gathers()
     }
 
     fn read_column(&self, col: usize, row0: usize, rows: usize, out: &mut [f32], stride: usize) {
@@ -303,28 +305,41 @@ impl RowSource for TapColumns<'_> {
     }
 
     fn read_panel(&self, col0: usize, row0: usize, rows: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if rows > 0 && std::arch::is_x86_feature_detected!("avx512f") {
-            let pixels = &self.in_pixel[col0..col0 + PANEL_COLUMNS];
-            let first = pixels.iter().min().copied().unwrap_or(0);
-            let last = pixels.iter().max().copied().unwrap_or(0);
-            let base = first + row0 * self.plane + self.tap_plus - self.tap_minus;
-            let end = last - first + base + (rows - 1) * self.plane;
-            if let (Ok(_), true, true) =
-                (i32::try_from(last - first), end < self.input.len(), out.len() >= rows * 16)
-            {
-                let offsets: [i32; PANEL_COLUMNS] =
-                    std::array::from_fn(|j| (pixels[j] - first) as i32);
-                // SAFETY: AVX-512F is present (checked above); every address the gather forms,
-                // `base + kk·plane + offsets[j]` for `kk < rows`, is at most `end`, inside
-                // `input`; `out` holds the `rows × 16` values written.
-                unsafe { gather_panel(&self.input[base..], &offsets, self.plane, rows, out) };
-                return;
-            }
+        let pixels = &self.in_pixel[col0..col0 + PANEL_COLUMNS];
+        let (first, last) =
+            pixels.iter().fold((usize::MAX, 0), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        // The panel's first value and the distance to its last, if both fit the gather.
+        let base = first + row0 * self.plane + self.tap_plus - self.tap_minus;
+        let span = (rows.checked_sub(1))
+            .and_then(|r| r.checked_mul(self.plane))
+            .and_then(|down| down.checked_add(last - first));
+        let fits =
+            span.and_then(|span| base.checked_add(span)).is_some_and(|end| end < self.input.len())
+                && i32::try_from(last - first).is_ok()
+                && out.len() >= rows * PANEL_COLUMNS;
+        if fits && has_gathers() {
+            let offsets: [i32; PANEL_COLUMNS] = std::array::from_fn(|j| {
+                i32::try_from(pixels[j] - first).expect("checked above: within last - first")
+            });
+            // SAFETY: AVX-512F is present (`has_gathers`); every address the gather forms,
+            // `base + kk·plane + offsets[j]` for `kk < rows`, is at most `base + span`, inside
+            // `input` (checked, without overflow); `out` holds the `rows × 16` values written.
+            unsafe { gather_panel(&self.input[base..], &offsets, self.plane, rows, out) };
+            return;
         }
-        for j in 0..PANEL_COLUMNS {
-            self.read_column(col0 + j, row0, rows, &mut out[j..], PANEL_COLUMNS);
-        }
+        read_panel_by_columns(self, col0, row0, rows, out);
+    }
+}
+
+/// Whether this CPU has the 16-lane gathers [`gather_panel`] uses (AVX-512F).
+fn has_gathers() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -355,6 +370,12 @@ unsafe fn gather_panel(
     }
 }
 
+/// Never called off x86-64 ([`has_gathers`] is false there).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gather_panel(_: &[f32], _: &[i32; PANEL_COLUMNS], _: usize, _: usize, _: &mut [f32]) {
+    unreachable!("gather_panel: no 16-lane gathers off x86-64")
+}
+
 /// The transpose of [`TapColumns`]: an `n × C` matrix whose row is one column.
 struct TapRows<'a>(TapColumns<'a>);
 
@@ -370,22 +391,29 @@ impl RowSource for TapRows<'_> {
     fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
         let t = &self.0;
         let start = t.in_pixel[row] + col0 * t.plane + t.tap_plus - t.tap_minus;
-        let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
-        if out.len() >= PANEL_COLUMNS && std::arch::is_x86_feature_detected!("avx512f") {
-            // 16 channels a gather: offsets 0, plane, ..., 15·plane, then 16·plane on.
-            let groups = out.len() / PANEL_COLUMNS;
-            let offsets: [i32; PANEL_COLUMNS] = std::array::from_fn(|j| (j * t.plane) as i32);
-            let last = start + (groups * PANEL_COLUMNS - 1) * t.plane;
-            if i32::try_from((PANEL_COLUMNS - 1) * t.plane).is_ok() && last < t.input.len() {
-                let step = PANEL_COLUMNS * t.plane;
-                // SAFETY: AVX-512F is present (checked above); the gather's addresses are
-                // `start + m·plane` for `m < groups·16`, the last of them `last`, inside
-                // `input`; `out` holds `groups · 16` values.
-                unsafe { gather_panel(&t.input[start..], &offsets, step, groups, out) };
-                done = groups * PANEL_COLUMNS;
-            }
-        }
+        // 16 channels a gather (offsets 0, plane, ..., 15·plane, then 16·plane on), where the
+        // CPU has them and the offsets fit; the rest one by one.
+        let groups = out.len() / PANEL_COLUMNS;
+        let last = (groups * PANEL_COLUMNS)
+            .checked_sub(1)
+            .and_then(|m| m.checked_mul(t.plane))
+            .and_then(|down| start.checked_add(down));
+        let fits = last.is_some_and(|last| last < t.input.len())
+            && i32::try_from((PANEL_COLUMNS - 1) * t.plane).is_ok();
+        let done = if fits && has_gathers() {
+            let offsets: [i32; PANEL_COLUMNS] = std::array::from_fn(|j| {
+                i32::try_from(j * t.plane).expect("checked above: 15·plane fits")
+            });
+            // SAFETY: AVX-512F is present (`has_gathers`); the gather's addresses are
+            // `start + m·plane` for `m < groups·16`, the last of them `last`, inside `input`
+            // (checked, without overflow); `out` holds `groups · 16` values.
+            unsafe {
+                gather_panel(&t.input[start..], &offsets, PANEL_COLUMNS * t.plane, groups, out)
+            };
+            groups * PANEL_COLUMNS
+        } else {
+            0
+        };
         for (i, value) in out.iter_mut().enumerate().skip(done) {
             *value = t.input[start + i * t.plane];
         }

@@ -26,7 +26,7 @@
 use super::conv_cpu::{ConvGeometry, PARALLEL_SPLITS, sum_in_fixed_runs};
 use super::storage::{par_output, try_par_output};
 use crate::gemm::{
-    Accumulate, GemmBackend, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, gemm,
+    Accumulate, GemmBackend, Kernel, Lhs, MatMut, MatRef, PackedLhs, PreparedLhs, Rhs, gemm,
 };
 use crate::scratch::Scratch;
 use rayon::prelude::*;
@@ -174,22 +174,27 @@ fn transform_block_gradient(dy: &[f32; 4]) -> [f32; 16] {
     m
 }
 
-/// `U` of every filter, position-major: `(16, O', C')`. `flipped`: the filters of the
-/// input gradient's convolution, `g'[c][o] = rot180(w[o][c])` (O' = C, C' = O).
+/// `U` of the filter at `weight[at..at + 9]`, or (`flipped`) of that filter rotated by 180°.
+fn transformed_filter(weight: &[f32], at: usize, flipped: bool) -> [f32; 16] {
+    let mut f: [f32; 9] = std::array::from_fn(|t| weight[at + t]);
+    if flipped {
+        f.reverse();
+    }
+    transform_filter(f)
+}
+
+/// `U` of every filter, position-major: `(16, O', C')`, as planes for the backends that take
+/// plain matrices (the native kernels get theirs packed straight from the filters, in
+/// `forward_from_weight`). `flipped`: the filters of the input gradient's convolution,
+/// `g'[c][o] = rot180(w[o][c])` (O' = C, C' = O).
 fn transform_weights(g: &ConvGeometry, weight: &[f32], flipped: bool) -> Scratch {
     let (o, c) = (g.out_channels, g.in_channels);
     let plane = o * c;
     // Every value written below (one per filter and position).
     let mut out = Scratch::take(POSITIONS * plane);
-    let transformed: Vec<[f32; 16]> = weight
-        .par_chunks_exact(9)
-        .map(|filter| {
-            let mut f: [f32; 9] = filter.try_into().unwrap_or([0.0; 9]);
-            if flipped {
-                f.reverse();
-            }
-            transform_filter(f)
-        })
+    let transformed: Vec<[f32; 16]> = (0..plane)
+        .into_par_iter()
+        .map(|filter| transformed_filter(weight, filter * 9, flipped))
         .collect();
     out.par_chunks_mut(plane).enumerate().for_each(|(xi, dst)| {
         if flipped {
@@ -391,20 +396,14 @@ fn forward_from_weight(
     flipped: bool,
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
-    let g = run;
-    let (rows, cols) = (g.out_channels, g.in_channels);
+    let (rows, cols) = (run.out_channels, run.in_channels);
     if let Some(kernel) = backend.native_kernel() {
-        let packed = PackedLhs::pack_members((rows, cols), kernel, |i, j| {
-            let (oo, cc) = if flipped { (j, i) } else { (i, j) };
-            let at = (oo * original.in_channels + cc) * 9;
-            let mut f: [f32; 9] = std::array::from_fn(|t| weight[at + t]);
-            if flipped {
-                f.reverse();
-            }
-            transform_filter(f)
-        });
-        let lhs: Vec<PreparedLhs<'_>> = packed.into_iter().map(PreparedLhs::Packed).collect();
-        return forward_with(g, input, &lhs, backend);
+        let lhs: Vec<PreparedLhs<'_>> =
+            packed_transformed_weights(original, weight, flipped, kernel)
+                .into_iter()
+                .map(PreparedLhs::Packed)
+                .collect();
+        return forward_with(run, input, &lhs, backend);
     }
     let u = transform_weights(original, weight, flipped);
     let lhs = (0..POSITIONS)
@@ -413,16 +412,34 @@ fn forward_from_weight(
             Ok(PreparedLhs::new(backend, plane))
         })
         .collect::<candle::Result<Vec<_>>>()?;
-    forward_with(g, input, &lhs, backend)
+    forward_with(run, input, &lhs, backend)
+}
+
+/// The 16 `U_ξ` of convolution `g`'s weight (`flipped`: of its flipped convolution's, `C × O`)
+/// packed for `kernel` straight from the filters, each filter transformed once.
+fn packed_transformed_weights(
+    g: &ConvGeometry,
+    weight: &[f32],
+    flipped: bool,
+    kernel: Kernel,
+) -> Vec<PackedLhs> {
+    let (o, c) = (g.out_channels, g.in_channels);
+    let shape = if flipped { (c, o) } else { (o, c) };
+    PackedLhs::pack_members(shape, kernel, |i, j| {
+        // Row i, column j: filter (i, j), or (j, i) rotated for the flipped convolution.
+        let (oo, cc) = if flipped { (j, i) } else { (i, j) };
+        transformed_filter(weight, (oo * c + cc) * 9, flipped)
+    })
 }
 
 /// `y` of convolution `g` from its 16 transformed weights `U_ξ (O × C)`, prepared.
 fn forward_with(
     g: &ConvGeometry,
     input: &[f32],
-    packed: &[PreparedLhs<'_>],
+    lhs: &[PreparedLhs<'_>],
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
+    debug_assert_eq!(lhs.len(), POSITIONS, "forward_with: one left operand per position");
     let (o, c) = (g.out_channels, g.in_channels);
     let tiling = Tiling::new(g, c.max(o));
     let bw = tiling.blocks_w;
@@ -450,7 +467,7 @@ fn forward_with(
                 let v = &mut v_buffer[..POSITIONS * c * n];
                 let m = &mut m_buffer[..POSITIONS * o * n];
                 transform_input(g, &tiling, in_unit, (first_row, rows), v);
-                for (xi, lhs) in packed.iter().enumerate() {
+                for (xi, lhs) in lhs.iter().enumerate() {
                     let rhs = MatRef::new(v, xi * c * n, (c, n), (n, 1))?;
                     let dst = MatMut::new(m, xi * o * n, (o, n), n)?;
                     gemm(backend, lhs.as_lhs(), Rhs::Matrix(rhs), dst, Accumulate::Overwrite)?;
@@ -749,6 +766,43 @@ mod tests {
                 }
                 let got = dg[a * 3 + b];
                 assert!((got - want).abs() < 1e-5, "dg[{a}][{b}]: {got} vs {want}");
+            }
+        }
+    }
+
+    /// The 16 `U_ξ` packed straight from the filters equal the planes packed one by one, bit
+    /// for bit, for both convolutions (O ≠ C: a swapped index fails; 13 rows: a partial panel).
+    #[test]
+    fn transformed_weights_pack_like_their_planes() {
+        let g = ConvGeometry {
+            batch: 1,
+            in_channels: 5,
+            in_height: 8,
+            in_width: 8,
+            out_channels: 13,
+            kernel_height: 3,
+            kernel_width: 3,
+            out_height: 8,
+            out_width: 8,
+            padding: 1,
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+        };
+        let weight: Vec<f32> =
+            (0..13 * 5 * 9).map(|i| ((i * 29) % 31) as f32 * 0.125 - 1.9).collect();
+        for kernel in [Kernel::Avx2, Kernel::Avx512] {
+            for flipped in [false, true] {
+                let (rows, cols) = if flipped { (5, 13) } else { (13, 5) };
+                let planes = transform_weights(&g, &weight, flipped);
+                let packed = packed_transformed_weights(&g, &weight, flipped, kernel);
+                assert_eq!(packed.len(), POSITIONS);
+                for (xi, member) in packed.iter().enumerate() {
+                    let plane = MatRef::new(&planes, xi * rows * cols, (rows, cols), (cols, 1));
+                    let alone = PackedLhs::pack(plane.unwrap(), kernel);
+                    assert_eq!((member.rows(), member.cols()), (rows, cols));
+                    assert_eq!(member.values(), alone.values(), "{kernel:?} {flipped} {xi}");
+                }
             }
         }
     }
