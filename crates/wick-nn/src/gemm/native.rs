@@ -176,18 +176,14 @@ impl PackedLhs {
         element: impl Fn(usize, usize) -> [f32; N] + Sync,
     ) -> Vec<Self> {
         let mr = kernel.mr();
-        Self::pack_by_panels(N, (rows, cols), kernel, |first_row, panel_rows, pieces| {
-            // The pieces of one KC block, one per member, side by side.
-            let mut by_block: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
-            for Piece { member, first_column, values } in pieces {
-                if member == 0 {
-                    by_block.push((first_column, Vec::with_capacity(N)));
-                }
-                let block = by_block.iter_mut().find(|(start, _)| *start == first_column);
-                block.expect("member 0 opened every block").1.push(values);
-            }
-            for (pc, mut block) in by_block {
-                let kc = block.first().map_or(0, |piece| piece.len() / mr);
+        Self::pack_by_panels(N, (rows, cols), kernel, |first_row, panel_rows, mut pieces| {
+            // Member-major: block b's piece of each member is every `blocks`-th from b.
+            let blocks = pieces.len() / N.max(1);
+            for b in 0..blocks {
+                let pc = pieces[b].first_column;
+                let kc = pieces[b].values.len() / mr;
+                let mut block: Vec<&mut [f32]> =
+                    pieces.iter_mut().skip(b).step_by(blocks).map(|p| &mut *p.values).collect();
                 for kk in 0..kc {
                     for ii in 0..panel_rows {
                         let values = element(first_row + ii, pc + kk);

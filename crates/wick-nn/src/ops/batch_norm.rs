@@ -351,15 +351,16 @@ impl CustomOp1 for BatchStatisticsOp {
         // The mean's sums are the same, in the same order, as a pass of its own would form.
         let totals = sum_per_channel(&per_plane, planes.channels);
         let means: Vec<f64> = totals.iter().map(|[sum, _]| sum / n).collect();
-        let shifts: Vec<[f64; 1]> = (per_plane.iter().enumerate())
-            .map(|(index, [sum, _])| {
-                let shift = plane_mean(*sum) - means[index % planes.channels];
-                [plane_n * shift * shift]
-            })
-            .collect();
-        let shifts = sum_per_channel(&shifts, planes.channels);
+        // Σ_p n_p·(mean_p - mean)², per channel, planes in order b = 0, 1, ....
+        let mut shifts = vec![0.0f64; planes.channels];
+        for item in per_plane.chunks(planes.channels) {
+            for ((total, [sum, _]), mean) in shifts.iter_mut().zip(item).zip(&means) {
+                let shift = plane_mean(*sum) - mean;
+                *total += plane_n * shift * shift;
+            }
+        }
         let mut out: Vec<f32> = means.iter().map(|m| *m as f32).collect();
-        out.extend(totals.iter().zip(&shifts).map(|([_, m2], [shift])| ((m2 + shift) / n) as f32));
+        out.extend(totals.iter().zip(&shifts).map(|([_, m2], shift)| ((m2 + shift) / n) as f32));
         Ok((CpuStorage::F32(out), Shape::from((2, planes.channels))))
     }
 }

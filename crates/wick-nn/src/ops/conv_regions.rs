@@ -391,30 +391,7 @@ impl RowSource for TapRows<'_> {
     fn read_row(&self, row: usize, col0: usize, out: &mut [f32]) {
         let t = &self.0;
         let start = t.in_pixel[row] + col0 * t.plane + t.tap_plus - t.tap_minus;
-        // 16 channels a gather (offsets 0, plane, ..., 15·plane, then 16·plane on), where the
-        // CPU has them and the offsets fit; the rest one by one.
-        let groups = out.len() / PANEL_COLUMNS;
-        let last = (groups * PANEL_COLUMNS)
-            .checked_sub(1)
-            .and_then(|m| m.checked_mul(t.plane))
-            .and_then(|down| start.checked_add(down));
-        let fits = last.is_some_and(|last| last < t.input.len())
-            && i32::try_from((PANEL_COLUMNS - 1) * t.plane).is_ok();
-        let done = if fits && has_gathers() {
-            let offsets: [i32; PANEL_COLUMNS] = std::array::from_fn(|j| {
-                i32::try_from(j * t.plane).expect("checked above: 15·plane fits")
-            });
-            // SAFETY: AVX-512F is present (`has_gathers`); the gather's addresses are
-            // `start + m·plane` for `m < groups·16`, the last of them `last`, inside `input`
-            // (checked, without overflow); `out` holds `groups · 16` values.
-            unsafe {
-                gather_panel(&t.input[start..], &offsets, PANEL_COLUMNS * t.plane, groups, out)
-            };
-            groups * PANEL_COLUMNS
-        } else {
-            0
-        };
-        for (i, value) in out.iter_mut().enumerate().skip(done) {
+        for (i, value) in out.iter_mut().enumerate() {
             *value = t.input[start + i * t.plane];
         }
     }
@@ -761,24 +738,6 @@ mod tests {
         let mut row = vec![0.0f32; 1];
         columns.read_row(0, 4, &mut row);
         assert_eq!(row[0], 57.0);
-    }
-
-    #[test]
-    fn tap_rows_read_many_channels_as_the_columns_do() {
-        // 40 channels: a row of 37 from channel 1 is two 16-channel gathers and a tail of 5.
-        let g = ConvGeometry { batch: 2, in_channels: 40, ..geometry(4, 3, 1, 1) };
-        let input: Vec<f32> = (0..2 * 40 * 16).map(|i| i as f32).collect();
-        let edge = regions(&g).unwrap()[1];
-        let offsets = RegionOffsets::new(&g, &edge);
-        let rows_of = TapRows(TapColumns::new(&g, &input, &offsets.in_pixel, 1, 2));
-        let mut row = [-1.0f32; 38];
-        rows_of.read_row(3, 1, &mut row[..37]);
-        let mut column = vec![0.0f32; 1];
-        for (i, &value) in row[..37].iter().enumerate() {
-            rows_of.0.read_row(1 + i, 3, &mut column);
-            assert_eq!(value, column[0], "channel {}", 1 + i);
-        }
-        assert_eq!(row[37], -1.0);
     }
 
     #[test]
