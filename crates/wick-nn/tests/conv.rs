@@ -72,6 +72,9 @@ fn cases() -> Vec<Case> {
         // An item larger than one chunk (24 x 23 blocks against 512 a chunk at 16 channels):
         // several chunks per item, the last one partial (the usual case at 224 px).
         case([2, 16, 48, 46], 16, 3, 1, 1),
+        // The late stages' 1×1 path (conv_pointwise: 520·530 weights, 12 columns): K deeper
+        // than one 256 block, rows in blocks of 144 with a partial last one.
+        case([3, 520, 2, 2], 530, 1, 0, 1),
         // Padding beyond the kernel's reach: border pixels read only padding (zeros).
         case([2, 8, 4, 4], 6, 1, 1, 1),
         case([2, 5, 3, 3], 4, 3, 3, 1),

@@ -183,6 +183,29 @@ impl<'a> MatRef<'a> {
         Self::new(data, 0, (rows, cols), (cols, 1))
     }
 
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Rows `first..first + count` of the view.
+    ///
+    /// # Errors
+    /// If they reach past the view's last row.
+    pub(crate) fn rows_from(self, first: usize, count: usize) -> candle::Result<Self> {
+        match first.checked_add(count) {
+            Some(end) if end <= self.rows => {
+                // The rows lie inside the checked view: an offset of at most `data.len()`.
+                let offset = self.offset + first * self.row_stride;
+                Ok(Self { offset, rows: count, ..self })
+            }
+            _ => candle::bail!("gemm: rows {first}..+{count} of a {}-row view", self.rows),
+        }
+    }
+
     /// The same elements seen as the transposed matrix.
     pub(crate) fn transpose(self) -> Self {
         Self {

@@ -17,13 +17,15 @@
 //! grouped several items to a tile so that the gemm has enough columns, its product written
 //! straight into the items' planes (`MatMut::items`) and, for a 1×1 convolution, its right
 //! operand read straight from them (`ItemRows`). The weights, the
-//! left operand of every item's product, are packed once per call. Two shapes leave
+//! left operand of every item's product, are packed once per call. Three shapes leave
 //! this path: 3×3 stride-1 convolutions on outputs of 8×8 and more run as Winograd
-//! F(2×2, 3×3) (`conv_winograd`, 2.25x fewer multiply-adds), and small images where much of
-//! the im2col matrix would be padding run over their valid taps only (`conv_regions`).
+//! F(2×2, 3×3) (`conv_winograd`, 2.25x fewer multiply-adds), small images where much of
+//! the im2col matrix would be padding run over their valid taps only (`conv_regions`), and
+//! 1×1 convolutions of a few hundred columns against a weight of megabytes run as one gemm
+//! over the batch, parallel over the weight's rows (`conv_pointwise`).
 
 use super::storage::{par_output, try_par_zeroed, write_values};
-use super::{conv_regions, conv_winograd};
+use super::{conv_pointwise, conv_regions, conv_winograd};
 use crate::gemm::{
     Accumulate, GemmBackend, Lhs, MatMut, MatRef, PreparedLhs, Rhs, RowSource, gemm,
     materialize_into,
@@ -125,7 +127,7 @@ impl ConvGeometry {
     }
 
     /// 1×1, stride 1, no padding: the input of an item is already its im2col matrix.
-    fn is_pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.kernel_height == 1 && self.kernel_width == 1 && self.stride == 1 && self.padding == 0
     }
 }
@@ -481,6 +483,9 @@ pub(crate) fn conv2d_forward(
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
     let g = *geometry;
+    if conv_pointwise::applies(&g) {
+        return conv_pointwise::forward(&g, input, weight, backend);
+    }
     if conv_winograd::applies(&g) {
         return conv_winograd::forward(&g, input, weight, backend);
     }
@@ -564,6 +569,9 @@ pub(crate) fn conv2d_backward_input(
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
     let g = *geometry;
+    if conv_pointwise::applies(&g) {
+        return conv_pointwise::backward_input(&g, grad_output, weight, backend);
+    }
     if let Some(flipped) = flipped_geometry(&g) {
         if conv_winograd::applies(&flipped) {
             return conv_winograd::backward_input(&g, &flipped, grad_output, weight, backend);
@@ -712,6 +720,9 @@ pub(crate) fn conv2d_backward_weight(
     backend: GemmBackend,
 ) -> candle::Result<Vec<f32>> {
     let g = *geometry;
+    if conv_pointwise::applies(&g) {
+        return conv_pointwise::backward_weight(&g, input, grad_output, backend);
+    }
     if conv_winograd::applies(&g) {
         return conv_winograd::backward_weight(&g, input, grad_output, backend);
     }

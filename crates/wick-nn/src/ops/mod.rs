@@ -12,6 +12,7 @@ mod activation;
 mod batch_norm;
 mod conv;
 mod conv_cpu;
+mod conv_pointwise;
 mod conv_regions;
 mod conv_winograd;
 #[cfg(feature = "cuda")]
