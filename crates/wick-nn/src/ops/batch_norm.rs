@@ -303,15 +303,23 @@ fn plane_values<const N: usize, S>(
     init: impl Fn() -> S + Sync + Send,
     per_plane: impl Fn(&mut S, usize, usize) -> [f64; N] + Sync,
 ) -> Vec<[f64; N]> {
-    // Enough planes per rayon task to amortise it on small planes (about 16K elements).
-    let min_planes = (16 * 1024 / planes.plane.max(1)).max(1);
-    (0..planes.batch * planes.channels)
-        .into_par_iter()
-        .with_min_len(min_planes)
-        .map_init(init, |state, index| {
-            per_plane(state, index / planes.channels, index % planes.channels)
-        })
-        .collect()
+    // Runs of planes of about 16K elements a rayon task (to amortise it on small planes),
+    // each walked in order without a division per plane: on the last stage's 2×2 planes the
+    // division and the per-plane iterator step cost as much as the plane's sums.
+    let per_task = (16 * 1024 / planes.plane.max(1)).max(1);
+    let mut values = vec![[0.0f64; N]; planes.batch * planes.channels];
+    values.par_chunks_mut(per_task).enumerate().for_each_init(init, |state, (task, out)| {
+        let first = task * per_task;
+        let (mut b, mut c) = (first / planes.channels, first % planes.channels);
+        for value in out {
+            *value = per_plane(state, b, c);
+            c += 1;
+            if c == planes.channels {
+                (b, c) = (b + 1, 0);
+            }
+        }
+    });
+    values
 }
 
 /// Mean and biased variance per channel: `(B, C, H, W) -> (2, C)`.
@@ -383,6 +391,17 @@ fn add_to_lanes(lanes: &mut [f32; 8], values: &[f32]) {
 /// Sum in f64 through eight f32 lanes of partial sums per block (vectorisable, and exact
 /// enough: each block of 8·64 values is summed in f32 before joining the f64 total).
 fn sum_f64(values: &[f32]) -> f64 {
+    if values.len() < 8 {
+        // A 2×2 plane: what the lanes compute for fewer than 8 values (lanes of zeros, which
+        // add to +0.0, hence the `0.0 +` that turns a -0.0 sum into +0.0, and the values
+        // through the tail) without their set-up and chain of dependent additions.
+        return 0.0 + values.iter().map(|v| *v as f64).sum::<f64>();
+    }
+    sum_f64_by_lanes(values)
+}
+
+/// [`sum_f64`] through the lanes, for any length.
+fn sum_f64_by_lanes(values: &[f32]) -> f64 {
     let mut total = 0.0f64;
     for block in values.chunks(512) {
         let mut lanes = [0.0f32; 8];
@@ -398,7 +417,18 @@ fn sum_f64(values: &[f32]) -> f64 {
     total
 }
 
+/// `Σ (v - mean)²` of a plane with `mean` rounded to f32, summed as [`sum_f64`] sums.
 fn squared_deviation_f64(values: &[f32], mean: f64) -> f64 {
+    if values.len() < 8 {
+        // As in `sum_f64`: the lanes' result for fewer than 8 values.
+        let mean = mean as f32;
+        return 0.0 + values.iter().map(|v| ((v - mean) * (v - mean)) as f64).sum::<f64>();
+    }
+    squared_deviation_f64_by_lanes(values, mean)
+}
+
+/// [`squared_deviation_f64`] through the lanes, for any length.
+fn squared_deviation_f64_by_lanes(values: &[f32], mean: f64) -> f64 {
     let mean = mean as f32;
     let mut total = 0.0f64;
     for block in values.chunks(512) {
@@ -412,6 +442,65 @@ fn squared_deviation_f64(values: &[f32], mean: f64) -> f64 {
         }
         total += lanes.iter().map(|l| *l as f64).sum::<f64>()
             + tail.iter().map(|v| ((v - mean) * (v - mean)) as f64).sum::<f64>();
+    }
+    total
+}
+
+/// A plane's `[Σ g, Σ g·(x - mean)]` with `g = masked(x, grad)`: blocks of 512 summed in
+/// eight f32 lanes (lane `l` adds values `l, l + 8, ...` in order, the tail after them into
+/// lane 0), joined in f64. `terms` is the caller's room for 64 terms of each sum.
+#[inline(always)]
+fn plane_gradient_sums(
+    terms: &mut ([f32; 64], [f32; 64]),
+    x: &[f32],
+    grad: &[f32],
+    mean: f32,
+    masked: impl Fn(f32, f32) -> f32,
+) -> [f64; 2] {
+    if x.len() < 8 {
+        // A 2×2 plane: what the lanes compute for fewer than 8 values (each sum is lane 0,
+        // which took the terms in order from +0.0, plus zeros), without them: the lanes'
+        // set-up and chain of dependent additions made the last stage's gradient sums 2x
+        // slower.
+        let (mut g_sum, mut gx_sum) = (0.0f32, 0.0f32);
+        for (&x, &grad) in x.iter().zip(grad) {
+            let g = masked(x, grad);
+            g_sum += g;
+            gx_sum += g * (x - mean);
+        }
+        return [g_sum as f64, gx_sum as f64];
+    }
+    plane_gradient_sums_by_lanes(terms, x, grad, mean, masked)
+}
+
+/// [`plane_gradient_sums`] through the lanes, for any length. The masked terms are formed 64
+/// at a time, then added to the lanes: plain loops that vectorise (one loop forming and
+/// summing both compiled to scalar loads and shuffles, 2-3x slower than the input-gradient
+/// pass over the same tensors).
+#[inline(always)]
+fn plane_gradient_sums_by_lanes(
+    terms: &mut ([f32; 64], [f32; 64]),
+    x: &[f32],
+    grad: &[f32],
+    mean: f32,
+    masked: impl Fn(f32, f32) -> f32,
+) -> [f64; 2] {
+    let mut total = [0.0f64; 2];
+    for (x, grad) in x.chunks(512).zip(grad.chunks(512)) {
+        let (mut lanes_g, mut lanes_gx) = ([0.0f32; 8], [0.0f32; 8]);
+        for (x, grad) in x.chunks(64).zip(grad.chunks(64)) {
+            let (terms_g, terms_gx) = (&mut terms.0[..x.len()], &mut terms.1[..x.len()]);
+            for (((g, gx), &x), &grad) in
+                terms_g.iter_mut().zip(terms_gx.iter_mut()).zip(x).zip(grad)
+            {
+                *g = masked(x, grad);
+                *gx = *g * (x - mean);
+            }
+            add_to_lanes(&mut lanes_g, terms_g);
+            add_to_lanes(&mut lanes_gx, terms_gx);
+        }
+        total[0] += lanes_g.iter().map(|v| *v as f64).sum::<f64>();
+        total[1] += lanes_gx.iter().map(|v| *v as f64).sum::<f64>();
     }
     total
 }
@@ -563,30 +652,7 @@ impl CustomOp2 for BatchNormGradientSumsOp {
         let init = || ([0.0f32; 64], [0.0f32; 64]);
         let sums = channel_sums(planes, init, |terms, b, c| {
             let (x, grad) = (planes.plane_of(&x, b, c), planes.plane_of(&grad, b, c));
-            let (mean, masked) = (t.mean[c], t.mask(c));
-            // Blocks of 512 summed in eight f32 lanes (lane `l` adds values `l, l + 8, ...`
-            // in order, the tail after them into lane 0), joined in f64. The masked terms are
-            // formed 64 at a time, then added to the lanes: plain loops that vectorise (one
-            // loop forming and summing both compiled to scalar loads and shuffles, 2-3x
-            // slower than the input-gradient pass over the same tensors).
-            let mut total = [0.0f64; 2];
-            for (x, grad) in x.chunks(512).zip(grad.chunks(512)) {
-                let (mut lanes_g, mut lanes_gx) = ([0.0f32; 8], [0.0f32; 8]);
-                for (x, grad) in x.chunks(64).zip(grad.chunks(64)) {
-                    let (terms_g, terms_gx) = (&mut terms.0[..x.len()], &mut terms.1[..x.len()]);
-                    for (((g, gx), &x), &grad) in
-                        terms_g.iter_mut().zip(terms_gx.iter_mut()).zip(x).zip(grad)
-                    {
-                        *g = masked(x, grad);
-                        *gx = *g * (x - mean);
-                    }
-                    add_to_lanes(&mut lanes_g, terms_g);
-                    add_to_lanes(&mut lanes_gx, terms_gx);
-                }
-                total[0] += lanes_g.iter().map(|v| *v as f64).sum::<f64>();
-                total[1] += lanes_gx.iter().map(|v| *v as f64).sum::<f64>();
-            }
-            total
+            plane_gradient_sums(terms, x, grad, t.mean[c], t.mask(c))
         });
         let mut result: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
         result
@@ -667,5 +733,65 @@ impl<'a> BackwardInputs<'a> {
         let x = f32_row_major(x_storage, x_layout, op)?;
         let grad = f32_row_major(grad_storage, grad_layout, op)?;
         Ok(Self { planes, x, grad })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        plane_gradient_sums, plane_gradient_sums_by_lanes, squared_deviation_f64,
+        squared_deviation_f64_by_lanes, sum_f64, sum_f64_by_lanes,
+    };
+
+    /// Planes of 0 to 7 values (2×2 and smaller) drawn from magnitudes 1e-8 to 1e8, both
+    /// signed zeros and a NaN among them, by a fixed linear congruential walk.
+    fn short_planes() -> Vec<Vec<f32>> {
+        let pool = [0.0, -0.0, 1.5, -2.25, 1e-8, -3e8, 7.0e3, f32::NAN, 0.1, -0.3, 1e8, 2.5e-3];
+        let mut state = 7u64;
+        let mut planes = Vec::new();
+        for len in 0..8 {
+            for _ in 0..40 {
+                let plane = (0..len)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        pool[(state >> 33) as usize % pool.len()]
+                    })
+                    .collect();
+                planes.push(plane);
+            }
+        }
+        planes
+    }
+
+    fn same_bits(a: f64, b: f64) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    /// The short planes' paths give the lanes' results bit for bit (the statistics and the
+    /// gradient sums of a training step do not depend on which path a plane takes).
+    #[test]
+    fn short_planes_sum_as_the_lanes_do() {
+        let mut terms = ([0.0f32; 64], [0.0f32; 64]);
+        let masked = |x: f32, grad: f32| if x * 1.5 - 0.25 > 0.0 { grad } else { 0.0 };
+        for plane in short_planes() {
+            let (a, b) = (sum_f64(&plane), sum_f64_by_lanes(&plane));
+            assert!(same_bits(a, b), "sum of {plane:?}: {a:e} against {b:e}");
+            for mean in [0.0, -0.0, 0.3, -1e7] {
+                let (a, b) = (
+                    squared_deviation_f64(&plane, mean),
+                    squared_deviation_f64_by_lanes(&plane, mean),
+                );
+                assert!(same_bits(a, b), "deviation of {plane:?} from {mean}: {a:e} against {b:e}");
+                let grad: Vec<f32> = plane.iter().rev().map(|v| v * 0.5 - 1.0).collect();
+                let a = plane_gradient_sums(&mut terms, &plane, &grad, mean as f32, masked);
+                let b =
+                    plane_gradient_sums_by_lanes(&mut terms, &plane, &grad, mean as f32, masked);
+                for (a, b) in a.into_iter().zip(b) {
+                    assert!(same_bits(a, b), "gradient sums of {plane:?}: {a:e} against {b:e}");
+                }
+            }
+        }
     }
 }
