@@ -505,6 +505,76 @@ fn plane_gradient_sums_by_lanes(
     total
 }
 
+/// Whether this CPU has the 8-lane f32 vectors of [`plane_gradient_sums_avx`] (AVX).
+fn has_avx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`plane_gradient_sums_by_lanes`] in AVX registers, the eight lanes one vector: the same
+/// operations on each lane in the same order (the affine map's product then sum, no fused
+/// multiply-add; the ReLU mask `!(y <= 0)`, NaN passing, as `relu_passes`), so the same
+/// bits. `relu` is the channel's `(scale, shift)` when a ReLU follows the normalisation. The
+/// plain loops compiled to a term buffer written and read back; this pass runs at the
+/// input-gradient pass's speed.
+///
+/// # Safety
+/// The CPU must have AVX; `grad` must be at least as long as `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn plane_gradient_sums_avx(
+    x: &[f32],
+    grad: &[f32],
+    mean: f32,
+    relu: Option<(f32, f32)>,
+) -> [f64; 2] {
+    use std::arch::x86_64::*;
+    let masked = |x: f32, grad: f32| match relu {
+        Some((scale, shift)) if !relu_passes(x * scale + shift) => 0.0,
+        _ => grad,
+    };
+    let mut total = [0.0f64; 2];
+    for (x, grad) in x.chunks(512).zip(grad.chunks(512)) {
+        let whole = x.len() / 8 * 8;
+        let (mut lanes_g, mut lanes_gx) = ([0.0f32; 8], [0.0f32; 8]);
+        // SAFETY: every load reads 8 values at `i < whole <= x.len() <= grad.len()`; AVX is
+        // available (the caller's contract).
+        unsafe {
+            let (mut sum_g, mut sum_gx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mean_v = _mm256_set1_ps(mean);
+            for i in (0..whole).step_by(8) {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+                let mut g = _mm256_loadu_ps(grad.as_ptr().add(i));
+                if let Some((scale, shift)) = relu {
+                    let y = _mm256_add_ps(
+                        _mm256_mul_ps(xv, _mm256_set1_ps(scale)),
+                        _mm256_set1_ps(shift),
+                    );
+                    g = _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(y, _mm256_setzero_ps()), g);
+                }
+                sum_g = _mm256_add_ps(sum_g, g);
+                sum_gx = _mm256_add_ps(sum_gx, _mm256_mul_ps(g, _mm256_sub_ps(xv, mean_v)));
+            }
+            _mm256_storeu_ps(lanes_g.as_mut_ptr(), sum_g);
+            _mm256_storeu_ps(lanes_gx.as_mut_ptr(), sum_gx);
+        }
+        for (&x, &grad) in x[whole..].iter().zip(&grad[whole..]) {
+            let g = masked(x, grad);
+            lanes_g[0] += g;
+            lanes_gx[0] += g * (x - mean);
+        }
+        total[0] += lanes_g.iter().map(|v| *v as f64).sum::<f64>();
+        total[1] += lanes_gx.iter().map(|v| *v as f64).sum::<f64>();
+    }
+    total
+}
+
 /// The fused forward: an op on `(xs, weight, bias)` holding the batch statistics.
 #[derive(Debug, Clone)]
 struct BatchNormOp {
@@ -650,8 +720,15 @@ impl CustomOp2 for BatchNormGradientSumsOp {
         let t = &*self.channels;
         // Each rayon task's buffers for the terms, reused over its planes.
         let init = || ([0.0f32; 64], [0.0f32; 64]);
+        let vector = has_avx();
         let sums = channel_sums(planes, init, |terms, b, c| {
             let (x, grad) = (planes.plane_of(&x, b, c), planes.plane_of(&grad, b, c));
+            if vector && x.len() >= 8 {
+                let relu = t.relu.then_some((t.scale[c], t.shift[c]));
+                // SAFETY: AVX is available (`has_avx`); x and grad are one plane's length.
+                #[cfg(target_arch = "x86_64")]
+                return unsafe { plane_gradient_sums_avx(x, grad, t.mean[c], relu) };
+            }
             plane_gradient_sums(terms, x, grad, t.mean[c], t.mask(c))
         });
         let mut result: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
@@ -738,10 +815,13 @@ impl<'a> BackwardInputs<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "x86_64")]
+    use super::plane_gradient_sums_avx;
     use super::{
-        plane_gradient_sums, plane_gradient_sums_by_lanes, squared_deviation_f64,
+        has_avx, plane_gradient_sums, plane_gradient_sums_by_lanes, squared_deviation_f64,
         squared_deviation_f64_by_lanes, sum_f64, sum_f64_by_lanes,
     };
+    use crate::ops::activation::relu_passes;
 
     /// Planes of 0 to 7 values (2×2 and smaller) drawn from magnitudes 1e-8 to 1e8, both
     /// signed zeros and a NaN among them, by a fixed linear congruential walk.
@@ -793,5 +873,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The gradient sums' order, spelled out value by value: in each block of 512, value `i`
+    /// goes to lane `i % 8` while whole groups of 8 last, the rest to lane 0, in order; each
+    /// block's lanes are joined in f64, lane 0 first. `plane_gradient_sums` and its AVX twin
+    /// follow it bit for bit on planes of 1 to 1100 values (several blocks, every tail
+    /// length).
+    #[test]
+    fn gradient_sums_add_each_value_to_its_lane_in_order() {
+        let masked = |x: f32, grad: f32| if relu_passes(x * 0.75 + 0.5) { grad } else { 0.0 };
+        let value = |i: usize| ((i * 7919) % 1013) as f32 * 0.013 - 6.5;
+        for len in (1..40).chain([63, 64, 65, 100, 511, 512, 513, 1100]) {
+            // A signed zero now and then; one plane with a NaN, which the ReLU lets through.
+            let x: Vec<f32> = (0..len)
+                .map(|i| match i {
+                    _ if len == 100 && i == 50 => f32::NAN,
+                    _ if i % 89 == 5 => -0.0,
+                    _ => value(i),
+                })
+                .collect();
+            let grad: Vec<f32> = (0..len).map(|i| value(i + 11) * 3.0).collect();
+            let mean = 0.37f32;
+            let mut expected = [0.0f64; 2];
+            for (x, grad) in x.chunks(512).zip(grad.chunks(512)) {
+                let (mut lanes_g, mut lanes_gx) = ([0.0f32; 8], [0.0f32; 8]);
+                let whole = x.len() / 8 * 8;
+                for (i, (&x, &grad)) in x.iter().zip(grad).enumerate() {
+                    let lane = if i < whole { i % 8 } else { 0 };
+                    let g = masked(x, grad);
+                    lanes_g[lane] += g;
+                    lanes_gx[lane] += g * (x - mean);
+                }
+                expected[0] += lanes_g.iter().map(|v| *v as f64).sum::<f64>();
+                expected[1] += lanes_gx.iter().map(|v| *v as f64).sum::<f64>();
+            }
+            let sums =
+                plane_gradient_sums(&mut ([0.0f32; 64], [0.0f32; 64]), &x, &grad, mean, masked);
+            for (a, b) in sums.into_iter().zip(expected) {
+                assert!(same_bits(a, b), "{len} values: {a:e} against {b:e}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx() {
+                // SAFETY: AVX is available; `grad` is as long as `x`.
+                let sums = unsafe { plane_gradient_sums_avx(&x, &grad, mean, Some((0.75, 0.5))) };
+                for (a, b) in sums.into_iter().zip(expected) {
+                    assert!(same_bits(a, b), "AVX, {len} values: {a:e} against {b:e}");
+                }
+                // Without the ReLU every value passes: the unmasked sums.
+                let sums = unsafe { plane_gradient_sums_avx(&x, &grad, mean, None) };
+                let plain = plane_gradient_sums(
+                    &mut ([0.0f32; 64], [0.0f32; 64]),
+                    &x,
+                    &grad,
+                    mean,
+                    |_, grad| grad,
+                );
+                for (a, b) in sums.into_iter().zip(plain) {
+                    assert!(same_bits(a, b), "AVX without ReLU, {len} values: {a:e} against {b:e}");
+                }
+            }
+        }
+        assert!(!cfg!(target_arch = "x86_64") || has_avx(), "an x86-64 CPU without AVX");
     }
 }
