@@ -347,11 +347,20 @@ impl CustomOp1 for BatchStatisticsOp {
         // memory twice.
         let plane_n = planes.plane as f64;
         let plane_mean = |sum: f64| if planes.plane > 0 { sum / plane_n } else { 0.0 };
+        let vector = has_avx();
         let per_plane = plane_values(
             planes,
             || (),
             |_, b, c| {
                 let values = planes.plane_of(&x, b, c);
+                if vector && values.len() >= 8 {
+                    // SAFETY: AVX is available (`has_avx`).
+                    #[cfg(target_arch = "x86_64")]
+                    return unsafe {
+                        let sum = sum_f64_avx(values);
+                        [sum, squared_deviation_f64_avx(values, plane_mean(sum))]
+                    };
+                }
                 let sum = sum_f64(values);
                 [sum, squared_deviation_f64(values, plane_mean(sum))]
             },
@@ -439,6 +448,64 @@ fn squared_deviation_f64_by_lanes(values: &[f32], mean: f64) -> f64 {
                 let d = v - mean;
                 *l += d * d;
             }
+        }
+        total += lanes.iter().map(|l| *l as f64).sum::<f64>()
+            + tail.iter().map(|v| ((v - mean) * (v - mean)) as f64).sum::<f64>();
+    }
+    total
+}
+
+/// [`sum_f64_by_lanes`] with the eight lanes in one AVX register: the same additions per
+/// lane in the same order, the tail and the joins as there, so the same bits.
+///
+/// # Safety
+/// The CPU must have AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn sum_f64_avx(values: &[f32]) -> f64 {
+    use std::arch::x86_64::*;
+    let mut total = 0.0f64;
+    for block in values.chunks(512) {
+        let (chunks, tail) = block.as_chunks::<8>();
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: each load reads one whole chunk of 8; AVX is available (the caller's
+        // contract).
+        unsafe {
+            let mut sum = _mm256_setzero_ps();
+            for chunk in chunks {
+                sum = _mm256_add_ps(sum, _mm256_loadu_ps(chunk.as_ptr()));
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        }
+        total += lanes.iter().map(|l| *l as f64).sum::<f64>()
+            + tail.iter().map(|v| *v as f64).sum::<f64>();
+    }
+    total
+}
+
+/// [`squared_deviation_f64_by_lanes`] with the eight lanes in one AVX register (the
+/// difference, then its square, then the sum: no fused multiply-add), so the same bits.
+///
+/// # Safety
+/// The CPU must have AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn squared_deviation_f64_avx(values: &[f32], mean: f64) -> f64 {
+    use std::arch::x86_64::*;
+    let mean = mean as f32;
+    let mut total = 0.0f64;
+    for block in values.chunks(512) {
+        let (chunks, tail) = block.as_chunks::<8>();
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: each load reads one whole chunk of 8; AVX is available (the caller's
+        // contract).
+        unsafe {
+            let (mut sum, mean) = (_mm256_setzero_ps(), _mm256_set1_ps(mean));
+            for chunk in chunks {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), mean);
+                sum = _mm256_add_ps(sum, _mm256_mul_ps(d, d));
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
         }
         total += lanes.iter().map(|l| *l as f64).sum::<f64>()
             + tail.iter().map(|v| ((v - mean) * (v - mean)) as f64).sum::<f64>();
@@ -815,12 +882,12 @@ impl<'a> BackwardInputs<'a> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "x86_64")]
-    use super::plane_gradient_sums_avx;
     use super::{
         has_avx, plane_gradient_sums, plane_gradient_sums_by_lanes, squared_deviation_f64,
         squared_deviation_f64_by_lanes, sum_f64, sum_f64_by_lanes,
     };
+    #[cfg(target_arch = "x86_64")]
+    use super::{plane_gradient_sums_avx, squared_deviation_f64_avx, sum_f64_avx};
     use crate::ops::activation::relu_passes;
 
     /// Planes of 0 to 7 values (2×2 and smaller) drawn from magnitudes 1e-8 to 1e8, both
@@ -871,6 +938,28 @@ mod tests {
                 for (a, b) in a.into_iter().zip(b) {
                     assert!(same_bits(a, b), "gradient sums of {plane:?}: {a:e} against {b:e}");
                 }
+            }
+        }
+    }
+
+    /// The statistics' AVX sums give the lanes' bits on planes of 8 to 1100 values.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx_statistics_sum_as_the_lanes_do() {
+        assert!(has_avx(), "an x86-64 CPU without AVX");
+        let value = |i: usize| match i % 97 {
+            3 => -0.0,
+            _ => ((i * 7919) % 1013) as f32 * 0.37 - 180.0,
+        };
+        for len in (8..40).chain([63, 64, 65, 100, 511, 512, 513, 1100]) {
+            let plane: Vec<f32> = (0..len).map(value).collect();
+            // SAFETY: AVX is available (asserted above).
+            let (a, b) = (unsafe { sum_f64_avx(&plane) }, sum_f64_by_lanes(&plane));
+            assert!(same_bits(a, b), "sum of {len}: {a:e} against {b:e}");
+            for mean in [0.0, -3.25, 1e3 + 0.1] {
+                let a = unsafe { squared_deviation_f64_avx(&plane, mean) };
+                let b = squared_deviation_f64_by_lanes(&plane, mean);
+                assert!(same_bits(a, b), "deviation of {len} from {mean}: {a:e} against {b:e}");
             }
         }
     }
