@@ -410,3 +410,36 @@ fn input_that_tracks_nothing_gets_no_gradient() -> candle::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn every_path_gives_the_same_bits_at_any_thread_count() -> candle::Result<()> {
+    // decisions/0002: every split is made from the shapes, never from the number of threads,
+    // so the forward and both gradients are bit-identical on 1 and on 3 threads.
+    let _guard = BACKEND_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    set_gemm_backend(GemmBackend::default_for_this_cpu())?;
+    let run = |threads: usize| -> candle::Result<Vec<Vec<u32>>> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut bits = Vec::new();
+            for (index, case) in cases().iter().enumerate() {
+                let (x, w) = inputs(case, 500 + index as u64);
+                let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&w)?);
+                let y = ops::conv2d(xv.as_tensor(), wv.as_tensor(), case.config)?;
+                let g = seeded_tensor(y.dims(), 600 + index as u64);
+                let grads = (&y * &g)?.sum_all()?.backward()?;
+                let dx = grads.get(xv.as_tensor()).expect("input gradient");
+                let dw = grads.get(wv.as_tensor()).expect("weight gradient");
+                for t in [&y, dx, dw] {
+                    let values = t.flatten_all()?.to_vec1::<f32>()?;
+                    bits.push(values.iter().map(|v| v.to_bits()).collect());
+                }
+            }
+            Ok(bits)
+        })
+    };
+    let (one, three) = (run(1)?, run(3)?);
+    for (index, (a, b)) in one.iter().zip(&three).enumerate() {
+        assert!(a == b, "{:?}, tensor {} (y, dx, dw)", cases()[index / 3], index % 3);
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@
 //! F(2×2, 3×3) (`conv_winograd`, 2.25x fewer multiply-adds), small images where much of
 //! the im2col matrix would be padding run over their valid taps only (`conv_regions`), and
 //! 1×1 convolutions of a few hundred columns against a weight of megabytes run as one gemm
-//! over the batch, parallel over the weight's rows (`conv_pointwise`).
+//! over the batch, parallel over the left operand's rows (`conv_pointwise`).
 
 use super::storage::{par_output, try_par_zeroed, write_values};
 use super::{conv_pointwise, conv_regions, conv_winograd};

@@ -1,6 +1,6 @@
 //! The CPU 1×1 convolution of the late stages, where a batch is a few hundred columns
 //! against a weight of megabytes: the whole batch as one gemm per pass, parallel over blocks
-//! of the weight's rows.
+//! of the left operand's rows.
 //!
 //! xresnet50's last stage at 64 px and batch 32 multiplies 2048 × 1024 weights (8 MB) by
 //! 32 items of 2×2 pixels: 128 columns. `conv_cpu`'s path splits the batch into
@@ -19,8 +19,9 @@
 //! [`ROW_BLOCKS`] blocks computed in parallel, and each block's gemm packs its rows of the
 //! weight (or of `dy`) just before it uses them, so the weight is read from memory once a
 //! pass. Every output value is one gemm sum over the whole depth in the gemm's fixed order,
-//! whatever the blocks, so every result is bit-identical at any thread count
-//! (docs/decisions/0002-deterministic-reductions.md). [`applies`] says where this pays.
+//! whatever the blocks, so with wick's native gemm kernels every result is bit-identical at
+//! any thread count (docs/decisions/0002-deterministic-reductions.md). [`applies`] says where
+//! this pays.
 //!
 //! Shapes as in `conv_cpu`: `x (B, C, H, W)`, `w (O, C, 1, 1)`, `y (B, O, H, W)`, `P = H·W`,
 //! one group.
@@ -33,8 +34,10 @@ use rayon::prelude::*;
 
 /// This path takes 1×1 convolutions of at most this many columns (`B·P`) ...
 ///
-/// Measured with the nn bench (`--cases <case> --impls wick --reps 10 --best`, forward +
-/// both gradients, ms, conv_cpu's path against this one, two alternations, 2026-12-01):
+/// Measured with the nn bench (`cargo bench -p wick-nn --bench nn -- --cases <case> --batch
+/// <B> --impls wick --reps 10 --best`, forward + both gradients, ms, conv_cpu's path against
+/// this one, two alternations, 2026-12-01; only 2×2 and 4×4 images were measured, so the
+/// bound is in columns, not in pixels):
 /// at batch 32, 2×2 (128 columns) c1x1_1024_2048_2 10.7-10.9 vs 7.6-8.2, c1x1_512_2048_2
 /// 5.4-5.5 vs 4.2-4.6, c1x1_2048_512_2 5.7-6.3 vs 4.5-4.8; at batch 64 (256 columns)
 /// 17.6-19.5 vs 14.5-14.8, 8.9-9.1 vs 8.3-10.1, 9.3-9.4 vs 8.4-8.9; but at batch 32, 4×4
@@ -233,6 +236,8 @@ mod tests {
         assert!(!applies(&pointwise(32, 256, 1024, 4)));
         assert!(!applies(&pointwise(32, 256, 512, 2)));
         assert!(!applies(&pointwise(0, 1024, 2048, 2)));
+        // tests/conv.rs's case for this path: `[3, 520, 2, 2]` → 530 channels.
+        assert!(applies(&pointwise(3, 520, 530, 2)));
         let strided =
             ConvGeometry { stride: 2, out_height: 1, out_width: 1, ..pointwise(32, 1024, 2048, 2) };
         assert!(!applies(&strided));
