@@ -125,18 +125,49 @@ pub fn conv_layer(
     Ok(ConvLayer { conv, bn, activation })
 }
 
-impl ModuleT for ConvLayer {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
+impl ConvLayer {
+    /// Whether the layer ends in its BatchNorm (no activation of its own, fused or not): the
+    /// last layer of a residual branch, which [`ConvLayer::forward_add_relu`] can end.
+    pub fn ends_in_batch_norm(&self) -> bool {
+        self.activation.is_none() && self.bn.config().activation == BatchNormActivation::Identity
+    }
+
+    /// `relu(self(xs) + shortcut)`, shortcut `(B, O, H', W')` as the layer's output: the end
+    /// of fastai's `ResBlock` for a layer that
+    /// [`ends_in_batch_norm`](ConvLayer::ends_in_batch_norm), with the BatchNorm, the sum and
+    /// the ReLU one op in training ([`wick_nn::BatchNorm2d::forward_add_relu`]). The same
+    /// values as `forward_t` followed by [`wick_nn::ops::add_relu`].
+    ///
+    /// # Errors
+    /// When the layer does not end in its BatchNorm, or the ops' (shapes).
+    pub fn forward_add_relu(
+        &self,
+        xs: &Tensor,
+        shortcut: &Tensor,
+        train: bool,
+    ) -> candle::Result<Tensor> {
+        if !self.ends_in_batch_norm() {
+            candle::bail!("conv layer: forward_add_relu needs a layer without an activation");
+        }
+        self.bn.forward_add_relu(&self.convolve(xs, train)?, shortcut, train)
+    }
+
+    fn convolve(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
         // In evaluation the weights are read detached, so no autograd graph is built and each
         // activation is freed as soon as the next layer has read it. Under mixed precision the
         // f32 weight is cast to the activations' dtype (in training, Conv2d::forward does it).
-        let convolved = if train {
-            self.conv.forward(xs)?
+        if train {
+            self.conv.forward(xs)
         } else {
             let weight = read_parameter(self.conv.weight(), false).to_dtype(xs.dtype())?;
-            wick_nn::ops::conv2d(xs, &weight, *self.conv.config())?
-        };
-        let ys = self.bn.forward_t(&convolved, train)?;
+            wick_nn::ops::conv2d(xs, &weight, *self.conv.config())
+        }
+    }
+}
+
+impl ModuleT for ConvLayer {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
+        let ys = self.bn.forward_t(&self.convolve(xs, train)?, train)?;
         match self.activation {
             Some(activation) => activation.apply(&ys),
             None => Ok(ys),

@@ -296,8 +296,17 @@ fn res_block(plan: &BlockPlan, vb: &VarBuilder) -> candle::Result<ResBlock> {
 
 impl ModuleT for ResBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
+        // With a ReLU after the sum and nothing between the branch's last BatchNorm and the
+        // sum, the three are one op (no tensor kept for the branch's output, as PyTorch frees
+        // it): the branch stops before its last layer, which then takes the shortcut.
+        let last = self.convpath.last().filter(|last| {
+            self.activation == Activation::Relu
+                && self.attention.is_none()
+                && last.ends_in_batch_norm()
+        });
+        let before_last = self.convpath.len() - usize::from(last.is_some());
         let mut branch = xs.clone();
-        for layer in &self.convpath {
+        for layer in &self.convpath[..before_last] {
             branch = layer.forward_t(&branch, train)?;
         }
         if let Some(attention) = &self.attention {
@@ -309,6 +318,9 @@ impl ModuleT for ResBlock {
         }
         if let Some(conv) = &self.shortcut_conv {
             shortcut = conv.forward_t(&shortcut, train)?;
+        }
+        if let Some(last) = last {
+            return last.forward_add_relu(&branch, &shortcut, train);
         }
         match self.activation {
             // One fused pass: the residual addition and its ReLU (PyTorch's gradient rule).

@@ -263,9 +263,49 @@ impl BatchNorm2d {
         BatchNormOpConfig { eps: self.config.eps, activation: self.config.activation }
     }
 
+    /// `relu(self(xs) + shortcut)` for `xs` and `shortcut` of one shape `(B, C, H, W)`, the end
+    /// of a residual block; the layer's own activation must be the identity. In training, one
+    /// fused op ([`ops::batch_norm_add_relu_train`]: the graph keeps no tensor for the
+    /// normalised branch) that updates the running statistics as `forward_t` does; in
+    /// evaluation, the eval forward and [`ops::add_relu`]. The same values as `forward_t`
+    /// followed by `add_relu`.
+    ///
+    /// # Errors
+    /// When the layer fuses a ReLU of its own, or the ops' (shapes).
+    pub fn forward_add_relu(
+        &self,
+        xs: &Tensor,
+        shortcut: &Tensor,
+        train: bool,
+    ) -> candle::Result<Tensor> {
+        if self.config.activation != BatchNormActivation::Identity {
+            candle::bail!(
+                "batch_norm2d: forward_add_relu needs a layer without its own activation"
+            );
+        }
+        if !train {
+            return ops::add_relu(&self.forward_eval(xs)?, shortcut);
+        }
+        let (ys, statistics) = ops::batch_norm_add_relu_train(
+            xs,
+            &self.weight,
+            &self.bias,
+            shortcut,
+            self.config.eps,
+        )?;
+        self.update_running_statistics(&statistics)?;
+        Ok(ys)
+    }
+
     fn forward_train(&self, xs: &Tensor) -> candle::Result<Tensor> {
         let (ys, statistics) =
             ops::batch_norm_train(xs, &self.weight, &self.bias, self.op_config())?;
+        self.update_running_statistics(&statistics)?;
+        Ok(ys)
+    }
+
+    /// `running = running·(1 - momentum) + batch·momentum`, the variance unbiased (PyTorch's).
+    fn update_running_statistics(&self, statistics: &ops::BatchStatistics) -> candle::Result<()> {
         let momentum = self.config.momentum;
         let count = statistics.count as f64;
         let mean = (self.running_mean.as_detached_tensor() * (1.0 - momentum))?
@@ -274,8 +314,7 @@ impl BatchNorm2d {
         let variance_weight = momentum * count / (count - 1.0);
         let variance = (self.running_var.as_detached_tensor() * (1.0 - momentum))?
             .add(&(statistics.variance.to_dtype(self.running_var.dtype())? * variance_weight)?)?;
-        self.running_var.set(&variance)?;
-        Ok(ys)
+        self.running_var.set(&variance)
     }
 
     fn forward_eval(&self, xs: &Tensor) -> candle::Result<Tensor> {

@@ -308,3 +308,80 @@ fn evaluation_reads_parameters_detached_and_builds_no_graph() -> candle::Result<
     assert!(!ys_eval.track_op(), "an eval forward builds no graph");
     Ok(())
 }
+
+#[test]
+fn add_relu_fused_gives_the_bits_of_batch_norm_then_add_relu() -> candle::Result<()> {
+    // `forward_add_relu` against the layer's `forward_t` followed by `ops::add_relu`, two
+    // separate layers with the same variables: output, all four gradients, the running
+    // statistics after the step, and the eval mode. γ = 0 is fastai's `BatchZero` start (the
+    // output is then relu(β + shortcut)); a third of the shortcut is -(γ·x̂ + β) of the
+    // reference's own output, where the sum is 0 or close to it, so the ReLU's boundary is hit.
+    for (index, gamma_zero) in [(0u64, false), (1, true)] {
+        let (fused, _, fused_map, _) = layers(5, BatchNormActivation::Identity)?;
+        let (composed, _, composed_map, _) = layers(5, BatchNormActivation::Identity)?;
+        if gamma_zero {
+            for map in [&fused_map, &composed_map] {
+                var(map, "weight").set(&Tensor::zeros(5, DType::F32, &Device::Cpu)?)?;
+            }
+        }
+        let xs = seeded_tensor(&[3, 5, 4, 6], 10 + index).affine(3.0, 0.5)?;
+        // The train-mode branch γ·x̂ + β, computed aside (the layers' statistics untouched).
+        let (normalised, _) = wick_nn::ops::batch_norm_train(
+            &xs,
+            &var(&composed_map, "weight").as_detached_tensor(),
+            &var(&composed_map, "bias").as_detached_tensor(),
+            wick_nn::ops::BatchNormOpConfig::default(),
+        )?;
+        let third = Tensor::from_vec(
+            (0..360).map(|i| if i % 3 == 0 { -1.0f32 } else { 0.0 }).collect(),
+            (3, 5, 4, 6),
+            &Device::Cpu,
+        )?;
+        let shortcut = ((seeded_tensor(&[3, 5, 4, 6], 20 + index) * third.affine(1.0, 1.0)?)?
+            + (normalised * &third)?)?;
+        let upstream = seeded_tensor(&[3, 5, 4, 6], 30 + index);
+        let mut results = Vec::new();
+        for (name, map) in [("fused", &fused_map), ("composed", &composed_map)] {
+            let (x, s) = (Var::from_tensor(&xs)?, Var::from_tensor(&shortcut)?);
+            let ys = if name == "fused" {
+                fused.forward_add_relu(x.as_tensor(), s.as_tensor(), true)?
+            } else {
+                wick_nn::ops::add_relu(&composed.forward_t(x.as_tensor(), true)?, s.as_tensor())?
+            };
+            let grads = (&ys * &upstream)?.sum_all()?.backward()?;
+            let mut values = vec![to_vec(&ys)];
+            for t in [x.as_tensor(), s.as_tensor()] {
+                values.push(to_vec(grads.get(t).expect("gradient")));
+            }
+            for param in ["weight", "bias"] {
+                values.push(to_vec(grads.get(var(map, param).as_tensor()).expect("gradient")));
+            }
+            for buffer in ["running_mean", "running_var"] {
+                values.push(to_vec(var(map, buffer).as_tensor()));
+            }
+            results.push(values);
+        }
+        let what = ["output", "d input", "d shortcut", "d weight", "d bias", "mean", "var"];
+        for ((fused, composed), what) in results[0].iter().zip(&results[1]).zip(what) {
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(fused), bits(composed), "{what}, γ = 0: {gamma_zero}");
+        }
+        let zeros = results[0][0].iter().filter(|v| **v == 0.0).count();
+        assert!(zeros > 60, "{zeros} outputs at the ReLU's boundary or below");
+        let eval = fused.forward_add_relu(&xs, &shortcut, false)?;
+        let reference = wick_nn::ops::add_relu(&composed.forward_t(&xs, false)?, &shortcut)?;
+        assert_close("eval", &eval, &reference, Tol::EXACT);
+    }
+    Ok(())
+}
+
+#[test]
+fn add_relu_fused_refuses_a_layer_with_its_own_relu_and_a_mismatched_shortcut() {
+    let (relu_layer, ..) = layers(2, BatchNormActivation::Relu).unwrap();
+    let xs = seeded_tensor(&[2, 2, 3, 3], 1);
+    let error = relu_layer.forward_add_relu(&xs, &xs, true).unwrap_err();
+    assert!(error.to_string().contains("without its own activation"), "{error}");
+    let (layer, ..) = layers(2, BatchNormActivation::Identity).unwrap();
+    let error = layer.forward_add_relu(&xs, &seeded_tensor(&[2, 2, 3, 2], 2), true).unwrap_err();
+    assert!(error.to_string().contains("shortcut [2, 2, 3, 2] and input [2, 2, 3, 3]"), "{error}");
+}

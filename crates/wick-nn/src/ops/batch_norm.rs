@@ -19,7 +19,7 @@
 //! tensors run the same arithmetic with the statistics kept on the device
 //! (`cuda/batch_norm.rs`); [`batch_norm_train`] composes candle ops anywhere else.
 
-use super::activation::{relu_passes, relu_value};
+use super::activation::{ReluBackward, relu_passes, relu_value};
 use super::storage::{f32_row_major, par_output, write_values};
 use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -71,29 +71,7 @@ pub fn batch_norm_train(
     bias: &Tensor,
     config: BatchNormOpConfig,
 ) -> candle::Result<(Tensor, BatchStatistics)> {
-    let (batch, channels, height, width) = match xs.dims() {
-        &[b, c, h, w] => (b, c, h, w),
-        dims => candle::bail!("batch_norm_train: input must be (B, C, H, W), got shape {dims:?}"),
-    };
-    for (name, t) in [("weight", weight), ("bias", bias)] {
-        if t.dims() != [channels] {
-            candle::bail!(
-                "batch_norm_train: {name} must have shape [{channels}] for input {:?}, got {:?}",
-                xs.dims(),
-                t.dims()
-            );
-        }
-    }
-    let count = batch * height * width;
-    if count < 2 {
-        candle::bail!(
-            "batch_norm_train: need at least 2 values per channel, input {:?}",
-            xs.dims()
-        );
-    }
-    if config.eps < 0.0 {
-        candle::bail!("batch_norm_train: eps must be non-negative, got {}", config.eps);
-    }
+    let count = train_count(xs, weight, bias, config.eps, "batch_norm_train")?;
     #[cfg(feature = "cuda")]
     if super::on_cuda(xs) {
         return super::cuda::batch_norm::batch_norm_train(xs, weight, bias, config, count);
@@ -107,20 +85,100 @@ pub fn batch_norm_train(
     if !fused {
         return composed_batch_norm_train(xs, weight, bias, config, count);
     }
+    let (statistics, mean, inverse_std) = fused_statistics(xs, config.eps, count)?;
+    let op = BatchNormOp { activation: config.activation, mean, inverse_std };
+    Ok((xs.apply_op3(weight, bias, op)?, statistics))
+}
+
+/// `relu(batch_norm(xs) + shortcut)` in training mode, for the end of a residual block:
+/// `xs (B, C, H, W)` normalised with its own batch statistics, scaled by `weight (C)`, shifted
+/// by `bias (C)` (no activation of its own), plus `shortcut (B, C, H, W)`, then the ReLU;
+/// differentiable in all four, with PyTorch's gradient rule (nothing passes where the output
+/// is 0). Returns the output and the batch statistics.
+///
+/// The same values, bit for bit, as [`batch_norm_train`] (identity) followed by
+/// [`super::add_relu`], but on the CPU in f32 one op, so the graph holds no tensor for the
+/// normalised branch: like PyTorch, which frees it once the sum is taken (fastai's `ResBlock`:
+/// `act(convpath(x) + idpath(x))`), a training step keeps one activation fewer per block.
+/// Anywhere else it composes those two ops.
+///
+/// # Errors
+/// As [`batch_norm_train`], and when `shortcut`'s shape differs from `xs`'s.
+pub fn batch_norm_add_relu_train(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    shortcut: &Tensor,
+    eps: f64,
+) -> candle::Result<(Tensor, BatchStatistics)> {
+    let op_name = "batch_norm_add_relu_train";
+    let count = train_count(xs, weight, bias, eps, op_name)?;
+    if shortcut.dims() != xs.dims() {
+        candle::bail!("{op_name}: shortcut {:?} and input {:?} differ", shortcut.dims(), xs.dims());
+    }
+    let fused = xs.device().is_cpu()
+        && [xs, weight, bias, shortcut].iter().all(|t| t.dtype() == DType::F32);
+    if !fused {
+        let config = BatchNormOpConfig { eps, activation: BatchNormActivation::Identity };
+        let (branch, statistics) = batch_norm_train(xs, weight, bias, config)?;
+        return Ok((super::add_relu(&branch, shortcut)?, statistics));
+    }
+    let (statistics, mean, inverse_std) = fused_statistics(xs, eps, count)?;
+    // One (2, C) operand, rows (β, γ), the order of the backward's gradient sums.
+    let affine = Tensor::stack(&[bias, weight], 0)?;
+    let op = BatchNormAddReluOp { mean, inverse_std };
+    Ok((xs.apply_op3(&affine, shortcut, op)?, statistics))
+}
+
+/// The element count per channel (B·H·W) of a training-mode batch norm of `xs`, after
+/// checking the shapes of `xs (B, C, H, W)`, `weight (C)` and `bias (C)` and `eps`.
+fn train_count(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    op: &str,
+) -> candle::Result<usize> {
+    let (batch, channels, height, width) = match xs.dims() {
+        &[b, c, h, w] => (b, c, h, w),
+        dims => candle::bail!("{op}: input must be (B, C, H, W), got shape {dims:?}"),
+    };
+    for (name, t) in [("weight", weight), ("bias", bias)] {
+        if t.dims() != [channels] {
+            candle::bail!(
+                "{op}: {name} must have shape [{channels}] for input {:?}, got {:?}",
+                xs.dims(),
+                t.dims()
+            );
+        }
+    }
+    let count = batch * height * width;
+    if count < 2 {
+        candle::bail!("{op}: need at least 2 values per channel, input {:?}", xs.dims());
+    }
+    if eps < 0.0 {
+        candle::bail!("{op}: eps must be non-negative, got {eps}");
+    }
+    Ok(count)
+}
+
+/// Per-channel values a fused op holds for its backward, `(C)`.
+type PerChannel = Arc<Vec<f32>>;
+
+/// The CPU f32 batch statistics of `xs`, and the per-channel mean and `1 / sqrt(σ² + eps)`
+/// the fused ops hold.
+fn fused_statistics(
+    xs: &Tensor,
+    eps: f64,
+    count: usize,
+) -> candle::Result<(BatchStatistics, PerChannel, PerChannel)> {
     let statistics = xs.apply_op1_no_bwd(&BatchStatisticsOp)?;
     let values = statistics.to_vec2::<f32>()?;
     let (mean, variance) = (values[0].clone(), values[1].clone());
-    let inverse_std =
-        variance.iter().map(|v| (1.0 / (*v as f64 + config.eps).sqrt()) as f32).collect();
-    let op = BatchNormOp {
-        activation: config.activation,
-        mean: Arc::new(mean),
-        inverse_std: Arc::new(inverse_std),
-    };
-    let output = xs.apply_op3(weight, bias, op)?;
+    let inverse_std = variance.iter().map(|v| (1.0 / (*v as f64 + eps).sqrt()) as f32).collect();
     let statistics =
         BatchStatistics { mean: statistics.get(0)?, variance: statistics.get(1)?, count };
-    Ok((output, statistics))
+    Ok((statistics, Arc::new(mean), Arc::new(inverse_std)))
 }
 
 /// Normalises `xs (B, C, H, W)` with given per-channel statistics `running_mean (C)` and
@@ -698,23 +756,106 @@ impl CustomOp3 for BatchNormOp {
     ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let weight = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let channels = Arc::new(ChannelTransform::new(
-            self.activation,
+        let channels =
+            ChannelTransform::new(self.activation, &self.mean, &self.inverse_std, &weight, &bias);
+        let (grad_input, sums) = batch_norm_backward(channels, xs, grad_output)?;
+        Ok((Some(grad_input), Some(sums.get(1)?), Some(sums.get(0)?)))
+    }
+}
+
+/// The backward of the fused forward `y = γ·x̂ + β` (masked by `channels`' ReLU): the input
+/// gradient `(B, C, H, W)` and the gradient sums `(2, C)`, rows `dβ = Σ g` and `dγ = Σ g·x̂`.
+fn batch_norm_backward(
+    channels: ChannelTransform,
+    xs: &Tensor,
+    grad_output: &Tensor,
+) -> candle::Result<(Tensor, Tensor)> {
+    let channels = Arc::new(channels);
+    let sums_op = BatchNormGradientSumsOp { channels: channels.clone() };
+    let sums = xs.apply_op2_no_bwd(grad_output, &sums_op)?;
+    let values = sums.to_vec2::<f32>()?;
+    let input_op = BatchNormGradientInputOp {
+        channels,
+        grad_bias: Arc::new(values[0].clone()),
+        grad_weight: Arc::new(values[1].clone()),
+    };
+    Ok((xs.apply_op2_no_bwd(grad_output, &input_op)?, sums))
+}
+
+/// `relu(batch_norm(x) + shortcut)`: an op on `(xs, affine (2, C) rows β and γ, shortcut)`
+/// holding the batch statistics (see [`batch_norm_add_relu_train`]).
+#[derive(Debug, Clone)]
+struct BatchNormAddReluOp {
+    mean: Arc<Vec<f32>>,
+    inverse_std: Arc<Vec<f32>>,
+}
+
+impl CustomOp3 for BatchNormAddReluOp {
+    fn name(&self) -> &'static str {
+        "wick-batch-norm-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        affine_storage: &CpuStorage,
+        affine_layout: &Layout,
+        shortcut_storage: &CpuStorage,
+        shortcut_layout: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(self.name());
+        let op = "batch_norm_add_relu_train";
+        let planes = Planes::of(x_layout, op)?;
+        if shortcut_layout.dims() != x_layout.dims() {
+            candle::bail!(
+                "{op}: shapes {:?} and {:?} differ",
+                x_layout.dims(),
+                shortcut_layout.dims()
+            );
+        }
+        let x = f32_row_major(x_storage, x_layout, op)?;
+        let affine = f32_row_major(affine_storage, affine_layout, op)?;
+        let shortcut = f32_row_major(shortcut_storage, shortcut_layout, op)?;
+        let (bias, weight) = affine.split_at(planes.channels);
+        // SAFETY: every chunk is written through `write_values`, which counts what it writes.
+        let out = unsafe {
+            par_output(x.len(), planes.plane, |index, out_plane| {
+                let c = index % planes.channels;
+                let range = index * planes.plane..index * planes.plane + out_plane.len();
+                let (x_plane, shortcut_plane) = (&x[range.clone()], &shortcut[range]);
+                // The arithmetic of `BatchNormOp` (identity) and then of `add_relu`.
+                let scale = weight[c] * self.inverse_std[c];
+                let shift = bias[c] - self.mean[c] * scale;
+                let y = x_plane.iter().zip(shortcut_plane);
+                write_values(out_plane, y.map(|(v, s)| relu_value((v * scale + shift) + s)))
+            })
+        };
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        affine: &Tensor,
+        _shortcut: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The ReLU's gradient from the output (as `add_relu`'s), which is also the shortcut's;
+        // then the identity batch norm's backward of it.
+        let grad = output.apply_op2_no_bwd(grad_output, &ReluBackward)?;
+        let affine = affine.to_vec2::<f32>()?;
+        let (bias, weight) = (&affine[0], &affine[1]);
+        let channels = ChannelTransform::new(
+            BatchNormActivation::Identity,
             &self.mean,
             &self.inverse_std,
-            &weight,
-            &bias,
-        ));
-        let sums_op = BatchNormGradientSumsOp { channels: channels.clone() };
-        let sums = xs.apply_op2_no_bwd(grad_output, &sums_op)?;
-        let values = sums.to_vec2::<f32>()?;
-        let input_op = BatchNormGradientInputOp {
-            channels,
-            grad_bias: Arc::new(values[0].clone()),
-            grad_weight: Arc::new(values[1].clone()),
-        };
-        let grad_input = xs.apply_op2_no_bwd(grad_output, &input_op)?;
-        Ok((Some(grad_input), Some(sums.get(1)?), Some(sums.get(0)?)))
+            weight,
+            bias,
+        );
+        let (grad_input, sums) = batch_norm_backward(channels, xs, &grad)?;
+        Ok((Some(grad_input), Some(sums), Some(grad)))
     }
 }
 
@@ -1024,5 +1165,31 @@ mod tests {
             }
         }
         assert!(!cfg!(target_arch = "x86_64") || has_avx(), "an x86-64 CPU without AVX");
+    }
+
+    #[test]
+    fn gradient_sums_mask_a_relu_output_of_exactly_zero() {
+        // torch's ReLU gradient is `y > 0`: an output of +0.0 or -0.0 passes nothing. With
+        // scale 0.5 and shift -1, x = 2 gives y = +0 exactly and x = 4 gives y = 1; with shift
+        // -0.0, x = -0.0 gives y = -0 and x = +0.0 gives y = +0. Grads 1..=16, mean 0: every
+        // third value (x = 4) passes, Σg = 1+4+7+10+13+16 = 51 and Σg·x = 4·51 = 204.
+        let x: Vec<f32> = (0..16).map(|i| if i % 3 == 0 { 4.0 } else { 2.0 }).collect();
+        let zeros: Vec<f32> = (0..16).map(|i| if i % 2 == 0 { 0.0 } else { -0.0 }).collect();
+        let grad: Vec<f32> = (1..=16).map(|i| i as f32).collect();
+        for (x, (scale, shift), expected) in
+            [(&x, (0.5f32, -1.0f32), [51.0, 204.0]), (&zeros, (0.5, -0.0), [0.0, 0.0])]
+        {
+            let masked =
+                |x: f32, grad: f32| if relu_passes(x * scale + shift) { grad } else { 0.0 };
+            let sums =
+                plane_gradient_sums(&mut ([0.0f32; 64], [0.0f32; 64]), x, &grad, 0.0, masked);
+            assert_eq!(sums, expected, "shift {shift}");
+            #[cfg(target_arch = "x86_64")]
+            if has_avx() {
+                // SAFETY: AVX is available; `grad` is as long as `x`.
+                let sums = unsafe { plane_gradient_sums_avx(x, &grad, 0.0, Some((scale, shift))) };
+                assert_eq!(sums, expected, "AVX, shift {shift}");
+            }
+        }
     }
 }
