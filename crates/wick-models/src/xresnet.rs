@@ -297,8 +297,9 @@ fn res_block(plan: &BlockPlan, vb: &VarBuilder) -> candle::Result<ResBlock> {
 impl ModuleT for ResBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
         // With a ReLU after the sum and nothing between the branch's last BatchNorm and the
-        // sum, the three are one op (no tensor kept for the branch's output, as PyTorch frees
-        // it): the branch stops before its last layer, which then takes the shortcut.
+        // sum, the three are one op in CPU f32 training (no tensor kept for the branch's
+        // output, as PyTorch frees it; docs/decisions/0008): the branch stops before its last
+        // layer, which then takes the shortcut.
         let last = self.convpath.last().filter(|last| {
             self.activation == Activation::Relu
                 && self.attention.is_none()

@@ -469,3 +469,56 @@ fn the_batch_norm_counter_is_the_model_state() {
     assert!(refused(&negative).contains("num_batches_tracked is -1"));
     assert_eq!(fresh.num_batches_tracked(), 7);
 }
+
+#[test]
+fn conv_layer_forward_add_relu_gives_the_bits_of_forward_t_then_add_relu() {
+    // A residual block's end (ResBlock's path in training and evaluation) against the layer's
+    // own forward followed by `add_relu`: two layers drawn from one seed, the output, the
+    // gradients of the input, the shortcut and the three variables, and the running
+    // statistics after a training step, bit for bit.
+    use wick_models::layers::{BnInit, ConvLayerConfig, conv_layer};
+    let sine = |dims: &[usize], phase: f32| {
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect();
+        Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+    };
+    let config = ConvLayerConfig { kernel: 3, stride: 2, bn_init: BnInit::One, activation: None };
+    for train in [true, false] {
+        let mut results = Vec::new();
+        for fused in [true, false] {
+            let varmap = VarMap::new();
+            let vb = seeded_var_builder(&varmap, 7, DType::F32, &Device::Cpu);
+            let layer = conv_layer(4, 6, config, vb).unwrap();
+            assert!(layer.ends_in_batch_norm());
+            let xs = Var::from_tensor(&sine(&[2, 4, 7, 7], 0.0)).unwrap();
+            let shortcut = Var::from_tensor(&sine(&[2, 6, 4, 4], 1.0)).unwrap();
+            let ys = if fused {
+                layer.forward_add_relu(xs.as_tensor(), shortcut.as_tensor(), train).unwrap()
+            } else {
+                let ys = layer.forward_t(xs.as_tensor(), train).unwrap();
+                wick_nn::ops::add_relu(&ys, shortcut.as_tensor()).unwrap()
+            };
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                values.iter().map(|v| v.to_bits()).collect()
+            };
+            let mut values = vec![bits(&ys)];
+            if train {
+                let upstream = sine(ys.dims(), 2.0);
+                let grads = (&ys * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                values.push(bits(grads.get(xs.as_tensor()).unwrap()));
+                values.push(bits(grads.get(shortcut.as_tensor()).unwrap()));
+                let data = varmap.data().lock().unwrap();
+                for name in ["0.weight", "1.weight", "1.bias"] {
+                    values.push(bits(grads.get(data[name].as_tensor()).unwrap()));
+                }
+                for name in ["1.running_mean", "1.running_var"] {
+                    values.push(bits(data[name].as_tensor()));
+                }
+            }
+            results.push(values);
+        }
+        assert_eq!(results[0], results[1], "train: {train}");
+        assert!(results[0][0].contains(&0), "some outputs are cut by the ReLU");
+    }
+}

@@ -184,7 +184,8 @@ impl Default for BatchNorm2dConfig {
 /// Training (`forward_t(x, true)`) normalises with the batch statistics through the fused
 /// op [`ops::batch_norm_train`] and updates `running_mean` and `running_var` in place
 /// exactly as candle-nn's `BatchNorm::forward_t(x, true)` does (momentum, unbiased running
-/// variance); evaluation uses the running statistics.
+/// variance); evaluation uses the running statistics. [`BatchNorm2d::forward_add_relu`] does
+/// the same, followed by a residual block's sum and ReLU.
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     running_mean: Var,
@@ -264,14 +265,16 @@ impl BatchNorm2d {
     }
 
     /// `relu(self(xs) + shortcut)` for `xs` and `shortcut` of one shape `(B, C, H, W)`, the end
-    /// of a residual block; the layer's own activation must be the identity. In training, one
-    /// fused op ([`ops::batch_norm_add_relu_train`]: the graph keeps no tensor for the
-    /// normalised branch) that updates the running statistics as `forward_t` does; in
-    /// evaluation, the eval forward and [`ops::add_relu`]. The same values as `forward_t`
-    /// followed by `add_relu`.
+    /// of a residual block; the layer's own activation must be the identity. In training,
+    /// [`ops::batch_norm_add_relu_train`] (on the CPU in f32 one fused op, so the graph keeps
+    /// no tensor for the normalised branch), updating the running statistics as `forward_t`
+    /// does; in evaluation, the eval forward and [`ops::add_relu`]. The same values as
+    /// `forward_t` followed by `add_relu`.
     ///
     /// # Errors
-    /// When the layer fuses a ReLU of its own, or the ops' (shapes).
+    /// When the layer fuses a ReLU of its own; when `shortcut`'s shape differs from `xs`'s;
+    /// when `xs` is not `(B, C, H, W)` with `C` the layer's channels, or (in training) has
+    /// fewer than 2 values per channel.
     pub fn forward_add_relu(
         &self,
         xs: &Tensor,

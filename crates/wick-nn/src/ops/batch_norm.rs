@@ -1,5 +1,6 @@
 //! Fused train-mode batch normalisation of `(B, C, H, W)` over (B, H, W), optionally followed
-//! by a ReLU, with a fused backward; and the eval-mode forward with running statistics.
+//! by a ReLU, with a fused backward; the same followed by a residual block's sum and ReLU
+//! ([`batch_norm_add_relu_train`]); and the eval-mode forward with running statistics.
 //!
 //! candle-nn's `BatchNorm::forward_train` is built from about a dozen tensor ops (transpose,
 //! contiguous copy, two means, broadcast sub/div/mul/add), and autograd runs the backward of
@@ -11,7 +12,8 @@
 //!   with μ and the biased σ² of the batch;
 //! - backward: `g = dy` masked where the ReLU output is 0; `dβ = Σ g`, `dγ = Σ g·x̂`,
 //!   `dx = γ / sqrt(σ² + eps) · (g - dβ/n - x̂·dγ/n)` with n = B·H·W. Both passes read only
-//!   `x` and `dy`: the ReLU mask is recomputed from `x` with the forward's exact arithmetic.
+//!   `x` and `dy`: the ReLU mask is recomputed from `x` with the forward's exact arithmetic
+//!   (after a residual sum, the mask comes from the op's output, as `add_relu`'s does).
 //!
 //! The batch statistics are returned so that the layer can update its running averages.
 //! These kernels are CPU f32; bf16/f16 activations on the CPU (mixed precision, with f32
@@ -103,7 +105,8 @@ pub fn batch_norm_train(
 /// Anywhere else it composes those two ops.
 ///
 /// # Errors
-/// As [`batch_norm_train`], and when `shortcut`'s shape differs from `xs`'s.
+/// When `xs` is not `(B, C, H, W)`, `weight` or `bias` not `(C)`, B·H·W is below 2 or `eps`
+/// negative (as [`batch_norm_train`]), and when `shortcut`'s shape differs from `xs`'s.
 pub fn batch_norm_add_relu_train(
     xs: &Tensor,
     weight: &Tensor,
@@ -164,6 +167,15 @@ fn train_count(
 
 /// Per-channel values a fused op holds for its backward, `(C)`.
 type PerChannel = Arc<Vec<f32>>;
+
+/// A channel's affine map `y = x·scale + shift` from γ, β, μ and `1 / sqrt(σ² + eps)`: the one
+/// definition the forward ops and the backward's recomputed ReLU mask share, so that they
+/// round alike.
+#[inline(always)]
+fn scale_shift(weight: f32, bias: f32, mean: f32, inverse_std: f32) -> (f32, f32) {
+    let scale = weight * inverse_std;
+    (scale, bias - mean * scale)
+}
 
 /// The CPU f32 batch statistics of `xs`, and the per-channel mean and `1 / sqrt(σ² + eps)`
 /// the fused ops hold.
@@ -704,8 +716,8 @@ unsafe fn plane_gradient_sums_avx(
 #[derive(Debug, Clone)]
 struct BatchNormOp {
     activation: BatchNormActivation,
-    mean: Arc<Vec<f32>>,
-    inverse_std: Arc<Vec<f32>>,
+    mean: PerChannel,
+    inverse_std: PerChannel,
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -733,8 +745,8 @@ impl CustomOp3 for BatchNormOp {
             par_output(x.len(), planes.plane, |index, out_plane| {
                 let c = index % planes.channels;
                 let x_plane = &x[index * planes.plane..index * planes.plane + out_plane.len()];
-                let scale = weight[c] * self.inverse_std[c];
-                let shift = bias[c] - self.mean[c] * scale;
+                let (scale, shift) =
+                    scale_shift(weight[c], bias[c], self.mean[c], self.inverse_std[c]);
                 let y = x_plane.iter().map(|v| v * scale + shift);
                 if relu {
                     write_values(out_plane, y.map(relu_value))
@@ -786,8 +798,8 @@ fn batch_norm_backward(
 /// holding the batch statistics (see [`batch_norm_add_relu_train`]).
 #[derive(Debug, Clone)]
 struct BatchNormAddReluOp {
-    mean: Arc<Vec<f32>>,
-    inverse_std: Arc<Vec<f32>>,
+    mean: PerChannel,
+    inverse_std: PerChannel,
 }
 
 impl CustomOp3 for BatchNormAddReluOp {
@@ -815,6 +827,13 @@ impl CustomOp3 for BatchNormAddReluOp {
             );
         }
         let x = f32_row_major(x_storage, x_layout, op)?;
+        if affine_layout.dims() != [2, planes.channels] {
+            candle::bail!(
+                "{op}: affine {:?}, expected [2, {}]",
+                affine_layout.dims(),
+                planes.channels
+            );
+        }
         let affine = f32_row_major(affine_storage, affine_layout, op)?;
         let shortcut = f32_row_major(shortcut_storage, shortcut_layout, op)?;
         let (bias, weight) = affine.split_at(planes.channels);
@@ -825,8 +844,8 @@ impl CustomOp3 for BatchNormAddReluOp {
                 let range = index * planes.plane..index * planes.plane + out_plane.len();
                 let (x_plane, shortcut_plane) = (&x[range.clone()], &shortcut[range]);
                 // The arithmetic of `BatchNormOp` (identity) and then of `add_relu`.
-                let scale = weight[c] * self.inverse_std[c];
-                let shift = bias[c] - self.mean[c] * scale;
+                let (scale, shift) =
+                    scale_shift(weight[c], bias[c], self.mean[c], self.inverse_std[c]);
                 let y = x_plane.iter().zip(shortcut_plane);
                 write_values(out_plane, y.map(|(v, s)| relu_value((v * scale + shift) + s)))
             })
@@ -880,8 +899,9 @@ impl ChannelTransform {
         weight: &[f32],
         bias: &[f32],
     ) -> Self {
-        let scale: Vec<f32> = weight.iter().zip(inverse_std).map(|(w, s)| w * s).collect();
-        let shift = bias.iter().zip(mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        let (scale, shift) = (0..weight.len())
+            .map(|c| scale_shift(weight[c], bias[c], mean[c], inverse_std[c]))
+            .unzip();
         Self {
             relu: activation == BatchNormActivation::Relu,
             mean: mean.to_vec(),
