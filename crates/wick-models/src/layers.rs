@@ -151,7 +151,13 @@ impl ConvLayer {
         if !self.ends_in_batch_norm() {
             candle::bail!("conv layer: forward_add_relu needs a layer without an activation");
         }
-        self.bn.forward_add_relu(&self.convolve(xs, train)?, shortcut, train)
+        let convolved = self.convolve(xs, train)?;
+        if train {
+            self.bn.forward_add_relu(&convolved, shortcut, true)
+        } else {
+            // The convolution's output is this layer's alone: normalised in place.
+            self.bn.forward_eval_in_place(convolved, Some(shortcut))
+        }
     }
 
     fn convolve(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
@@ -169,7 +175,14 @@ impl ConvLayer {
 
 impl ModuleT for ConvLayer {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
-        let ys = self.bn.forward_t(&self.convolve(xs, train)?, train)?;
+        let convolved = self.convolve(xs, train)?;
+        // In evaluation the convolution's output is this layer's alone: normalised in place,
+        // so the forward holds one activation fewer at a time.
+        let ys = if train {
+            self.bn.forward_t(&convolved, true)?
+        } else {
+            self.bn.forward_eval_in_place(convolved, None)?
+        };
         match self.activation {
             Some(activation) => activation.apply(&ys),
             None => Ok(ys),

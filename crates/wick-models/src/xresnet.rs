@@ -296,15 +296,13 @@ fn res_block(plan: &BlockPlan, vb: &VarBuilder) -> candle::Result<ResBlock> {
 
 impl ModuleT for ResBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
-        // In training, with a ReLU after the sum and nothing between the branch's last
-        // BatchNorm and the sum, the three are one op (on the CPU in f32; the graph keeps no
-        // tensor for the branch's output, as PyTorch frees it; docs/decisions/0008): the
-        // branch stops before its last layer, which then takes the shortcut. Evaluation keeps
-        // no graph, and there the shortcut computed first would live beside the last layer's
-        // convolution and BatchNorm outputs (infer50_224 b64: 1440 -> 1636 MB peak).
+        // With a ReLU after the sum and nothing between the branch's last BatchNorm and the
+        // sum, the three are one op (on the CPU in f32; docs/decisions/0008): in training the
+        // graph keeps no tensor for the branch's output, as PyTorch frees it; in evaluation
+        // they run over the last convolution's output in place. The branch stops before its
+        // last layer, which then takes the shortcut.
         let last = self.convpath.last().filter(|last| {
-            train
-                && self.activation == Activation::Relu
+            self.activation == Activation::Relu
                 && self.attention.is_none()
                 && last.ends_in_batch_norm()
         });

@@ -300,6 +300,29 @@ impl BatchNorm2d {
         Ok(ys)
     }
 
+    /// The evaluation forward written over `xs`'s own storage, and with `residual`, followed by
+    /// `+ residual` and the ReLU (the layer's own activation must then be the identity): see
+    /// [`ops::batch_norm_eval_in_place`]. `xs (B, C, H, W)` must be the only tensor that reads
+    /// its storage (an op's fresh output, as a convolution's).
+    ///
+    /// # Errors
+    /// As [`ops::batch_norm_eval_in_place`] (shapes; a residual for a layer with a ReLU).
+    pub fn forward_eval_in_place(
+        &self,
+        xs: Tensor,
+        residual: Option<&Tensor>,
+    ) -> candle::Result<Tensor> {
+        ops::batch_norm_eval_in_place(
+            xs,
+            &read_parameter(&self.weight, false),
+            &read_parameter(&self.bias, false),
+            &self.running_mean.as_detached_tensor(),
+            &self.running_var.as_detached_tensor(),
+            self.op_config(),
+            residual,
+        )
+    }
+
     fn forward_train(&self, xs: &Tensor) -> candle::Result<Tensor> {
         let (ys, statistics) =
             ops::batch_norm_train(xs, &self.weight, &self.bias, self.op_config())?;

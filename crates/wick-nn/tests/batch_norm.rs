@@ -388,3 +388,35 @@ fn add_relu_fused_refuses_a_layer_with_its_own_relu_and_a_mismatched_shortcut() 
     let error = layer.forward_add_relu(&xs, &seeded_tensor(&[2, 2, 3, 2], 2), true).unwrap_err();
     assert!(error.to_string().contains("shortcut [2, 2, 3, 2] and input [2, 2, 3, 3]"), "{error}");
 }
+
+#[test]
+fn eval_in_place_gives_the_bits_of_the_eval_forward_and_add_relu() -> candle::Result<()> {
+    // `forward_eval_in_place` over a fresh tensor against `forward_t(_, false)` (then
+    // `add_relu` with a residual), for both activations, after a training step has moved the
+    // running statistics; a strided (non-contiguous) input runs the out-of-place ops.
+    for activation in [BatchNormActivation::Identity, BatchNormActivation::Relu] {
+        let (layer, ..) = layers(5, activation)?;
+        layer.forward_t(&seeded_tensor(&[4, 5, 3, 3], 40).affine(2.0, 0.7)?, true)?;
+        let xs = seeded_tensor(&[3, 5, 4, 6], 41).affine(3.0, 0.5)?;
+        let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let expected = layer.forward_t(&xs, false)?;
+        let fresh = xs.copy()?;
+        assert_eq!(bits(&layer.forward_eval_in_place(fresh, None)?), bits(&expected));
+        let strided = xs.transpose(2, 3)?;
+        let expected_strided = layer.forward_t(&strided, false)?;
+        assert_eq!(bits(&layer.forward_eval_in_place(strided, None)?), bits(&expected_strided));
+        if activation == BatchNormActivation::Identity {
+            let residual = seeded_tensor(&[3, 5, 4, 6], 42);
+            let expected = wick_nn::ops::add_relu(&expected, &residual)?;
+            let ys = layer.forward_eval_in_place(xs.copy()?, Some(&residual))?;
+            assert_eq!(bits(&ys), bits(&expected));
+            assert!(to_vec(&ys).contains(&0.0), "some sums are cut by the ReLU");
+            let error = layer.forward_eval_in_place(xs.copy()?, Some(&xs.narrow(3, 0, 5)?));
+            assert!(error.unwrap_err().to_string().contains("residual [3, 5, 4, 5]"));
+        } else {
+            let error = layer.forward_eval_in_place(xs.copy()?, Some(&xs)).unwrap_err();
+            assert!(error.to_string().contains("without its own activation"), "{error}");
+        }
+    }
+    Ok(())
+}

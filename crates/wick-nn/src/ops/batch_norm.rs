@@ -23,7 +23,10 @@
 
 use super::activation::{ReluBackward, relu_passes, relu_value};
 use super::storage::{f32_row_major, par_output, write_values};
-use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, InplaceOp2, Layout, Shape,
+    Tensor,
+};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -131,6 +134,163 @@ pub fn batch_norm_add_relu_train(
     let affine = Tensor::stack(&[bias, weight], 0)?;
     let op = BatchNormAddReluOp { mean, inverse_std };
     Ok((xs.apply_op3(&affine, shortcut, op)?, statistics))
+}
+
+/// [`batch_norm_eval`] written over `xs`'s own storage, and with `residual`, followed by
+/// `+ residual` and the ReLU (`config.activation` must then be the identity): the values of
+/// `batch_norm_eval` (then [`super::add_relu`]), bit for bit, without a new tensor of `xs`'s
+/// size, so an evaluation forward holds one activation fewer at a time. On the CPU in f32 with
+/// `xs` contiguous; anywhere else it runs the out-of-place ops.
+///
+/// `xs` is taken by value and must be the only tensor that reads its storage (an op's fresh
+/// output): a view of it held elsewhere would see the new values.
+///
+/// # Errors
+/// As [`batch_norm_eval`]; when `residual`'s shape differs from `xs`'s, or a residual is given
+/// to a batch norm with an activation of its own.
+pub fn batch_norm_eval_in_place(
+    xs: Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    config: BatchNormOpConfig,
+    residual: Option<&Tensor>,
+) -> candle::Result<Tensor> {
+    let op_name = "batch_norm_eval_in_place";
+    if let Some(residual) = residual {
+        if config.activation != BatchNormActivation::Identity {
+            candle::bail!("{op_name}: a residual needs a batch norm without its own activation");
+        }
+        if residual.dims() != xs.dims() {
+            candle::bail!(
+                "{op_name}: residual {:?} and input {:?} differ",
+                residual.dims(),
+                xs.dims()
+            );
+        }
+    }
+    let parameters = [weight, bias, running_mean, running_var];
+    let in_place = xs.device().is_cpu()
+        && xs.dtype() == DType::F32
+        && xs.is_contiguous()
+        && parameters.iter().all(|t| t.dtype() == DType::F32)
+        && residual.is_none_or(|r| r.device().is_cpu() && r.dtype() == DType::F32);
+    if !in_place {
+        let ys = batch_norm_eval(&xs, weight, bias, running_mean, running_var, config)?;
+        return match residual {
+            Some(residual) => super::add_relu(&ys, residual),
+            None => Ok(ys),
+        };
+    }
+    // The checks (shapes, eps) and the statistics of `batch_norm_eval`'s CPU kernel.
+    let channels = match xs.dims() {
+        &[_, c, _, _] => c,
+        dims => candle::bail!("{op_name}: input must be (B, C, H, W), got shape {dims:?}"),
+    };
+    for t in parameters {
+        if t.dims() != [channels] {
+            candle::bail!("{op_name}: parameters must be ({channels}), got {:?}", t.dims());
+        }
+    }
+    if config.eps < 0.0 {
+        candle::bail!("{op_name}: eps must be non-negative, got {}", config.eps);
+    }
+    let (weight, bias) = (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?);
+    let mean = running_mean.to_vec1::<f32>()?;
+    let inverse_std: Vec<f32> = running_var
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| (1.0 / (*v as f64 + config.eps).sqrt()) as f32)
+        .collect();
+    let (scale, shift) =
+        (0..channels).map(|c| scale_shift(weight[c], bias[c], mean[c], inverse_std[c])).unzip();
+    let op =
+        BatchNormEvalInPlace { scale, shift, relu: config.activation == BatchNormActivation::Relu };
+    match residual {
+        Some(residual) => xs.inplace_op2(residual, &op)?,
+        None => xs.inplace_op1(&op)?,
+    }
+    Ok(xs)
+}
+
+/// `y = x·scale + shift` per channel written over `x`, then the ReLU (`relu`), or with a second
+/// operand `relu(y + r)`: the arithmetic of `BatchNormOp`'s and `add_relu`'s forwards.
+struct BatchNormEvalInPlace {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+impl BatchNormEvalInPlace {
+    fn run(
+        &self,
+        storage: &mut CpuStorage,
+        layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> candle::Result<()> {
+        let op = "batch_norm_eval_in_place";
+        let planes = Planes::of(layout, op)?;
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle::bail!("{op}: expected a contiguous f32 tensor");
+        };
+        let x = &mut data[start..end];
+        x.par_chunks_mut(planes.plane).enumerate().for_each(|(index, plane)| {
+            let c = index % planes.channels;
+            let (scale, shift) = (self.scale[c], self.shift[c]);
+            match residual {
+                Some(residual) => {
+                    let residual = &residual[index * planes.plane..][..plane.len()];
+                    for (v, r) in plane.iter_mut().zip(residual) {
+                        *v = relu_value((*v * scale + shift) + r);
+                    }
+                }
+                None if self.relu => {
+                    plane.iter_mut().for_each(|v| *v = relu_value(*v * scale + shift))
+                }
+                None => plane.iter_mut().for_each(|v| *v = *v * scale + shift),
+            }
+        });
+        Ok(())
+    }
+}
+
+impl InplaceOp1 for BatchNormEvalInPlace {
+    fn name(&self) -> &'static str {
+        "wick-batch-norm-eval-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle::Result<()> {
+        let _timer = crate::profile::Timer::start(InplaceOp1::name(self));
+        self.run(storage, layout, None)
+    }
+}
+
+impl InplaceOp2 for BatchNormEvalInPlace {
+    fn name(&self) -> &'static str {
+        "wick-batch-norm-add-relu-eval-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut CpuStorage,
+        layout: &Layout,
+        residual_storage: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle::Result<()> {
+        let _timer = crate::profile::Timer::start(InplaceOp2::name(self));
+        let op = "batch_norm_eval_in_place";
+        if residual_layout.dims() != layout.dims() {
+            candle::bail!(
+                "{op}: residual {:?} and input {:?} differ",
+                residual_layout.dims(),
+                layout.dims()
+            );
+        }
+        let residual = f32_row_major(residual_storage, residual_layout, op)?;
+        self.run(storage, layout, Some(&residual))
+    }
 }
 
 /// The element count per channel (B·H·W) of a training-mode batch norm of `xs`, after
