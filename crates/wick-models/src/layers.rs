@@ -135,9 +135,10 @@ impl ConvLayer {
     /// `relu(self(xs) + shortcut)`, shortcut `(B, O, H', W')` as the layer's output: the end
     /// of fastai's `ResBlock` for a layer that
     /// [`ends_in_batch_norm`](ConvLayer::ends_in_batch_norm), with the BatchNorm, the sum and
-    /// the ReLU one op in training on the CPU in f32
-    /// ([`wick_nn::BatchNorm2d::forward_add_relu`]). The same values as `forward_t` followed
-    /// by [`wick_nn::ops::add_relu`].
+    /// the ReLU one op on the CPU in f32: in training
+    /// ([`wick_nn::BatchNorm2d::forward_add_relu`]), and in evaluation written over the
+    /// convolution's output ([`wick_nn::BatchNorm2d::forward_eval_in_place`]). The same values
+    /// as `forward_t` followed by [`wick_nn::ops::add_relu`].
     ///
     /// # Errors
     /// When the layer does not end in its BatchNorm; when `xs` is not `(B, C, H, W)` with the

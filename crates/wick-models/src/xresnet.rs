@@ -297,12 +297,15 @@ fn res_block(plan: &BlockPlan, vb: &VarBuilder) -> candle::Result<ResBlock> {
 impl ModuleT for ResBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle::Result<Tensor> {
         // With a ReLU after the sum and nothing between the branch's last BatchNorm and the
-        // sum, the three are one op (on the CPU in f32; docs/decisions/0008): in training the
-        // graph keeps no tensor for the branch's output, as PyTorch frees it; in evaluation
+        // sum, the three are one op (docs/decisions/0008): in training the graph keeps no
+        // tensor for the branch's output, as PyTorch frees it; in evaluation on the CPU in f32
         // they run over the last convolution's output in place. The branch stops before its
-        // last layer, which then takes the shortcut.
+        // last layer, which then takes the shortcut. (Elsewhere evaluation keeps the plain
+        // order: computed first, the shortcut would live beside the last layer's outputs.)
+        let in_place = xs.device().is_cpu() && xs.dtype() == DType::F32;
         let last = self.convpath.last().filter(|last| {
-            self.activation == Activation::Relu
+            (train || in_place)
+                && self.activation == Activation::Relu
                 && self.attention.is_none()
                 && last.ends_in_batch_norm()
         });

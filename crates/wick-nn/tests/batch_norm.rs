@@ -389,6 +389,15 @@ fn add_relu_fused_refuses_a_layer_with_its_own_relu_and_a_mismatched_shortcut() 
     assert!(error.to_string().contains("shortcut [2, 2, 3, 2] and input [2, 2, 3, 3]"), "{error}");
 }
 
+/// Where a CPU f32 tensor's storage begins.
+fn data_address(t: &Tensor) -> usize {
+    let (storage, _) = t.storage_and_layout();
+    match &*storage {
+        candle::Storage::Cpu(candle::CpuStorage::F32(values)) => values.as_ptr() as usize,
+        _ => panic!("a CPU f32 tensor"),
+    }
+}
+
 #[test]
 fn eval_in_place_gives_the_bits_of_the_eval_forward_and_add_relu() -> candle::Result<()> {
     // `forward_eval_in_place` over a fresh tensor against `forward_t(_, false)` (then
@@ -401,7 +410,16 @@ fn eval_in_place_gives_the_bits_of_the_eval_forward_and_add_relu() -> candle::Re
         let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let expected = layer.forward_t(&xs, false)?;
         let fresh = xs.copy()?;
-        assert_eq!(bits(&layer.forward_eval_in_place(fresh, None)?), bits(&expected));
+        let address = data_address(&fresh);
+        let ys = layer.forward_eval_in_place(fresh, None)?;
+        assert_eq!(bits(&ys), bits(&expected));
+        assert_eq!(data_address(&ys), address, "written over the input's storage");
+        // A contiguous view at an offset into a larger storage: only its own values change.
+        let outer = Tensor::cat(&[&xs, &xs, &xs], 0)?;
+        let middle = outer.narrow(0, 3, 3)?;
+        assert_eq!(bits(&layer.forward_eval_in_place(middle, None)?), bits(&expected));
+        assert_eq!(bits(&outer.narrow(0, 0, 3)?), bits(&xs), "values before the view");
+        assert_eq!(bits(&outer.narrow(0, 6, 3)?), bits(&xs), "values after the view");
         let strided = xs.transpose(2, 3)?;
         let expected_strided = layer.forward_t(&strided, false)?;
         assert_eq!(bits(&layer.forward_eval_in_place(strided, None)?), bits(&expected_strided));

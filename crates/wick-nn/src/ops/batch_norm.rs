@@ -1,6 +1,7 @@
 //! Fused train-mode batch normalisation of `(B, C, H, W)` over (B, H, W), optionally followed
 //! by a ReLU, with a fused backward; the same followed by a residual block's sum and ReLU
-//! ([`batch_norm_add_relu_train`]); and the eval-mode forward with running statistics.
+//! ([`batch_norm_add_relu_train`]); and the eval-mode forward with running statistics, also
+//! written in place over its input ([`batch_norm_eval_in_place`]).
 //!
 //! candle-nn's `BatchNorm::forward_train` is built from about a dozen tensor ops (transpose,
 //! contiguous copy, two means, broadcast sub/div/mul/add), and autograd runs the backward of
@@ -143,7 +144,8 @@ pub fn batch_norm_add_relu_train(
 /// `xs` contiguous; anywhere else it runs the out-of-place ops.
 ///
 /// `xs` is taken by value and must be the only tensor that reads its storage (an op's fresh
-/// output): a view of it held elsewhere would see the new values.
+/// output): a view of it held elsewhere would see the new values (candle refuses a residual
+/// that shares `xs`'s storage). The result is detached, as `batch_norm_eval`'s.
 ///
 /// # Errors
 /// As [`batch_norm_eval`]; when `residual`'s shape differs from `xs`'s, or a residual is given
@@ -171,13 +173,15 @@ pub fn batch_norm_eval_in_place(
         }
     }
     let parameters = [weight, bias, running_mean, running_var];
-    let in_place = xs.device().is_cpu()
-        && xs.dtype() == DType::F32
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let in_place = cpu_f32(&xs)
         && xs.is_contiguous()
-        && parameters.iter().all(|t| t.dtype() == DType::F32)
-        && residual.is_none_or(|r| r.device().is_cpu() && r.dtype() == DType::F32);
+        && xs.elem_count() > 0
+        && parameters.iter().all(|t| cpu_f32(t))
+        && residual.is_none_or(cpu_f32);
     if !in_place {
         let ys = batch_norm_eval(&xs, weight, bias, running_mean, running_var, config)?;
+        drop(xs);
         return match residual {
             Some(residual) => super::add_relu(&ys, residual),
             None => Ok(ys),
@@ -211,7 +215,8 @@ pub fn batch_norm_eval_in_place(
         Some(residual) => xs.inplace_op2(residual, &op)?,
         None => xs.inplace_op1(&op)?,
     }
-    Ok(xs)
+    // No gradient flows through the evaluation forward (as `batch_norm_eval`'s no-backward op).
+    Ok(xs.detach())
 }
 
 /// `y = x·scale + shift` per channel written over `x`, then the ReLU (`relu`), or with a second
