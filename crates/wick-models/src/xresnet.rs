@@ -302,7 +302,7 @@ impl ModuleT for ResBlock {
         // they run over the last convolution's output in place. The branch stops before its
         // last layer, which then takes the shortcut. (Elsewhere evaluation keeps the plain
         // order: computed first, the shortcut would live beside the last layer's outputs.)
-        let in_place = xs.device().is_cpu() && xs.dtype() == DType::F32;
+        let in_place = wick_nn::ops::eval_in_place_supported(xs);
         let last = self.convpath.last().filter(|last| {
             (train || in_place)
                 && self.activation == Activation::Relu

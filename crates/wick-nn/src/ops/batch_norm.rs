@@ -174,9 +174,7 @@ pub fn batch_norm_eval_in_place(
     }
     let parameters = [weight, bias, running_mean, running_var];
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    let in_place = cpu_f32(&xs)
-        && xs.is_contiguous()
-        && xs.elem_count() > 0
+    let in_place = eval_in_place_supported(&xs)
         && parameters.iter().all(|t| cpu_f32(t))
         && residual.is_none_or(cpu_f32);
     if !in_place {
@@ -217,6 +215,13 @@ pub fn batch_norm_eval_in_place(
     }
     // No gradient flows through the evaluation forward (as `batch_norm_eval`'s no-backward op).
     Ok(xs.detach())
+}
+
+/// Whether [`batch_norm_eval_in_place`] writes over `xs` (a non-empty contiguous CPU f32
+/// tensor, with CPU f32 parameters) rather than running the out-of-place ops: models choose
+/// their evaluation order by it without naming devices.
+pub fn eval_in_place_supported(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && xs.is_contiguous() && xs.elem_count() > 0
 }
 
 /// `y = x·scale + shift` per channel written over `x`, then the ReLU (`relu`), or with a second

@@ -24,7 +24,7 @@ mod storage;
 pub use activation::{add_relu, relu};
 pub use batch_norm::{
     BatchNormActivation, BatchNormOpConfig, BatchStatistics, batch_norm_add_relu_train,
-    batch_norm_eval, batch_norm_eval_in_place, batch_norm_train,
+    batch_norm_eval, batch_norm_eval_in_place, batch_norm_train, eval_in_place_supported,
 };
 pub use conv::{Conv2dConfig, conv2d, cudnn_allow_tf32, set_cudnn_allow_tf32};
 pub use optim::{AdamStep, SgdStep, adam_step, fused_step_supported, sgd_step};
