@@ -312,15 +312,18 @@ impl BatchNorm2d {
         xs: Tensor,
         residual: Option<&Tensor>,
     ) -> candle::Result<Tensor> {
-        ops::batch_norm_eval_in_place(
-            xs,
-            &read_parameter(&self.weight, false),
-            &read_parameter(&self.bias, false),
-            &self.running_mean.as_detached_tensor(),
-            &self.running_var.as_detached_tensor(),
-            self.op_config(),
-            residual,
-        )
+        let [weight, bias, mean, var] = self.eval_parameters();
+        ops::batch_norm_eval_in_place(xs, &weight, &bias, &mean, &var, self.op_config(), residual)
+    }
+
+    /// γ, β and the running mean and variance, read detached: evaluation builds no graph.
+    fn eval_parameters(&self) -> [Tensor; 4] {
+        [
+            read_parameter(&self.weight, false),
+            read_parameter(&self.bias, false),
+            self.running_mean.as_detached_tensor(),
+            self.running_var.as_detached_tensor(),
+        ]
     }
 
     fn forward_train(&self, xs: &Tensor) -> candle::Result<Tensor> {
@@ -344,15 +347,8 @@ impl BatchNorm2d {
     }
 
     fn forward_eval(&self, xs: &Tensor) -> candle::Result<Tensor> {
-        // Evaluation builds no graph: every parameter is read detached.
-        ops::batch_norm_eval(
-            xs,
-            &read_parameter(&self.weight, false),
-            &read_parameter(&self.bias, false),
-            &self.running_mean.as_detached_tensor(),
-            &self.running_var.as_detached_tensor(),
-            self.op_config(),
-        )
+        let [weight, bias, mean, var] = self.eval_parameters();
+        ops::batch_norm_eval(xs, &weight, &bias, &mean, &var, self.op_config())
     }
 }
 
