@@ -200,11 +200,7 @@ pub fn batch_norm_eval_in_place(
     }
     let (weight, bias) = (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?);
     let mean = running_mean.to_vec1::<f32>()?;
-    let inverse_std: Vec<f32> = running_var
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|v| (1.0 / (*v as f64 + config.eps).sqrt()) as f32)
-        .collect();
+    let inverse_std = inverse_std(&running_var.to_vec1::<f32>()?, config.eps);
     let (scale, shift) =
         (0..channels).map(|c| scale_shift(weight[c], bias[c], mean[c], inverse_std[c])).unzip();
     let op =
@@ -347,6 +343,12 @@ fn scale_shift(weight: f32, bias: f32, mean: f32, inverse_std: f32) -> (f32, f32
     (scale, bias - mean * scale)
 }
 
+/// Each channel's `1 / sqrt(σ² + eps)` from its variance `(C)`, rounded once from f64: the one
+/// definition of the training statistics' and the running statistics' normalisers.
+fn inverse_std(variance: &[f32], eps: f64) -> Vec<f32> {
+    variance.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect()
+}
+
 /// The CPU f32 batch statistics of `xs`, and the per-channel mean and `1 / sqrt(σ² + eps)`
 /// the fused ops hold.
 fn fused_statistics(
@@ -357,7 +359,7 @@ fn fused_statistics(
     let statistics = xs.apply_op1_no_bwd(&BatchStatisticsOp)?;
     let values = statistics.to_vec2::<f32>()?;
     let (mean, variance) = (values[0].clone(), values[1].clone());
-    let inverse_std = variance.iter().map(|v| (1.0 / (*v as f64 + eps).sqrt()) as f32).collect();
+    let inverse_std = inverse_std(&variance, eps);
     let statistics =
         BatchStatistics { mean: statistics.get(0)?, variance: statistics.get(1)?, count };
     Ok((statistics, Arc::new(mean), Arc::new(inverse_std)))
@@ -419,11 +421,7 @@ pub fn batch_norm_eval(
         return channel_affine(xs, &scale, &shift, config.activation);
     }
     let mean = running_mean.to_vec1::<f32>()?;
-    let inverse_std = running_var
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|v| (1.0 / (*v as f64 + config.eps).sqrt()) as f32)
-        .collect();
+    let inverse_std = inverse_std(&running_var.to_vec1::<f32>()?, config.eps);
     let op = BatchNormOp {
         activation: config.activation,
         mean: Arc::new(mean),
