@@ -309,6 +309,25 @@ fn minutes(seconds: f64) -> String {
     format!("{}:{:02}", (seconds / 60.0) as u64, (seconds % 60.0) as u64)
 }
 
+/// `Time: 2:08 (training batches 79%, validation batches 6%, waiting for data 1%, other 14%).`
+/// from a run's `result.json` (`seconds` and the `time_split` that `wick train` writes), or
+/// `None` when the run has no split (it was resumed).
+fn time_split_sentence(result: &Value) -> Option<String> {
+    let seconds = result["seconds"].as_f64().filter(|&s| s > 0.0)?;
+    let split = &result["time_split"];
+    let parts = [
+        ("training batches", "train_batches"),
+        ("validation batches", "valid_batches"),
+        ("waiting for data", "data_wait"),
+        ("other", "other"),
+    ];
+    let shares = parts
+        .iter()
+        .map(|(name, key)| Some(format!("{name} {:.0}%", 100.0 * split[key].as_f64()? / seconds)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(format!("Time: {} ({}).", minutes(seconds), shares.join(", ")))
+}
+
 /// Writes report.md, report.html and report.json; returns the experiments outside their band.
 fn write_report(
     out: &Path,
@@ -414,6 +433,9 @@ fn write_report(
             let stage_dir = format!("{}/stage-{}", experiment.name, stage["stage"]);
             writeln!(md, "![loss]({stage_dir}/loss.png) ![schedule]({stage_dir}/schedule.png)\n")?;
         }
+        if let Some(sentence) = time_split_sentence(&result) {
+            writeln!(md, "{sentence}\n")?;
+        }
         if let Some(eval) = read_json(&dir.join("eval.json")) {
             writeln!(
                 md,
@@ -448,4 +470,28 @@ fn atomic_write(path: &Path, text: &str) -> anyhow::Result<()> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_split_sentence_gives_each_part_as_a_share_of_the_run() {
+        let result = json!({
+            "seconds": 128.0,
+            "time_split": {"train_batches": 101.12, "valid_batches": 7.68, "data_wait": 1.28,
+                           "other": 17.92},
+        });
+        assert_eq!(
+            time_split_sentence(&result).unwrap(),
+            "Time: 2:08 (training batches 79%, validation batches 6%, waiting for data 1%, other 14%)."
+        );
+        // A resumed run has no split; a run of no seconds has no shares.
+        assert_eq!(time_split_sentence(&json!({"seconds": 128.0, "time_split": null})), None);
+        assert_eq!(
+            time_split_sentence(&json!({"seconds": 0.0, "time_split": result["time_split"]})),
+            None
+        );
+    }
 }

@@ -21,7 +21,8 @@ use wick_data::{LoaderConfig, Shard, SkipLog, Splits};
 use wick_models::{XResNet, load_weights, save_weights, weights_identity};
 use wick_train::{
     Checkpoint, CheckpointConfig, CheckpointExtras, CheckpointSaver, DataParallel, FitOutcome,
-    InMemoryBatches, MixUp, Recorder, RunFiles, Stage, StageData, StageFit, stage_fit_ranges,
+    InMemoryBatches, MixUp, Recorder, RunFiles, Stage, StageData, StageFit, TimeSplit,
+    stage_fit_ranges,
 };
 
 use crate::data_report;
@@ -314,19 +315,23 @@ pub(crate) fn run(args: &TrainArgs, interrupt: Arc<AtomicBool>) -> anyhow::Resul
         })
         .collect();
     let last = stage_results.last().context("the recipe has no stage")?;
+    let seconds = stage_seconds(recorder);
+    let split = stage_split(recorder);
     let result = json!({
         "name": plan.name,
         "profile": args.profile,
         "seed": plan.seed,
         "accuracy": last["accuracy"],
         "valid_loss": last["valid_loss"],
-        "seconds": stage_results.iter().filter_map(|s| s["seconds"].as_f64()).sum::<f64>(),
+        "seconds": seconds,
+        "time_split": split_json(split.as_ref(), seconds),
         "stages": stage_results,
         "book": plan.book.as_ref().map(|b| json!({"accuracy": b.accuracy, "source": b.source})),
         "data": dataset.report.result_summary(),
     });
     run_dir.write("result.json", &serde_json::to_string_pretty(&result)?)?;
     println!("{}: final accuracy {:.4}", plan.name, last["accuracy"].as_f64().unwrap_or(f64::NAN));
+    println!("{}", split_line(split.as_ref(), seconds));
     Ok(TrainOutcome::Finished)
 }
 
@@ -435,6 +440,40 @@ fn stage_seconds(history: &Recorder) -> f64 {
     history.fits().iter().flat_map(|fit| fit.epochs.iter()).map(|row| row.seconds).sum()
 }
 
+/// Where the seconds of every epoch of a history went, or `None` if an epoch has no split (it
+/// was restored from an older wick's checkpoint).
+fn stage_split(history: &Recorder) -> Option<TimeSplit> {
+    let mut epochs = history.fits().iter().flat_map(|fit| fit.epochs.iter());
+    epochs.try_fold(TimeSplit::default(), |sum, row| Some(sum.add(&row.split?)))
+}
+
+/// A [`TimeSplit`] of `total` seconds as JSON, with the rest as `other`.
+fn split_json(split: Option<&TimeSplit>, total: f64) -> serde_json::Value {
+    split.map_or(serde_json::Value::Null, |split| {
+        json!({
+            "data_wait": split.data_wait,
+            "train_batches": split.train_batches,
+            "valid_batches": split.valid_batches,
+            "other": split.other(total),
+        })
+    })
+}
+
+/// `time: 128.4 s (training batches 101.2 s, validation batches 9.0 s, waiting for data 2.1 s,
+/// other 16.1 s)` for the console.
+fn split_line(split: Option<&TimeSplit>, total: f64) -> String {
+    match split {
+        Some(split) => format!(
+            "time: {total:.1} s (training batches {:.1} s, validation batches {:.1} s, waiting for data {:.1} s, other {:.1} s)",
+            split.train_batches,
+            split.valid_batches,
+            split.data_wait,
+            split.other(total)
+        ),
+        None => format!("time: {total:.1} s (not split: resumed from an older wick's checkpoint)"),
+    }
+}
+
 /// A stage's epoch tables and final numbers, as JSON, from its own history; `elapsed` is the
 /// seconds of its epochs and of every earlier stage's.
 fn stage_result(
@@ -457,6 +496,7 @@ fn stage_result(
                         "valid_loss": row.valid.as_ref().map(|v| v.loss),
                         "accuracy": row.valid.as_ref().and_then(|v| v.metrics.first().copied()),
                         "seconds": row.seconds,
+                        "time_split": split_json(row.split.as_ref(), row.seconds),
                     })
                 })
                 .collect();
@@ -466,6 +506,7 @@ fn stage_result(
     let last =
         recorder.fits().last().and_then(|fit| fit.epochs.last()).and_then(|row| row.valid.as_ref());
     let seconds = stage_seconds(recorder);
+    let split = stage_split(recorder);
     json!({
         "stage": stage_idx,
         "size": data.size,
@@ -475,6 +516,7 @@ fn stage_result(
         "accuracy": last.and_then(|v| v.metrics.first().copied()),
         "valid_loss": last.map(|v| v.loss),
         "seconds": seconds,
+        "time_split": split_json(split.as_ref(), seconds),
         "elapsed_since_start": elapsed,
     })
 }

@@ -13,8 +13,9 @@
 //!   training batch to run and the shape of the fit it belongs to;
 //! - `seed`: the run's seed (an i64 holding the u64's bits); `format_version`: 2;
 //! - `recorder.*`: the smoothed-loss accumulator (f32 average and count, bit for bit), the
-//!   seconds already spent in the current epoch, and the history (per-batch and per-epoch
-//!   records as f64 tables; f32 values widen exactly).
+//!   seconds already spent in the current epoch and their time split, and the history
+//!   (per-batch and per-epoch records, with each epoch's time split, as f64 tables; f32 values
+//!   widen exactly). The time splits are optional on load (a file of an older wick has none).
 //!
 //! The header's `__metadata__` holds the caller's identity of the model
 //! ([`CheckpointExtras::identity`], e.g. arch, n_out, widen; checked on resume with
@@ -29,6 +30,10 @@
 //! Never a non-finite state: [`save_checkpoint`] refuses to write when a model or optimizer
 //! tensor holds NaN or infinity ([`TrainError::NonFiniteState`]), so the file on disk stays the
 //! last finite state.
+//!
+//! A save is two steps: [`CheckpointSnapshot::take`] copies the state out of the fit (on the
+//! training thread, between two steps) and [`CheckpointSnapshot::write`] writes it, which the
+//! [`crate::CheckpointSaver`] does on a background thread while the next steps run.
 //!
 //! Atomicity: the file is written to a temporary sibling `.<name>.tmp-<pid>`, fsynced, renamed
 //! over the target, then the folder is fsynced, so a crash mid-write leaves the previous
@@ -47,7 +52,7 @@ use wick_io::{
 use crate::callback::{EventContext, FitPosition};
 use crate::error::TrainError;
 use crate::learner::{Learner, PendingResume};
-use crate::recorder::{BatchRecord, EpochRecord, FitRecord, ValidRecord};
+use crate::recorder::{BatchRecord, EpochRecord, FitRecord, TimeSplit, ValidRecord};
 use wick_nn::ModelState;
 
 const FORMAT_VERSION: i64 = 2;
@@ -60,6 +65,26 @@ pub struct CheckpointExtras {
 }
 const BATCH_COLUMNS: usize = 6;
 const EPOCH_COLUMNS: usize = 8;
+/// A [`TimeSplit`] as f64s: `[has_split, data_wait, train_batches, valid_batches]`.
+const SPLIT_COLUMNS: usize = 4;
+
+fn split_row(split: Option<TimeSplit>) -> [f64; SPLIT_COLUMNS] {
+    match split {
+        Some(s) => [1.0, s.data_wait, s.train_batches, s.valid_batches],
+        None => [0.0; SPLIT_COLUMNS],
+    }
+}
+
+fn split_of(row: &[f64]) -> Option<TimeSplit> {
+    match row {
+        [has, data_wait, train_batches, valid_batches] if *has != 0.0 => Some(TimeSplit {
+            data_wait: *data_wait,
+            train_batches: *train_batches,
+            valid_batches: *valid_batches,
+        }),
+        _ => None,
+    }
+}
 
 /// A checkpoint read back from disk, ready for [`Learner::resume`].
 #[derive(Debug, Clone)]
@@ -76,6 +101,8 @@ pub struct Checkpoint {
     fits: Vec<FitRecord>,
     smooth: (f32, u32),
     epoch_elapsed: f64,
+    /// The current epoch's time split so far (`None` in a file of a wick that did not save it).
+    epoch_split: Option<TimeSplit>,
     n_metrics: usize,
 }
 
@@ -169,6 +196,7 @@ impl Checkpoint {
                     .map_err(|_| fail(format!("smooth count {smooth_count}")))?,
             ),
             epoch_elapsed: reader.f64_scalar("recorder.epoch_elapsed")?,
+            epoch_split: reader.optional_split("recorder.epoch_split")?,
             n_metrics: to_usize(reader.i64_scalar("recorder.n_metrics")?, "n_metrics")?,
         })
     }
@@ -293,6 +321,7 @@ impl<M: ModuleT + ModelState> Learner<M> {
             checkpoint.fits.clone(),
             checkpoint.smooth,
             checkpoint.epoch_elapsed,
+            checkpoint.epoch_split,
         );
         self.set_pending_resume(PendingResume {
             position: checkpoint.position,
@@ -304,7 +333,8 @@ impl<M: ModuleT + ModelState> Learner<M> {
 }
 
 /// Writes a checkpoint of the fit seen by `context`, to continue at `position`, atomically and
-/// durably, with `extras`' identity in the metadata and the model's state as `state.*`.
+/// durably, with `extras`' identity in the metadata and the model's state as `state.*`:
+/// [`CheckpointSnapshot::take`], then [`CheckpointSnapshot::write`].
 ///
 /// # Errors
 /// [`TrainError::NonFiniteState`] (nothing is written: the previous checkpoint stays) if a model
@@ -315,6 +345,72 @@ pub fn save_checkpoint(
     position: FitPosition,
     extras: &CheckpointExtras,
 ) -> Result<(), TrainError> {
+    CheckpointSnapshot::take(path, context, position, extras)?.write()
+}
+
+/// A checkpoint's tensors copied out of the fit, checked finite, not yet written: what the
+/// training thread must do itself before the next step changes the weights. Writing it (the
+/// checksum, the serialisation and the durable write, most of a save's time) can then run on
+/// another thread while training goes on ([`crate::CheckpointSaver`]).
+pub struct CheckpointSnapshot {
+    path: PathBuf,
+    blobs: Vec<(String, Blob)>,
+    metadata: HashMap<String, String>,
+}
+
+impl CheckpointSnapshot {
+    /// The state of the fit seen by `context`, to continue at `position` (see
+    /// [`save_checkpoint`]).
+    ///
+    /// # Errors
+    /// [`TrainError::NonFiniteState`] if a model or optimizer tensor holds NaN or infinity;
+    /// [`TrainError::Checkpoint`] if a tensor cannot be read.
+    pub fn take(
+        path: &Path,
+        context: &EventContext<'_>,
+        position: FitPosition,
+        extras: &CheckpointExtras,
+    ) -> Result<Self, TrainError> {
+        let blobs = checkpoint_blobs(path, context, position)?;
+        let metadata = extras.identity.clone().into_iter().collect();
+        Ok(CheckpointSnapshot { path: path.to_path_buf(), blobs, metadata })
+    }
+
+    /// The file this snapshot is written to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the snapshot atomically and durably (see the module docs).
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] if serialising or writing fails; the previous checkpoint
+    /// stays.
+    pub fn write(self) -> Result<(), TrainError> {
+        let CheckpointSnapshot { path, blobs, metadata } = self;
+        let fail = |reason: String| TrainError::Checkpoint { path: path.clone(), reason };
+        let bytes = serialize_checked(blobs, metadata).map_err(fail)?;
+        write_durably(&path, &bytes).map_err(|e| fail(e.to_string()))
+    }
+}
+
+impl std::fmt::Debug for CheckpointSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes: usize = self.blobs.iter().map(|(_, blob)| blob.bytes.len()).sum();
+        f.debug_struct("CheckpointSnapshot")
+            .field("path", &self.path)
+            .field("tensors", &self.blobs.len())
+            .field("bytes", &bytes)
+            .finish()
+    }
+}
+
+/// Every tensor of a checkpoint as named blobs, model and optimizer tensors checked finite.
+fn checkpoint_blobs(
+    path: &Path,
+    context: &EventContext<'_>,
+    position: FitPosition,
+) -> Result<Vec<(String, Blob)>, TrainError> {
     let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
     let state = context.state;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -360,6 +456,10 @@ pub fn save_checkpoint(
         "recorder.epoch_elapsed".into(),
         Tensor::new(context.recorder.epoch_elapsed(), cpu).map_err(scalar_error)?,
     );
+    tensors.insert(
+        "recorder.epoch_split".into(),
+        Tensor::new(&split_row(context.recorder.epoch_split()), cpu).map_err(scalar_error)?,
+    );
     insert_history(&mut tensors, context.recorder.fits(), context.recorder.metrics().len())
         .map_err(scalar_error)?;
 
@@ -378,14 +478,13 @@ pub fn save_checkpoint(
         }
         blobs.push((name, blob));
     }
-    let metadata: HashMap<String, String> = extras.identity.clone().into_iter().collect();
-    let bytes = serialize_checked(blobs, metadata).map_err(fail)?;
-    write_durably(path, &bytes).map_err(|e| fail(e.to_string()))
+    Ok(blobs)
 }
 
-/// The history as two f64 tables. Batches: `[fit, iteration, lr, mom, loss, smooth_loss]`.
+/// The history as f64 tables. Batches: `[fit, iteration, lr, mom, loss, smooth_loss]`.
 /// Epochs: `[fit, epoch, has_train, train_loss, has_valid, valid_loss, seconds, train_iter,
-/// metric…]`. Plus `recorder.n_fits`.
+/// metric…]`, and their time splits row for row in `recorder.epoch_splits`
+/// (`[has_split, data_wait, train_batches, valid_batches]`). Plus `recorder.n_fits`.
 fn insert_history(
     tensors: &mut HashMap<String, Tensor>,
     fits: &[FitRecord],
@@ -393,6 +492,7 @@ fn insert_history(
 ) -> candle::Result<()> {
     let mut batch_rows = Vec::new();
     let mut epoch_rows = Vec::new();
+    let mut split_rows = Vec::new();
     for (fit_index, fit) in fits.iter().enumerate() {
         for b in &fit.batches {
             batch_rows.extend([
@@ -416,6 +516,7 @@ fn insert_history(
                 e.seconds,
                 e.train_iter as f64,
             ]);
+            split_rows.extend(split_row(e.split));
             for index in 0..n_metrics {
                 epoch_rows.push(
                     e.valid.as_ref().and_then(|v| v.metrics.get(index).copied()).unwrap_or(0.0),
@@ -436,6 +537,10 @@ fn insert_history(
     tensors.insert(
         "recorder.epochs".into(),
         Tensor::from_vec(epoch_rows, (n_epochs, epoch_columns), cpu)?,
+    );
+    tensors.insert(
+        "recorder.epoch_splits".into(),
+        Tensor::from_vec(split_rows, (n_epochs, SPLIT_COLUMNS), cpu)?,
     );
     Ok(())
 }
@@ -487,6 +592,17 @@ impl Reader<'_> {
         Ok(values)
     }
 
+    /// A [`split_row`] vector, or `None` if the file has no such key (an older wick's).
+    fn optional_split(&self, key: &str) -> Result<Option<TimeSplit>, TrainError> {
+        let Some(tensor) = self.tensors.get(key) else { return Ok(None) };
+        let row: Vec<f64> =
+            tensor.to_dtype(DType::F64).and_then(|t| t.to_vec1()).map_err(|e| self.fail(key, e))?;
+        if row.len() != SPLIT_COLUMNS {
+            return Err(self.fail(key, format!("{} values, expected {SPLIT_COLUMNS}", row.len())));
+        }
+        Ok(split_of(&row))
+    }
+
     fn table(&self, key: &str, columns: usize) -> Result<Vec<Vec<f64>>, TrainError> {
         let tensor = self.get(key)?;
         if tensor.rank() != 2 || tensor.dim(1).ok() != Some(columns) {
@@ -527,8 +643,22 @@ impl Reader<'_> {
                 valid: (row[4] != 0.0)
                     .then(|| ValidRecord { loss: row[5], metrics: row[EPOCH_COLUMNS..].to_vec() }),
                 seconds: row[6],
+                split: None,
                 train_iter: row[7] as usize,
             });
+        }
+        // The splits, row for row with the epochs (absent in an older wick's files).
+        if self.tensors.contains_key("recorder.epoch_splits") {
+            let rows = self.table("recorder.epoch_splits", SPLIT_COLUMNS)?;
+            let n_epochs: usize = fits.iter().map(|fit| fit.epochs.len()).sum();
+            if rows.len() != n_epochs {
+                let reason = format!("{} rows for {n_epochs} epochs", rows.len());
+                return Err(self.fail("recorder.epoch_splits", reason));
+            }
+            let epochs = fits.iter_mut().flat_map(|fit| fit.epochs.iter_mut());
+            for (epoch, row) in epochs.zip(&rows) {
+                epoch.split = split_of(row);
+            }
         }
         Ok(fits)
     }

@@ -59,6 +59,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use candle::{DType, ModuleT, Tensor, Var};
 
@@ -400,7 +401,14 @@ impl<M: ModuleT + ModelState> Learner<M> {
             Phase::Valid => Arc::clone(&self.valid_data),
         };
         let first_batch = self.state.iter;
-        for (iter, item) in (first_batch..).zip(data.batches(self.state.data_epoch, first_batch)) {
+        // The time spent in the source (starting its stream, each `next`) is the data wait of
+        // the Recorder's time split.
+        let mut waiting_since = Instant::now();
+        let mut batches = data.batches(self.state.data_epoch, first_batch);
+        for iter in first_batch.. {
+            let item = batches.next();
+            self.recorder.add_data_wait(waiting_since.elapsed().as_secs_f64());
+            let Some(item) = item else { break };
             self.state.iter = iter;
             let wick_data::Batch { xs, ys, .. } = item.map_err(|source| TrainError::Data {
                 epoch: self.state.epoch,
@@ -418,6 +426,7 @@ impl<M: ModuleT + ModelState> Learner<M> {
                 self.state.interrupted = true;
                 return Ok(Flow::StopFit);
             }
+            waiting_since = Instant::now();
         }
         Ok(Flow::Continue)
     }

@@ -61,7 +61,7 @@ pub use callback::{
 pub use callbacks::{
     CheckpointConfig, CheckpointSaver, CutMix, LrFinder, MixUp, ParamScheduler, RunFiles, batch_rng,
 };
-pub use checkpoint::{Checkpoint, CheckpointExtras, save_checkpoint};
+pub use checkpoint::{Checkpoint, CheckpointExtras, CheckpointSnapshot, save_checkpoint};
 pub use data::{BatchIter, BatchSource, InMemoryBatches};
 pub use distributed::{AllReduce, DataParallel, ThreadGroup};
 pub use error::TrainError;
@@ -94,8 +94,8 @@ pub use output::{
 pub use precision::{Autocast, Precision, forward_backward};
 pub use recipes::{LrFindConfig, LrFindResult};
 pub use recorder::{
-    BatchRecord, EpochRecord, FitRecord, Metric, Recorder, ValidRecord, format_epoch_table,
-    format_time,
+    BatchRecord, EpochRecord, FitRecord, Metric, Recorder, TimeSplit, ValidRecord,
+    format_epoch_table, format_time,
 };
 pub use schedule::{
     Annealer, CombinedSchedule, FASTAI_MOMS, FineTune, FlatCos, HyperSchedule, LrFinderSchedule,

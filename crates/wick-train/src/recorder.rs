@@ -1,6 +1,6 @@
 //! The Learner's built-in [`Recorder`] (fastai `Recorder`, order 50): the smoothed training loss,
-//! the exact validation loss and metrics, each epoch's wall-clock time, and the history a run
-//! leaves behind: one [`FitRecord`] per fit, with per-batch [`BatchRecord`]s and per-epoch
+//! the exact validation loss and metrics, each epoch's wall-clock time and where it went
+//! ([`TimeSplit`]), and the history a run leaves behind: one [`FitRecord`] per fit, with per-batch [`BatchRecord`]s and per-epoch
 //! [`EpochRecord`]s. [`format_epoch_table`] renders fastai's epoch table as text; the library
 //! returns strings and never prints.
 //!
@@ -75,6 +75,39 @@ pub struct ValidRecord {
     pub metrics: Vec<f64>,
 }
 
+/// Where an epoch's wall clock went, in seconds. fastai's Recorder keeps only the total; this
+/// split is what tells the data pipeline's share of a run from the model's. The rest of
+/// [`EpochRecord::seconds`] ([`TimeSplit::other`]) is the work between batches: the callbacks
+/// ordered after the Recorder at `after_batch` (a checkpoint's snapshot) and those of the phase
+/// and epoch events.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimeSplit {
+    /// Waiting for the batch source, both phases (starting each phase's stream, then each
+    /// next batch): the part of the data pipeline that the loader's prefetch did not hide.
+    pub data_wait: f64,
+    /// Training batches, `before_batch` to `after_batch`: forward, loss, backward, optimizer
+    /// step and the callbacks of those events.
+    pub train_batches: f64,
+    /// Validation batches, `before_batch` to `after_batch`: forward, loss and metrics.
+    pub valid_batches: f64,
+}
+
+impl TimeSplit {
+    /// The seconds of `total` outside the three parts (never negative).
+    pub fn other(&self, total: f64) -> f64 {
+        (total - self.data_wait - self.train_batches - self.valid_batches).max(0.0)
+    }
+
+    /// The sum of two splits, part by part.
+    pub fn add(&self, other: &TimeSplit) -> TimeSplit {
+        TimeSplit {
+            data_wait: self.data_wait + other.data_wait,
+            train_batches: self.train_batches + other.train_batches,
+            valid_batches: self.valid_batches + other.valid_batches,
+        }
+    }
+}
+
 /// One row of the epoch table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochRecord {
@@ -86,6 +119,9 @@ pub struct EpochRecord {
     pub valid: Option<ValidRecord>,
     /// Wall-clock seconds of the epoch (train and valid).
     pub seconds: f64,
+    /// Where `seconds` went (checkpoints keep it, also for an epoch interrupted and resumed);
+    /// `None` only for an epoch resumed from or restored from an older wick's checkpoint.
+    pub split: Option<TimeSplit>,
     /// Training batches done in the fit at the end of the epoch (the x of the valid-loss point
     /// on the loss plot).
     pub train_iter: usize,
@@ -112,6 +148,13 @@ pub struct Recorder {
     epoch_started: Option<Instant>,
     /// Seconds of the current epoch spent before a resume.
     elapsed_before_resume: f64,
+    /// The current epoch's split since it began or resumed.
+    split: TimeSplit,
+    /// The current epoch's split before a resume (zero if it was not resumed; `None` if the
+    /// checkpoint it resumed from did not record it).
+    split_before_resume: Option<TimeSplit>,
+    /// When the current batch began.
+    batch_started: Option<Instant>,
 }
 
 impl Recorder {
@@ -126,6 +169,9 @@ impl Recorder {
             validated: false,
             epoch_started: None,
             elapsed_before_resume: 0.0,
+            split: TimeSplit::default(),
+            split_before_resume: Some(TimeSplit::default()),
+            batch_started: None,
         }
     }
 
@@ -166,10 +212,12 @@ impl Recorder {
         state: &FitState,
         batch: Option<&BatchState>,
     ) -> Result<(), TrainError> {
+        self.clock(event, state.phase);
         match event {
             Event::BeforeFit if !state.resumed || self.fits.is_empty() => {
                 self.smooth.reset();
                 self.elapsed_before_resume = 0.0;
+                self.split_before_resume = Some(TimeSplit::default());
                 self.fits.push(FitRecord::default());
             }
             Event::BeforeEpoch => self.epoch_started = Some(Instant::now()),
@@ -188,6 +236,32 @@ impl Recorder {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Times the batches at the events that bound them (see [`TimeSplit`]).
+    fn clock(&mut self, event: Event, phase: Phase) {
+        match event {
+            Event::BeforeEpoch => {
+                self.split = TimeSplit::default();
+                self.batch_started = None;
+            }
+            Event::BeforeBatch => self.batch_started = Some(Instant::now()),
+            Event::AfterBatch => {
+                if let Some(started) = self.batch_started.take() {
+                    let seconds = started.elapsed().as_secs_f64();
+                    match phase {
+                        Phase::Train => self.split.train_batches += seconds,
+                        Phase::Valid => self.split.valid_batches += seconds,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds `seconds` the loop spent waiting for its batch source to the current epoch.
+    pub(crate) fn add_data_wait(&mut self, seconds: f64) {
+        self.split.data_wait += seconds;
     }
 
     fn after_batch(&mut self, state: &FitState, batch: &BatchState) -> Result<(), TrainError> {
@@ -225,7 +299,12 @@ impl Recorder {
     fn after_epoch(&mut self, state: &FitState) {
         let seconds = self.elapsed_before_resume
             + self.epoch_started.map_or(0.0, |started| started.elapsed().as_secs_f64());
+        let split = self.epoch_split();
+        // A checkpoint saved from here on (at after_epoch) holds no part of a next epoch.
         self.elapsed_before_resume = 0.0;
+        self.epoch_started = None;
+        self.split_before_resume = Some(TimeSplit::default());
+        self.split = TimeSplit::default();
         let valid = match (self.validated, self.valid_loss.value()) {
             (true, Some(loss)) => {
                 let n = self.valid_loss.count() as f64;
@@ -239,6 +318,7 @@ impl Recorder {
             train_loss: self.smooth.value(),
             valid,
             seconds,
+            split,
             train_iter: state.train_iter,
         };
         self.current_fit().epochs.push(record);
@@ -263,11 +343,24 @@ impl Recorder {
         self.smooth.state()
     }
 
+    /// The current epoch's time split so far (saved by checkpoints).
+    pub(crate) fn epoch_split(&self) -> Option<TimeSplit> {
+        self.split_before_resume.map(|before| before.add(&self.split))
+    }
+
     /// Puts back what a checkpoint saved.
-    pub(crate) fn restore(&mut self, fits: Vec<FitRecord>, smooth: (f32, u32), epoch_elapsed: f64) {
+    pub(crate) fn restore(
+        &mut self,
+        fits: Vec<FitRecord>,
+        smooth: (f32, u32),
+        epoch_elapsed: f64,
+        epoch_split: Option<TimeSplit>,
+    ) {
         self.fits = fits;
         self.smooth.restore(smooth.0, smooth.1);
         self.elapsed_before_resume = epoch_elapsed;
+        self.split_before_resume = epoch_split;
+        self.split = TimeSplit::default();
     }
 }
 

@@ -4,11 +4,21 @@
 //! or optimizer state holds NaN or infinity is refused (the fit stops with
 //! `TrainError::NonFiniteState`), so the file on disk is always the last good, finite state. The
 //! file format is `checkpoint.rs`.
+//!
+//! A save copies the state out of the fit on the training thread ([`CheckpointSnapshot::take`])
+//! and writes it on a background thread while the next steps run: the checksum, the
+//! serialisation and the fsynced write were about 0.6 s of a 0.9-s save of xresnet18 with Adam
+//! (134 MB). At most one write is in flight: the next save, and the end of the fit
+//! (`after_fit`, also after an interrupt or an error), wait for it and report its error, so
+//! when a fit returns its last checkpoint is on disk. A process killed mid-write leaves the
+//! previous checkpoint, as a synchronous save would.
 
 use std::path::PathBuf;
+use std::thread::JoinHandle;
 
 use crate::callback::{Callback, CallbackResult, Event, EventContext, FitKind, Flow, Phase, order};
-use crate::checkpoint::{CheckpointExtras, save_checkpoint};
+use crate::checkpoint::{CheckpointExtras, CheckpointSnapshot};
+use crate::error::TrainError;
 
 /// Where and how often to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,17 +31,33 @@ pub struct CheckpointConfig {
 }
 
 /// Saves checkpoints during real fits (never during lr_find's mock fit).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CheckpointSaver {
     config: CheckpointConfig,
     extras: CheckpointExtras,
     saves: usize,
+    /// The write in flight, if any.
+    writing: Option<JoinHandle<Result<(), TrainError>>>,
 }
 
 impl CheckpointSaver {
     /// A saver writing to `config.path`.
     pub fn new(config: CheckpointConfig) -> Self {
-        CheckpointSaver { config, extras: CheckpointExtras::default(), saves: 0 }
+        CheckpointSaver { config, extras: CheckpointExtras::default(), saves: 0, writing: None }
+    }
+
+    /// Waits for the write in flight, if any.
+    ///
+    /// # Errors
+    /// The write's error ([`TrainError::Checkpoint`]), also when its thread panicked.
+    fn finish_writing(&mut self) -> Result<(), TrainError> {
+        let Some(writing) = self.writing.take() else { return Ok(()) };
+        writing.join().unwrap_or_else(|_| {
+            Err(TrainError::Checkpoint {
+                path: self.config.path.clone(),
+                reason: "the thread writing it panicked".to_string(),
+            })
+        })
     }
 
     /// Also records `extras` (the model's identity and its state outside the `VarMap`).
@@ -74,9 +100,32 @@ impl Callback for CheckpointSaver {
             _ => None,
         };
         if let Some(position) = position {
-            save_checkpoint(&self.config.path, context, position, &self.extras)?;
+            // The previous write ends before this one starts: files land in order, and only
+            // one snapshot is held at a time.
+            self.finish_writing()?;
+            let snapshot =
+                CheckpointSnapshot::take(&self.config.path, context, position, &self.extras)?;
+            let writing = std::thread::Builder::new()
+                .name("wick-checkpoint".to_string())
+                .spawn(move || snapshot.write())
+                .map_err(|error| TrainError::Checkpoint {
+                    path: self.config.path.clone(),
+                    reason: format!("cannot start the thread that writes it: {error}"),
+                })?;
+            self.writing = Some(writing);
             self.saves += 1;
         }
+        if event == Event::AfterFit {
+            self.finish_writing()?;
+        }
         Ok(Flow::Continue)
+    }
+}
+
+impl Drop for CheckpointSaver {
+    /// A fit always ends with `after_fit`, which waits for the write; this covers a saver
+    /// dropped otherwise (a panic), so that no write is cut short by the process exiting.
+    fn drop(&mut self) {
+        let _ = self.finish_writing();
     }
 }

@@ -11,7 +11,7 @@ use wick_train::{
     format_epoch_table, format_time,
 };
 
-use crate::tiny::{EventLog, Probe, bright_dark_batches, tiny_learner};
+use crate::tiny::{EventLog, Probe, adam, bright_dark_batches, config, tiny_cnn, tiny_learner};
 
 /// One training batch's events (fastai `_do_one_batch` inside `_with_events(..., 'batch')`).
 const TRAIN_BATCH: [&str; 8] = [
@@ -296,6 +296,7 @@ fn epoch_table_is_fastai_console_format() {
             train_loss: Some(1.583_403),
             valid: Some(ValidRecord { loss: 2.064_317, metrics: vec![0.401_792] }),
             seconds: 63.9,
+            split: None,
             train_iter: 100,
         },
         EpochRecord {
@@ -303,6 +304,7 @@ fn epoch_table_is_fastai_console_format() {
             train_loss: Some(0.5),
             valid: None,
             seconds: 3725.0,
+            split: None,
             train_iter: 200,
         },
     ];
@@ -440,4 +442,64 @@ fn error_rate_and_top_k_are_exact_dataset_fractions() {
         learner.recorder().epoch_table(0).unwrap().lines().next().unwrap(),
         "epoch     train_loss  valid_loss  accuracy  error_rate  top_1_accuracy  time"
     );
+}
+
+/// Batches from memory, each handed out after `delay`: a data pipeline the model waits for.
+struct SlowBatches {
+    batches: wick_train::InMemoryBatches,
+    delay: std::time::Duration,
+}
+
+impl wick_train::BatchSource for SlowBatches {
+    fn n_batches(&self) -> usize {
+        self.batches.n_batches()
+    }
+
+    fn batches(&self, epoch: u64, first_batch: usize) -> wick_train::BatchIter<'_> {
+        let delay = self.delay;
+        Box::new(
+            self.batches.batches(epoch, first_batch).inspect(move |_| std::thread::sleep(delay)),
+        )
+    }
+}
+
+#[test]
+fn epoch_time_is_split_into_data_wait_and_each_phase_batches() {
+    // 3 training batches that each take 100 ms to arrive and 60 ms to train (a callback sleeps
+    // at after_loss), 2 validation batches that take 100 ms to arrive and 20 ms to validate:
+    // at least 500 ms waiting for data, 180 ms of training batches, 40 ms of validation. The
+    // upper bounds (+150 ms) catch a wait booked to the wrong part.
+    let ms = std::time::Duration::from_millis;
+    let slow = |batches, delay| {
+        Box::new(SlowBatches { batches: wick_train::InMemoryBatches::new(batches), delay })
+    };
+    let varmap = candle_nn::VarMap::new();
+    let model = tiny_cnn(&varmap, 0, 2);
+    let optimizer = adam(&varmap);
+    let (train, valid) = (bright_dark_batches(3, 4, 1), bright_dark_batches(2, 4, 2));
+    let mut learner = wick_train::Learner::new(
+        model,
+        varmap,
+        optimizer,
+        slow(train, ms(100)),
+        slow(valid, ms(100)),
+        config(0),
+    );
+    learner.add_callback(Box::new(Probe::replying(&log(), move |event, state| {
+        if event == Event::AfterLoss {
+            std::thread::sleep(if state.phase == Phase::Train { ms(60) } else { ms(20) });
+        }
+        Ok(Flow::Continue)
+    })));
+    learner.fit(1, 1e-3).unwrap();
+    let epoch = &learner.recorder().fits()[0].epochs[0];
+    let split = epoch.split.expect("an epoch run whole in this process has its split");
+    let parts = [split.data_wait, split.train_batches, split.valid_batches];
+    for (part, (low, name)) in parts.iter().zip([(0.5, "data"), (0.18, "train"), (0.04, "valid")]) {
+        // The sleeps are lower bounds; the model's own work on 4 images is milliseconds.
+        assert!(*part >= low && *part < low + 0.15, "{name}: {part} s of {split:?}");
+    }
+    let other = split.other(epoch.seconds);
+    assert!((0.0..0.1).contains(&other), "other {other} s of {} ({split:?})", epoch.seconds);
+    assert_eq!(split.other(0.0), 0.0, "never negative");
 }

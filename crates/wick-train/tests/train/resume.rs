@@ -194,6 +194,16 @@ fn check_interrupt_and_resume(net: Net) {
             .collect::<Vec<_>>()
     };
     assert_eq!(strip_time(&actual.epochs), strip_time(&expected.epochs));
+    // Every epoch keeps its time split through the checkpoint: epoch 0's as recorded before the
+    // interrupt, bit for bit; epoch 1's (interrupted) adds the parts before and after.
+    let before = &interrupted.recorder().fits()[0].epochs;
+    assert_eq!(actual.epochs[0].split, before[0].split, "{net:?}");
+    for epoch in &actual.epochs {
+        let split = epoch.split.unwrap_or_else(|| panic!("epoch {} has no split", epoch.epoch));
+        assert!(split.train_batches > 0.0 && split.valid_batches > 0.0, "{split:?}");
+        let parts = split.data_wait + split.train_batches + split.valid_batches;
+        assert!(parts <= epoch.seconds + 1e-9, "{split:?} of {} s", epoch.seconds);
+    }
     assert_eq!(var_values(resumed.varmap()), var_values(reference.varmap()));
     assert_eq!(
         resumed.optimizer().state_dict().unwrap().len(),
@@ -278,6 +288,58 @@ impl BatchSource for Poisoned {
             },
         ))
     }
+}
+
+/// Checkpoints are written on a background thread; a write that fails still stops the fit
+/// with an error naming the file, at the next save or at the fit's end, and the fit never
+/// returns while a write is in flight.
+#[test]
+fn a_failed_background_write_stops_the_fit_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-folder").join("checkpoint.safetensors");
+    for every_n_batches in [0, 1] {
+        // 0: the only saves are at epoch ends (the error comes at after_fit); 1: after every
+        // batch (it comes at the next save).
+        let mut learner = crate::tiny::tiny_learner(
+            bright_dark_batches(2, 4, 1),
+            bright_dark_batches(1, 4, 2),
+            0,
+        );
+        learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+            path: path.clone(),
+            every_n_batches,
+        })));
+        let error = learner.fit(1, 1e-3).unwrap_err();
+        assert!(
+            matches!(&error, TrainError::Checkpoint { path: named, .. } if *named == path),
+            "{error}"
+        );
+        assert!(error.to_string().contains("no-such-folder"), "{error}");
+    }
+    // Written whole before the fit returns: the same fit with a folder that exists.
+    let path = dir.path().join("checkpoint.safetensors");
+    let mut learner =
+        crate::tiny::tiny_learner(bright_dark_batches(2, 4, 1), bright_dark_batches(1, 4, 2), 0);
+    learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+        path: path.clone(),
+        every_n_batches: 1,
+    })));
+    learner.fit(1, 1e-3).unwrap();
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    // The last save is the end of the fit's one epoch: the position of the next fit.
+    assert_eq!(
+        checkpoint.position(),
+        FitPosition { fit_index: 1, epoch: 0, batch: 0, data_epoch: 1 }
+    );
+    assert_eq!(var_values(learner.varmap()), {
+        let saved = checkpoint.model_tensors();
+        let mut values: Vec<(String, Vec<f32>)> = saved
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        values
+    });
 }
 
 #[test]
@@ -440,6 +502,53 @@ fn edit_checkpoint(path: &Path, value: f32, recompute: bool) -> String {
     }
     std::fs::write(path, safetensors::serialize(tensors, Some(metadata)).unwrap()).unwrap();
     name
+}
+
+/// A checkpoint of a wick that did not save time splits (no `recorder.epoch_split(s)`) still
+/// resumes; its epochs, and the one resumed, have no split rather than a partial one.
+#[test]
+fn a_checkpoint_without_time_splits_resumes_with_the_splits_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let fresh =
+        || crate::tiny::tiny_learner(bright_dark_batches(4, 4, 1), bright_dark_batches(1, 4, 2), 0);
+    // Interrupted after training batch 6 (epoch 1, batch 2), as by Ctrl-C.
+    let mut learner = fresh();
+    let flag = Arc::new(AtomicBool::new(false));
+    learner.set_interrupt_flag(Arc::clone(&flag));
+    learner.add_callback(Box::new(CheckpointSaver::new(CheckpointConfig {
+        path: path.clone(),
+        every_n_batches: 0,
+    })));
+    learner.add_callback(Box::new(Probe::replying(&Default::default(), move |event, state| {
+        if event == Event::AfterBatch && state.train_iter == 6 {
+            flag.store(true, Ordering::Relaxed);
+        }
+        Ok(Flow::Continue)
+    })));
+    assert!(matches!(learner.fit(3, 1e-3).unwrap(), FitOutcome::Interrupted { .. }));
+    // Rewrite its checkpoint as the older format.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    let mut tensors: Vec<(String, Tensor)> = candle::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("recorder.epoch_split"))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    metadata.insert("wick.sha256".into(), recompute_checksum(&tensors));
+    std::fs::write(&path, safetensors::serialize(tensors, Some(metadata)).unwrap()).unwrap();
+
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    assert!(checkpoint.history()[0].epochs.iter().all(|epoch| epoch.split.is_none()));
+    let mut resumed = fresh();
+    resumed.resume(&checkpoint).unwrap();
+    resumed.fit(3, 1e-3).unwrap();
+    let epochs = &resumed.recorder().fits()[0].epochs;
+    let known: Vec<bool> = epochs.iter().map(|epoch| epoch.split.is_some()).collect();
+    // Epoch 0 from the file, epoch 1 resumed mid-way: unknown; epoch 2 ran whole here.
+    assert_eq!(known, [false, false, true]);
 }
 
 #[test]
