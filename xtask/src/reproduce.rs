@@ -311,7 +311,7 @@ fn minutes(seconds: f64) -> String {
 
 /// `Time: 2:08 (training batches 79%, validation batches 6%, waiting for data 1%, other 14%).`
 /// from a run's `result.json` (`seconds` and the `time_split` that `wick train` writes), or
-/// `None` when the run has no split (it was resumed).
+/// `None` when the run has no split (it resumed from an older wick's checkpoint).
 fn time_split_sentence(result: &Value) -> Option<String> {
     let seconds = result["seconds"].as_f64().filter(|&s| s > 0.0)?;
     let split = &result["time_split"];
@@ -487,7 +487,7 @@ mod tests {
             time_split_sentence(&result).unwrap(),
             "Time: 2:08 (training batches 79%, validation batches 6%, waiting for data 1%, other 14%)."
         );
-        // A resumed run has no split; a run of no seconds has no shares.
+        // A run resumed from an older wick's checkpoint has no split; a run of no seconds has no shares.
         assert_eq!(time_split_sentence(&json!({"seconds": 128.0, "time_split": null})), None);
         assert_eq!(
             time_split_sentence(&json!({"seconds": 0.0, "time_split": result["time_split"]})),

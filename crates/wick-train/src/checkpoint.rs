@@ -320,7 +320,13 @@ impl<M: ModuleT + ModelState> Learner<M> {
         self.recorder_mut().restore(
             checkpoint.fits.clone(),
             checkpoint.smooth,
-            checkpoint.epoch_elapsed,
+            // An older wick saved the finished epoch's seconds in a checkpoint taken at its
+            // end (batch 0 of the next): they are not the next epoch's.
+            if checkpoint.epoch_split.is_none() && checkpoint.position.batch == 0 {
+                0.0
+            } else {
+                checkpoint.epoch_elapsed
+            },
             checkpoint.epoch_split,
         );
         self.set_pending_resume(PendingResume {

@@ -78,15 +78,17 @@ pub struct ValidRecord {
 /// Where an epoch's wall clock went, in seconds. fastai's Recorder keeps only the total; this
 /// split is what tells the data pipeline's share of a run from the model's. The rest of
 /// [`EpochRecord::seconds`] ([`TimeSplit::other`]) is the work between batches: the callbacks
-/// ordered after the Recorder at `after_batch` (a checkpoint's snapshot) and those of the phase
-/// and epoch events.
+/// ordered before the Recorder at `before_batch` (MixUp, CutMix) and after it at
+/// `after_batch` (a checkpoint's snapshot), and those of the phase and epoch events. On a
+/// device that runs asynchronously (CUDA) a part is charged with the work it waits for, not
+/// the work it queued: the totals hold, the parts are approximate.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TimeSplit {
     /// Waiting for the batch source, both phases (starting each phase's stream, then each
     /// next batch): the part of the data pipeline that the loader's prefetch did not hide.
     pub data_wait: f64,
-    /// Training batches, `before_batch` to `after_batch`: forward, loss, backward, optimizer
-    /// step and the callbacks of those events.
+    /// Training batches, from the Recorder's `before_batch` to its `after_batch`: forward,
+    /// loss, backward, optimizer step and the callbacks of the events between.
     pub train_batches: f64,
     /// Validation batches, `before_batch` to `after_batch`: forward, loss and metrics.
     pub valid_batches: f64,

@@ -8,10 +8,12 @@
 //! A save copies the state out of the fit on the training thread ([`CheckpointSnapshot::take`])
 //! and writes it on a background thread while the next steps run: the checksum, the
 //! serialisation and the fsynced write were about 0.6 s of a 0.9-s save of xresnet18 with Adam
-//! (134 MB). At most one write is in flight: the next save, and the end of the fit
-//! (`after_fit`, also after an interrupt or an error), wait for it and report its error, so
-//! when a fit returns its last checkpoint is on disk. A process killed mid-write leaves the
-//! previous checkpoint, as a synchronous save would.
+//! (134 MB). At most one write is in flight. A write that failed stops the fit with its error
+//! at the next event after it ended; the next save and the end of the fit (`after_fit`, also
+//! after an interrupt or an error) wait for a write still running, so when `after_fit` has
+//! reached the saver the last checkpoint is on disk (the error of a write that fails after the
+//! fit already failed is not reported: the fit's own error is). A process killed mid-write
+//! leaves the previous checkpoint, as a synchronous save would.
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -66,7 +68,7 @@ impl CheckpointSaver {
         self
     }
 
-    /// Checkpoints written so far.
+    /// Checkpoints taken so far (each written, or being written, in the background).
     pub fn saves(&self) -> usize {
         self.saves
     }
@@ -82,6 +84,11 @@ impl Callback for CheckpointSaver {
     }
 
     fn on_event(&mut self, event: Event, context: &EventContext<'_>) -> CallbackResult {
+        // A write that has ended is collected at once, so that a failure stops the fit at the
+        // next event rather than at the next save; the fit's end waits for one still running.
+        if event == Event::AfterFit || self.writing.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.finish_writing()?;
+        }
         let state = context.state;
         if state.kind != FitKind::Training {
             return Ok(Flow::Continue);
@@ -114,9 +121,6 @@ impl Callback for CheckpointSaver {
                 })?;
             self.writing = Some(writing);
             self.saves += 1;
-        }
-        if event == Event::AfterFit {
-            self.finish_writing()?;
         }
         Ok(Flow::Continue)
     }

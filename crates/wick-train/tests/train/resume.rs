@@ -222,6 +222,11 @@ fn resume_refuses_another_seed_or_recipe() {
         every_n_batches: 2,
     })));
     learner.fit(1, 1e-3).unwrap();
+    // Taken at the epoch's end: no seconds and a zero split carried into the next epoch.
+    let raw = candle::safetensors::load(&path, &Device::Cpu).unwrap();
+    let scalar = |name: &str| raw[name].to_vec0::<f64>().unwrap();
+    assert_eq!(scalar("recorder.epoch_elapsed"), 0.0);
+    assert_eq!(raw["recorder.epoch_split"].to_vec1::<f64>().unwrap(), [1.0, 0.0, 0.0, 0.0]);
     let checkpoint = Checkpoint::load(&path).unwrap();
     // Saved at the end of epoch 0, the last epoch: the next fit of the recipe starts from scratch.
     assert_eq!(
@@ -325,6 +330,11 @@ fn a_failed_background_write_stops_the_fit_naming_the_file() {
         every_n_batches: 1,
     })));
     learner.fit(1, 1e-3).unwrap();
+    // Taken at the epoch's end: no seconds and a zero split carried into the next epoch.
+    let raw = candle::safetensors::load(&path, &Device::Cpu).unwrap();
+    let scalar = |name: &str| raw[name].to_vec0::<f64>().unwrap();
+    assert_eq!(scalar("recorder.epoch_elapsed"), 0.0);
+    assert_eq!(raw["recorder.epoch_split"].to_vec1::<f64>().unwrap(), [1.0, 0.0, 0.0, 0.0]);
     let checkpoint = Checkpoint::load(&path).unwrap();
     // The last save is the end of the fit's one epoch: the position of the next fit.
     assert_eq!(
@@ -565,6 +575,11 @@ fn a_checkpoint_is_checked_for_its_checksum_identity_and_finiteness() {
             .with_extras(wick_train::CheckpointExtras { identity: identity.clone() }),
     ));
     learner.fit(1, 1e-3).unwrap();
+    // Taken at the epoch's end: no seconds and a zero split carried into the next epoch.
+    let raw = candle::safetensors::load(&path, &Device::Cpu).unwrap();
+    let scalar = |name: &str| raw[name].to_vec0::<f64>().unwrap();
+    assert_eq!(scalar("recorder.epoch_elapsed"), 0.0);
+    assert_eq!(raw["recorder.epoch_split"].to_vec1::<f64>().unwrap(), [1.0, 0.0, 0.0, 0.0]);
     let checkpoint = Checkpoint::load(&path).unwrap();
     assert_eq!(checkpoint.identity(), &identity);
     checkpoint.check_identity(&identity).unwrap();
