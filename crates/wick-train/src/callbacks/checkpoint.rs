@@ -13,7 +13,8 @@
 //! after an interrupt or an error) wait for a write still running, so when `after_fit` has
 //! reached the saver the last checkpoint is on disk (the error of a write that fails after the
 //! fit already failed is not reported: the fit's own error is). A process killed mid-write
-//! leaves the previous checkpoint, as a synchronous save would.
+//! leaves the previous checkpoint, as a synchronous save would
+//! (docs/decisions/0009-background-checkpoint-writes.md).
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
