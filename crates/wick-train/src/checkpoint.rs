@@ -382,11 +382,6 @@ impl CheckpointSnapshot {
         Ok(CheckpointSnapshot { path: path.to_path_buf(), blobs, metadata })
     }
 
-    /// The file this snapshot is written to.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes the snapshot atomically and durably (see the module docs).
     ///
     /// # Errors

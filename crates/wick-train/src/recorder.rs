@@ -1,8 +1,8 @@
 //! The Learner's built-in [`Recorder`] (fastai `Recorder`, order 50): the smoothed training loss,
 //! the exact validation loss and metrics, each epoch's wall-clock time and where it went
-//! ([`TimeSplit`]), and the history a run leaves behind: one [`FitRecord`] per fit, with per-batch [`BatchRecord`]s and per-epoch
-//! [`EpochRecord`]s. [`format_epoch_table`] renders fastai's epoch table as text; the library
-//! returns strings and never prints.
+//! ([`TimeSplit`]), and the history a run leaves behind: one [`FitRecord`] per fit, with
+//! per-batch [`BatchRecord`]s and per-epoch [`EpochRecord`]s. [`format_epoch_table`] renders
+//! fastai's epoch table as text; the library returns strings and never prints.
 //!
 //! Definitions (spec §2.3): `train_loss` is the smoothed loss after the epoch's last training
 //! batch ([`SmoothedLoss`], reset at the start of every fit, not every epoch); `valid_loss` and
